@@ -1,0 +1,88 @@
+"""Atomic file writes: a crash or a kill never leaves a half-written artifact.
+
+Every writer in cr-edge goes through here. Data lands in a temporary file in the
+destination folder, is fsync'ed, and is renamed over the final name with
+``os.replace`` (atomic on POSIX and Windows within one filesystem).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from cr_edge.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Yield a file handle whose content appears under ``path`` only if the block succeeds."""
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise InputError(f"{folder}: cannot write here ({e.strerror}); choose a writable --out") from e
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _discard(tmp)
+        raise InputError(f"{path}: write failed ({e.strerror}); check free space and permissions") from e
+    except BaseException:
+        _discard(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically; non-finite floats are refused (not valid JSON)."""
+    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write numeric arrays as an uncompressed .npz, atomically; object arrays are refused."""
+    for name, arr in arrays.items():
+        if np.asarray(arr).dtype == object:
+            raise InputError(f"{path}: array {name!r} has dtype object; only numeric arrays are saved")
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_bytes(path, buf.getvalue())
+
+
+def _discard(tmp: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename must reach the disk for the write to survive a power cut. Some
+    # filesystems refuse to fsync a directory; the rename has happened either way.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

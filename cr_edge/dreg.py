@@ -1,0 +1,89 @@
+"""DREG: the layer-wise Jacobian penalty, and the gradient metrics it is judged by.
+
+For a layer ``z = W h + b`` followed by ``h' = act(z)`` the layer Jacobian is
+``J = diag(act'(z)) W``, so ``||J||_F^2 = sum_i act'(z_i)^2 ||W_i||^2``: the
+activation's derivative (which PolyAct hands over from its forward pass) and
+the row norms of ``W``. No double backward, no Jacobian is ever materialised.
+
+For ``Conv2d`` each output position is a row of the unrolled convolution; its
+norm is ``||W_o||^2`` whenever the whole kernel lies inside the input. At a
+zero-padded border some taps fall on padding, the true row norm is smaller, and
+the value computed here is an upper bound of ``||J||_F^2`` rather than equal to it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+DEFAULT_LAMBDA = 10**-2.5
+
+
+def row_norms_sq(layer: nn.Module) -> Tensor:
+    """``||W_i||^2`` per output unit (Linear) or output channel (Conv2d)."""
+    w = layer.weight
+    return w.reshape(w.shape[0], -1).pow(2).sum(dim=1)
+
+
+def layer_jacobian_sq(act_deriv: Tensor, layer: nn.Module) -> Tensor:
+    """Per-sample ``||J||_F^2`` of ``act(layer(h))`` with respect to ``h``; shape ``(batch,)``.
+
+    ``act_deriv`` is ``act'(z)`` at the layer's output, shape ``(batch, out, ...)``.
+    """
+    norms = row_norms_sq(layer)
+    sq = act_deriv.pow(2)
+    if sq.dim() > 2:  # conv: sum over positions first, then weight by channel
+        sq = sq.flatten(2).sum(dim=2)
+    return sq @ norms
+
+
+def penalty(terms: list[Tensor], lam: float = DEFAULT_LAMBDA) -> Tensor:
+    """``lam * sum_layers mean_batch ||J_l||_F^2``."""
+    if not terms:
+        raise ValueError("DREG needs at least one activated layer")
+    return lam * torch.stack([t.mean() for t in terms]).sum()
+
+
+def relu_derivative(z: Tensor) -> Tensor:
+    return (z > 0).to(z.dtype)
+
+
+def gelu_derivative(z: Tensor) -> Tensor:
+    """``d/dz z*Phi(z) = Phi(z) + z*phi(z)`` (exact GELU, not the tanh approximation)."""
+    cdf = 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))
+    pdf = torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    return cdf + z * pdf
+
+
+# ---- gradient metrics -------------------------------------------------------
+
+
+def input_gradient_norms(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
+    """``g(x) = ||d logit_pred / dx||`` per sample, where ``pred`` is the model's own argmax.
+
+    Computed in batches on a copy of ``x``; the model's train/eval mode is left as it was
+    by the caller (use eval mode for metrics).
+    """
+    out = []
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start:start + batch_size].detach().clone().requires_grad_(True)
+        logits = model(xb)
+        pred = logits.argmax(dim=1, keepdim=True)
+        chosen = logits.gather(1, pred).sum()
+        (grad,) = torch.autograd.grad(chosen, xb)
+        out.append(grad.flatten(1).norm(dim=1))
+    return torch.cat(out)
+
+
+def gradient_metrics(norms: Tensor) -> dict[str, float]:
+    """Tail ratio ``tau = p99(g) / mean(g)`` and peak volatility ``max(g)``."""
+    g = norms.double()
+    mean = g.mean().item()
+    return {
+        "grad_mean": mean,
+        "grad_p99": torch.quantile(g, 0.99).item(),
+        "tail_ratio": torch.quantile(g, 0.99).item() / mean if mean > 0 else float("nan"),
+        "peak_volatility": g.max().item(),
+    }

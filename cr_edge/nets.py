@@ -1,0 +1,149 @@
+"""CR networks and their standard twins, from one builder.
+
+A fair fight between a ChainzRule net and a baseline changes only the
+activation (and the width): ``NetConfig.activation`` picks ``poly``, ``relu`` or
+``gelu`` and everything else is built the same way. A net is a flat list of
+blocks (Linear/Conv2d, activation, pooling, flatten) so that DREG, the export
+lowering and the parameter count can all walk it without special cases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cr_edge import dreg
+from cr_edge.poly import DEFAULT_DEGREE, PolyAct, check_degree
+
+ACTIVATIONS = ("poly", "relu", "gelu")
+ARCHS = ("mlp", "conv")
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Architecture of a net; stored in every checkpoint and export."""
+
+    arch: str = "mlp"
+    input_shape: tuple[int, ...] = (64,)  # per sample: (features,) or (channels, h, w)
+    n_classes: int = 10
+    hidden: tuple[int, ...] = (32,)  # MLP widths, or conv channels per stage
+    activation: str = "poly"
+    degree: int = DEFAULT_DEGREE
+    shared: bool = False  # one polynomial per layer instead of one per channel
+    fit_range: float = 3.0  # polynomial initialised as a fit to GELU on [-fit_range, fit_range]
+    init: str = "gelu"
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        check_degree(self.degree)
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"hidden widths must be positive integers, got {list(self.hidden)}")
+        if self.arch == "conv" and len(self.input_shape) != 3:
+            raise ValueError(f"conv nets need inputs shaped (channels, h, w), got {self.input_shape}")
+        object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
+        object.__setattr__(self, "hidden", tuple(int(d) for d in self.hidden))
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> NetConfig:
+        return cls(**{**d, "input_shape": tuple(d["input_shape"]), "hidden": tuple(d["hidden"])})
+
+
+class ClosedFormAct(nn.Module):
+    """ReLU or GELU with its derivative in closed form, so DREG treats baselines alike."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x) if self.kind == "relu" else F.gelu(x)
+
+    def forward_with_derivative(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.kind == "relu":
+            return F.relu(x), dreg.relu_derivative(x)
+        return F.gelu(x), dreg.gelu_derivative(x)
+
+    def extra_repr(self) -> str:
+        return self.kind
+
+
+class CRNet(nn.Module):
+    """A flat stack of blocks; ``forward_with_jacobians`` also returns DREG's per-layer terms."""
+
+    def __init__(self, config: NetConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleList(_blocks(config))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def forward_with_jacobians(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Logits and, per activated layer, the per-sample ``||J||_F^2`` (see ``cr_edge.dreg``)."""
+        terms = []
+        prev = None
+        for block in self.blocks:
+            if is_activation(block):
+                x, deriv = block.forward_with_derivative(x)
+                terms.append(dreg.layer_jacobian_sq(deriv, prev))
+            else:
+                x = block(x)
+            prev = block
+        return x, terms
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def is_activation(block: nn.Module) -> bool:
+    return isinstance(block, (PolyAct, ClosedFormAct))
+
+
+def _activation(config: NetConfig, channels: int) -> nn.Module:
+    if config.activation == "poly":
+        return PolyAct(channels, config.degree, config.shared, config.init, config.fit_range)
+    return ClosedFormAct(config.activation)
+
+
+def _blocks(config: NetConfig) -> list[nn.Module]:
+    blocks: list[nn.Module] = []
+    if config.arch == "mlp":
+        width = 1
+        for d in config.input_shape:
+            width *= d
+        if len(config.input_shape) > 1:
+            blocks.append(nn.Flatten())
+        for h in config.hidden:
+            blocks += [nn.Linear(width, h), _activation(config, h)]
+            width = h
+        blocks.append(nn.Linear(width, config.n_classes))
+        return blocks
+    channels, height, width = config.input_shape
+    for c in config.hidden:
+        blocks += [nn.Conv2d(channels, c, kernel_size=3, padding=1), _activation(config, c)]
+        channels = c
+        if min(height, width) >= 4:  # pool while the map is large enough to keep a 2x2 map
+            blocks.append(nn.AvgPool2d(2))
+            height, width = height // 2, width // 2
+    blocks += [nn.Flatten(), nn.Linear(channels * height * width, config.n_classes)]
+    return blocks
+
+
+def build_net(config: NetConfig, seed: int | None = None) -> CRNet:
+    """A freshly initialised net; with ``seed`` the initial weights are reproducible."""
+    if seed is None:
+        return CRNet(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CRNet(config)
