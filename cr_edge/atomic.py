@@ -30,7 +30,9 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as e:
-        raise InputError(f"{folder}: cannot write here ({e.strerror}); choose a writable --out") from e
+        raise InputError(
+            f"{folder}: cannot write here ({e.strerror}); choose a writable --out"
+        ) from e
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -39,7 +41,9 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
         os.replace(tmp, path)
     except OSError as e:
         _discard(tmp)
-        raise InputError(f"{path}: write failed ({e.strerror}); check free space and permissions") from e
+        raise InputError(
+            f"{path}: write failed ({e.strerror}); check free space and permissions"
+        ) from e
     except BaseException:
         _discard(tmp)
         raise
@@ -66,7 +70,9 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
     """Write numeric arrays as an uncompressed .npz, atomically; object arrays are refused."""
     for name, arr in arrays.items():
         if np.asarray(arr).dtype == object:
-            raise InputError(f"{path}: array {name!r} has dtype object; only numeric arrays are saved")
+            raise InputError(
+                f"{path}: array {name!r} has dtype object; only numeric arrays are saved"
+            )
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     write_bytes(path, buf.getvalue())

@@ -7,11 +7,12 @@ stderr and its exit code (2 bad input, 1 failed check), never a traceback.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
 from cr_edge import __version__
-from cr_edge.errors import CrEdgeError
+from cr_edge.errors import CrEdgeError, InputError
 
 
 class _Group(click.Group):
@@ -27,6 +28,89 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="cr-edge")
 def cli() -> None:
     """Train, export, quantize, validate and profile ChainzRule networks for the edge."""
+
+
+def _widths(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError as e:
+        raise InputError(f"--hidden {value!r}: give comma-separated widths such as 64,32") from e
+
+
+def _refuse_existing(out: Path, marker: str, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder; choose another path")
+    if (out / marker).exists() and not force:
+        raise InputError(f"--out {out}: already holds {marker}; pass --force to overwrite")
+
+
+@cli.command()
+@click.option("--recipe", help="A zoo recipe name (see models/) or a .toml file.")
+@click.option(
+    "--data", help="Built-in dataset (digits, breast-cancer, wine) or a CSV/NPZ/IDX file."
+)
+@click.option("--target", help="CSV column holding the labels.")
+@click.option("--arch", type=click.Choice(["mlp", "conv"]))
+@click.option("--hidden", help="Comma-separated hidden widths, e.g. 64,32.")
+@click.option("--activation", type=click.Choice(["poly", "relu", "gelu"]))
+@click.option("--degree", type=click.IntRange(1, 8), help="Polynomial degree (1..8).")
+@click.option(
+    "--dreg", "dreg_lambda", type=click.FloatRange(min=0), help="DREG lambda; 0 disables."
+)
+@click.option("--epochs", type=click.IntRange(1))
+@click.option("--batch-size", type=click.IntRange(1))
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True))
+@click.option("--seed", type=int)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint folder.")
+@click.option("--force", is_flag=True, help="Overwrite a checkpoint already in --out.")
+def train(
+    recipe: str | None,
+    data: str | None,
+    target: str | None,
+    arch: str | None,
+    hidden: str | None,
+    activation: str | None,
+    degree: int | None,
+    dreg_lambda: float | None,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    seed: int | None,
+    device: str,
+    out: Path,
+    force: bool,
+) -> None:
+    """Train a CR net (or a baseline) under DREG and write a checkpoint folder."""
+    from cr_edge.progress import epoch_bar
+    from cr_edge.recipe import Recipe, load_recipe
+    from cr_edge.report import print_metrics
+    from cr_edge.train import train as run_training
+
+    if recipe is None and data is None:
+        raise InputError("give --recipe NAME or --data SOURCE (try --recipe digits-cr)")
+    _refuse_existing(out, "config.json", force)
+    base = load_recipe(recipe) if recipe else Recipe(name=Path(str(data)).stem)
+    chosen = base.replace(
+        data=data,
+        target=target,
+        arch=arch,
+        hidden=_widths(hidden),
+        activation=activation,
+        degree=degree,
+        dreg=dreg_lambda,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+    )
+    with epoch_bar(chosen.epochs, f"train {chosen.name}") as on_epoch:
+        result = run_training(chosen, out, device=device, on_epoch=on_epoch)
+    print_metrics(f"{chosen.name} -> {result.checkpoint}", result.metrics)
 
 
 def main() -> None:

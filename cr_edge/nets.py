@@ -45,7 +45,9 @@ class NetConfig:
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"hidden widths must be positive integers, got {list(self.hidden)}")
         if self.arch == "conv" and len(self.input_shape) != 3:
-            raise ValueError(f"conv nets need inputs shaped (channels, h, w), got {self.input_shape}")
+            raise ValueError(
+                f"conv nets need inputs shaped (channels, h, w), got {self.input_shape}"
+            )
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
         object.__setattr__(self, "hidden", tuple(int(d) for d in self.hidden))
 

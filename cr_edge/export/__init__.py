@@ -1,0 +1,1 @@
+"""Torch -> deployable artifacts. Everything here needs the ``train`` extra (torch)."""

@@ -1,0 +1,193 @@
+"""``cr-edge export``: a checkpoint folder in, deployable files out.
+
+Writes ``model.onnx`` (Horner-lowered, folded), optionally ``model.jvp.onnx``
+(the derivative companion), ``model.ref.npz`` (the parity oracle), and the
+mobile formats asked for. Each file is written atomically; the oracle last,
+so a folder with an oracle has the models it describes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cr_edge import __version__
+from cr_edge.checkpoint import Checkpoint, load_checkpoint
+from cr_edge.errors import InputError, NonFiniteError
+from cr_edge.export import onnx as onnx_export
+from cr_edge.export.emit import JvpNet, PrimalNet
+from cr_edge.export.folds import activation_stages, run_passes
+from cr_edge.export.oracle import ReferenceNet, build_oracle, reference_inputs, save_oracle
+from cr_edge.export.stages import Poly, calibrate_ranges, stages_from_checkpoint
+
+TARGETS = ("onnx", "ort", "executorch")
+GUARD_MARGIN = 0.25  # the guard admits the calibrated range widened by this share of its span
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What ``cr-edge export`` makes; stored in the model's metadata."""
+
+    opset: int = onnx_export.DEFAULT_OPSET
+    batch: int | None = None  # None: dynamic batch axis
+    derivatives: bool = True
+    sensitivity: bool = False
+    domain_guard: bool = True
+    fold: bool = True
+    targets: tuple[str, ...] = ("onnx",)
+    int8: bool = False  # ExecuTorch only: PT2E int8 with the XNNPACK quantizer
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.targets if t not in TARGETS]
+        if unknown:
+            raise InputError(f"--target {unknown[0]!r}: choose from {', '.join(TARGETS)}")
+        if self.batch is not None and self.batch < 1:
+            raise InputError(f"--batch {self.batch}: give a positive size or 'dynamic'")
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    files: dict[str, Path]
+    horner_nodes: list[int]
+    refusals: list[str]
+    op_counts: dict[str, int]
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def guard_bounds(ckpt: Checkpoint, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    stages = stages_from_checkpoint(ckpt)
+    calibrate_ranges(ckpt, x, stages)
+    out = []
+    for poly in stages:
+        if isinstance(poly, Poly):
+            pad = GUARD_MARGIN * np.maximum(poly.hi - poly.lo, 1e-6)
+            out.append((poly.lo - pad, poly.hi + pad))
+    return out
+
+
+def lower(ckpt: Checkpoint, options: ExportOptions, calib_x: np.ndarray) -> tuple[list, list[str]]:
+    """The checkpoint's stages, guarded and folded as ``options`` ask."""
+    stages = stages_from_checkpoint(ckpt)
+    calibrate_ranges(ckpt, calib_x, stages)
+    if options.domain_guard:
+        for poly, (lo, hi) in zip(
+            [s for s in stages if isinstance(s, Poly)], guard_bounds(ckpt, calib_x), strict=True
+        ):
+            poly.lo, poly.hi, poly.guard = lo, hi, True
+    if not options.fold:
+        return stages, []
+    result = run_passes(stages)
+    return result.stages, result.refusals
+
+
+def export(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()) -> ExportResult:
+    """Export ``checkpoint`` into the folder ``out``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is a file; give a folder")
+    ckpt = load_checkpoint(checkpoint)
+    calib = ckpt.calib()
+    if "x" not in calib or not np.isfinite(calib["x"]).all():
+        raise NonFiniteError(f"{checkpoint}/calib.npz: array 'x' is missing or not finite")
+    stages, refusals = lower(ckpt, options, calib["x"])
+    example = torch.from_numpy(calib["x"][: options.batch or 2].copy())
+    if example.shape[0] < (options.batch or 2):
+        raise InputError(
+            f"--batch {options.batch}: calib.npz holds only {example.shape[0]} samples"
+        )
+    primal = PrimalNet(stages, sensitivity=options.sensitivity)
+    outputs = ["y", "sensitivity"] if options.sensitivity else ["y"]
+    model = onnx_export.to_onnx(primal, (example,), ["x"], outputs, options.opset, options.batch)
+    guard = guard_bounds(ckpt, calib["x"]) if options.domain_guard else None
+    ref_net = ReferenceNet(ckpt, guard)
+    oracle = build_oracle(ref_net, reference_inputs(calib))
+    meta = metadata(ckpt, options, stages, refusals, primal, calib["x"])
+    onnx_export.set_metadata(model, meta)
+    onnx_export.check(model, str(out / "model.onnx"))
+    files = {"onnx": out / "model.onnx"}
+    onnx_export.save(model, files["onnx"])
+    if options.derivatives:
+        jvp = onnx_export.to_onnx(
+            JvpNet(stages),
+            (example, torch.ones_like(example)),
+            ["x", "v"],
+            ["y", "jvp"],
+            options.opset,
+            options.batch,
+        )
+        onnx_export.set_metadata(jvp, {**meta, "cr_edge.role": "jvp"})
+        onnx_export.check(jvp, str(out / "model.jvp.onnx"))
+        files["jvp"] = out / "model.jvp.onnx"
+        onnx_export.save(jvp, files["jvp"])
+    files.update(_mobile_targets(options, out, files, ckpt, stages, example))
+    files["ref"] = out / "model.ref.npz"
+    save_oracle(files["ref"], oracle, calib)
+    polys = [s for s in stages if isinstance(s, Poly)]
+    return ExportResult(
+        out, files, [p.horner_nodes() for p in polys], refusals, onnx_export.op_counts(model)
+    )
+
+
+def _mobile_targets(options, out, files, ckpt, stages, example) -> dict[str, Path]:
+    made: dict[str, Path] = {}
+    if "ort" in options.targets:
+        from cr_edge.export.mobile import convert_to_ort
+
+        made.update(convert_to_ort(files["onnx"], files.get("jvp")))
+    if "executorch" in options.targets:
+        from cr_edge.export.executorch import export_pte
+
+        made["pte"] = export_pte(
+            PrimalNet(stages), example, out / "model.pte", options.int8, options.batch
+        )
+    return made
+
+
+def metadata(
+    ckpt: Checkpoint,
+    options: ExportOptions,
+    stages: list,
+    refusals: list[str],
+    primal: PrimalNet,
+    calib_x: np.ndarray,
+) -> dict[str, str]:
+    """``metadata_props``: what the file is, enough to use it without the checkpoint."""
+    cfg = ckpt.net_config
+    polys = [s for s in stages if isinstance(s, Poly)]
+    meta = {
+        "cr_edge.version": __version__,
+        "cr_edge.precision": "fp32",
+        "cr_edge.arch": cfg.arch,
+        "cr_edge.activation": cfg.activation,
+        "cr_edge.degree": str(cfg.degree) if cfg.activation == "poly" else "",
+        "cr_edge.hidden": json.dumps(list(cfg.hidden)),
+        "cr_edge.dreg_lambda": repr(ckpt.recipe.dreg),
+        "cr_edge.input_shape": json.dumps(list(cfg.input_shape)),
+        "cr_edge.normalisation": json.dumps(ckpt.normalisation.to_json()),
+        "cr_edge.labels": json.dumps(ckpt.label_names),
+        "cr_edge.export_options": json.dumps(asdict(options)),
+        "cr_edge.horner_nodes": json.dumps([p.horner_nodes() for p in polys]),
+        "cr_edge.folds": json.dumps(
+            [{"monic": p.monic, "constant": p.constant_folded, "shift": p.shifted} for p in polys]
+        ),
+        "cr_edge.fold_refusals": json.dumps(refusals),
+    }
+    if options.domain_guard:
+        meta["cr_edge.domain_guard"] = json.dumps(
+            [{"lo": p.lo.round(6).tolist(), "hi": p.hi.round(6).tolist()} for p in polys]
+        )
+        meta["cr_edge.domain_guard_margin"] = repr(GUARD_MARGIN)
+    if options.sensitivity:
+        with torch.no_grad():
+            _, sens = primal(torch.from_numpy(calib_x))
+        p50, p99 = np.percentile(sens.numpy(), [50, 99])
+        meta["cr_edge.sensitivity_p50"] = f"{p50:.6g}"
+        meta["cr_edge.sensitivity_p99"] = f"{p99:.6g}"
+    if activation_stages(stages) and not polys:
+        meta["cr_edge.degree"] = ""
+    return {k: v for k, v in meta.items() if v != ""}

@@ -1,0 +1,202 @@
+"""Stages -> plain torch modules that the exporters trace into Mul/Add/Gemm graphs.
+
+``PrimalNet`` is what ships (``model.onnx``, ``model.pte``): the Horner chain
+with folded end-points, an optional domain guard and an optional sensitivity
+output. ``JvpNet`` is the derivative companion: the same stages in forward
+mode, ``(x, v) -> (y, J(x) v)``, built from the analytic ``p'``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cr_edge import dreg
+from cr_edge.export.stages import Act, Affine, Flatten, InputAffine, Poly, Pool, Stage
+from cr_edge.poly import derivative_coeffs
+
+
+def _horner(coeffs: Tensor, t: Tensor) -> Tensor:
+    """Horner over a stacked coefficient buffer; starts with a Mul so no Expand is traced."""
+    if coeffs.shape[0] == 1:  # a constant derivative (degree-1 polynomial)
+        return t * 0.0 + coeffs[0]
+    acc = t * coeffs[-1] + coeffs[-2]
+    for k in range(coeffs.shape[0] - 3, -1, -1):
+        acc = acc * t + coeffs[k]
+    return acc
+
+
+def _buffer(module: nn.Module, name: str, value: np.ndarray, spatial: bool) -> None:
+    t = torch.tensor(np.asarray(value), dtype=torch.float32)
+    if spatial and t.dim() == 1:
+        t = t.view(-1, 1, 1)
+    module.register_buffer(name, t)
+
+
+class _Affine(nn.Module):
+    def __init__(self, stage: Affine) -> None:
+        super().__init__()
+        self.conv, self.padding = stage.conv, stage.padding
+        _buffer(self, "weight", stage.weight, False)
+        _buffer(self, "bias", stage.bias, False)
+
+    def forward(self, h: Tensor) -> Tensor:
+        if self.conv:
+            return F.conv2d(h, self.weight, self.bias, padding=self.padding)
+        return F.linear(h, self.weight, self.bias)
+
+    def tangent(self, h: Tensor, dh: Tensor) -> tuple[Tensor, Tensor]:
+        if self.conv:
+            return self(h), F.conv2d(dh, self.weight, padding=self.padding)
+        return self(h), F.linear(dh, self.weight)
+
+
+class _InputAffine(nn.Module):
+    def __init__(self, stage: InputAffine) -> None:
+        super().__init__()
+        spatial = stage.scale.ndim == 1 and stage.scale.shape[0] > 0
+        _buffer(self, "scale", stage.scale, spatial)
+        _buffer(self, "offset", stage.offset, spatial)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h * self.scale + self.offset
+
+    def tangent(self, h: Tensor, dh: Tensor) -> tuple[Tensor, Tensor]:
+        return self(h), dh * self.scale
+
+
+class _Linear(nn.Module):
+    """Pooling and flattening: linear maps that pass tangents through unchanged in form."""
+
+    def __init__(self, stage: Pool | Flatten) -> None:
+        super().__init__()
+        self.kernel = stage.kernel if isinstance(stage, Pool) else 0
+
+    def forward(self, h: Tensor) -> Tensor:
+        return F.avg_pool2d(h, self.kernel) if self.kernel else torch.flatten(h, 1)
+
+    def tangent(self, h: Tensor, dh: Tensor) -> tuple[Tensor, Tensor]:
+        return self(h), self(dh)
+
+
+class _Poly(nn.Module):
+    """``m(t)`` as a Horner chain of Mul/Add, skipping the coefficients the folds removed."""
+
+    def __init__(self, stage: Poly, spatial: bool) -> None:
+        super().__init__()
+        self.degree, self.monic, self.guard = stage.degree, stage.monic, stage.guard
+        self.used = [k for k in range(stage.degree) if not stage.skipped(k)]
+        for k in self.used:
+            _buffer(self, f"c{k}", stage.coeffs[k], spatial)
+        if not stage.monic:
+            _buffer(self, f"c{stage.degree}", stage.coeffs[-1], spatial)
+        _buffer(self, "dm", derivative_coeffs(torch.from_numpy(stage.coeffs)).numpy(), spatial)
+        true_deriv = derivative_coeffs(torch.from_numpy(stage.coeffs)).numpy() * stage.scale
+        _buffer(self, "dp", true_deriv, spatial)
+        _buffer(self, "rownorm", stage.rownorm_sq, False)
+        if stage.guard:
+            _buffer(self, "lo", stage.lo + stage.shift, spatial)
+            _buffer(self, "hi", stage.hi + stage.shift, spatial)
+
+    def _clip(self, t: Tensor) -> Tensor:
+        return torch.minimum(torch.maximum(t, self.lo), self.hi) if self.guard else t
+
+    def forward(self, t: Tensor) -> Tensor:
+        t = self._clip(t)
+        acc = t if self.monic else t * getattr(self, f"c{self.degree}")
+        for k in range(self.degree - 1, -1, -1):
+            if k in self.used:
+                acc = acc + getattr(self, f"c{k}")
+            if k > 0:
+                acc = acc * t
+        return acc
+
+    def tangent(self, t: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+        tc = self._clip(t)
+        slope = _horner(self.dm, tc)
+        if self.guard:  # the clip's derivative: zero where the guard holds the input
+            slope = slope * ((t >= self.lo) & (t <= self.hi)).to(t.dtype)
+        return self(t), slope * dt
+
+    def sensitivity(self, t: Tensor) -> Tensor:
+        """This layer's ``||J||_F^2`` per sample, from ``p'`` of the unguarded input."""
+        return _jacobian_sq(_horner(self.dp, t), self.rownorm)
+
+
+class _Act(nn.Module):
+    def __init__(self, stage: Act) -> None:
+        super().__init__()
+        self.kind = stage.kind
+        _buffer(self, "rownorm", stage.rownorm_sq, False)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return F.relu(z) if self.kind == "relu" else F.gelu(z)
+
+    def _derivative(self, z: Tensor) -> Tensor:
+        return dreg.relu_derivative(z) if self.kind == "relu" else dreg.gelu_derivative(z)
+
+    def tangent(self, z: Tensor, dz: Tensor) -> tuple[Tensor, Tensor]:
+        return self(z), self._derivative(z) * dz
+
+    def sensitivity(self, z: Tensor) -> Tensor:
+        return _jacobian_sq(self._derivative(z), self.rownorm)
+
+
+def _jacobian_sq(deriv: Tensor, rownorm: Tensor) -> Tensor:
+    sq = deriv * deriv
+    if sq.dim() > 2:
+        sq = sq.sum(dim=(2, 3))
+    return sq @ rownorm
+
+
+def _modules(stages: list[Stage]) -> nn.ModuleList:
+    out, spatial = [], False
+    for stage in stages:
+        if isinstance(stage, Affine):
+            out.append(_Affine(stage))
+            spatial = stage.conv
+        elif isinstance(stage, InputAffine):
+            out.append(_InputAffine(stage))
+        elif isinstance(stage, Poly):
+            out.append(_Poly(stage, spatial))
+        elif isinstance(stage, Act):
+            out.append(_Act(stage))
+        else:
+            out.append(_Linear(stage))
+            spatial = spatial and isinstance(stage, Pool)
+    return nn.ModuleList(out)
+
+
+class PrimalNet(nn.Module):
+    """The shipped model: ``x -> y`` (and the per-sample DREG sensitivity with ``sensitivity``)."""
+
+    def __init__(self, stages: list[Stage], sensitivity: bool = False) -> None:
+        super().__init__()
+        self.layers = _modules(stages)
+        self.with_sensitivity = sensitivity
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        sens = None
+        for layer in self.layers:
+            if self.with_sensitivity and isinstance(layer, _Poly | _Act):
+                term = layer.sensitivity(x)
+                sens = term if sens is None else sens + term
+            x = layer(x)
+        if self.with_sensitivity:
+            return x, sens
+        return x
+
+
+class JvpNet(nn.Module):
+    """The derivative companion: ``(x, v) -> (y, J(x) v)`` in forward mode."""
+
+    def __init__(self, stages: list[Stage]) -> None:
+        super().__init__()
+        self.layers = _modules(stages)
+
+    def forward(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        for layer in self.layers:
+            x, v = layer.tangent(x, v)
+        return x, v

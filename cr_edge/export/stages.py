@@ -1,0 +1,154 @@
+"""The deploy-time view of a CR net: a flat list of stages in float64.
+
+Export works on this list instead of on the ``nn.Module``: folding the
+normalisation and the Horner end-points into neighbouring linear layers is
+plain algebra on arrays, each fold a small pass (``cr_edge.export.folds``),
+and the result is then emitted as torch ops for the exporters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from cr_edge.checkpoint import Checkpoint
+from cr_edge.errors import ExportError
+from cr_edge.nets import ClosedFormAct
+from cr_edge.poly import PolyAct
+
+
+@dataclass
+class Affine:
+    """``W h + b``: a Linear layer, or a Conv2d with ``padding``."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    conv: bool = False
+    padding: int = 0
+
+
+@dataclass
+class InputAffine:
+    """``x * scale + offset`` per channel: input normalisation that cannot fold into a padded conv."""
+
+    scale: np.ndarray
+    offset: np.ndarray
+
+
+@dataclass
+class Poly:
+    """A polynomial activation in Horner form, with what the folds did to it.
+
+    The true activation of the trained net is ``p(z) = scale * m(z + shift) + folded_constant``,
+    where ``m`` has ``coeffs`` (ascending); ``scale`` went into the next layer's weights,
+    ``folded_constant`` into its bias and ``shift`` into the previous layer's bias.
+    """
+
+    coeffs: np.ndarray  # (degree + 1, channels or 1)
+    rownorm_sq: np.ndarray  # ||W_i||^2 of the trained layer before it (for sensitivity)
+    scale: np.ndarray = None  # type: ignore[assignment]
+    shift: np.ndarray = None  # type: ignore[assignment]
+    lo: np.ndarray | None = None  # calibrated input range, in z coordinates
+    hi: np.ndarray | None = None
+    guard: bool = False
+    monic: bool = False
+    constant_folded: bool = False
+    shifted: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        width = self.coeffs.shape[1]
+        if self.scale is None:
+            self.scale = np.ones(width)
+        if self.shift is None:
+            self.shift = np.zeros(width)
+
+    @property
+    def degree(self) -> int:
+        return self.coeffs.shape[0] - 1
+
+    def skipped(self, k: int) -> bool:
+        """True when coefficient ``k`` was folded away and needs no Add."""
+        return (k == 0 and self.constant_folded) or (k == self.degree - 1 and self.shifted)
+
+    def horner_nodes(self) -> int:
+        """Elementwise Mul/Add nodes the chain costs once emitted."""
+        muls = self.degree - 1 + (0 if self.monic else 1)
+        adds = sum(not self.skipped(k) for k in range(self.degree))
+        return muls + adds
+
+
+@dataclass
+class Act:
+    """A closed-form baseline activation (relu or gelu)."""
+
+    kind: str
+    rownorm_sq: np.ndarray
+
+
+@dataclass
+class Pool:
+    kernel: int
+
+
+@dataclass
+class Flatten:
+    pass
+
+
+Stage = Affine | InputAffine | Poly | Act | Pool | Flatten
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().double().numpy().copy()
+
+
+def stages_from_checkpoint(ckpt: Checkpoint) -> list[Stage]:
+    """The trained net as stages, its normalisation still a separate ``InputAffine``."""
+    norm = ckpt.normalisation
+    scale = 1.0 / norm.std.astype(np.float64)
+    stages: list[Stage] = [InputAffine(scale, -norm.mean.astype(np.float64) * scale)]
+    last_affine: Affine | None = None
+    for block in ckpt.net.blocks:
+        if isinstance(block, nn.Linear):
+            last_affine = Affine(_np(block.weight), _np(block.bias))
+            stages.append(last_affine)
+        elif isinstance(block, nn.Conv2d):
+            if block.stride != (1, 1) or block.dilation != (1, 1) or block.groups != 1:
+                raise ExportError(f"conv layer {block}: only stride 1, dilation 1, groups 1 export")
+            last_affine = Affine(_np(block.weight), _np(block.bias), True, int(block.padding[0]))
+            stages.append(last_affine)
+        elif isinstance(block, PolyAct | ClosedFormAct):
+            if last_affine is None:
+                raise ExportError(f"activation {block} has no linear layer before it")
+            w = last_affine.weight
+            rn = (w.reshape(w.shape[0], -1) ** 2).sum(axis=1)
+            if isinstance(block, PolyAct):
+                stages.append(Poly(_np(block.coeffs), rn))
+            else:
+                stages.append(Act(block.kind, rn))
+        elif isinstance(block, nn.AvgPool2d):
+            stages.append(Pool(int(block.kernel_size)))
+        elif isinstance(block, nn.Flatten):
+            stages.append(Flatten())
+        else:
+            raise ExportError(f"block {block.__class__.__name__} has no export lowering")
+    return stages
+
+
+@torch.no_grad()
+def calibrate_ranges(ckpt: Checkpoint, x_raw: np.ndarray, stages: list[Stage]) -> None:
+    """Per-channel min/max of every polynomial's input over ``x_raw``, stored on its stage."""
+    polys = [s for s in stages if isinstance(s, Poly)]
+    ranges = []
+    h = torch.from_numpy(ckpt.normalisation.apply(x_raw))
+    for block in ckpt.net.blocks:
+        if isinstance(block, PolyAct):
+            flat = h.movedim(1, -1).reshape(-1, h.shape[1]).double()
+            ranges.append((flat.min(0).values.numpy(), flat.max(0).values.numpy()))
+        h = block(h)
+    for poly, (lo, hi) in zip(polys, ranges, strict=True):
+        poly.lo, poly.hi = lo, hi

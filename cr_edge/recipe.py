@@ -1,0 +1,143 @@
+"""Training recipes: one dataclass, read from the TOML files of the model zoo.
+
+A recipe is everything ``cr-edge train`` needs to reproduce a checkpoint: data
+source, architecture, DREG strength and optimiser settings. It is validated on
+construction and stored in the checkpoint's ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import tomllib
+
+from cr_edge.dreg import DEFAULT_LAMBDA
+from cr_edge.errors import InputError
+from cr_edge.nets import ACTIVATIONS, ARCHS
+from cr_edge.poly import MAX_DEGREE, MIN_DEGREE
+
+RECIPE_VERSION = 1
+_SECTIONS = ("data", "net", "train")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What to train and how. Defaults are a small CR MLP that trains in seconds on a CPU."""
+
+    name: str = "custom"
+    # data
+    data: str = "digits"  # a built-in dataset name or a file (see cr_edge.data.load_source)
+    target: str | None = None  # CSV target column
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    # net
+    arch: str = "mlp"
+    hidden: tuple[int, ...] = (32,)
+    activation: str = "poly"
+    degree: int = 3
+    shared: bool = False
+    # train
+    dreg: float = DEFAULT_LAMBDA  # 0 disables the penalty
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    patience: int = 15  # epochs without a better validation accuracy before stopping
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        _choice("arch", self.arch, ARCHS)
+        _choice("activation", self.activation, ACTIVATIONS)
+        _choice("optimizer", self.optimizer, ("adam", "adamw"))
+        _within("degree", self.degree, MIN_DEGREE, MAX_DEGREE)
+        _within("epochs", self.epochs, 1, 100_000)
+        _within("batch_size", self.batch_size, 1, 1 << 20)
+        _within("patience", self.patience, 1, 100_000)
+        if not self.hidden or min(self.hidden) < 1:
+            raise InputError(
+                f"recipe field 'hidden': widths must be positive, got {list(self.hidden)}"
+            )
+        if not (self.dreg >= 0 and self.lr > 0 and self.weight_decay >= 0):
+            raise InputError("recipe fields 'dreg', 'weight_decay' must be >= 0 and 'lr' > 0")
+        if not (0 < self.val_fraction < 0.5 and 0 < self.test_fraction < 0.5):
+            raise InputError(
+                "recipe fields 'val_fraction' and 'test_fraction' must lie in (0, 0.5)"
+            )
+
+    def replace(self, **changes: object) -> Recipe:
+        """A copy with the given fields changed; ``None`` values leave a field as it is."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_json(self) -> dict:
+        return {"recipe_version": RECIPE_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Recipe:
+        d = {k: v for k, v in d.items() if k != "recipe_version"}
+        return cls(**d)
+
+
+def _choice(field: str, value: object, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise InputError(f"recipe field {field!r}: {value!r} is not one of {', '.join(options)}")
+
+
+def _within(field: str, value: int, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or not lo <= value <= hi:
+        raise InputError(f"recipe field {field!r}: {value!r} must be an integer in {lo}..{hi}")
+
+
+def zoo_dir() -> Path:
+    """The model zoo: shipped inside the wheel, or the repository's ``models/`` in a checkout."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "models"
+    return packaged if packaged.is_dir() else here.parent / "models"
+
+
+def zoo_names() -> list[str]:
+    return sorted(p.stem for p in zoo_dir().glob("*.toml"))
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """A recipe by zoo name (``digits-cr``) or from a TOML file path."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = zoo_dir() / f"{name_or_path}.toml"
+        if not path.is_file():
+            raise InputError(
+                f"unknown recipe {name_or_path!r}; known: {', '.join(zoo_names())} "
+                "(or give a path to a .toml file)"
+            )
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise InputError(f"{path}: recipe file not found") from e
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise InputError(f"{path}: not a readable TOML recipe ({e})") from e
+    return _from_toml(doc, path)
+
+
+def _from_toml(doc: dict, path: Path) -> Recipe:
+    known = {f.name for f in fields(Recipe)}
+    flat: dict = {"name": path.stem}
+    for key, value in doc.items():
+        if key in _SECTIONS and isinstance(value, dict):
+            items = value.items()
+        else:
+            items = [(key, value)]
+        for k, v in items:
+            if k not in known:
+                raise InputError(
+                    f"{path}: unknown field {k!r}; known fields: {', '.join(sorted(known))}"
+                )
+            flat[k] = v
+    try:
+        return Recipe(**flat)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from e
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{path}: {e}") from e

@@ -1,0 +1,200 @@
+"""The training loop: cross-entropy plus DREG, early stopping on validation accuracy.
+
+Deterministic by construction: one seed drives weight initialisation and batch
+order, and deterministic algorithms are requested, so the same recipe on the
+same machine writes a bit-identical checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cr_edge import dreg
+from cr_edge.checkpoint import save_checkpoint
+from cr_edge.data import Dataset, fit_normalisation, load_source, split
+from cr_edge.errors import InputError, NonFiniteError
+from cr_edge.nets import CRNet, NetConfig, build_net
+from cr_edge.recipe import Recipe
+
+CALIB_SAMPLES = 512  # training inputs kept for calibration and parity oracles
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int
+    loss: float
+    dreg: float
+    val_accuracy: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    checkpoint: Path
+    metrics: dict
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without it is an input error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"--device {device!r}: choose auto, cpu or cuda")
+    return torch.device(device)
+
+
+def net_config_for(recipe: Recipe, data: Dataset) -> NetConfig:
+    input_shape = data.input_shape
+    if recipe.arch == "conv" and len(input_shape) != 3:
+        raise InputError(
+            f"--arch conv needs image data shaped (channels, h, w); "
+            f"{data.source} has samples shaped {input_shape}"
+        )
+    return NetConfig(
+        arch=recipe.arch,
+        input_shape=input_shape,
+        n_classes=data.n_classes,
+        hidden=recipe.hidden,
+        activation=recipe.activation,
+        degree=recipe.degree,
+        shared=recipe.shared,
+    )
+
+
+def train(
+    recipe: Recipe,
+    out: Path,
+    device: str = "cpu",
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> TrainResult:
+    """Train ``recipe`` and write the checkpoint folder ``out``."""
+    dev = resolve_device(device)
+    torch.manual_seed(recipe.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    data = split(
+        load_source(recipe.data, recipe.target),
+        recipe.seed,
+        recipe.val_fraction,
+        recipe.test_fraction,
+    )
+    norm = fit_normalisation(data.x_train, "channel" if recipe.arch == "conv" else "feature")
+    tensors = {
+        k: torch.from_numpy(norm.apply(getattr(data, f"x_{k}"))).to(dev)
+        for k in ("train", "val", "test")
+    }
+    labels = {
+        k: torch.from_numpy(getattr(data, f"y_{k}")).long().to(dev)
+        for k in ("train", "val", "test")
+    }
+    net = build_net(net_config_for(recipe, data), seed=recipe.seed).to(dev)
+    best = _fit(net, recipe, tensors, labels, on_epoch)
+    net.load_state_dict(best)
+    net.eval()
+    metrics = evaluate(net, tensors["test"], labels["test"], recipe.dreg)
+    metrics["val_accuracy"] = accuracy(net, tensors["val"], labels["val"])
+    calib = _calib_arrays(data, recipe.seed)
+    save_checkpoint(out, net.cpu(), recipe, norm, data.label_names, metrics, calib)
+    return TrainResult(Path(out), metrics)
+
+
+def _fit(
+    net: CRNet,
+    recipe: Recipe,
+    x: dict[str, Tensor],
+    y: dict[str, Tensor],
+    on_epoch: Callable[[EpochStats], None] | None,
+) -> dict[str, Tensor]:
+    opt_cls = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    n = x["train"].shape[0]
+    best_acc, best_state, stale, step = -1.0, copy.deepcopy(net.state_dict()), 0, 0
+    for epoch in range(1, recipe.epochs + 1):
+        net.train()
+        order = torch.randperm(n, generator=gen).to(x["train"].device)
+        loss_sum = dreg_sum = 0.0
+        for start in range(0, n, recipe.batch_size):
+            idx = order[start : start + recipe.batch_size]
+            loss, penalty = _step(net, opt, x["train"][idx], y["train"][idx], recipe.dreg, step)
+            loss_sum += loss * idx.numel()
+            dreg_sum += penalty * idx.numel()
+            step += 1
+        val_acc = accuracy(net, x["val"], y["val"])
+        if on_epoch:
+            on_epoch(EpochStats(epoch, loss_sum / n, dreg_sum / n, val_acc))
+        if val_acc > best_acc:
+            best_acc, best_state, stale = val_acc, copy.deepcopy(net.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= recipe.patience:
+                break
+    return best_state
+
+
+def _step(
+    net: CRNet, opt: torch.optim.Optimizer, xb: Tensor, yb: Tensor, lam: float, step: int
+) -> tuple[float, float]:
+    if lam > 0:
+        logits, terms = net.forward_with_jacobians(xb)
+        penalty = dreg.penalty(terms, lam)
+    else:
+        logits, penalty = net(xb), torch.zeros((), device=xb.device)
+    ce = F.cross_entropy(logits, yb)
+    loss = ce + penalty
+    if not torch.isfinite(loss):
+        name = "DREG penalty" if not torch.isfinite(penalty) else "cross-entropy"
+        raise NonFiniteError(
+            f"training step {step}: the {name} is {loss.item()}; "
+            "lower --lr or --dreg, or check the data for extreme values"
+        )
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    for name, p in net.named_parameters():
+        if not torch.isfinite(p).all():
+            raise NonFiniteError(
+                f"training step {step}: parameter {name!r} became non-finite; lower --lr"
+            )
+    return ce.item(), penalty.item()
+
+
+@torch.no_grad()
+def accuracy(net: CRNet, x: Tensor, y: Tensor) -> float:
+    net.eval()
+    return (net(x).argmax(dim=1) == y).float().mean().item()
+
+
+def evaluate(net: CRNet, x: Tensor, y: Tensor, lam: float = dreg.DEFAULT_LAMBDA) -> dict:
+    """Test metrics of a trained net: accuracy, size, DREG term and gradient metrics."""
+    net.eval()
+    with torch.no_grad():
+        _, terms = net.forward_with_jacobians(x)
+    norms = dreg.input_gradient_norms(net, x)
+    return {
+        "test_accuracy": accuracy(net, x, y),
+        "parameters": net.n_parameters(),
+        "dreg_term": float(sum(t.mean().item() for t in terms)),
+        "dreg_lambda": lam,
+        **dreg.gradient_metrics(norms),
+    }
+
+
+def _calib_arrays(data: Dataset, seed: int) -> dict[str, np.ndarray]:
+    """Raw (un-normalised) inputs for calibration, plus the test split for accuracy checks."""
+    rng = np.random.default_rng(seed)
+    take = min(CALIB_SAMPLES, data.x_train.shape[0])
+    idx = np.sort(rng.choice(data.x_train.shape[0], size=take, replace=False))
+    return {
+        "x": data.x_train[idx].astype(np.float32),
+        "x_test": data.x_test.astype(np.float32),
+        "y_test": data.y_test.astype(np.int64),
+    }
