@@ -113,6 +113,47 @@ def train(
     print_metrics(f"{chosen.name} -> {result.checkpoint}", result.metrics)
 
 
+def _batch(value: str) -> int | None:
+    if value == "dynamic":
+        return None
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise InputError(f"--batch {value!r}: give 'dynamic' or a positive integer")
+    return size
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17..21).")
+@click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed size.")
+@click.option("--derivatives/--no-derivatives", default=True, show_default=True,
+              help="Also write the derivative companion model.jvp.onnx.")
+@click.option("--sensitivity", is_flag=True, help="Add the per-sample DREG sensitivity output.")
+@click.option("--domain-guard/--no-domain-guard", default=True, show_default=True,
+              help="Clip polynomial inputs to their calibrated range plus a margin.")
+@click.option("--target", default="onnx", show_default=True,
+              help="Comma-separated: onnx, ort, executorch.")
+@click.option("--int8", is_flag=True, help="ExecuTorch target: PT2E int8 (XNNPACK quantizer).")
+@click.option("--force", is_flag=True, help="Overwrite an export already in --out.")
+def export(checkpoint: Path, out: Path, opset: int, batch: str, derivatives: bool,
+           sensitivity: bool, domain_guard: bool, target: str, int8: bool, force: bool) -> None:
+    """Export a checkpoint: Horner-lowered ONNX, derivative companion, parity oracle, mobile files."""
+    from cr_edge.export.artifacts import ExportOptions
+    from cr_edge.export.artifacts import export as run_export
+    from cr_edge.report import print_export
+
+    _refuse_existing(out, "model.onnx", force)
+    targets = tuple(t.strip() for t in target.split(",") if t.strip())
+    options = ExportOptions(opset=opset, batch=_batch(batch), derivatives=derivatives,
+                            sensitivity=sensitivity, domain_guard=domain_guard,
+                            targets=("onnx", *[t for t in targets if t != "onnx"]), int8=int8)
+    print_export(run_export(checkpoint, out, options))
+
+
 def main() -> None:
     cli(prog_name="cr-edge")
 

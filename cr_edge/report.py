@@ -21,3 +21,20 @@ def print_metrics(title: str, metrics: dict) -> None:
     for key, value in metrics.items():
         table.add_row(key, _fmt(value))
     _stdout.print(table)
+
+
+def print_export(result) -> None:
+    """Files written, their sizes, and what the folds did to each polynomial."""
+    table = Table(title=f"export -> {result.out}")
+    table.add_column("artifact")
+    table.add_column("file")
+    table.add_column("bytes", justify="right")
+    for kind, path in result.files.items():
+        table.add_row(kind, path.name, f"{path.stat().st_size:,}")
+    _stdout.print(table)
+    if result.horner_nodes:
+        _stdout.print(f"Horner Mul/Add nodes per polynomial: {result.horner_nodes}")
+    for note in result.refusals:
+        _stdout.print(f"[dim]kept: {note}[/dim]")
+    ops = ", ".join(f"{k} {v}" for k, v in sorted(result.op_counts.items()))
+    _stdout.print(f"model.onnx ops: {ops}")

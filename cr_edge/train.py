@@ -39,6 +39,7 @@ class EpochStats:
 class TrainResult:
     checkpoint: Path
     metrics: dict
+    net: CRNet
 
 
 def resolve_device(device: str) -> torch.device:
@@ -103,7 +104,7 @@ def train(
     metrics["val_accuracy"] = accuracy(net, tensors["val"], labels["val"])
     calib = _calib_arrays(data, recipe.seed)
     save_checkpoint(out, net.cpu(), recipe, norm, data.label_names, metrics, calib)
-    return TrainResult(Path(out), metrics)
+    return TrainResult(Path(out), metrics, net)
 
 
 def _fit(
