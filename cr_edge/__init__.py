@@ -1,6 +1,8 @@
 """cr-edge: ChainzRule networks from training to the device.
 
-The training and export API needs the ``train`` extra (torch); running and
+The Python API is ``cr_edge.api`` (``from cr_edge import api as cr;
+cr.train(...)``): the names ``train`` and ``export`` here are the stage
+sub-modules. Training and export need the ``train`` extra (torch); running and
 profiling exported models needs only numpy and onnxruntime.
 """
 

@@ -36,7 +36,11 @@ def test_digits_cr_reaches_95_percent_and_writes_the_checkpoint_layout(digits_cr
     metrics = json.loads((digits_cr / "metrics.json").read_text())
     assert metrics["test_accuracy"] >= 0.95
     assert {p.name for p in digits_cr.iterdir()} >= {
-        "config.json", "model.safetensors", "metrics.json", "calib.npz"}
+        "config.json",
+        "model.safetensors",
+        "metrics.json",
+        "calib.npz",
+    }
     config = json.loads((digits_cr / "config.json").read_text())
     assert config["net"]["activation"] == "poly" and config["recipe"]["name"] == "digits-cr"
 
@@ -66,8 +70,21 @@ def test_every_zoo_recipe_loads():
 
 def test_cli_options_override_the_recipe(tmp_path: Path):
     out = tmp_path / "ck"
-    result = run("train", "--data", "wine", "--hidden", "6,5", "--degree", "2",
-                 "--epochs", "2", "--seed", "3", "--out", out)
+    result = run(
+        "train",
+        "--data",
+        "wine",
+        "--hidden",
+        "6,5",
+        "--degree",
+        "2",
+        "--epochs",
+        "2",
+        "--seed",
+        "3",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["net"]["hidden"] == [6, 5] and cfg["net"]["degree"] == 2
