@@ -23,26 +23,35 @@ DEFAULT_LAMBDA = 10**-2.5
 
 def row_norms_sq(layer: nn.Module) -> Tensor:
     """``||W_i||^2`` per output unit (Linear) or output channel (Conv2d)."""
-    w = layer.weight
-    return w.reshape(w.shape[0], -1).pow(2).sum(dim=1)
+    w = layer.weight.reshape(layer.weight.shape[0], -1)
+    return (w * w).sum(dim=1)
 
 
 def layer_jacobian_sq(act_deriv: Tensor, layer: nn.Module) -> Tensor:
     """Per-sample ``||J||_F^2`` of ``act(layer(h))`` with respect to ``h``; shape ``(batch,)``.
 
-    ``act_deriv`` is ``act'(z)`` at the layer's output, shape ``(batch, out, ...)``.
+    ``act_deriv`` is ``act'(z)`` at the layer's output, shape ``(batch, out, ...)``. Squares are
+    products (``t * t``) and the weighting is one ``mv``: on the small tensors DREG sees, each
+    autograd node costs more than its arithmetic, and this form has the fewest.
     """
-    norms = row_norms_sq(layer)
-    sq = act_deriv.pow(2)
+    sq = act_deriv * act_deriv
     if sq.dim() > 2:  # conv: sum over positions first, then weight by channel
         sq = sq.flatten(2).sum(dim=2)
-    return sq @ norms
+    return torch.mv(sq, row_norms_sq(layer))
 
 
 def penalty(terms: list[Tensor], lam: float = DEFAULT_LAMBDA) -> Tensor:
-    """``lam * sum_layers mean_batch ||J_l||_F^2``."""
+    """``lam * sum_layers mean_batch ||J_l||_F^2``.
+
+    When the terms share one shape (one batch, as ``forward_with_jacobians`` gives them), the
+    sum of per-layer means is one sum over the stacked terms: three autograd nodes, however
+    many layers, instead of a mean node per layer.
+    """
     if not terms:
         raise ValueError("DREG needs at least one activated layer")
+    if len({t.shape for t in terms}) == 1:
+        stacked = torch.stack(terms)
+        return stacked.sum() * (lam * len(terms) / stacked.numel())
     return lam * torch.stack([t.mean() for t in terms]).sum()
 
 
@@ -68,7 +77,7 @@ def input_gradient_norms(model: nn.Module, x: Tensor, batch_size: int = 512) -> 
     """
     out = []
     for start in range(0, x.shape[0], batch_size):
-        xb = x[start:start + batch_size].detach().clone().requires_grad_(True)
+        xb = x[start : start + batch_size].detach().clone().requires_grad_(True)
         logits = model(xb)
         pred = logits.argmax(dim=1, keepdim=True)
         chosen = logits.gather(1, pred).sum()

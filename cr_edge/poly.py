@@ -14,6 +14,7 @@ autograd would otherwise record every Horner step (two nodes per degree, for
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -25,10 +26,14 @@ DEFAULT_FIT_RANGE = 3.0
 
 
 def horner(coeffs: Tensor, x: Tensor) -> Tensor:
-    """``sum_k coeffs[k] * x**k`` by Horner's rule; ``coeffs[k]`` broadcasts against ``x``."""
+    """``sum_k coeffs[k] * x**k`` by Horner's rule; ``coeffs[k]`` broadcasts against ``x``.
+
+    Each step is one fused ``addcmul`` rather than a multiply and an add: half the kernels,
+    and the polynomial is small enough that launching kernels is most of its cost.
+    """
     y = coeffs[-1].expand_as(x)
     for k in range(coeffs.shape[0] - 2, -1, -1):
-        y = y * x + coeffs[k]
+        y = torch.addcmul(coeffs[k], y, x)
     return y
 
 
@@ -39,23 +44,32 @@ def derivative_coeffs(coeffs: Tensor) -> Tensor:
 
 
 def horner_with_derivative(coeffs: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    """``(p(x), p'(x))`` together, by the simultaneous Horner scheme."""
+    """``(p(x), p'(x))`` together, by the simultaneous Horner scheme.
+
+    ``p'`` trails ``p`` by one step (``d <- d*x + y`` before ``y <- y*x + a[k]``); it starts
+    at the leading coefficient, so there is no zero tensor to allocate and multiply.
+    """
     y = coeffs[-1].expand_as(x)
-    d = torch.zeros_like(x)
+    d = None
     for k in range(coeffs.shape[0] - 2, -1, -1):
-        d = d * x + y
-        y = y * x + coeffs[k]
+        d = y if d is None else torch.addcmul(y, d, x)
+        y = torch.addcmul(coeffs[k], y, x)
+    if coeffs.shape[0] == 2:  # p' = a[1] is still a broadcast view of coeffs: hand back a copy
+        d = d.clone()
     return y, d
 
 
-def fit_coefficients(fn: str = "gelu", degree: int = DEFAULT_DEGREE,
-                     fit_range: float = DEFAULT_FIT_RANGE) -> np.ndarray:
+def fit_coefficients(
+    fn: str = "gelu", degree: int = DEFAULT_DEGREE, fit_range: float = DEFAULT_FIT_RANGE
+) -> np.ndarray:
     """Least-squares polynomial fit of a smooth activation on ``[-fit_range, fit_range]``.
 
     An untrained CR net then starts out behaving like the standard net it replaces.
     Returns ``a[0..degree]`` in ascending powers, float64.
     """
     check_degree(degree)
+    if fn not in _SMOOTH:
+        raise ValueError(f"fn must be one of {sorted(_SMOOTH)}, got {fn!r}")
     xs = np.linspace(-fit_range, fit_range, 2001)
     ys = _SMOOTH[fn](xs)
     vander = np.vander(xs, degree + 1, increasing=True)
@@ -77,55 +91,93 @@ _SMOOTH = {
 
 
 def check_degree(degree: int) -> None:
-    if not MIN_DEGREE <= degree <= MAX_DEGREE:
-        raise ValueError(f"degree must be in {MIN_DEGREE}..{MAX_DEGREE}, got {degree}")
+    """Refuse degrees the engine does not support, before any tensor is built."""
+    if not isinstance(degree, numbers.Integral) or not MIN_DEGREE <= degree <= MAX_DEGREE:
+        raise ValueError(f"degree must be an integer in {MIN_DEGREE}..{MAX_DEGREE}, got {degree!r}")
 
 
 class _PolyFunction(torch.autograd.Function):
     """``(p(x), p'(x))`` with a hand-written backward over both outputs.
 
-    ``x`` is laid out with channels last, shape ``(M, C)``; ``coeffs`` is
-    ``(K+1, C)`` or ``(K+1, 1)`` for shared coefficients.
+    ``x`` is ``(batch, C, ...)`` with channels on axis 1, in whatever layout it comes; ``coeffs``
+    is ``(K+1, C)``, or ``(K+1, 1)`` for shared coefficients. The backward is built from
+    differentiable ops, so double backward (an input-gradient penalty) works too, and
+    ``setup_context`` plus ``generate_vmap_rule`` let ``torch.func`` transforms (``vmap``,
+    ``jacrev``) see through it.
     """
 
-    @staticmethod
-    def forward(ctx, x: Tensor, coeffs: Tensor) -> tuple[Tensor, Tensor]:
-        y, d = horner_with_derivative(coeffs, x)
-        ctx.save_for_backward(x, coeffs, d)
-        ctx.set_materialize_grads(False)
-        return y, d
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx, gy: Tensor | None, gd: Tensor | None):
+    def forward(x: Tensor, coeffs: Tensor) -> tuple[Tensor, Tensor]:
+        return horner_with_derivative(_broadcastable(coeffs, x), x)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[Tensor, Tensor], output: tuple[Tensor, Tensor]) -> None:
+        x, coeffs = inputs
+        ctx.save_for_backward(x, coeffs, output[1])
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, gy: Tensor | None, gd: Tensor | None) -> tuple[Tensor | None, ...]:
         x, coeffs, d = ctx.saved_tensors
-        degree = coeffs.shape[0] - 1
+        a = _broadcastable(coeffs, x)
         gx = ga = None
-        # powers[k] = x**k; the coefficient gradients are reductions against them.
+        if ctx.needs_input_grad[0]:
+            gx = _input_grad(a, x, d, gy, gd)
         if ctx.needs_input_grad[1]:
-            powers = [torch.ones_like(x), x]
-            for _ in range(2, degree + 1):
-                powers.append(powers[-1] * x)
-            stacked = torch.stack(powers)
-        if gy is not None:
-            gx = gy * d
-            if ctx.needs_input_grad[1]:
-                ga = _reduce_like(stacked * gy, coeffs)
-        if gd is not None:
-            if degree >= 2:
-                d2 = horner(derivative_coeffs(derivative_coeffs(coeffs)), x)
-                gx = gd * d2 if gx is None else gx + gd * d2
-            if ctx.needs_input_grad[1]:
-                ks = torch.arange(1, degree + 1, dtype=x.dtype, device=x.device)
-                gda = _reduce_like(stacked[:-1] * gd, coeffs[1:]) * ks.view(-1, 1)
-                gda = torch.cat([torch.zeros_like(gda[:1]), gda])
-                ga = gda if ga is None else ga + gda
+            ga = _coeff_grad(a, x, gy, gd).view(coeffs.shape)
         return gx, ga
 
 
-def _reduce_like(t: Tensor, coeffs: Tensor) -> Tensor:
-    # t is (K, M, C); sum over samples, and over channels too when coefficients are shared.
-    out = t.sum(dim=1)
-    return out.sum(dim=1, keepdim=True) if coeffs.shape[1] == 1 else out
+def _broadcastable(coeffs: Tensor, x: Tensor) -> Tensor:
+    """``coeffs`` as ``(K+1, C, 1, ...)``, so ``coeffs[k]`` broadcasts over ``x``'s axis 1.
+
+    Working in ``x``'s own layout spares a channels-last copy on the way in and on the way out.
+    """
+    return coeffs.view(*coeffs.shape, *([1] * (x.dim() - 2)))
+
+
+def _input_grad(
+    a: Tensor, x: Tensor, d: Tensor, gy: Tensor | None, gd: Tensor | None
+) -> Tensor | None:
+    """``gy * p'(x) + gd * p''(x)``; ``p''`` only when DREG backpropagates through ``p'``."""
+    gx = None if gy is None else gy * d
+    if gd is None or a.shape[0] < 3:  # no gradient into p', or p' is constant
+        return gx
+    half = _half_second_derivative(a, x)
+    return gd * half * 2.0 if gx is None else torch.addcmul(gx, gd, half, value=2.0)
+
+
+def _half_second_derivative(a: Tensor, x: Tensor) -> Tensor:
+    """``p''(x) / 2``, by Horner on the coefficients themselves.
+
+    ``p''(x) = sum_k k(k-1) a[k] x**(k-2)``. Writing each Horner partial as ``k(k-1) u_k``
+    gives ``u_k = a[k] + (k+1)/(k-1) * u_{k+1} * x``, one ``addcmul`` with a scalar weight per
+    step, and ``p'' = 2 u_2``: no scaled copy of the coefficients is built in the backward pass.
+    """
+    u = a[-1].expand_as(x)
+    for k in range(a.shape[0] - 2, 1, -1):
+        u = torch.addcmul(a[k], u, x, value=(k + 1) / (k - 1))
+    return u
+
+
+def _coeff_grad(a: Tensor, x: Tensor, gy: Tensor | None, gd: Tensor | None) -> Tensor:
+    """``d loss / d a[k] = sum(gy * x**k + k * gd * x**(k-1))``, shaped like ``a``.
+
+    The summands come from one recurrence, ``s_k = s_{k-1} * x + t_{k-1}`` with
+    ``t_k = gd * x**k``, and each is reduced as soon as it exists: no tensor of powers, and no
+    stacked ``(K+1, *x.shape)`` temporary, which on CPU costs more to allocate than to sum.
+    """
+    s = torch.zeros_like(x) if gy is None else gy
+    t = gd
+    sums = [s.sum_to_size(a.shape[1:])]
+    for k in range(1, a.shape[0]):
+        s = s * x if t is None else torch.addcmul(t, s, x)
+        if t is not None and k < a.shape[0] - 1:
+            t = t * x
+        sums.append(s.sum_to_size(a.shape[1:]))
+    return torch.stack(sums)
 
 
 class PolyAct(nn.Module):
@@ -135,8 +187,14 @@ class PolyAct(nn.Module):
     least-squares fit of ``init`` (GELU by default) on ``[-fit_range, fit_range]``.
     """
 
-    def __init__(self, channels: int, degree: int = DEFAULT_DEGREE, shared: bool = False,
-                 init: str = "gelu", fit_range: float = DEFAULT_FIT_RANGE) -> None:
+    def __init__(
+        self,
+        channels: int,
+        degree: int = DEFAULT_DEGREE,
+        shared: bool = False,
+        init: str = "gelu",
+        fit_range: float = DEFAULT_FIT_RANGE,
+    ) -> None:
         super().__init__()
         check_degree(degree)
         if init not in _SMOOTH:
@@ -151,22 +209,12 @@ class PolyAct(nn.Module):
 
     def forward_with_derivative(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(p(x), p'(x))`` from one Horner pass."""
-        flat = _channels_last(x)
-        y, d = _PolyFunction.apply(flat, self.coeffs)
-        return _restore(y, x), _restore(d, x)
+        if x.dim() < 2 or not (self.shared or x.shape[1] == self.channels):
+            raise ValueError(
+                f"PolyAct(channels={self.channels}) needs input shaped "
+                f"(batch, {self.channels}, ...), got {tuple(x.shape)}"
+            )
+        return _PolyFunction.apply(x, self.coeffs)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, degree={self.degree}, shared={self.shared}"
-
-
-def _channels_last(x: Tensor) -> Tensor:
-    if x.dim() == 2:
-        return x
-    return x.movedim(1, -1).reshape(-1, x.shape[1])
-
-
-def _restore(t: Tensor, like: Tensor) -> Tensor:
-    if like.dim() == 2:
-        return t
-    moved = (like.shape[0], *like.shape[2:], like.shape[1])
-    return t.reshape(moved).movedim(-1, 1)

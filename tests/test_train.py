@@ -142,7 +142,7 @@ def test_corrupt_checkpoint_is_refused_with_the_file_named(digits_cr: Path, tmp_
     broken = _copy(digits_cr, tmp_path / "broken")
     data = bytearray((broken / "model.safetensors").read_bytes())
     (broken / "model.safetensors").write_bytes(bytes(data[: len(data) // 2]))
-    with pytest.raises(InputError, match="model.safetensors"):
+    with pytest.raises(InputError, match=r"model\.safetensors"):
         load_checkpoint(broken)
     result = run("export", broken, "--out", tmp_path / "exp")
     assert result.exit_code == 2 and "model.safetensors" in result.output
