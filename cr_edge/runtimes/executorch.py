@@ -1,0 +1,110 @@
+"""The ExecuTorch runtime: a ``.pte`` program with the XNNPACK delegate.
+
+ExecuTorch's Python runtime takes and returns torch tensors, so this is the one
+place in ``cr_edge.runtimes`` that imports torch — lazily, when a ``.pte`` is
+loaded, never when the package is imported. ``available()`` only looks for the
+packages (importing ExecuTorch costs seconds); a broken install shows up as
+UNAVAILABLE when loading.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import numpy as np
+
+from cr_edge.errors import InputError
+from cr_edge.runtimes.artifacts import Artifact, one_line
+from cr_edge.runtimes.runtime import RunError, Runtime, Session, TensorSpec, Unavailable
+
+# c10::ScalarType codes reported by ExecuTorch's TensorInfo.dtype()
+SCALAR_TYPES = {
+    0: np.uint8,
+    1: np.int8,
+    3: np.int32,
+    4: np.int64,
+    5: np.float16,
+    6: np.float32,
+    7: np.float64,
+    11: np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class ExecuTorchRuntime(Runtime):
+    """Runs the ``forward`` method of an ExecuTorch program."""
+
+    name: str = "executorch-xnnpack"
+    suffixes: tuple[str, ...] = (".pte",)
+    backend: str = "XnnpackBackend"
+
+    def available(self) -> tuple[bool, str]:
+        for module in ("torch", "executorch"):
+            if not _installed(module):
+                return False, f"{module} is not installed (pip install 'cr-edge[executorch]')"
+        return True, ""
+
+    def load(self, artifact: Artifact) -> Session:
+        ok, why = self.available()
+        if not ok:
+            raise Unavailable(why)
+        try:
+            import torch
+            from executorch.runtime import Runtime as EtRuntime
+            from executorch.runtime import Verification
+        except ImportError as e:
+            raise Unavailable(f"ExecuTorch cannot be imported ({one_line(e)})") from e
+        runtime = EtRuntime.get()
+        if not runtime.backend_registry.is_available(self.backend):
+            raise Unavailable(f"this ExecuTorch build has no {self.backend}")
+        try:
+            program = runtime.load_program(
+                artifact.data, verification=Verification.InternalConsistency
+            )
+            method = program.load_method("forward")
+        except (RuntimeError, ValueError) as e:
+            raise InputError(f"{artifact.path}: {self.name} cannot load it ({one_line(e)})") from e
+        return ExecuTorchSession(method, torch)
+
+
+class ExecuTorchSession(Session):
+    """A loaded ``forward`` method; inputs are named ``x``... and outputs ``y``... by position.
+
+    ExecuTorch reports memory-planned sizes, which for a dynamic batch are its upper
+    bound; ``run_all`` therefore feeds full planned batches, padded.
+    """
+
+    def __init__(self, method, torch) -> None:
+        self._method = method
+        self._torch = torch
+        meta = method.metadata
+        self.inputs = [
+            _spec("x" if i == 0 else f"input{i}", meta.input_tensor_meta(i))
+            for i in range(meta.num_inputs())
+        ]
+        self.outputs = [
+            _spec("y" if i == 0 else f"output{i}", meta.output_tensor_meta(i))
+            for i in range(meta.num_outputs())
+        ]
+        self.metadata = {}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        tensors = [self._torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
+        try:
+            outputs = self._method.execute(tensors)
+        except RuntimeError as e:
+            raise RunError(one_line(e)) from e
+        # Outputs may live in memory-planned buffers that the next execute overwrites.
+        return [o.detach().numpy().copy() for o in outputs]
+
+
+def _spec(name: str, info) -> TensorSpec:
+    return TensorSpec(name, tuple(info.sizes()), np.dtype(SCALAR_TYPES.get(info.dtype(), object)))
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module shimmed to None in sys.modules
+        return False

@@ -1,0 +1,189 @@
+"""Parity: does a runtime reproduce PyTorch's outputs and derivatives on the oracle inputs?
+
+Outputs are compared elementwise (max abs / rel error, ``isclose`` under the policy)
+plus argmax agreement and, with labels, accuracy. Derivatives are the JVPs
+``J(x)·v`` along the oracle's directions, taken from the derivative companion graph
+when there is one and by central finite differences on the primal model otherwise,
+compared per sample by norm-relative error and cosine similarity. Every comparison
+is kept, passing or not, so that a report lists all failures at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cr_edge.runtimes.oracle import Oracle
+from cr_edge.runtimes.outcome import Check, Outcome
+from cr_edge.runtimes.runtime import RunError, Session
+from cr_edge.runtimes.tolerances import DerivativeTolerance, Tolerances, finite_difference_steps
+
+COMPANION, FINITE_DIFFERENCES = "companion", "finite-differences"
+_TINY = np.finfo(np.float32).eps
+
+
+def output_parity(session: Session, x: np.ndarray, oracle: Oracle, tol: Tolerances) -> Outcome:
+    """Run the primal model on ``x`` and compare its outputs with the oracle's."""
+    try:
+        outputs = session.run_all({session.input_names[0]: x})
+    except RunError as e:
+        check = Check("y", oracle.y.shape, False, _output_tol(tol), error=f"run failed: {e}")
+        return Outcome.from_checks([check], f"run failed: {e}")
+    checks = [compare_elementwise("y", outputs[0], oracle.y, tol)]
+    for name, out in zip(session.output_names[1:], outputs[1:], strict=True):
+        if name in oracle.extra:
+            checks.append(compare_elementwise(name, out, oracle.extra[name], tol))
+    figures = {"argmax_agreement": argmax_agreement(outputs[0], oracle.y)}
+    if oracle.labels is not None and outputs[0].shape == oracle.y.shape and oracle.y.ndim == 2:
+        figures["accuracy"] = float(np.mean(outputs[0].argmax(axis=1) == oracle.labels))
+        figures["oracle_accuracy"] = float(np.mean(oracle.y.argmax(axis=1) == oracle.labels))
+    y = checks[0]
+    summary = f"max|Δ| {y.max_abs:.2g} rel {y.max_rel:.2g}"
+    if figures["argmax_agreement"] is not None:
+        summary += f" argmax {figures['argmax_agreement']:.0%}"
+    return Outcome.from_checks(checks, summary, figures)
+
+
+def derivative_parity(
+    session: Session,
+    companion: Session | None,
+    x: np.ndarray,
+    oracle: Oracle,
+    tol: Tolerances,
+    method: str,
+) -> Outcome:
+    """JVPs from ``companion`` (method "companion") or finite differences on ``session``."""
+    if not oracle.has_derivatives:
+        return Outcome.unavailable(f"{oracle.path.name} has no 'v'/'jvp' arrays")
+    bound = tol.derivative(method)
+    if bound is None:
+        return Outcome.unavailable(
+            f"finite differences are not derivatives of a {tol.precision} model "
+            "(piecewise constant); export the JVP companion"
+        )
+    v = oracle.v.astype(x.dtype)
+    figures: dict = {"method": method}
+    checks: list[Check] = []
+    try:
+        if method == COMPANION:
+            jvp, y = companion_jvp(companion, x, v)
+            checks.append(compare_elementwise("y (companion)", y, oracle.y, tol))
+        else:
+            steps = finite_difference_steps(x, v, tol.precision)
+            jvp = finite_difference_jvp(session, x, v, steps)
+            figures["step_rule"] = (
+                "central differences at h and h/2, Richardson-combined; "
+                "h = eps**(1/5) * (1 + ||x||) / ||v||"
+            )
+            figures["median_step"] = float(np.median(steps))
+    except RunError as e:
+        check = Check(
+            "jvp", oracle.jvp.shape, False, _deriv_tol(bound, tol), error=f"run failed: {e}"
+        )
+        return Outcome.from_checks([check], f"{method}: run failed: {e}", figures)
+    jvp_check = compare_directional("jvp", jvp, oracle.jvp, oracle.v, bound, tol)
+    checks.insert(0, jvp_check)
+    summary = f"{method}: rel {jvp_check.max_rel:.2g} cos {_fmt_cos(jvp_check.min_cosine)}"
+    return Outcome.from_checks(checks, summary, figures)
+
+
+def companion_jvp(
+    companion: Session, x: np.ndarray, v: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run the derivative companion (inputs ``x, v``; outputs ``y, jvp``); return ``(jvp, y)``."""
+    outputs = companion.run_all({"x": x, "v": v})
+    names = companion.output_names
+    jvp = outputs[names.index("jvp")] if "jvp" in names else outputs[1]
+    return jvp, outputs[0]
+
+
+def finite_difference_jvp(
+    session: Session, x: np.ndarray, v: np.ndarray, steps: np.ndarray
+) -> np.ndarray:
+    """Central differences at ``h`` and ``h/2``, Richardson-combined, all in one batched run.
+
+    ``D(h) = (f(x + h v) - f(x - h v)) / 2h`` has error ``c h^2 + O(h^4)``; ``(4 D(h/2) -
+    D(h)) / 3`` cancels the ``h^2`` term (the step rule and its measured effect are in
+    ``tolerances``).
+    """
+    n = x.shape[0]
+    base = x.astype(np.float64)
+    points = []
+    for scale in (1.0, 0.5):
+        h = (steps * scale).reshape((n,) + (1,) * (x.ndim - 1))
+        points += [(base + h * v).astype(x.dtype), (base - h * v).astype(x.dtype)]
+    out = session.run_all({session.input_names[0]: np.concatenate(points)})[0].astype(np.float64)
+    f = out.reshape((4, n, *out.shape[1:]))
+    h = steps.reshape((n,) + (1,) * (out.ndim - 1))
+    with np.errstate(all="ignore"):  # a broken model's Inf/NaN fails the comparison instead
+        coarse = (f[0] - f[1]) / (2 * h)
+        fine = (f[2] - f[3]) / h
+        return (4 * fine - coarse) / 3
+
+
+def compare_elementwise(name: str, got: np.ndarray, ref: np.ndarray, tol: Tolerances) -> Check:
+    """``|got - ref| <= atol + rtol*|ref|`` everywhere, with max abs and max rel error."""
+    text = _output_tol(tol)
+    got = np.asarray(got)
+    if got.shape != ref.shape:
+        return Check(name, ref.shape, False, text, error=f"shape {got.shape}, oracle {ref.shape}")
+    g, r = got.astype(np.float64), ref.astype(np.float64)
+    with np.errstate(all="ignore"):  # Inf/NaN outputs become NaN figures and a failed check
+        diff = np.abs(g - r)
+        max_abs = float(np.max(diff)) if diff.size else 0.0
+        max_rel = float(np.max(diff / np.maximum(np.abs(r), _TINY))) if diff.size else 0.0
+        passed = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(r)))
+    return Check(name, ref.shape, passed and bool(np.all(np.isfinite(g))), text, max_abs, max_rel)
+
+
+def compare_directional(
+    name: str,
+    got: np.ndarray,
+    ref: np.ndarray,
+    v: np.ndarray,
+    bound: DerivativeTolerance,
+    tol: Tolerances,
+) -> Check:
+    """Per-sample ``||got - ref|| / scale`` and cosine; scale is ``||ref||``, or ``L||v||`` (int8)."""
+    text = _deriv_tol(bound, tol)
+    got = np.asarray(got)
+    if got.shape != ref.shape:
+        return Check(name, ref.shape, False, text, error=f"shape {got.shape}, oracle {ref.shape}")
+    n = ref.shape[0]
+    g = got.reshape(n, -1).astype(np.float64)
+    r = ref.reshape(n, -1).astype(np.float64)
+    with np.errstate(all="ignore"):  # Inf/NaN derivatives become NaN figures and a failed check
+        g_norm, r_norm = np.linalg.norm(g, axis=1), np.linalg.norm(r, axis=1)
+        if tol.jacobian_bound:
+            v_norm = np.linalg.norm(v.reshape(n, -1).astype(np.float64), axis=1)
+            scale = tol.jacobian_bound * v_norm
+        else:
+            scale = r_norm
+        rel = np.linalg.norm(g - r, axis=1) / np.maximum(scale, _TINY)
+        denom = g_norm * r_norm
+        both_zero = (g_norm == 0) & (r_norm == 0)
+        cos = np.where(both_zero, 1.0, np.sum(g * r, axis=1) / np.where(denom > 0, denom, 1.0))
+        max_abs = float(np.max(np.abs(g - r)))
+    max_rel, min_cos = float(np.max(rel)), float(np.min(cos))
+    finite = bool(np.all(np.isfinite(g)))
+    passed = finite and max_rel <= bound.rtol and min_cos >= bound.min_cosine
+    return Check(name, ref.shape, passed, text, max_abs, max_rel, min_cos)
+
+
+def argmax_agreement(got: np.ndarray, ref: np.ndarray) -> float | None:
+    """Fraction of samples whose top class matches the oracle's; None if not a classifier."""
+    if ref.ndim != 2 or ref.shape[1] < 2 or np.shape(got) != ref.shape:
+        return None
+    return float(np.mean(np.argmax(got, axis=1) == np.argmax(ref, axis=1)))
+
+
+def _output_tol(tol: Tolerances) -> str:
+    return f"atol={tol.atol:.3g} rtol={tol.rtol:.3g}"
+
+
+def _deriv_tol(bound: DerivativeTolerance, tol: Tolerances) -> str:
+    scale = f"L||v||, L={tol.jacobian_bound:.3g}" if tol.jacobian_bound else "||Jv||"
+    return f"rel<={bound.rtol:.3g} of {scale}, cos>={bound.min_cosine:g}"
+
+
+def _fmt_cos(cos: float | None) -> str:
+    return "n/a" if cos is None else f"{cos:.6f}"

@@ -1,0 +1,38 @@
+"""The validation report as a rich table: runtime x {outputs, derivatives, coverage}.
+
+Each cell shows the status and its headline figures (or the reason a runtime is
+unavailable); every failing check follows the table on a line of its own.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from cr_edge.runtimes.outcome import FAIL, PASS, Outcome
+from cr_edge.runtimes.validate import COLUMNS, ValidationReport
+
+STYLES = {PASS: "green", FAIL: "bold red"}
+
+
+def render(report: ValidationReport, console: Console) -> None:
+    """Print the table, then the failures, one per line."""
+    table = Table(title="cr-edge validate", show_lines=True)
+    table.add_column("artifact", overflow="fold")
+    table.add_column("runtime")
+    for column in COLUMNS:
+        table.add_column(column)
+    for r in report.results:
+        table.add_row(r.target or r.artifact, r.runtime, *(_cell(o) for o in r.outcomes().values()))
+    console.print(table)
+    for line in report.failures():
+        console.print(f"FAIL {line}", style="red", markup=False, highlight=False, soft_wrap=True)
+
+
+def _cell(outcome: Outcome) -> str:
+    style = STYLES.get(outcome.status, "yellow")
+    return f"[{style}]{outcome.status}[/{style}] {_escape(outcome.summary)}"
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", r"\[")

@@ -1,0 +1,218 @@
+"""The written tolerance policy: how close a runtime must come to the PyTorch oracle.
+
+One table per precision, used by ``validate`` and by the tests alike. Outputs pass
+when every element satisfies ``|a - b| <= atol + rtol * |b|`` (numpy's ``isclose``,
+Polygraphy's elementwise rule). Derivatives (JVPs ``J(x)·v``) are compared per sample
+as a norm-relative error ``||a - b|| / ||b||`` and a cosine similarity, because an
+elementwise rule on a directional derivative is dominated by entries that happen to
+be near zero.
+
+fp32
+    Outputs: atol = rtol = 1e-5, Polygraphy's defaults and Optimum's export atol; the
+    PyTorch ONNX exporter's own tests use rtol 1e-5 / atol 2e-5. cr-edge fails past
+    it where Optimum only warns.
+    Derivatives from the companion graph: rtol 1e-4, cosine >= 0.9999. The companion
+    and autograd compute the same products in a different order (``p'(z)`` by Horner
+    on ``k*a_k`` against autograd's chain through the Horner steps), so their
+    difference is rounding only: a few ulps per layer, ~1e-6 in norm for our depths.
+    1e-4 leaves that margin while a 1% change of one coefficient moves the JVP ~1e-2.
+    Derivatives by finite differences: rtol 1e-3, cosine >= 0.999. The JVP is the
+    Richardson combination ``(4 D(h/2) - D(h)) / 3`` of central differences
+    ``D(h) = (f(x + h v) - f(x - h v)) / 2h``, with the per-sample step
+    ``h = eps**(1/5) * (1 + ||x||) / ||v||`` (eps of the compute dtype; the input
+    scale ``1 + ||x||`` as in the Newton-Krylov rule for directional differences).
+    Why: a plain central difference has truncation error ~h^2 and rounding error
+    ~eps/h, balanced at the textbook h ~ eps**(1/3); measured on a cubic CR net in
+    float32 it is still off by up to 2.3e-4 of ``||Jv||``, too close to 1e-3 for a
+    check that must not flake. Richardson removes the h^2 term, leaving h^4 against
+    eps/h, balanced at h ~ eps**(1/5) (perturbations ~4% of the input scale): the
+    same net is then off by 3.5e-5, 30x inside the tolerance and ~1000x below the
+    ~3e-2 that a 1% change of one polynomial coefficient causes. Finite differences
+    assume a smooth model; across ReLU kinks any step misleads, which is what the
+    derivative companion is for.
+fp16
+    Unit roundoff 4.9e-4; a length-n dot product accumulates ~sqrt(n) of them, so
+    widths 32..512 reach 3e-3..1e-2: outputs atol = rtol = 1e-2. Companion
+    derivatives rtol 2e-2, cosine >= 0.999; finite differences (h from fp16 eps,
+    ~1/4 of the input scale) rtol 5e-2, cosine >= 0.99.
+int8
+    A quantized output is only defined to its quantization step: outputs atol =
+    3 steps, rtol 0 (half a step from the final requantization plus the rounding
+    carried through the earlier layers), the step read from the metadata
+    ``cr_edge.quant.output_step``. Derivatives are measured against the model's
+    Jacobian bound ``L`` (``cr_edge.jacobian_bound``): the per-sample error
+    ``||a - b|| / (L ||v||)`` must stay <= 5e-2 (per-tensor int8 weights resolve
+    1/255 of their range, a ~1% error per layer over a few layers), cosine >= 0.99.
+    A JVP near zero is therefore not held to a relative bound it cannot meet.
+    Finite differences of a quantized model are not a derivative (the graph is
+    piecewise constant in ``x``), so int8 derivatives need the companion.
+    Fallbacks when the metadata is absent: the step an 8-bit per-tensor quantizer
+    would pick for the oracle's output range, ``(max y - min y) / 255``; and for
+    ``L`` the largest ``||J v|| / ||v||`` over the oracle samples (a lower bound of
+    the true ``L``, so the check errs strict).
+
+Every number can be overridden (``--atol``, ``--rtol``, ``--deriv-rtol``,
+``--min-cosine``); the report records where each one came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from cr_edge.errors import InputError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+PRECISION_KEY = "cr_edge.precision"
+OUTPUT_STEP_KEY = "cr_edge.quant.output_step"
+JACOBIAN_BOUND_KEY = "cr_edge.jacobian_bound"
+INT8_OUTPUT_STEPS = 3.0
+INT8_LEVELS = 255
+
+
+@dataclass(frozen=True)
+class DerivativeTolerance:
+    """Bound on one derivative method: norm-relative error and cosine similarity."""
+
+    rtol: float
+    min_cosine: float
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """The numbers one comparison uses, and where each came from."""
+
+    precision: str
+    atol: float
+    rtol: float
+    companion: DerivativeTolerance
+    finite_differences: DerivativeTolerance | None  # None: not a derivative at this precision
+    jacobian_bound: float | None = None  # int8: derivative errors are relative to L*||v||
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def derivative(self, method: str) -> DerivativeTolerance | None:
+        """The bound for ``method`` ("companion" or "finite-differences")."""
+        return self.companion if method == "companion" else self.finite_differences
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """User overrides from the command line; None keeps the policy value."""
+
+    atol: float | None = None
+    rtol: float | None = None
+    deriv_rtol: float | None = None
+    min_cosine: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("atol", "rtol", "deriv_rtol"):
+            value = getattr(self, name)
+            if value is not None and not (np.isfinite(value) and value >= 0):
+                raise InputError(
+                    f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}"
+                )
+        if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
+            raise InputError(f"--min-cosine must lie in [-1, 1], got {self.min_cosine}")
+
+
+POLICY: dict[str, Tolerances] = {
+    "fp32": Tolerances(
+        "fp32", 1e-5, 1e-5, DerivativeTolerance(1e-4, 0.9999), DerivativeTolerance(1e-3, 0.999)
+    ),
+    "fp16": Tolerances(
+        "fp16", 1e-2, 1e-2, DerivativeTolerance(2e-2, 0.999), DerivativeTolerance(5e-2, 0.99)
+    ),
+    "int8": Tolerances("int8", 0.0, 0.0, DerivativeTolerance(5e-2, 0.99), None),
+}
+
+# Machine epsilon of the arithmetic a model computes in, for the finite-difference step.
+COMPUTE_EPS = {"fp32": float(np.finfo(np.float32).eps), "fp16": float(np.finfo(np.float16).eps)}
+
+
+def precision_of(metadata: dict[str, str], source: str) -> str:
+    """The precision a model declares; an absent key means fp32 (not a quantized export)."""
+    value = metadata.get(PRECISION_KEY, "fp32")
+    if value not in PRECISIONS:
+        raise InputError(
+            f"{source}: metadata {PRECISION_KEY}={value!r}; expected one of {PRECISIONS}"
+        )
+    return value
+
+
+def finite_difference_steps(x: np.ndarray, v: np.ndarray, precision: str) -> np.ndarray:
+    """Per-sample step ``h = eps**(1/5) * (1 + ||x||) / ||v||`` for Richardson-combined differences.
+
+    ``x`` and ``v`` have the samples on axis 0; the result has shape ``(n,)`` in float64.
+    """
+    n = x.shape[0]
+    x_norm = np.linalg.norm(x.reshape(n, -1).astype(np.float64), axis=1)
+    v_norm = np.linalg.norm(v.reshape(n, -1).astype(np.float64), axis=1)
+    return COMPUTE_EPS[precision] ** (1 / 5) * (1 + x_norm) / np.where(v_norm > 0, v_norm, 1.0)
+
+
+def tolerances_for(
+    metadata: dict[str, str],
+    source: str,
+    y_ref: np.ndarray,
+    jvp_per_unit: np.ndarray | None,
+    overrides: Overrides | None = None,
+) -> Tolerances:
+    """Tolerances for one model: the policy row for its precision, int8 figures, then overrides.
+
+    ``source`` names the model in messages; ``jvp_per_unit`` is ``||J v|| / ||v||`` per
+    oracle sample, the int8 fallback for ``L``.
+    """
+    precision = precision_of(metadata, source)
+    tol = POLICY[precision]
+    sources = {"atol": f"policy {precision}", "rtol": f"policy {precision}"}
+    if precision == "int8":
+        step, step_src = _metadata_float(metadata, OUTPUT_STEP_KEY, source)
+        if step is None:
+            step = float(np.ptp(y_ref)) / INT8_LEVELS
+            step_src = "oracle output range / 255 (no cr_edge.quant.output_step)"
+        bound, bound_src = _metadata_float(metadata, JACOBIAN_BOUND_KEY, source)
+        if bound is None and jvp_per_unit is not None and jvp_per_unit.size:
+            bound = float(np.max(jvp_per_unit))
+            bound_src = "max ||Jv||/||v|| over the oracle (no cr_edge.jacobian_bound)"
+        tol = replace(tol, atol=INT8_OUTPUT_STEPS * step, jacobian_bound=bound)
+        sources["atol"] = f"{INT8_OUTPUT_STEPS:g} x output step {step:.3g} from {step_src}"
+        sources["jacobian_bound"] = bound_src or "unknown"
+    return _apply(tol, overrides or Overrides(), sources)
+
+
+def _apply(tol: Tolerances, o: Overrides, sources: dict[str, str]) -> Tolerances:
+    if o.atol is not None:
+        tol, sources["atol"] = replace(tol, atol=o.atol), "--atol"
+    if o.rtol is not None:
+        tol, sources["rtol"] = replace(tol, rtol=o.rtol), "--rtol"
+    if o.deriv_rtol is not None or o.min_cosine is not None:
+        tol = replace(
+            tol,
+            companion=_override(tol.companion, o),
+            finite_differences=tol.finite_differences and _override(tol.finite_differences, o),
+        )
+        sources["derivatives"] = "--deriv-rtol/--min-cosine"
+    return replace(tol, sources=sources)
+
+
+def _override(d: DerivativeTolerance, o: Overrides) -> DerivativeTolerance:
+    return DerivativeTolerance(
+        d.rtol if o.deriv_rtol is None else o.deriv_rtol,
+        d.min_cosine if o.min_cosine is None else o.min_cosine,
+    )
+
+
+def _metadata_float(metadata: dict[str, str], key: str, source: str) -> tuple[float | None, str]:
+    if key not in metadata:
+        return None, ""
+    try:
+        value = float(metadata[key])
+    except ValueError:
+        value = float("nan")
+    if not (np.isfinite(value) and value > 0):
+        raise InputError(f"{source}: metadata {key}={metadata[key]!r} is not a positive number")
+    return value, f"metadata {key}"

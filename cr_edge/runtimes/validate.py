@@ -1,0 +1,230 @@
+"""``validate``: every artifact x every runtime -> outputs, derivatives, coverage.
+
+The proof that what runs on the device is the model that was trained. For each
+artifact the oracle is found and checked once; each runtime then loads the file it
+runs (the artifact, or its ``.ort``/``.pte`` sibling), is compared with the oracle on
+outputs and on derivatives, and reports where its nodes went. A runtime that cannot
+run here is UNAVAILABLE with its reason — not a failure, and not a silent pass
+either: an artifact that nothing could check is an error of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnxruntime as ort
+
+from cr_edge import __version__
+from cr_edge.errors import CheckFailed, InputError
+from cr_edge.runtimes import coverage
+from cr_edge.runtimes.artifacts import (
+    Artifact,
+    check_artifact,
+    companion_of,
+    is_companion,
+    oracle_path,
+    sibling,
+)
+from cr_edge.runtimes.oracle import Oracle, check_against, load_oracle
+from cr_edge.runtimes.ort import OrtRuntime
+from cr_edge.runtimes.outcome import FAIL, UNAVAILABLE, Outcome
+from cr_edge.runtimes.parity import COMPANION, FINITE_DIFFERENCES, derivative_parity, output_parity
+from cr_edge.runtimes.registry import parse_runtimes
+from cr_edge.runtimes.runtime import RunError, Runtime, Session, Unavailable
+from cr_edge.runtimes.tolerances import Overrides, Tolerances, tolerances_for
+
+DERIVATIVE_METHODS = ("auto", COMPANION, FINITE_DIFFERENCES)
+COLUMNS = ("outputs", "derivatives", "coverage")
+
+
+@dataclass(frozen=True)
+class RuntimeResult:
+    """One row of the report: one artifact on one runtime."""
+
+    artifact: str
+    runtime: str
+    target: str | None  # the file the runtime ran (the artifact or a sibling)
+    outputs: Outcome
+    derivatives: Outcome
+    coverage: Outcome
+    tolerances: Tolerances | None = None
+
+    def outcomes(self) -> dict[str, Outcome]:
+        return {c: getattr(self, c) for c in COLUMNS}
+
+    def to_json(self) -> dict:
+        return {
+            "artifact": self.artifact,
+            "runtime": self.runtime,
+            "target": self.target,
+            "tolerances": self.tolerances.to_json() if self.tolerances else None,
+            **{c: o.to_json() for c, o in self.outcomes().items()},
+        }
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Every row, plus the verdict a CI pipeline acts on."""
+
+    results: list[RuntimeResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures()
+
+    def failures(self) -> list[str]:
+        """One line per failing check (name, shape, errors, tolerance), over the whole report."""
+        lines = []
+        for r in self.results:
+            for column, outcome in r.outcomes().items():
+                if outcome.status != FAIL:
+                    continue
+                where = f"{r.target or r.artifact} [{r.runtime}] {column}"
+                failed = [c.describe() for c in outcome.checks if not c.passed]
+                lines += [f"{where}: {text}" for text in failed or [outcome.summary]]
+        return lines
+
+    def unchecked(self) -> list[str]:
+        """Artifacts on which every requested runtime was unavailable for every column."""
+        seen: dict[str, bool] = {}
+        for r in self.results:
+            ran = any(o.status != UNAVAILABLE for o in r.outcomes().values())
+            seen[r.artifact] = seen.get(r.artifact, False) or ran
+        return [a for a, ran in seen.items() if not ran]
+
+    def raise_for_status(self) -> None:
+        """``CheckFailed`` (exit 1) listing every failure; ``InputError`` if nothing was checked."""
+        failures = self.failures()
+        if failures:
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            raise CheckFailed(f"{len(failures)} check(s) failed: {failures[0]}{more}")
+        unchecked = self.unchecked()
+        if unchecked:
+            raise InputError(
+                f"{', '.join(unchecked)}: no requested runtime could check it here; "
+                "see the reasons in the table or ask for --runtime all"
+            )
+
+    def to_json(self) -> dict:
+        return {
+            "cr_edge": __version__,
+            "onnxruntime": ort.__version__,
+            "passed": self.passed,
+            "results": [r.to_json() for r in self.results],
+        }
+
+
+def validate(
+    artifacts: list[Path],
+    runtimes: list[str] | str = "all",
+    ref: Path | None = None,
+    overrides: Overrides | None = None,
+    derivatives: str = "auto",
+) -> ValidationReport:
+    """Validate each artifact on each runtime against its oracle; bad input raises ``InputError``.
+
+    ``derivatives``: "auto" uses the companion graph when it exists and finite
+    differences otherwise; "companion" or "finite-differences" forces one method.
+    """
+    if derivatives not in DERIVATIVE_METHODS:
+        raise InputError(f"unknown derivative method {derivatives!r}; choose {DERIVATIVE_METHODS}")
+    chosen = parse_runtimes(runtimes)
+    if not artifacts:
+        raise InputError("no artifact given")
+    results = []
+    for path in map(Path, artifacts):
+        if is_companion(path):
+            raise InputError(f"{path}: a derivative companion; validate its primal model instead")
+        artifact = check_artifact(path)
+        oracle = load_oracle(oracle_path(path, ref))
+        for runtime in chosen:
+            results.append(_on_runtime(artifact, oracle, runtime, overrides, derivatives))
+    return ValidationReport(results)
+
+
+def _on_runtime(
+    artifact: Artifact, oracle: Oracle, runtime: Runtime, overrides: Overrides | None, method: str
+) -> RuntimeResult:
+    name = str(artifact.path)
+    try:
+        ok, why = runtime.available()
+        if not ok:
+            raise Unavailable(why)
+        target = _checked(runtime.target(artifact.path), artifact)
+        session = runtime.load(target)
+    except Unavailable as e:
+        off = Outcome.unavailable(str(e))
+        return RuntimeResult(name, runtime.name, None, off, off, _static(artifact, runtime, off))
+    x = check_against(oracle, session.inputs, target.path)
+    tol = tolerances_for(
+        session.metadata, str(target.path), oracle.y, oracle.jvp_per_unit(), overrides
+    )
+    return RuntimeResult(
+        name,
+        runtime.name,
+        str(target.path),
+        output_parity(session, x, oracle, tol),
+        _derivatives(runtime, target, session, x, oracle, tol, method),
+        _session_coverage(runtime, target, session, {session.input_names[0]: x}),
+        tol,
+    )
+
+
+def _derivatives(
+    runtime: Runtime,
+    target: Artifact,
+    session: Session,
+    x,
+    oracle: Oracle,
+    tol: Tolerances,
+    method: str,
+) -> Outcome:
+    path = companion_of(target.path)
+    if method == FINITE_DIFFERENCES or (method == "auto" and not path.is_file()):
+        return derivative_parity(session, None, x, oracle, tol, FINITE_DIFFERENCES)
+    if not path.is_file():
+        return Outcome.unavailable(f"no derivative companion {path.name} beside {target.path.name}")
+    try:
+        companion = runtime.load(check_artifact(path))
+    except Unavailable as e:
+        return Outcome.unavailable(str(e))
+    if companion.input_names[:2] != ["x", "v"] or len(companion.outputs) < 2:
+        raise InputError(
+            f"{path}: a derivative companion needs inputs (x, v) and outputs (y, jvp); it has "
+            f"inputs {companion.input_names} and outputs {companion.output_names}"
+        )
+    return derivative_parity(session, companion, x, oracle, tol, COMPANION)
+
+
+def _session_coverage(runtime: Runtime, target: Artifact, session: Session, feeds: dict) -> Outcome:
+    if not isinstance(runtime, OrtRuntime):
+        return Outcome.unavailable(f"{runtime.name} reports no per-node placement")
+    try:
+        placement = runtime.placement(target, session, feeds)
+    except RunError as e:
+        return Outcome(FAIL, f"profiled run failed: {e}")
+    except Unavailable as e:
+        return Outcome.unavailable(str(e))
+    graph = coverage.graph_nodes(target)
+    parts = [coverage.session_coverage(placement, graph, runtime.provider)]
+    return coverage.coverage_outcome(parts, coverage.horner_nodes(graph))
+
+
+def _static(artifact: Artifact, runtime: Runtime, unavailable: Outcome) -> Outcome:
+    """Coverage for an EP that cannot run here: the usability checker's estimate, if it has one."""
+    if runtime.name not in coverage.STATIC_EPS:
+        return unavailable
+    onnx_path = sibling(artifact.path, ".onnx")
+    if artifact.model is not None:
+        source = artifact
+    elif onnx_path.is_file():
+        source = check_artifact(onnx_path)
+    else:
+        return Outcome.unavailable(f"static coverage reads the ONNX graph; no {onnx_path.name}")
+    horner = coverage.horner_nodes(coverage.graph_nodes(source))
+    return coverage.static_outcome(source.model, runtime.name, horner)
+
+
+def _checked(path: Path, artifact: Artifact) -> Artifact:
+    return artifact if path == artifact.path else check_artifact(path)
