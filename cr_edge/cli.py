@@ -154,6 +154,40 @@ def export(checkpoint: Path, out: Path, opset: int, batch: str, derivatives: boo
     print_export(run_export(checkpoint, out, options))
 
 
+@cli.command()
+@click.argument("artifacts", nargs=-1, required=True,
+                type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--runtime", default="all", show_default=True,
+              help="Comma list of cpu, ort-mobile, xnnpack, nnapi, coreml, "
+                   "executorch-xnnpack; or all.")
+@click.option("--ref", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Parity oracle (default: X.ref.npz, else model.ref.npz beside the artifact).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="JSON report file.")
+@click.option("--derivatives", type=click.Choice(["auto", "companion", "finite-differences"]),
+              default="auto", show_default=True, help="auto: the X.jvp companion if present.")
+@click.option("--atol", type=float, help="Output absolute tolerance (default: by precision).")
+@click.option("--rtol", type=float, help="Output relative tolerance (default: by precision).")
+@click.option("--deriv-rtol", type=float, help="Derivative norm-relative tolerance.")
+@click.option("--min-cosine", type=float, help="Least cosine between JVP and the oracle's.")
+def validate(artifacts: tuple[Path, ...], runtime: str, ref: Path | None, json_out: Path | None,
+             derivatives: str, atol: float | None, rtol: float | None, deriv_rtol: float | None,
+             min_cosine: float | None) -> None:
+    """Check outputs and derivatives of artifacts against the PyTorch oracle, per runtime."""
+    from rich.console import Console
+
+    from cr_edge.atomic import write_json
+    from cr_edge.runtimes.table import render
+    from cr_edge.runtimes.tolerances import Overrides
+    from cr_edge.runtimes.validate import validate as run_validate
+
+    overrides = Overrides(atol=atol, rtol=rtol, deriv_rtol=deriv_rtol, min_cosine=min_cosine)
+    report = run_validate(list(artifacts), runtime, ref, overrides, derivatives)
+    render(report, Console())
+    if json_out is not None:
+        write_json(json_out, report.to_json())
+    report.raise_for_status()
+
+
 def main() -> None:
     cli(prog_name="cr-edge")
 
