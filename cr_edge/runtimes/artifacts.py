@@ -43,11 +43,6 @@ class Artifact:
     data: bytes = field(repr=False)
     model: onnx.ModelProto | None = field(default=None, repr=False)
 
-    @property
-    def metadata(self) -> dict[str, str]:
-        """ONNX ``metadata_props``; ORT and ExecuTorch metadata come from their sessions."""
-        return {p.key: p.value for p in self.model.metadata_props} if self.model else {}
-
 
 def check_artifact(path: Path) -> Artifact:
     """Check ``path`` and return it parsed; raise ``InputError`` naming the file otherwise."""

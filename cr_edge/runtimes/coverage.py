@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import onnx
 
 from cr_edge.runtimes.artifacts import Artifact, one_line
+from cr_edge.runtimes.ort_tools import ort_tool
 from cr_edge.runtimes.outcome import FAIL, PASS, Outcome
 from cr_edge.runtimes.runtime import AssignedNode
 
@@ -111,12 +112,10 @@ def session_coverage(
 
 
 def static_coverage(model: onnx.ModelProto, runtime: str) -> list[Partitioning]:
-    """onnxruntime's usability-checker estimate for ``runtime`` (nnapi, coreml), both shape cases."""
-    from onnxruntime.tools.mobile_helpers import usability_checker
-    from onnxruntime.tools.onnx_model_utils import is_fixed_size_tensor
-
+    """onnxruntime's usability-checker estimate for ``runtime`` (nnapi, coreml), both shapes."""
+    is_fixed_size_tensor = ort_tool("onnx_model_utils").is_fixed_size_tensor
     label, function, extra = STATIC_EPS[runtime]
-    check = getattr(usability_checker, function)
+    check = getattr(ort_tool("mobile_helpers.usability_checker"), function)
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     values = {v.name: v for v in [*inferred.graph.input, *inferred.graph.value_info]}
     results = []
@@ -171,7 +170,7 @@ def static_outcome(model: onnx.ModelProto, runtime: str, horner: set[str]) -> Ou
 
 
 def coverage_outcome(parts: list[Partitioning], horner: set[str]) -> Outcome:
-    """PASS when the deciding analysis (the session's, else fixed shapes) keeps every Horner node."""
+    """PASS when the deciding analysis (session, else fixed shapes) keeps every Horner node."""
     decisive = next((p for p in parts if p.source == "session" or p.shapes == "fixed"), parts[-1])
     missing = [u for u in decisive.unsupported if u.name in horner]
     label = decisive.ep.removesuffix("ExecutionProvider")
@@ -203,7 +202,7 @@ def graph_nodes(artifact: Artifact) -> list[GraphNode]:
         ]
     if artifact.kind != "ort":
         return []
-    import onnxruntime.tools.ort_format_model  # noqa: F401  (puts ort_flatbuffers_py on sys.path)
+    ort_tool("ort_format_model")  # puts its ort_flatbuffers_py bindings on sys.path
     from ort_flatbuffers_py.fbs.InferenceSession import InferenceSession
 
     graph = InferenceSession.GetRootAs(artifact.data, 0).Model().Graph()

@@ -105,7 +105,8 @@ def check_against(oracle: Oracle, inputs: list[TensorSpec], model: Path) -> np.n
     if x.dtype == np.float32 and spec.dtype == np.float16:
         return x.astype(np.float16)
     raise InputError(
-        f"{oracle.path}: array 'x' is {x.dtype} but {model} input {spec.name!r} expects {spec.dtype}"
+        f"{oracle.path}: array 'x' is {x.dtype} but {model} input {spec.name!r} "
+        f"expects {spec.dtype}"
     )
 
 

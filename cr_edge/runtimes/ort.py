@@ -128,7 +128,7 @@ class OrtRuntime(Runtime):
     def create_session(
         self, artifact: Artifact, options: ort.SessionOptions
     ) -> ort.InferenceSession:
-        """A raw ``InferenceSession`` with this runtime's providers; ``InputError`` if ORT refuses."""
+        """A raw ``InferenceSession`` with this runtime's providers; InputError if ORT refuses."""
         # ORT-format models load from the bytes that were checked (in place for mobile:
         # OrtSession keeps them alive); ONNX from the path, so that ORT resolves external
         # data next to the model.

@@ -143,7 +143,7 @@ def compare_directional(
     bound: DerivativeTolerance,
     tol: Tolerances,
 ) -> Check:
-    """Per-sample ``||got - ref|| / scale`` and cosine; scale is ``||ref||``, or ``L||v||`` (int8)."""
+    """Per-sample ``||got - ref|| / scale`` and cosine; scale ``||ref||``, or ``L||v||`` (int8)."""
     text = _deriv_tol(bound, tol)
     got = np.asarray(got)
     if got.shape != ref.shape:

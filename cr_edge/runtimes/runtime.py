@@ -103,7 +103,7 @@ class Runtime(ABC):
         """Load a checked artifact; ``InputError`` if the file cannot be loaded."""
 
     def target(self, artifact: Path) -> Path:
-        """The file this runtime runs for ``artifact``: itself, or its sibling in a format it loads."""
+        """The file this runtime runs for ``artifact``: itself, or a sibling it can load."""
         if artifact.suffix.lower() in self.suffixes:
             return artifact
         for suffix in self.suffixes:

@@ -7,6 +7,7 @@ unavailable); every failing check follows the table on a line of its own.
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cr_edge.runtimes.outcome import FAIL, PASS, Outcome
@@ -23,7 +24,8 @@ def render(report: ValidationReport, console: Console) -> None:
     for column in COLUMNS:
         table.add_column(column)
     for r in report.results:
-        table.add_row(r.target or r.artifact, r.runtime, *(_cell(o) for o in r.outcomes().values()))
+        cells = [_cell(o) for o in r.outcomes().values()]
+        table.add_row(escape(r.target or r.artifact), r.runtime, *cells)
     console.print(table)
     for line in report.failures():
         console.print(f"FAIL {line}", style="red", markup=False, highlight=False, soft_wrap=True)
@@ -31,8 +33,4 @@ def render(report: ValidationReport, console: Console) -> None:
 
 def _cell(outcome: Outcome) -> str:
     style = STYLES.get(outcome.status, "yellow")
-    return f"[{style}]{outcome.status}[/{style}] {_escape(outcome.summary)}"
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", r"\[")
+    return f"[{style}]{outcome.status}[/{style}] {escape(outcome.summary)}"

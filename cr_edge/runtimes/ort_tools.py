@@ -1,0 +1,29 @@
+"""Import onnxruntime's Python tooling (``onnxruntime.tools``) without importing torch.
+
+``onnxruntime/tools/__init__.py`` imports torch whenever ``find_spec("torch")`` finds
+it, for a PyTorch export helper cr-edge never uses. That costs seconds where torch
+is installed, fails where torch is installed but broken, and breaks the promise that
+validate and profile run on numpy and onnxruntime alone. While the package
+initialises, torch is hidden from ``find_spec`` (a ``None`` entry in ``sys.modules``
+makes it return None); the submodules themselves do not need torch. The one effect:
+``onnxruntime.tools.infer_input_info`` is then not bound in this process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from types import ModuleType
+
+PACKAGE = "onnxruntime.tools"
+
+
+def ort_tool(name: str) -> ModuleType:
+    """``onnxruntime.tools.<name>``, imported without pulling in torch."""
+    if PACKAGE not in sys.modules and "torch" not in sys.modules:
+        sys.modules["torch"] = None  # type: ignore[assignment]
+        try:
+            importlib.import_module(PACKAGE)
+        finally:
+            del sys.modules["torch"]
+    return importlib.import_module(f"{PACKAGE}.{name}")
