@@ -1,0 +1,162 @@
+"""Parity on real artifacts: both derivative paths, both ORT runtimes, the tolerance policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from runtime_fixtures import build_model_dir, build_pte, copy_model
+
+from cr_edge.errors import InputError
+from cr_edge.runtimes.artifacts import check_artifact
+from cr_edge.runtimes.oracle import load_oracle
+from cr_edge.runtimes.outcome import PASS, UNAVAILABLE
+from cr_edge.runtimes.parity import (
+    companion_jvp,
+    compare_directional,
+    compare_elementwise,
+    finite_difference_jvp,
+)
+from cr_edge.runtimes.registry import get_runtime
+from cr_edge.runtimes.tolerances import (
+    POLICY,
+    Overrides,
+    finite_difference_steps,
+    tolerances_for,
+)
+from cr_edge.runtimes.validate import validate
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return build_model_dir(tmp_path_factory.getbasetemp())
+
+
+@pytest.mark.parametrize("runtime", ["cpu", "ort-mobile"])
+@pytest.mark.parametrize("method", ["companion", "finite-differences"])
+def test_correct_model_passes(model_dir, runtime, method):
+    report = validate([model_dir / "model.onnx"], runtime, derivatives=method)
+    (row,) = report.results
+    assert (row.outputs.status, row.derivatives.status, row.coverage.status) == (PASS,) * 3
+    assert row.derivatives.figures["method"] == method
+    assert row.outputs.figures["argmax_agreement"] == 1.0
+    assert row.target.endswith(".ort" if runtime == "ort-mobile" else ".onnx")
+    assert report.failures() == []
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".ort"])
+def test_companion_and_finite_differences_agree(model_dir, suffix):
+    oracle = load_oracle(model_dir / "model.ref.npz")
+    runtime = get_runtime("cpu")
+    primal = runtime.load(check_artifact(model_dir / f"model{suffix}"))
+    companion = runtime.load(check_artifact(model_dir / f"model.jvp{suffix}"))
+    by_graph, _ = companion_jvp(companion, oracle.x, oracle.v)
+    steps = finite_difference_steps(oracle.x, oracle.v, "fp32")
+    by_differences = finite_difference_jvp(primal, oracle.x, oracle.v, steps)
+    fd_bound = POLICY["fp32"].finite_differences
+    check = compare_directional("jvp", by_differences, by_graph, oracle.v, fd_bound, POLICY["fp32"])
+    assert check.passed, check.describe()
+    assert check.max_rel < 1e-4  # measured 3.5e-5: the policy's 1e-3 has a 30x margin
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_fixed_batch_models_run_every_sample(model_dir, tmp_path, batch):
+    folder = copy_model(model_dir, tmp_path / f"b{batch}")
+    model = onnx.load(folder / "model.onnx")
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = batch
+    onnx.save(model, folder / "model.onnx")
+    (row,) = validate([folder / "model.onnx"], "cpu").results
+    assert (row.outputs.status, row.derivatives.status) == (PASS, PASS)
+    assert row.outputs.checks[0].shape == (64, 4)
+
+
+def test_output_comparison_figures():
+    tol = POLICY["fp32"]
+    ref = np.array([[1.0, -2.0], [0.5, 0.0]], np.float32)
+    near = compare_elementwise("y", ref + 5e-6, ref, tol)
+    assert near.passed and near.max_abs == pytest.approx(5e-6, rel=0.01)
+    far = compare_elementwise("y", ref * 1.01, ref, tol)
+    assert not far.passed and far.max_rel == pytest.approx(0.01, rel=1e-3)
+    nan = compare_elementwise("y", ref * np.nan, ref, tol)
+    assert not nan.passed
+    shape = compare_elementwise("y", ref[:1], ref, tol)
+    assert not shape.passed and "shape" in shape.error
+
+
+def test_int8_tolerances_come_from_the_metadata():
+    y = np.linspace(-1, 1, 20, dtype=np.float32).reshape(10, 2)
+    meta = {
+        "cr_edge.precision": "int8",
+        "cr_edge.quant.output_step": "0.01",
+        "cr_edge.jacobian_bound": "4.0",
+    }
+    tol = tolerances_for(meta, "m.onnx", y, np.ones(10))
+    assert tol.atol == pytest.approx(0.03) and tol.rtol == 0
+    assert tol.jacobian_bound == 4.0 and tol.finite_differences is None
+    fallback = tolerances_for({"cr_edge.precision": "int8"}, "m.onnx", y, np.array([0.5, 2.0]))
+    assert fallback.atol == pytest.approx(3 * 2 / 255)
+    assert fallback.jacobian_bound == 2.0
+    assert "oracle output range" in fallback.sources["atol"]
+
+
+def test_int8_derivative_error_is_relative_to_the_jacobian_bound():
+    tol = tolerances_for(
+        {"cr_edge.precision": "int8", "cr_edge.jacobian_bound": "10"},
+        "m.onnx",
+        np.zeros((2, 2)),
+        None,
+    )
+    ref = np.array([[1e-3, 0.0], [1.0, 1.0]])
+    v = np.ones((2, 3))
+    got = ref + 0.05  # hopeless relative to the tiny first JVP, small against L*||v||
+    check = compare_directional("jvp", got, ref, v, tol.companion, tol)
+    assert check.max_rel == pytest.approx(np.hypot(0.05, 0.05) / (10 * np.sqrt(3)))
+
+
+def test_overrides_and_bad_metadata():
+    y = np.zeros((2, 2))
+    tol = tolerances_for({}, "m.onnx", y, None, Overrides(atol=1e-3, deriv_rtol=0.5))
+    assert tol.atol == 1e-3 and tol.rtol == 1e-5 and tol.sources["atol"] == "--atol"
+    assert tol.companion.rtol == tol.finite_differences.rtol == 0.5
+    with pytest.raises(InputError, match=r"cr_edge\.precision='int4'"):
+        tolerances_for({"cr_edge.precision": "int4"}, "m.onnx", y, None)
+    with pytest.raises(InputError, match=r"m.onnx: metadata cr_edge.quant.output_step='-1'"):
+        tolerances_for(
+            {"cr_edge.precision": "int8", "cr_edge.quant.output_step": "-1"}, "m.onnx", y, None
+        )
+    with pytest.raises(InputError, match="--min-cosine"):
+        Overrides(min_cosine=2.0)
+
+
+def test_finite_difference_step_rule():
+    x = np.array([[3.0, 4.0]], np.float32)  # ||x|| = 5
+    v = np.array([[0.0, 2.0]], np.float32)  # ||v|| = 2
+    (h,) = finite_difference_steps(x, v, "fp32")
+    assert h == pytest.approx(np.finfo(np.float32).eps ** 0.2 * 6 / 2)
+
+
+def test_int8_without_companion_has_no_finite_differences(model_dir, tmp_path):
+    folder = copy_model(model_dir, tmp_path / "int8")
+    model = onnx.load(folder / "model.onnx")
+    onnx.helper.set_model_props(model, {"cr_edge.precision": "int8"})
+    onnx.save(model, folder / "model.onnx")
+    (row,) = validate([folder / "model.onnx"], "cpu").results
+    assert row.outputs.status == PASS  # an fp32 graph is well inside 3 output steps
+    assert row.derivatives.status == UNAVAILABLE
+    assert "piecewise constant" in row.derivatives.summary
+
+
+def test_executorch_runtime(model_dir, tmp_path):
+    pytest.importorskip("executorch.runtime")
+    folder = copy_model(model_dir, tmp_path / "pte")
+    build_pte(folder)
+    report = validate([folder / "model.pte"], "executorch-xnnpack")
+    (row,) = report.results
+    assert (row.outputs.status, row.derivatives.status) == (PASS, PASS), report.failures()
+    assert row.derivatives.figures["method"] == "finite-differences"
+    assert row.coverage.status == UNAVAILABLE
+    onnx_row = validate([folder / "model.onnx"], "executorch-xnnpack").results[0]
+    assert onnx_row.target.endswith("model.pte")
