@@ -188,6 +188,46 @@ def validate(artifacts: tuple[Path, ...], runtime: str, ref: Path | None, json_o
     report.raise_for_status()
 
 
+@cli.command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--runtime", default="cpu", show_default=True,
+              help="cpu, ort-mobile, xnnpack, nnapi, coreml, executorch-xnnpack, a comma list, or all.")
+@click.option("--batch", default="1", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--threads", help="Intra-op threads: N, a comma list, or all (default: runtime's).")
+@click.option("--warmup", type=click.IntRange(0), default=50, show_default=True)
+@click.option("--iters", type=click.IntRange(1), help="Timed runs per setting [default: 1000].")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True),
+              help="Measure for this long per setting instead of --iters runs.")
+@click.option("--per-op", is_flag=True, help="Top operators from onnxruntime's profiler.")
+@click.option("--memory/--no-memory", default=True, show_default=True,
+              help="Peak RSS added by load and run, measured in a child process.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the report as JSON.")
+@click.option("--plot", type=click.Path(path_type=Path), help="Latency distribution PNG (matplotlib).")
+def profile(artifacts: tuple[Path, ...], runtime: str, batch: str, threads: str | None,
+            warmup: int, iters: int | None, seconds: float | None, per_op: bool, memory: bool,
+            json_out: Path | None, plot: Path | None) -> None:
+    """Latency, memory and per-op cost of artifacts on this machine; several are interleaved."""
+    from cr_edge.atomic import write_json
+    from cr_edge.runtimes import profile_view
+    from cr_edge.runtimes.profile import ProfileOptions, parse_batches, parse_threads
+    from cr_edge.runtimes.profile import profile as run_profile
+
+    if iters is not None and seconds is not None:
+        raise InputError("give --iters or --seconds, not both")
+    if plot is not None:
+        profile_view.require_matplotlib()
+    options = ProfileOptions(runtimes=runtime, batches=parse_batches(batch),
+                             threads=parse_threads(threads), warmup=warmup, iters=iters or 1000,
+                             seconds=seconds, per_op=per_op, memory=memory)
+    with profile_view.progress_bar() as on_progress:
+        report = run_profile(list(artifacts), options, on_progress)
+    profile_view.print_report(report)
+    if json_out is not None:
+        write_json(json_out, report.to_json())
+    if plot is not None:
+        profile_view.plot_latency(report, plot)
+
+
 def main() -> None:
     cli(prog_name="cr-edge")
 

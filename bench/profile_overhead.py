@@ -1,0 +1,116 @@
+"""What ``cr-edge profile``'s own harness costs per measured inference.
+
+The model is the smallest zoo model, digits-cr (trained for one epoch and exported,
+or ``--model PATH``), on the ``cpu`` runtime at batch 1: the case where harness time
+weighs most. Three sides, interleaved round by round (a b c a b c ...):
+
+  a  bare:     ``for _ in range(n): fn(arg)`` with the same IOBinding call, no clock
+  b  harness:  ``timing.measure`` exactly as ``profile`` calls it, no progress bar
+  c  +bar:     the same with the rich progress bar the CLI draws on stderr
+
+Overhead per inference = (wall time of the harness - the sum of the latencies it
+recorded) / n: the time spent outside the timed ``run`` call, round bookkeeping and
+progress updates included. It is reported as a % of the p50 recorded latency (the
+headline figure; target < 5%), next to the harness's wall time per run against the
+bare loop's, which also counts the clock calls inside the timed interval. The
+overhead is given as the median over rounds and for the least-disturbed round (the
+timeit convention): on a busy machine a preemption that lands outside the timed call
+counts as harness time, so the load average is printed too.
+
+Run from the repository root: ``python -m bench.profile_overhead [--model PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+
+from cr_edge.runtimes.artifacts import check_artifact
+from cr_edge.runtimes.profile_view import progress_bar
+from cr_edge.runtimes.registry import get_runtime
+from cr_edge.runtimes.timing import measure
+from cr_edge.runtimes.workload import fast_call, make_feeds
+
+
+def smallest_zoo_model(folder: Path) -> Path:
+    """digits-cr, one epoch, exported to ``folder`` (needs the train extra)."""
+    from cr_edge.export.artifacts import ExportOptions, export
+    from cr_edge.recipe import load_recipe
+    from cr_edge.train import train
+
+    result = train(load_recipe("digits-cr").replace(epochs=1), folder / "ck", device="cpu")
+    export(result.checkpoint, folder / "ex", ExportOptions(derivatives=False))
+    return folder / "ex" / "model.onnx"
+
+
+def bare(fn, arg, n: int) -> float:
+    start = time.perf_counter_ns()
+    for _ in range(n):
+        fn(arg)
+    return (time.perf_counter_ns() - start) / n
+
+
+def harness(fn, arg, n: int, bar: bool) -> tuple[float, float, float]:
+    """(wall ns per run, p50 recorded latency ns, overhead ns per run outside the timed call)."""
+    if bar:  # timed inside the bar: the CLI opens it once per command, not per measurement
+        with progress_bar() as update:
+            update("bench", 0.0)
+            start = time.perf_counter_ns()
+            timings = measure([(fn, arg)], n, None, 0.0, lambda f: update("bench", f))
+            wall = time.perf_counter_ns() - start
+    else:
+        start = time.perf_counter_ns()
+        timings = measure([(fn, arg)], n, None, 0.0)
+        wall = time.perf_counter_ns() - start
+    samples = timings.samples_ns[0]
+    return wall / n, statistics.median(samples), (wall - sum(samples)) / n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="an exported .onnx (default: digits-cr)")
+    parser.add_argument("--iters", type=int, default=1000, help="runs per side per round")
+    parser.add_argument("--rounds", type=int, default=30)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.model or smallest_zoo_model(Path(tmp))
+        artifact = check_artifact(path)
+        session = get_runtime("cpu").load(artifact)
+        fn, arg = fast_call(session, make_feeds(session, 1, path))
+        bare(fn, arg, 5000)  # warm-up
+        rows: dict[str, list[float]] = {
+            k: [] for k in ("bare", "b_lat", "b_over", "b_wall", "c_lat", "c_over", "c_wall")
+        }
+        for _ in range(args.rounds):
+            rows["bare"].append(bare(fn, arg, args.iters))
+            wall, lat, over = harness(fn, arg, args.iters, bar=False)
+            rows["b_wall"].append(wall), rows["b_lat"].append(lat), rows["b_over"].append(over)
+            wall, lat, over = harness(fn, arg, args.iters, bar=True)
+            rows["c_wall"].append(wall), rows["c_lat"].append(lat), rows["c_over"].append(over)
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"load average {load:.2f} on {os.cpu_count()} cores, onnxruntime {ort.__version__}, {path.name if args.model else 'digits-cr model.onnx'}, "
+        f"cpu runtime, batch 1, {args.rounds} interleaved rounds x {args.iters} runs per side"
+    )
+    head = f"{'side':<10} {'p50':>8} {'wall/run':>9} {'outside: median':>17} {'least':>15}"
+    print(f"{head} {'wall/bare':>9}")
+    print(f"{'a bare':<10} {'-':>8} {med['bare'] / 1e3:>7.2f}µs {'-':>17} {'-':>15} {1:>9.3f}")
+    for side, key in (("b harness", "b"), ("c +bar", "c")):
+        lat, over, wall = med[f"{key}_lat"], med[f"{key}_over"], med[f"{key}_wall"]
+        least = min(rows[f"{key}_over"])
+        print(
+            f"{side:<10} {lat / 1e3:>6.2f}µs {wall / 1e3:>7.2f}µs {over:>6.0f}ns = {over / lat:>6.2%} "
+            f"{least:>5.0f}ns = {least / lat:>6.2%} {wall / med['bare']:>9.3f}"
+        )
+    print("target: time outside the timed run call < 5% of the p50 latency")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""`cr-edge profile`: figures that agree with each other, interleaved comparison, no torch.
+
+Times are never compared with fixed numbers (the machine decides them); the tests
+check the relations between the figures: ordered percentiles, throughput equal to
+batch / mean latency, sizes equal to the files' sizes, a self-comparison around 1.
+The CR model is a one-epoch digits-cr export; its int8 twin comes from onnxruntime's
+``quantize_dynamic`` and the ``.ort`` files from onnxruntime's own ORT-format writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from cr_edge.cli import cli
+from cr_edge.errors import InputError
+from cr_edge.runtimes import profile_view
+from cr_edge.runtimes.device import _cpuinfo, _isa
+from cr_edge.runtimes.perop import summarize
+from cr_edge.runtimes.profile import ProfileOptions, profile
+from cr_edge.runtimes.timing import latency_stats, ratio_stats
+
+FAST = {"warmup": 5, "iters": 60}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args: object):
+    return CliRunner().invoke(cli, ["profile", *(str(a) for a in args)])
+
+
+def _to_ort(onnx_path: Path) -> None:
+    """Write ``X.ort`` beside ``X.onnx`` the way onnxruntime's converter does."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(onnx_path.with_suffix(".ort"))
+    options.add_session_config_entry("session.save_model_format", "ORT")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    """model.onnx/.ort (fp32), model.int8.onnx/.ort, and fixed.onnx with batch fixed to 1."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from cr_edge.export.artifacts import ExportOptions, export
+    from cr_edge.recipe import load_recipe
+    from cr_edge.train import train
+
+    root = tmp_path_factory.mktemp("profile")
+    result = train(load_recipe("digits-cr").replace(epochs=1), root / "ck", device="cpu")
+    out = root / "ex"
+    export(result.checkpoint, out, ExportOptions(derivatives=False))
+    quantize_dynamic(out / "model.onnx", out / "model.int8.onnx", weight_type=QuantType.QInt8)
+    _to_ort(out / "model.onnx")
+    _to_ort(out / "model.int8.onnx")
+    fixed = onnx.load(out / "model.onnx")
+    for value in (*fixed.graph.input, *fixed.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(fixed, out / "fixed.onnx")
+    return out
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.int8.onnx"])
+@pytest.mark.parametrize("runtime", ["cpu", "ort-mobile"])
+def test_figures_are_internally_consistent(models: Path, name: str, runtime: str):
+    report = profile([models / name], ProfileOptions(runtimes=runtime, batches=(1, 8), **FAST))
+    assert [(r.runtime, r.batch) for r in report.rows] == [(runtime, 1), (runtime, 8)]
+    for row in report.rows:
+        lat = row.latency
+        assert lat["count"] == FAST["iters"] == len(row.samples_ns)
+        assert lat["min_ms"] <= lat["p10_ms"] <= lat["p50_ms"] <= lat["p90_ms"]
+        assert lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+        assert lat["min_ms"] <= lat["mean_ms"] <= lat["max_ms"]
+        # throughput in samples/s is batch / mean latency (s), i.e. samples over summed run time
+        assert lat["throughput"] == pytest.approx(row.batch / (lat["mean_ms"] / 1e3), rel=1e-9)
+        assert lat["throughput"] == pytest.approx(
+            row.batch * lat["count"] / (sum(row.samples_ns) / 1e9), rel=1e-9
+        )
+        run_file = Path(row.file)
+        assert run_file.suffix == (".ort" if runtime == "ort-mobile" else ".onnx")
+        assert row.size_bytes == os.path.getsize(run_file)
+        assert row.load_ms > 0 and row.first_ms > 0
+        assert "VmHWM" in row.memory["method"] or "ru_maxrss" in row.memory["method"]
+        assert 0 <= row.memory["load_kb"] <= row.memory["run_kb"]
+    assert report.device["onnxruntime"] and "CPUExecutionProvider" in report.device["providers"]
+
+
+def test_self_comparison_ratio_spread_includes_one(models: Path):
+    model = models / "model.onnx"
+    report = profile([model, model], ProfileOptions(warmup=20, iters=400, memory=False))
+    (comparison,) = report.comparisons
+    assert comparison["rounds"] == 100
+    assert comparison["p10"] <= 1.0 <= comparison["p90"], comparison
+    assert len(report.rows) == 2 and report.rows[0].latency["count"] == 400
+
+
+def test_per_op_names_gemm_and_the_horner_mul_add(models: Path, tmp_path: Path):
+    out = tmp_path / "r.json"
+    result = run(
+        models / "model.onnx",
+        models / "model.int8.onnx",
+        "--per-op",
+        "--no-memory",
+        "--warmup",
+        5,
+        "--iters",
+        50,
+        "--json",
+        out,
+    )
+    assert result.exit_code == 0, result.output
+    assert "Horner chain" in result.output and "Gemm" in result.output
+    fp32, int8 = json.loads(out.read_text())["results"]
+    ops = {op["op_type"] for op in fp32["ops"]["top"]}
+    assert {"Gemm", "Mul", "Add"} <= ops
+    for row in (fp32, int8):
+        share = row["ops"]["share"]
+        assert share["horner"] > 0 and share["linear"] > 0
+        assert sum(share.values()) == pytest.approx(1.0)
+    int8_ops = {op["op_type"] for op in int8["ops"]["top"]}
+    assert int8_ops & {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+
+
+def test_profile_runs_where_torch_cannot_be_imported(models: Path, tmp_path: Path):
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "torch.py").write_text('raise ImportError("torch is blocked in this test")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shim), str(REPO)])}
+    out = tmp_path / "r.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cr_edge.cli",
+            "profile",
+            str(models / "model.onnx"),
+            "--runtime",
+            "cpu,ort-mobile",
+            "--per-op",
+            "--warmup",
+            "5",
+            "--iters",
+            "50",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert [r["runtime"] for r in rows] == ["cpu", "ort-mobile"]
+    assert all("error" not in r["memory"] and "error" not in r["ops"] for r in rows)
+
+
+def test_threads_seconds_and_plot(models: Path, tmp_path: Path):
+    plot, out = tmp_path / "lat.png", tmp_path / "r.json"
+    result = run(
+        models / "model.onnx",
+        "--threads",
+        "1,2",
+        "--seconds",
+        0.2,
+        "--no-memory",
+        "--warmup",
+        5,
+        "--plot",
+        plot,
+        "--json",
+        out,
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["results"]
+    assert [r["threads"] for r in rows] == [1, 2]
+    assert all(r["latency"]["count"] > 0 and r["memory"] is None for r in rows)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runtime_all_skips_what_is_missing_here_with_its_reason(models: Path, tmp_path: Path):
+    out = tmp_path / "r.json"
+    result = run(
+        models / "model.onnx",
+        "--runtime",
+        "all",
+        "--no-memory",
+        "--warmup",
+        2,
+        "--iters",
+        20,
+        "--json",
+        out,
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert {"cpu", "ort-mobile"} <= {r["runtime"] for r in report["results"]}
+    skipped = {s["runtime"]: s["reason"] for s in report["skipped"]}
+    assert "NnapiExecutionProvider" in skipped["nnapi"]
+    assert "model.pte" in skipped["executorch-xnnpack"]
+    assert "skipped nnapi" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.onnx"], "no such file"),
+        (["garbage.onnx"], "not a valid ONNX model"),
+        (["notes.txt"], "unknown artifact type"),
+        (["model.onnx", "--runtime", "tpu"], "unknown runtime 'tpu'"),
+        (["model.onnx", "--runtime", "nnapi"], "runtime nnapi: onnxruntime"),
+        (["fixed.onnx", "--batch", "8"], "fixed batch of 1; --batch 8 cannot run"),
+        (["fixed.onnx", "--runtime", "ort-mobile"], "no fixed.ort beside"),
+        (["model.onnx", "--batch", "0"], "--batch '0'"),
+        (["model.onnx", "--batch", "one"], "--batch 'one'"),
+        (["model.onnx", "--threads", "0"], "--threads '0'"),
+        (["model.onnx", "--iters", "5", "--seconds", "1"], "--iters or --seconds"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(models: Path, args: list[str], message: str):
+    (models / "garbage.onnx").write_bytes(b"\x00not a model\xff" * 8)
+    (models / "notes.txt").write_text("hello\n")
+    given = [str(models / a) if a.endswith((".onnx", ".txt")) else a for a in args]
+    result = run(*given, "--no-memory", "--iters", 5) if "--seconds" not in args else run(*given)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_plot_without_matplotlib_fails_before_measuring(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(InputError, match="pip install 'cr-edge\\[plot\\]'"):
+        profile_view.require_matplotlib()
+
+
+def test_per_op_summary_drops_first_runs_and_groups_shares():
+    def event(node: str, op: str, dur: float) -> dict:
+        args = {"op_name": op, "provider": "CPUExecutionProvider"}
+        return {"cat": "Node", "name": f"{node}_kernel_time", "dur": dur, "args": args}
+
+    events = [event("g", "Gemm", 500), event("m", "Mul", 500), event("r", "Reshape", 500)]
+    for _ in range(10):
+        events += [event("g", "Gemm", 6), event("m", "Mul", 3), event("r", "Reshape", 1)]
+    events.append({"cat": "Session", "name": "model_run", "dur": 99})
+    ops = summarize(events, top=2)
+    assert ops["runs"] == 10 and ops["nodes"] == 3
+    assert [(o["node"], o["typical_us"]) for o in ops["top"]] == [("g", 6.0), ("m", 3.0)]
+    assert ops["share"] == pytest.approx({"linear": 0.6, "horner": 0.3, "other": 0.1})
+
+
+def test_a_quantized_layers_scale_mul_and_bias_add_count_as_linear_not_horner():
+    def event(node: str, op: str) -> dict:
+        return {"cat": "Node", "name": f"{node}_kernel_time", "dur": 1, "args": {"op_name": op}}
+
+    nodes = [
+        ("view_QuantizeLinear", "DynamicQuantizeLinear"),
+        ("node_linear_MatMul_quant", "MatMulInteger"),
+        ("linear_MatMul_output_quantized_cast", "Cast"),
+        ("node_linear_MatMul_quant_output_scale_mul", "Mul"),
+        ("node_linear_Add", "Add"),
+        ("node_maximum", "Max"),
+        ("node_mul_14", "Mul"),
+        ("node_add_19", "Add"),
+    ]
+    events = [event(n, op) for _ in range(3) for n, op in nodes]
+    assert summarize(events, top=3)["share"] == pytest.approx(
+        {"linear": 5 / 8, "horner": 3 / 8, "other": 0.0}
+    )
+
+
+def test_latency_and_ratio_statistics():
+    stats = latency_stats([1_000, 2_000, 3_000, 4_000], batch=8)
+    assert stats["min_ms"] == 0.001 and stats["max_ms"] == 0.004
+    assert stats["p50_ms"] == pytest.approx(0.0025)
+    assert stats["throughput"] == pytest.approx(8 / 2.5e-6)
+    ratio = ratio_stats([100.0] * 10, [float(v) for v in range(95, 105)])
+    assert ratio["p10"] < 1.0 < ratio["p90"] and ratio["rounds"] == 10
+
+
+def test_isa_flags_from_arm_and_x86_cpuinfo(tmp_path: Path):
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimddp i8mm\n\n")
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: sse4_2 avx avx2 fma\n")
+    assert _isa(_cpuinfo(arm)) == ["dotprod", "i8mm", "neon"]
+    assert _isa(_cpuinfo(x86)) == ["avx", "avx2", "fma", "sse4.2"]
