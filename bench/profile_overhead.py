@@ -2,11 +2,12 @@
 
 The model is the smallest zoo model, digits-cr (trained for one epoch and exported,
 or ``--model PATH``), on the ``cpu`` runtime at batch 1: the case where harness time
-weighs most. Three sides, interleaved round by round (a b c a b c ...):
+weighs most. Four sides, interleaved round by round (a b c d a b c d ...):
 
   a  bare:     ``for _ in range(n): fn(arg)`` with the same IOBinding call, no clock
   b  harness:  ``timing.measure`` exactly as ``profile`` calls it, no progress bar
   c  +bar:     the same with the rich progress bar the CLI draws on stderr
+  d  A/B:      two sessions of the model, n runs each in 100 interleaved rounds (``profile a b``)
 
 Overhead per inference = (wall time of the harness - the sum of the latencies it
 recorded) / n: the time spent outside the timed ``run`` call, round bookkeeping and
@@ -56,20 +57,20 @@ def bare(fn, arg, n: int) -> float:
     return (time.perf_counter_ns() - start) / n
 
 
-def harness(fn, arg, n: int, bar: bool) -> tuple[float, float, float]:
+def harness(runners: list, n: int, bar: bool) -> tuple[float, float, float]:
     """(wall ns per run, p50 recorded latency ns, overhead ns per run outside the timed call)."""
     if bar:  # timed inside the bar: the CLI opens it once per command, not per measurement
         with progress_bar() as update:
             update("bench", 0.0)
             start = time.perf_counter_ns()
-            timings = measure([(fn, arg)], n, None, 0.0, lambda f: update("bench", f))
+            timings = measure(runners, n, None, 0.0, lambda f: update("bench", f))
             wall = time.perf_counter_ns() - start
     else:
         start = time.perf_counter_ns()
-        timings = measure([(fn, arg)], n, None, 0.0)
+        timings = measure(runners, n, None, 0.0)
         wall = time.perf_counter_ns() - start
-    samples = timings.samples_ns[0]
-    return wall / n, statistics.median(samples), (wall - sum(samples)) / n
+    samples = [t for per_model in timings.samples_ns for t in per_model]
+    return wall / len(samples), statistics.median(samples), (wall - sum(samples)) / len(samples)
 
 
 def main() -> None:
@@ -80,34 +81,37 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model or smallest_zoo_model(Path(tmp))
-        artifact = check_artifact(path)
-        session = get_runtime("cpu").load(artifact)
-        fn, arg = fast_call(session, make_feeds(session, 1, path))
-        bare(fn, arg, 5000)  # warm-up
-        rows: dict[str, list[float]] = {
-            k: [] for k in ("bare", "b_lat", "b_over", "b_wall", "c_lat", "c_over", "c_wall")
+        sessions = [get_runtime("cpu").load(check_artifact(path)) for _ in range(2)]
+        a, b = (fast_call(s, make_feeds(s, 1, path)) for s in sessions)
+        bare(*a, 5000)  # warm-up
+        bare(*b, 5000)
+        sides = {
+            "b harness": lambda: harness([a], args.iters, bar=False),
+            "c +bar": lambda: harness([a], args.iters, bar=True),
+            "d A/B": lambda: harness([a, b], args.iters, bar=False),
         }
+        bare_ns: list[float] = []
+        seen: dict[str, list[tuple[float, float, float]]] = {side: [] for side in sides}
         for _ in range(args.rounds):
-            rows["bare"].append(bare(fn, arg, args.iters))
-            wall, lat, over = harness(fn, arg, args.iters, bar=False)
-            rows["b_wall"].append(wall), rows["b_lat"].append(lat), rows["b_over"].append(over)
-            wall, lat, over = harness(fn, arg, args.iters, bar=True)
-            rows["c_wall"].append(wall), rows["c_lat"].append(lat), rows["c_over"].append(over)
-    med = {k: statistics.median(v) for k, v in rows.items()}
+            bare_ns.append(bare(*a, args.iters))
+            for side, run in sides.items():
+                seen[side].append(run())
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    name = path.name if args.model else "digits-cr model.onnx"
     print(
-        f"load average {load:.2f} on {os.cpu_count()} cores, onnxruntime {ort.__version__}, {path.name if args.model else 'digits-cr model.onnx'}, "
-        f"cpu runtime, batch 1, {args.rounds} interleaved rounds x {args.iters} runs per side"
+        f"load average {load:.2f} on {os.cpu_count()} cores, onnxruntime {ort.__version__}, "
+        f"{name}, cpu runtime, batch 1, {args.rounds} interleaved rounds x {args.iters} runs"
     )
+    base = statistics.median(bare_ns)
     head = f"{'side':<10} {'p50':>8} {'wall/run':>9} {'outside: median':>17} {'least':>15}"
     print(f"{head} {'wall/bare':>9}")
-    print(f"{'a bare':<10} {'-':>8} {med['bare'] / 1e3:>7.2f}µs {'-':>17} {'-':>15} {1:>9.3f}")
-    for side, key in (("b harness", "b"), ("c +bar", "c")):
-        lat, over, wall = med[f"{key}_lat"], med[f"{key}_over"], med[f"{key}_wall"]
-        least = min(rows[f"{key}_over"])
+    print(f"{'a bare':<10} {'-':>8} {base / 1e3:>7.2f}µs {'-':>17} {'-':>15} {1:>9.3f}")
+    for side, results in seen.items():
+        wall, lat, over = (statistics.median(col) for col in zip(*results, strict=True))
+        least = min(r[2] for r in results)
         print(
             f"{side:<10} {lat / 1e3:>6.2f}µs {wall / 1e3:>7.2f}µs {over:>6.0f}ns = {over / lat:>6.2%} "
-            f"{least:>5.0f}ns = {least / lat:>6.2%} {wall / med['bare']:>9.3f}"
+            f"{least:>5.0f}ns = {least / lat:>6.2%} {wall / base:>9.3f}"
         )
     print("target: time outside the timed run call < 5% of the p50 latency")
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-ROUNDS = 100  # rounds per measurement: enough per-round ratios for a p10-p90 spread
+ROUNDS = 100  # rounds when comparing: enough per-round ratios for a p10-p90 spread
+SOLO_ROUNDS = 10  # one model needs rounds only to move the progress bar
 REPORT_NS = 100_000_000  # progress callbacks at most every 0.1 s
 Runner = tuple[Callable[[Any], Any], Any]  # fn(arg) runs the model once
 
@@ -54,10 +55,11 @@ def measure(
     run. ``on_round`` gets the fraction done, at most every ``REPORT_NS``: a progress
     bar redrawn after every round would cost more than a 5 µs model.
     """
+    rounds = ROUNDS if len(runners) > 1 else SOLO_ROUNDS
     if seconds is None:
-        chunk = max(1, iters // ROUNDS)
+        chunk = max(1, iters // rounds)
     else:
-        chunk = max(1, int(seconds * 1e9 / ROUNDS / (len(runners) * max(estimate_ns, 1.0))))
+        chunk = max(1, int(seconds * 1e9 / rounds / (len(runners) * max(estimate_ns, 1.0))))
     samples: list[list[int]] = [[] for _ in runners]
     sizes: list[int] = []  # runs per round, the same for every runner
     clock = time.perf_counter_ns
