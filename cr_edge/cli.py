@@ -228,6 +228,32 @@ def profile(artifacts: tuple[Path, ...], runtime: str, batch: str, threads: str 
         profile_view.plot_latency(report, plot)
 
 
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--mode", default="auto", show_default=True, help="dynamic, static, fp16 or auto.")
+@click.option("--poly", default="float", show_default=True,
+              help="Horner chain: float, int16 or int8 (static mode).")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Calibration .npz with array x (default: the oracle's x).")
+@click.option("--method", default="minmax", show_default=True,
+              help="Static calibration: minmax, percentile, entropy or interval.")
+@click.option("--per-channel/--no-per-channel", default=True, show_default=True)
+@click.option("--equalize/--no-equalize", default=True, show_default=True,
+              help="Cross-layer equalization of Gemm inputs before int8.")
+@click.option("--force", is_flag=True, help="Overwrite a quantization already in --out.")
+def quantize(model: Path, out: Path, mode: str, poly: str, calib: Path | None, method: str,
+             per_channel: bool, equalize: bool, force: bool) -> None:
+    """Quantize an export (and its derivative companion) to int8 or fp16, with a parity report."""
+    from cr_edge.export.quant_policy import QuantPolicy
+    from cr_edge.export.quant_report import print_quantize
+    from cr_edge.export.quantize import quantize as run_quantize
+
+    policy = QuantPolicy(mode, poly, method, per_channel, equalize)
+    _refuse_existing(out, "quantize.json", force)
+    print_quantize(run_quantize(model, out, policy, calib))
+
+
 def main() -> None:
     cli(prog_name="cr-edge")
 

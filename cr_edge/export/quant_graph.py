@@ -1,0 +1,147 @@
+"""Reading a float model before quantization: refusals, the Horner chain, one rewrite.
+
+The chain is found from the graph, not trusted from metadata: every node that is
+neither a linear layer nor a shape op is the activation between linear layers (in a
+cr-edge export, the domain guard's Min/Max and the Horner Mul/Adds). The metadata
+``cr_edge.horner_nodes`` only decides whether to call it a *Horner* chain.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from cr_edge.errors import InputError
+from cr_edge.runtimes.artifacts import check_artifact
+
+LINEAR = ("Gemm", "MatMul", "Conv")
+SHAPE = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity")
+QUANT_OPS = (
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "ConvInteger",
+    "QLinearMatMul",
+    "QLinearConv",
+    "QGemm",
+    "DynamicQuantizeMatMul",
+)
+INT8_TYPES = (TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """The activation nodes between linear layers, and whether they are a Horner chain."""
+
+    nodes: tuple[str, ...]
+    horner: bool
+    note: str
+
+
+def load_float_model(path: Path) -> onnx.ModelProto:
+    """The model at ``path``, refused with one line if it is already quantized or not float32."""
+    model = check_artifact(Path(path)).model
+    if model is None:
+        raise InputError(f"{path}: quantize takes an .onnx model (got {Path(path).suffix})")
+    graph = model.graph
+    quant = [n.name or n.op_type for n in graph.node if n.op_type in QUANT_OPS]
+    if quant:
+        raise InputError(
+            f"{path}: already quantized (node {quant[0]!r}); quantize the fp32 export instead"
+        )
+    low = [t.name for t in graph.initializer if t.data_type in (*INT8_TYPES, TensorProto.FLOAT16)]
+    if low:
+        raise InputError(
+            f"{path}: initializer {low[0]!r} is already 8/16-bit; quantize the fp32 export instead"
+        )
+    for value in graph.input:
+        if value.type.tensor_type.elem_type != TensorProto.FLOAT:
+            raise InputError(f"{path}: input {value.name!r} is not float32; nothing to quantize")
+    return model
+
+
+def horner_chain(model: onnx.ModelProto) -> Chain:
+    """The nodes the ``poly`` policy governs; ``note`` says what was found, for the report."""
+    nodes = tuple(n.name for n in model.graph.node if n.op_type not in (*LINEAR, *SHAPE))
+    meta = {p.key: p.value for p in model.metadata_props}
+    try:
+        counts = json.loads(meta.get("cr_edge.horner_nodes", "[]"))
+    except json.JSONDecodeError:
+        counts = []
+    if counts and sum(counts) > 0:
+        return Chain(nodes, True, f"Horner chain: {len(nodes)} nodes ({sum(counts)} Mul/Add)")
+    return Chain(
+        nodes,
+        False,
+        "no Horner chain found (not a cr-edge polynomial export); "
+        f"--poly governs the {len(nodes)} activation nodes",
+    )
+
+
+def metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def set_metadata(model: onnx.ModelProto, updates: dict[str, str]) -> None:
+    """Merge ``updates`` into ``metadata_props`` in place (the quantizers drop or keep them)."""
+    merged = {**metadata(model), **updates}
+    del model.metadata_props[:]
+    for key in sorted(merged):
+        model.metadata_props.add(key=key, value=merged[key])
+
+
+def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with every plain ``Gemm`` (constant B, alpha = beta = 1) as ``MatMul`` + ``Add``.
+
+    onnxruntime's dynamic quantizer has integer kernels for MatMul, not Gemm, so without
+    this rewrite ``--mode dynamic`` would leave a Gemm-only MLP untouched.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {t.name: t for t in out.graph.initializer}
+    nodes = []
+    for node in out.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = (
+            node.op_type == "Gemm"
+            and node.input[1] in inits
+            and not attrs.get("transA", 0)
+            and attrs.get("alpha", 1.0) == 1.0
+            and attrs.get("beta", 1.0) == 1.0
+        )
+        if not plain:
+            nodes.append(node)
+            continue
+        weight = node.input[1]
+        if attrs.get("transB", 0):  # shared weights (the JVP companion) are transposed once
+            weight = f"{node.input[1]}__t"
+            if weight not in inits:
+                w = numpy_helper.to_array(inits[node.input[1]]).T
+                inits[weight] = numpy_helper.from_array(np.ascontiguousarray(w), weight)
+                out.graph.initializer.append(inits[weight])
+        has_bias = len(node.input) > 2 and node.input[2]
+        mm_out = f"{node.output[0]}__matmul" if has_bias else node.output[0]
+        nodes.append(
+            helper.make_node(
+                "MatMul", [node.input[0], weight], [mm_out], name=f"{node.name}__matmul"
+            )
+        )
+        if has_bias:
+            nodes.append(
+                helper.make_node(
+                    "Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name}__bias"
+                )
+            )
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    used = {i for n in out.graph.node for i in n.input}
+    keep = [t for t in out.graph.initializer if t.name in used]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(keep)
+    return out

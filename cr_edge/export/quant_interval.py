@@ -1,0 +1,81 @@
+"""Data-free ranges for the Horner chain: exact bounds of each intermediate polynomial.
+
+Behind the domain guard ``z = min(max(a, lo), hi)`` every Horner intermediate is a
+polynomial in ``z`` per channel, with coefficients read from the initializers. Its
+range over ``[lo, hi]`` is exact from the endpoints and the real roots of its
+derivative, which is tighter than plain interval arithmetic (that would treat the
+two ``z`` factors of ``(z + c2) z`` as independent). The bounds hold for *every*
+input, so static int8 never clips a tail the calibration set missed; onnxruntime
+receives them as ``TensorQuantOverrides`` (``rmin``/``rmax``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from numpy.polynomial import polynomial as P
+from onnx import numpy_helper
+
+
+class Chan:
+    """A per-channel polynomial in the guarded ``z``: ``coef[c, k]`` multiplies ``z**k``."""
+
+    def __init__(self, coef: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+        self.coef, self.lo, self.hi = coef, lo, hi
+
+    def combine(self, other: Chan | np.ndarray, op: str) -> Chan:
+        if isinstance(other, np.ndarray):  # a per-channel (or scalar) constant
+            k = np.broadcast_to(other, self.lo.shape)
+            coef = self.coef * k[:, None] if op == "Mul" else self.coef.copy()
+            if op != "Mul":
+                coef[:, 0] += k if op == "Add" else -k
+            return Chan(coef, self.lo, self.hi)
+        if op == "Mul":
+            coef = np.stack([P.polymul(a, b) for a, b in zip(self.coef, other.coef, strict=True)])
+        else:
+            width = max(self.coef.shape[1], other.coef.shape[1])
+            a, b = (np.pad(c, ((0, 0), (0, width - c.shape[1]))) for c in (self.coef, other.coef))
+            coef = a + b if op == "Add" else a - b
+        return Chan(coef, self.lo, self.hi)
+
+    def bounds(self) -> tuple[float, float]:
+        """Exact ``min`` and ``max`` over all channels and all ``z`` in ``[lo, hi]``."""
+        lows, highs = [], []
+        for coef, lo, hi in zip(self.coef, self.lo, self.hi, strict=True):
+            pts = [lo, hi]
+            if coef.size > 2:
+                roots = P.polyroots(P.polyder(coef))
+                pts += [r.real for r in roots if abs(r.imag) < 1e-9 and lo <= r.real <= hi]
+            vals = P.polyval(np.array(pts), coef)
+            lows.append(vals.min())
+            highs.append(vals.max())
+        return float(min(lows)), float(max(highs))
+
+
+def chain_ranges(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
+    """``tensor -> (rmin, rmax)`` for every chain tensor that is a polynomial of a guarded input."""
+    consts = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    polys: dict[str, Chan] = {}
+    lower: dict[str, np.ndarray] = {}  # Max(a, lo): the lower half of a guard, awaiting its Min
+    for node in model.graph.node:
+        ins = list(node.input)
+        if node.op_type == "Max" and len(ins) == 2 and ins[1] in consts:
+            lower[node.output[0]] = consts[ins[1]]
+        elif node.op_type == "Min" and len(ins) == 2 and ins[0] in lower and ins[1] in consts:
+            lo, hi = lower[ins[0]], consts[ins[1]]
+            polys[node.output[0]] = Chan(np.tile([0.0, 1.0], (lo.size, 1)), lo, hi)
+        elif node.op_type in ("Add", "Sub", "Mul") and len(ins) == 2:
+            a, b = (polys.get(n, consts.get(n)) for n in ins)
+            if isinstance(a, Chan) and b is not None:
+                polys[node.output[0]] = a.combine(b, node.op_type)
+            elif isinstance(b, Chan) and a is not None and node.op_type != "Sub":
+                polys[node.output[0]] = b.combine(a, node.op_type)
+    return {name: p.bounds() for name, p in polys.items()}
+
+
+def overrides(model: onnx.ModelProto) -> dict[str, list[dict]]:
+    """The bounds as onnxruntime ``TensorQuantOverrides``."""
+    return {
+        name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
+        for name, (lo, hi) in chain_ranges(model).items()
+    }

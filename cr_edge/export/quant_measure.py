@@ -1,0 +1,169 @@
+"""The figures a quantized model is judged by: parity with the oracle, accuracy, latency.
+
+Parity calls validate's own comparisons (``cr_edge.runtimes.parity``) under the
+written tolerance policy, so that ``quantize --mode auto`` accepts exactly what
+``cr-edge validate`` would: outputs within ``atol + rtol |ref|`` (int8: 3 output
+steps), companion JVPs with a cosine and a ``L ||v||``-relative error per sample. Latency is measured interleaved (fp32 run,
+quantized run, repeat) so that drift of the machine hits both alike, and reported as
+the median per-pair ratio with its p10-p90 spread.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from cr_edge.runtimes.oracle import Oracle
+from cr_edge.runtimes.outcome import PASS
+from cr_edge.runtimes.parity import COMPANION, derivative_parity, output_parity
+from cr_edge.runtimes.runtime import Session, TensorSpec
+from cr_edge.runtimes.tolerances import tolerances_for
+
+LATENCY_RUNS = 300
+
+
+@dataclass(frozen=True)
+class Parity:
+    """Output and derivative agreement with the oracle, and the verdict under the policy."""
+
+    precision: str
+    max_abs_err: float
+    atol: float
+    max_rel_err: float  # max |a - b| / max |b|: relative to the output scale, not per element
+    argmax_agree: float | None
+    outputs_ok: bool
+    jvp_min_cos: float | None = None
+    jvp_max_err: float | None = None
+    jvp_rtol: float | None = None
+    jvp_min_cos_required: float | None = None
+    derivatives_ok: bool | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outputs_ok and self.derivatives_ok is not False
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def session(model: onnx.ModelProto | bytes, threads: int = 1) -> ort.InferenceSession:
+    """A CPU session; one thread by default, as on a small edge core and for stable timing."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def predict(sess: ort.InferenceSession, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    return np.concatenate(
+        [sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, x.shape[0], batch)]
+    )
+
+
+def accuracy(sess: ort.InferenceSession, x: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy in percent."""
+    return float(100.0 * np.mean(np.argmax(predict(sess, x), axis=1) == labels))
+
+
+def parity(
+    primal: ort.InferenceSession,
+    companion: ort.InferenceSession | None,
+    metadata: dict[str, str],
+    oracle: Oracle,
+) -> Parity:
+    """Judge a (quantized) model and its companion exactly as ``cr-edge validate`` does."""
+    tol = tolerances_for(metadata, "quantized model", oracle.y, oracle.jvp_per_unit())
+    prim = _Adapter(primal)
+    out = output_parity(prim, oracle.x, oracle, tol)
+    y = out.checks[0]
+    fields = {
+        "precision": tol.precision,
+        "max_abs_err": y.max_abs,
+        "atol": float(tol.atol),
+        "max_rel_err": y.max_abs / max(float(np.abs(oracle.y).max()), 1e-30),
+        "argmax_agree": out.figures.get("argmax_agreement"),
+        "outputs_ok": out.status == PASS,
+    }
+    if companion is None or not oracle.has_derivatives:
+        return Parity(**fields)
+    der = derivative_parity(prim, _Adapter(companion), oracle.x, oracle, tol, COMPANION)
+    jvp = der.checks[0]
+    return Parity(
+        **fields,
+        jvp_min_cos=jvp.min_cosine,
+        jvp_max_err=jvp.max_rel,
+        jvp_rtol=tol.companion.rtol,
+        jvp_min_cos_required=tol.companion.min_cosine,
+        derivatives_ok=der.status == PASS,
+    )
+
+
+class _Adapter(Session):
+    """An in-memory ORT session behind validate's ``Session`` interface (float I/O only)."""
+
+    def __init__(self, sess: ort.InferenceSession) -> None:
+        self._sess = sess
+        self.inputs = [
+            TensorSpec(a.name, tuple(a.shape), np.dtype(np.float32)) for a in sess.get_inputs()
+        ]
+        self.outputs = [
+            TensorSpec(a.name, tuple(a.shape), np.dtype(np.float32)) for a in sess.get_outputs()
+        ]
+        self.metadata = dict(sess.get_modelmeta().custom_metadata_map)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self._sess.run(None, feeds)
+
+
+def jacobian_bound(companion: onnx.ModelProto, x: np.ndarray) -> float:
+    """Largest spectral norm of ``J(x)`` over the samples ``x``, from the fp32 companion.
+
+    The int8 derivative tolerance is relative to this ``L``; the full Jacobian per
+    sample (one JVP per input direction) gives the true per-sample norm rather than
+    the lower bound the oracle's random directions would.
+    """
+    sess = session(companion, threads=0)
+    n, d = x.shape[0], int(np.prod(x.shape[1:]))
+    eye = np.eye(d, dtype=np.float32)
+    cols = [
+        sess.run(
+            ["jvp"], {"x": x, "v": np.broadcast_to(eye[i].reshape(x.shape[1:]), x.shape).copy()}
+        )[0].reshape(n, -1)
+        for i in range(d)
+    ]
+    jac = np.stack(cols, axis=2)  # (n, outputs, inputs)
+    return float(np.linalg.norm(jac, ord=2, axis=(1, 2)).max())
+
+
+def latency_ratio(
+    base: ort.InferenceSession,
+    other: ort.InferenceSession,
+    x: np.ndarray,
+    runs: int = LATENCY_RUNS,
+) -> dict[str, float]:
+    """Median ms of each and the median ``other/base`` ratio with p10/p90, interleaved."""
+    name_a, name_b = base.get_inputs()[0].name, other.get_inputs()[0].name
+    for _ in range(10):  # warm-up: first runs allocate and pick kernels
+        base.run(None, {name_a: x})
+        other.run(None, {name_b: x})
+    ta, tb = np.empty(runs), np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        base.run(None, {name_a: x})
+        t1 = time.perf_counter()
+        other.run(None, {name_b: x})
+        ta[i], tb[i] = t1 - t0, time.perf_counter() - t1
+    ratio = tb / ta
+    return {
+        "base_ms": float(np.median(ta) * 1e3),
+        "ms": float(np.median(tb) * 1e3),
+        "ratio": float(np.median(ratio)),
+        "ratio_p10": float(np.percentile(ratio, 10)),
+        "ratio_p90": float(np.percentile(ratio, 90)),
+    }

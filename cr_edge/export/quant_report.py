@@ -1,0 +1,64 @@
+"""The ``cr-edge quantize`` table: every policy tried, its figures, and the verdict."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from cr_edge.export.quantize import QuantizeResult, Tried
+
+_console = Console()
+# The table is ~95 columns; narrower (non-tty, CI) consoles would elide its figures.
+_stdout = Console(width=max(_console.width, 100))
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _row(t: Tried, fp32_bytes: int, chosen: bool) -> list[str]:
+    p = t.parity
+    return [
+        ("*" if chosen else "") + t.policy.label,
+        f"{t.bytes / fp32_bytes:.2f}x",
+        _num(t.accuracy, ".2f"),
+        "-" if p is None else f"{p.max_abs_err:.2g}/{p.atol:.2g}",
+        "-" if p is None or p.argmax_agree is None else f"{p.argmax_agree:.3f}",
+        "-" if p is None else _num(p.jvp_min_cos, ".4f"),
+        *(f"{v['ratio']:.2f}x" for v in t.latency.values()),
+        "pass" if t.passed else "FAIL",
+    ]
+
+
+def print_quantize(result: QuantizeResult) -> None:
+    """What was tried and why the kept model was kept, then the files written.
+
+    Latency is the median per-pair ratio to fp32 (interleaved runs, one thread);
+    quantize.json has the p10-p90 spread and every figure unrounded.
+    """
+    acc = "" if result.fp32_accuracy is None else f", fp32 accuracy {result.fp32_accuracy:.2f}%"
+    table = Table(
+        title=f"quantize -> {result.out} (fp32 {result.fp32_bytes:,} B{acc})", box=box.SIMPLE_HEAD
+    )
+    batches = list(result.chosen.latency)
+    for name in (
+        "policy",
+        "size",
+        "acc %",
+        "err/atol",
+        "argmax",
+        "jvp cos",
+        *(f"t b{b}" for b in batches),
+        "ok",
+    ):
+        table.add_column(name, justify="left" if name == "policy" else "right", no_wrap=True)
+    for t in result.tried:
+        table.add_row(*_row(t, result.fp32_bytes, t is result.chosen))
+    _stdout.print(table)
+    for t in result.tried:
+        _stdout.print(f"{t.policy.label}: {t.why}")
+    for note in result.notes:
+        _stdout.print(f"[dim]{note}[/dim]")
+    for kind, path in result.files.items():
+        _stdout.print(f"{kind}: {path}")
