@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -22,10 +23,14 @@ from click.testing import CliRunner
 from cr_edge.cli import cli
 from cr_edge.errors import InputError
 from cr_edge.runtimes import profile_view
+from cr_edge.runtimes.artifacts import check_artifact
 from cr_edge.runtimes.device import _cpuinfo, _isa
 from cr_edge.runtimes.perop import summarize
 from cr_edge.runtimes.profile import ProfileOptions, profile
+from cr_edge.runtimes.registry import get_runtime
+from cr_edge.runtimes.runtime import Session, TensorSpec
 from cr_edge.runtimes.timing import latency_stats, ratio_stats
+from cr_edge.runtimes.workload import make_feeds
 
 FAST = {"warmup": 5, "iters": 60}
 REPO = Path(__file__).resolve().parents[1]
@@ -293,3 +298,21 @@ def test_isa_flags_from_arm_and_x86_cpuinfo(tmp_path: Path):
     x86.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: sse4_2 avx avx2 fma\n")
     assert _isa(_cpuinfo(arm)) == ["dotprod", "i8mm", "neon"]
     assert _isa(_cpuinfo(x86)) == ["avx", "avx2", "fma", "sse4.2"]
+
+
+def test_planned_sizes_are_an_upper_bound_exact_ort_shapes_are_not(models: Path):
+    class Planned(Session):  # as ExecuTorch reports a dynamic batch: its planned maximum
+        def __init__(self) -> None:
+            self.inputs = [TensorSpec("x", (256, 8), np.dtype(np.float32))]
+            self.outputs, self.metadata = [], {}
+
+        def run(self, feeds):
+            return []
+
+    assert make_feeds(Planned(), 64, Path("m.pte"))["x"].shape == (64, 8)
+    with pytest.raises(InputError, match="memory planned for a batch of 256; --batch 300"):
+        make_feeds(Planned(), 300, Path("m.pte"))
+    fixed = get_runtime("cpu").load(check_artifact(models / "fixed.onnx"))
+    assert make_feeds(fixed, 1, models / "fixed.onnx")["x"].shape == (1, 1, 8, 8)
+    with pytest.raises(InputError, match="a fixed batch of 1; --batch 2"):
+        make_feeds(fixed, 2, models / "fixed.onnx")

@@ -2,7 +2,8 @@
 
 Measured in a fresh child process, so that what the parent has already allocated
 (other sessions, the timing samples, rich) does not hide it. In the child, after the
-imports and after the file has been read and checked:
+imports (the runtime's lazy ones too, see ``workload.preload``) and after the file
+has been read and checked:
 
 * Linux: the peak-RSS mark ``VmHWM`` is reset by writing ``5`` to
   ``/proc/self/clear_refs`` and read from ``/proc/self/status`` before loading, after
@@ -76,9 +77,10 @@ def _can_reset() -> bool:
 def _child(request: dict) -> dict:
     from cr_edge.runtimes.artifacts import check_artifact
     from cr_edge.runtimes.registry import get_runtime
-    from cr_edge.runtimes.workload import make_feeds, with_threads
+    from cr_edge.runtimes.workload import make_feeds, preload, with_threads
 
     runtime = with_threads(get_runtime(request["runtime"]), request["threads"])
+    preload(runtime)
     artifact = check_artifact(Path(request["file"]))
     reset = _can_reset()
     base = _peak_kb()

@@ -28,7 +28,7 @@ from cr_edge.runtimes.perop import profile_ops
 from cr_edge.runtimes.registry import ALL, parse_runtimes
 from cr_edge.runtimes.runtime import RunError, Runtime, Session, Unavailable
 from cr_edge.runtimes.timing import Runner, latency_stats, measure, ratio_stats
-from cr_edge.runtimes.workload import fast_call, make_feeds, with_threads
+from cr_edge.runtimes.workload import fast_call, make_feeds, preload, with_threads
 
 PER_OP_RUNS = 200  # profiled runs: enough for stable shares, a trace of a few MB at most
 Progress = Callable[[str, float], None]  # (what is being measured, fraction done)
@@ -156,7 +156,10 @@ def profile(
 
 
 def _targets(runtime: Runtime, given: list[Artifact]) -> list[Artifact]:
-    """The file ``runtime`` runs for each artifact (``model.ort`` for ``model.onnx`` on mobile)."""
+    """The file ``runtime`` runs for each artifact (``model.ort`` for ``model.onnx`` on mobile).
+
+    Then imports the runtime's lazily imported library, which is no part of a model's load.
+    """
     ok, why = runtime.available()
     if not ok:
         raise Unavailable(why)
@@ -164,6 +167,10 @@ def _targets(runtime: Runtime, given: list[Artifact]) -> list[Artifact]:
     for artifact in given:
         target = runtime.target(artifact.path)
         files.append(artifact if target == artifact.path else check_artifact(target))
+    try:
+        preload(runtime)
+    except ImportError as e:
+        raise Unavailable(f"{runtime.name} cannot import its library ({e})") from e
     return files
 
 

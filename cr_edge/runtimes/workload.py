@@ -7,6 +7,7 @@ exactly the same session and inputs as the timed run does.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,15 @@ from cr_edge.runtimes.ort import OrtRuntime, OrtSession
 from cr_edge.runtimes.runtime import Runtime, Session, Unavailable
 
 XNNPACK_THREADS = "intra_op_num_threads"  # XNNPACK runs its own pool, set per provider
+# Libraries a runtime imports on its first load (ExecuTorch: torch, seconds and hundreds
+# of MiB): imported before anything is measured, as an app has them loaded at start-up.
+PRELOAD = {"executorch-xnnpack": ("torch", "executorch.runtime")}
+
+
+def preload(runtime: Runtime) -> None:
+    """Import what ``runtime.load`` would import lazily, so load time and RSS are the model's."""
+    for module in PRELOAD.get(runtime.name, ()):
+        importlib.import_module(module)
 
 
 def with_threads(runtime: Runtime, threads: int | None) -> Runtime:
@@ -37,16 +47,23 @@ def with_threads(runtime: Runtime, threads: int | None) -> Runtime:
 
 
 def make_feeds(session: Session, batch: int, file: Path) -> dict[str, np.ndarray]:
-    """Random inputs (seeded) of ``batch`` samples; ``InputError`` if the shapes cannot take it."""
+    """Random inputs (seeded) of ``batch`` samples; ``InputError`` if the shapes cannot take it.
+
+    onnxruntime reports the model's shapes exactly. ExecuTorch reports memory-planned
+    sizes, which for a dynamic batch are its upper bound: any batch up to it may run,
+    and the first run says whether it does.
+    """
+    exact = isinstance(session, OrtSession)
     rng = np.random.default_rng(0)
     feeds = {}
     for spec in session.inputs:
         if not spec.shape:
             raise InputError(f"{file}: input {spec.name!r} is a scalar; profile needs a batch axis")
         first = spec.shape[0]
-        if isinstance(first, int) and first != batch:
+        if isinstance(first, int) and first != batch and (exact or batch > first):
+            what = "a fixed batch" if exact else "memory planned for a batch"
             raise InputError(
-                f"{file}: input {spec.name!r} has a fixed batch of {first}; --batch {batch} "
+                f"{file}: input {spec.name!r} has {what} of {first}; --batch {batch} "
                 f"cannot run on it (use --batch {first}, or export with --batch dynamic)"
             )
         rest = spec.shape[1:]
