@@ -41,7 +41,7 @@ class ProfileOptions:
     runtimes: str = "cpu"  # "cpu", "cpu,ort-mobile" or "all"
     batches: tuple[int, ...] = (1,)
     threads: tuple[int | None, ...] = (None,)  # None: the runtime's default pool
-    warmup: int = 50  # untimed runs after the first, as benchmark_model's default
+    warmup: int = 50  # untimed runs after the first: caches, lazy kernel set-up, CPU clocks
     iters: int = 1000
     seconds: float | None = None  # measure for this long instead of ``iters`` runs
     per_op: bool = False
@@ -93,7 +93,10 @@ class ProfileReport:
             "cr_edge": __version__,
             "device": self.device,
             "options": asdict(self.options),
-            "timing": "perf_counter_ns around run_with_iobinding (inputs bound once) per run",
+            "timing": (
+                "perf_counter_ns around each run call only: onnxruntime's run_with_iobinding "
+                "with the inputs bound once; other runtimes' Session.run"
+            ),
             "results": rows,
             "comparisons": self.comparisons,
             "skipped": self.skipped,

@@ -123,7 +123,7 @@ def _table(title: str) -> Table:
 
 
 def _comparison_table(comparisons: list[dict]) -> Table:
-    table = _table("interleaved comparison: other / base per round, median (p10-p90)")
+    table = _table("interleaved A/B: latency ratio other / base per round (> 1: other is slower)")
     for name in ("runtime", "batch", "thr", "base", "other", "ratio", "p10-p90", "rounds"):
         table.add_column(name, justify="right" if name in ("ratio", "rounds") else "left")
     for c in comparisons:
