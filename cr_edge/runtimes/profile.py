@@ -268,8 +268,8 @@ def _measure_setting(
                 "runtime": runtime.name,
                 "batch": batch,
                 "threads": threads,
-                "base": loaded[0].row.artifact,
-                "other": loaded[k].row.artifact,
+                "base": loaded[0].row.file,
+                "other": loaded[k].row.file,
                 **stats,
             }
         )
