@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from cr_edge.cli import cli
-from cr_edge.export.artifacts import export
+from cr_edge.export.artifacts import ExportOptions, export
 from cr_edge.export.quant_calib import feeds_for
 from cr_edge.export.quant_companion import derivative_only
 from cr_edge.export.quant_equalize import equalize
@@ -116,6 +116,16 @@ def test_cli_writes_models_oracle_and_report(zoo, tmp_path):
     assert (out / "model.ref.npz").read_bytes() == (ex / "model.ref.npz").read_bytes()
     again = run("quantize", ex / "model.onnx", "--out", out, "--mode", "dynamic")
     assert again.exit_code == 2 and "--force" in again.output
+
+
+def test_a_fixed_batch_export_is_calibrated_and_measured_in_its_batch(zoo, tmp_path):
+    ck, _ = zoo["digits-cr"]
+    export(ck, tmp_path / "ex", ExportOptions(batch=1))
+    result = quantize(
+        tmp_path / "ex" / "model.onnx", tmp_path / "q", QuantPolicy("dynamic"), ck / "calib.npz"
+    )
+    assert list(result.chosen.latency) == [1] and result.chosen.passed, result.chosen.why
+    assert validate([result.files["onnx"]], "cpu").passed
 
 
 @pytest.mark.parametrize("poly", ["int16", "int8"])

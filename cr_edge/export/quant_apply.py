@@ -24,7 +24,7 @@ from onnxruntime.quantization import (
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from cr_edge.errors import ExportError
-from cr_edge.export.quant_calib import NpzReader
+from cr_edge.export.quant_calib import NpzReader, fixed_batch
 from cr_edge.export.quant_companion import derivative_only, tie_weights_
 from cr_edge.export.quant_equalize import Scales, equalize
 from cr_edge.export.quant_graph import LINEAR, gemm_to_matmul, horner_chain
@@ -109,7 +109,7 @@ def _static(
     quantize_static(
         src,
         dst,
-        NpzReader(feeds),
+        NpzReader(feeds, fixed_batch(model)),
         quant_format=QuantFormat.QDQ,
         per_channel=policy.per_channel,
         activation_type=activation,

@@ -51,6 +51,12 @@ def check_inputs(x: np.ndarray, model: onnx.ModelProto, what: str) -> None:
         raise InputError(f"{what} contains NaN or Inf; calibration needs finite samples")
 
 
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size the model's first input fixes, or None for a dynamic batch axis."""
+    dim = model.graph.input[0].type.tensor_type.shape.dim
+    return dim[0].dim_value or None if dim else None
+
+
 def feeds_for(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
     """Inputs for ``model``: ``x``, plus fixed random directions ``v`` for a JVP companion."""
     names = [i.name for i in model.graph.input]
@@ -63,10 +69,12 @@ def feeds_for(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
 class NpzReader(CalibrationDataReader):
     """Hands onnxruntime the calibration feeds in batches (one pass, then ``None``)."""
 
-    def __init__(self, feeds: dict[str, np.ndarray], batch: int = CALIB_BATCH) -> None:
+    def __init__(self, feeds: dict[str, np.ndarray], fixed: int | None = None) -> None:
         n = next(iter(feeds.values())).shape[0]
+        batch = fixed or CALIB_BATCH
+        stop = n - n % batch if fixed and n >= batch else n  # a fixed batch takes whole chunks
         self._batches = iter(
-            [{k: v[i : i + batch] for k, v in feeds.items()} for i in range(0, n, batch)]
+            [{k: v[i : i + batch] for k, v in feeds.items()} for i in range(0, stop, batch)]
         )
 
     def get_next(self) -> dict[str, np.ndarray] | None:

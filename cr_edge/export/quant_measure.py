@@ -59,11 +59,32 @@ def session(model: onnx.ModelProto | bytes, threads: int = 1) -> ort.InferenceSe
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def predict(sess: ort.InferenceSession, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    name = sess.get_inputs()[0].name
-    return np.concatenate(
-        [sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, x.shape[0], batch)]
-    )
+def fixed_batch(sess: ort.InferenceSession) -> int | None:
+    """The batch size the model fixes on its first input (``export --batch N``), else None."""
+    dim = sess.get_inputs()[0].shape[0]
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def run_chunked(
+    sess: ort.InferenceSession,
+    outputs: list[str] | None,
+    feeds: dict[str, np.ndarray],
+    batch: int = 256,
+) -> list[np.ndarray]:
+    """Run samples on axis 0 in chunks (the model's fixed batch, padded, or ``batch``)."""
+    size = fixed_batch(sess) or batch
+    n = next(iter(feeds.values())).shape[0]
+    parts = []
+    for i in range(0, n, size):
+        chunk = {k: v[i : i + size] for k, v in feeds.items()}
+        if fixed_batch(sess) and len(next(iter(chunk.values()))) < size:
+            chunk = {k: np.resize(v, (size, *v.shape[1:])) for k, v in chunk.items()}
+        parts.append(sess.run(outputs, chunk))
+    return [np.concatenate([p[j] for p in parts])[:n] for j in range(len(parts[0]))]
+
+
+def predict(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    return run_chunked(sess, None, {sess.get_inputs()[0].name: x})[0]
 
 
 def accuracy(sess: ort.InferenceSession, x: np.ndarray, labels: np.ndarray) -> float:
@@ -132,8 +153,8 @@ def jacobian_bound(companion: onnx.ModelProto, x: np.ndarray) -> float:
     n, d = x.shape[0], int(np.prod(x.shape[1:]))
     eye = np.eye(d, dtype=np.float32)
     cols = [
-        sess.run(
-            ["jvp"], {"x": x, "v": np.broadcast_to(eye[i].reshape(x.shape[1:]), x.shape).copy()}
+        run_chunked(
+            sess, ["jvp"], {"x": x, "v": np.broadcast_to(eye[i].reshape(x.shape[1:]), x.shape)}
         )[0].reshape(n, -1)
         for i in range(d)
     ]

@@ -186,9 +186,8 @@ def _try(
         par = qm.parity(sess, companion and qm.session(companion), meta, src.oracle)
     acc = _accuracy(sess, src.oracle)
     x = src.oracle.x if src.oracle is not None else src.calib
-    latency = {
-        b: qm.latency_ratio(fp32, sess, np.resize(x, (b, *x.shape[1:]))) for b in LATENCY_BATCHES
-    }
+    batches = [qm.fixed_batch(sess)] if qm.fixed_batch(sess) else LATENCY_BATCHES
+    latency = {b: qm.latency_ratio(fp32, sess, np.resize(x, (b, *x.shape[1:]))) for b in batches}
     passed, why = _verdict(par, acc, fp32_acc)
     return Tried(
         policy, len(model.SerializeToString()), par, acc, latency, passed, why, model, companion
@@ -231,7 +230,7 @@ def _choose(tried: list[Tried]) -> Tried:
     for precision in ("int8", "fp16"):
         pool = [t for t in ok if t.policy.precision == precision]
         if pool:
-            best = min(pool, key=lambda t: (t.bytes, t.latency[LATENCY_BATCHES[-1]]["ratio"]))
+            best = min(pool, key=lambda t: (t.bytes, list(t.latency.values())[-1]["ratio"]))
             best.why = f"chosen: {best.why}"
             return best
     raise CheckFailed(
