@@ -74,13 +74,13 @@ def horner_chain(model: onnx.ModelProto) -> Chain:
         counts = json.loads(meta.get("cr_edge.horner_nodes", "[]"))
     except json.JSONDecodeError:
         counts = []
-    if counts and sum(counts) > 0:
+    if isinstance(counts, list) and sum(c for c in counts if isinstance(c, int)) > 0:
         return Chain(nodes, True, f"Horner chain: {len(nodes)} nodes ({sum(counts)} Mul/Add)")
     return Chain(
         nodes,
         False,
-        "no Horner chain found (not a cr-edge polynomial export); "
-        f"--poly governs the {len(nodes)} activation nodes",
+        "no Horner chain found (no polynomial activation in this model); "
+        f"--poly governs its {len(nodes)} activation nodes",
     )
 
 

@@ -10,6 +10,7 @@ that passes; fp16 is the fallback. Nothing is written unless a model is kept.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,7 +115,7 @@ def quantize(
     result = QuantizeResult(
         out, files, chosen, tried, len(src.model.SerializeToString()), fp32_acc, src.notes
     )
-    write_json(out / "quantize.json", result.to_json())
+    write_json(out / "quantize.json", _finite(result.to_json()))
     files["report"] = out / "quantize.json"
     return result
 
@@ -153,9 +154,14 @@ def _extra_metadata(src: _Inputs) -> dict[str, str]:
     over the calibration set; ``L`` is the largest Jacobian norm over the same set.
     """
     y = qm.predict(qm.session(src.model, threads=0), src.calib)
-    meta = {OUTPUT_STEP_KEY: repr(float(np.ptp(y)) / INT8_LEVELS)}
-    if src.companion is not None:
-        meta[JACOBIAN_BOUND_KEY] = repr(qm.jacobian_bound(src.companion, src.calib))
+    digest = hashlib.sha256(src.model.SerializeToString()).hexdigest()[:16]
+    meta = {
+        OUTPUT_STEP_KEY: repr(float(np.ptp(y)) / INT8_LEVELS),
+        "cr_edge.quant.source": f"{src.path.name} sha256:{digest}",
+    }
+    bound = qm.jacobian_bound(src.companion, src.calib) if src.companion is not None else None
+    if bound is not None:
+        meta[JACOBIAN_BOUND_KEY] = repr(bound)
     return meta
 
 
@@ -250,6 +256,17 @@ def _write(src: _Inputs, out: Path, chosen: Tried) -> dict[str, Path]:
         files["ref"] = out / "model.ref.npz"
         write_bytes(files["ref"], src.oracle.path.read_bytes())
     return files
+
+
+def _finite(obj):
+    """JSON has no NaN/Inf (a broken model's figures): write them as strings."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _accuracy(sess: ort.InferenceSession, oracle: Oracle | None) -> float | None:
