@@ -34,3 +34,41 @@ def epoch_bar(total: int, label: str) -> Iterator:
             )
 
         yield update
+
+
+@contextmanager
+def stage_bar(stages: tuple[str, ...], label: str) -> Iterator:
+    """A bar over named stages; the callback it yields is called with each stage's name."""
+    columns = (
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        TextColumn("{task.fields[stage]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(label, total=len(stages), stage="")
+
+        def update(stage: str) -> None:
+            progress.update(task, completed=stages.index(stage), stage=stage)
+
+        yield update
+        progress.update(task, completed=len(stages), stage="done")
+
+
+@contextmanager
+def entry_bar(label: str) -> Iterator:
+    """A bar over ladder entries; the callback takes (entry name, index, total)."""
+    columns = (
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[entry]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(label, total=None, entry="")
+
+        def update(name: str, index: int, total: int) -> None:
+            progress.update(task, completed=index, total=total, entry=name)
+
+        yield update

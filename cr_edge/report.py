@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 _stdout = Console()
@@ -38,3 +39,25 @@ def print_export(result) -> None:
         _stdout.print(f"[dim]kept: {note}[/dim]")
     ops = ", ".join(f"{k} {v}" for k, v in sorted(result.op_counts.items()))
     _stdout.print(f"model.onnx ops: {ops}")
+
+
+def print_summary(summary: dict) -> None:
+    """The pipeline's closing table: one row per figure that matters on the device."""
+    table = Table(title=f"pipeline {summary['recipe']['name']}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("parameters", f"{summary['parameters']:,}")
+    table.add_row("test accuracy fp32", f"{summary['fp32_accuracy']:.4f}")
+    if summary["int8"]:
+        table.add_row(
+            escape(f"test accuracy quantized ({summary['int8']['policy']})"),
+            f"{summary['int8']['accuracy'] / 100:.4f}",
+        )
+    for name, size in summary["files"].items():
+        table.add_row(f"size {name}", f"{size:,} B")
+    for artifact, per in summary["parity"].items():
+        for runtime, verdict in per.items():
+            table.add_row(escape(f"parity {artifact} [{runtime}]"), verdict)
+    for key, us in summary["p50_latency_us"].items():
+        table.add_row(escape(f"p50 {key}"), f"{us:.1f} µs")
+    _stdout.print(table)

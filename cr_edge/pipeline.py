@@ -1,0 +1,153 @@
+"""``cr-edge pipeline``: train -> export -> quantize -> validate -> profile, one run folder.
+
+Every stage writes its own sub-folder with atomic files, so an interrupted run
+leaves the finished stages complete and nothing half-written; ``summary.json``
+and ``summary.md`` come last and say what every stage measured.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cr_edge import atomic
+from cr_edge.errors import CheckFailed, InputError
+from cr_edge.export.artifacts import ExportOptions, export
+from cr_edge.export.quant_policy import QuantPolicy
+from cr_edge.export.quantize import quantize
+from cr_edge.recipe import Recipe
+from cr_edge.runtimes.outcome import UNAVAILABLE
+from cr_edge.runtimes.profile import ProfileOptions, profile
+from cr_edge.runtimes.validate import validate
+from cr_edge.train import train
+
+STAGES = ("train", "export", "quantize", "validate", "profile")
+SUMMARY = "summary.json"
+
+
+@dataclass
+class PipelineResult:
+    out: Path
+    summary: dict
+    failures: list[str] = field(default_factory=list)
+
+
+def executorch_installed() -> bool:
+    return importlib.util.find_spec("executorch") is not None
+
+
+def run_pipeline(
+    recipe: Recipe,
+    out: Path,
+    runtimes: str = "all",
+    force: bool = False,
+    profile_iters: int = 300,
+    on_stage: Callable[[str], None] | None = None,
+) -> PipelineResult:
+    """Run every stage for ``recipe`` into ``out``; failed checks are collected, not hidden."""
+    out = Path(out)
+    if (out / SUMMARY).exists() and not force:
+        raise InputError(f"--out {out}: already holds a pipeline run; pass --force to overwrite")
+    step = on_stage or (lambda _: None)
+    step("train")
+    trained = train(recipe, out / "checkpoint", device="cpu")
+    step("export")
+    targets = ("onnx", "ort", "executorch") if executorch_installed() else ("onnx", "ort")
+    exported = export(out / "checkpoint", out / "export", ExportOptions(targets=targets))
+    step("quantize")
+    failures: list[str] = []
+    models = [exported.files["onnx"]]
+    quant: dict = {}
+    try:
+        q = quantize(exported.files["onnx"], out / "int8", QuantPolicy(mode="auto"))
+        models.append(q.files["onnx"])
+        quant = {
+            "policy": q.chosen.policy.label,
+            "accuracy": q.chosen.accuracy,
+            "fp32_accuracy": q.fp32_accuracy,
+            "file": q.files["onnx"].name,
+        }
+    except CheckFailed as e:
+        failures.append(f"quantize: {e}")
+    step("validate")
+    # Each runtime runs its own sibling of a model (model.ort, model.pte): name the .onnx only.
+    report = validate(models, runtimes)
+    atomic.write_json(out / "validate.json", report.to_json())
+    failures += report.failures()
+    step("profile")
+    options = ProfileOptions(
+        runtimes="all", batches=(1,), warmup=20, iters=profile_iters, memory=False
+    )
+    profiles = [profile([m], options) for m in models]
+    atomic.write_json(out / "profile.json", [p.to_json() for p in profiles])
+    summary = _summary(recipe, trained.metrics, exported.files, quant, report, profiles, failures)
+    atomic.write_text(out / "summary.md", summary_markdown(summary))
+    atomic.write_json(out / SUMMARY, summary)
+    return PipelineResult(out, summary, failures)
+
+
+def _summary(recipe, metrics, files, quant, report, profiles, failures) -> dict:
+    verdicts: dict[str, dict[str, str]] = {}
+    for r in report.results:
+        if r.outputs.status == UNAVAILABLE and r.derivatives.status == UNAVAILABLE:
+            continue  # the reason stays in validate.json
+        verdicts.setdefault(Path(r.artifact).name, {})[r.runtime] = (
+            f"{r.outputs.status}/{r.derivatives.status}"
+        )
+    latency = {
+        f"{Path(row.file).name} [{row.runtime}]": row.latency["p50_ms"] * 1e3
+        for prof in profiles
+        for row in prof.rows
+    }
+    return {
+        "recipe": recipe.to_json(),
+        "parameters": metrics["parameters"],
+        "fp32_accuracy": metrics["test_accuracy"],
+        "int8": quant or None,
+        "files": {
+            name: path.stat().st_size
+            for name, path in {p.name: p for p in _all_files(files, quant, report)}.items()
+        },
+        "parity": verdicts,
+        "p50_latency_us": latency,
+        "skipped_runtimes": [s for prof in profiles for s in prof.skipped],
+        "failures": failures,
+        "passed": not failures,
+    }
+
+
+def _all_files(files: dict[str, Path], quant: dict, report) -> list[Path]:
+    paths = [p for p in files.values() if p.is_file()]
+    paths += [Path(r.artifact) for r in report.results if Path(r.artifact).is_file()]
+    return sorted(set(paths))
+
+
+def summary_markdown(s: dict) -> str:
+    lines = [
+        f"# cr-edge pipeline: {s['recipe']['name']}",
+        "",
+        f"- parameters: {s['parameters']}",
+        f"- test accuracy fp32: {s['fp32_accuracy']:.4f}",
+    ]
+    if s["int8"]:
+        lines.append(
+            f"- quantized ({s['int8']['policy']}): accuracy {s['int8']['accuracy']:.2f}% "
+            f"(fp32 through ONNX Runtime {s['int8']['fp32_accuracy']:.2f}%)"
+        )
+    lines += ["", "| file | bytes |", "|---|---|"]
+    lines += [f"| {name} | {size:,} |" for name, size in s["files"].items()]
+    lines += ["", "| artifact | runtime | outputs/derivatives |", "|---|---|---|"]
+    for artifact, per in s["parity"].items():
+        lines += [f"| {artifact} | {rt} | {v} |" for rt, v in per.items()]
+    lines += ["", "| artifact [runtime] | p50 latency (µs, batch 1) |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in s["p50_latency_us"].items()]
+    lines += ["", "verdict: " + ("PASS" if s["passed"] else "FAIL: " + "; ".join(s["failures"]))]
+    return "\n".join(lines) + "\n"
+
+
+def raise_for_failures(result: PipelineResult) -> None:
+    if result.failures:
+        more = f" (and {len(result.failures) - 1} more)" if len(result.failures) > 1 else ""
+        raise CheckFailed(f"pipeline: {result.failures[0]}{more}; see {result.out / 'summary.md'}")
