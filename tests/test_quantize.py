@@ -104,16 +104,21 @@ def test_cli_writes_models_oracle_and_report(zoo, tmp_path):
         "dynamic",
         "--calib",
         ck / "calib.npz",
+        "--ort",
     )
     assert got.exit_code == 0, got.output
     assert "dynamic" in got.output and "Horner chain" in got.output
     assert {p.name for p in out.iterdir()} == {
         "model.int8.onnx",
         "model.int8.jvp.onnx",
+        "model.int8.ort",
+        "model.int8.jvp.ort",
         "model.ref.npz",
         "quantize.json",
     }
     assert (out / "model.ref.npz").read_bytes() == (ex / "model.ref.npz").read_bytes()
+    report = validate([out / "model.int8.onnx"], "cpu,ort-mobile")
+    assert report.passed, report.failures()
     again = run("quantize", ex / "model.onnx", "--out", out, "--mode", "dynamic")
     assert again.exit_code == 2 and "--force" in again.output
 

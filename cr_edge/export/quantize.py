@@ -26,6 +26,7 @@ from cr_edge.export import quant_measure as qm
 from cr_edge.export.quant_apply import apply_policy
 from cr_edge.export.quant_calib import feeds_for, read_calibration
 from cr_edge.export.quant_graph import horner_chain, load_float_model, set_metadata
+from cr_edge.export.quant_ort import write_ort
 from cr_edge.export.quant_policy import QuantPolicy, auto_candidates
 from cr_edge.runtimes.artifacts import companion_of, oracle_path
 from cr_edge.runtimes.oracle import Oracle, load_oracle
@@ -97,9 +98,16 @@ class _Inputs:
 
 
 def quantize(
-    model: Path, out: Path, policy: QuantPolicy | None = None, calib: Path | None = None
+    model: Path,
+    out: Path,
+    policy: QuantPolicy | None = None,
+    calib: Path | None = None,
+    ort_format: bool = False,
 ) -> QuantizeResult:
-    """Quantize the export ``model`` (and ``X.jvp.onnx``) into the folder ``out``."""
+    """Quantize the export ``model`` (and ``X.jvp.onnx``) into the folder ``out``.
+
+    ``ort_format`` also writes ``.ort`` copies for the onnxruntime mobile package.
+    """
     policy = policy or QuantPolicy()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -111,7 +119,7 @@ def quantize(
     policies = auto_candidates(policy) if policy.mode == "auto" else [policy]
     tried = [_try(src, p, extra, fp32, fp32_acc) for p in policies]
     chosen = _choose(tried) if policy.mode == "auto" else tried[0]
-    files = _write(src, out, chosen)
+    files = _write(src, out, chosen, ort_format)
     result = QuantizeResult(
         out, files, chosen, tried, len(src.model.SerializeToString()), fp32_acc, src.notes
     )
@@ -244,7 +252,7 @@ def _choose(tried: list[Tried]) -> Tried:
     )
 
 
-def _write(src: _Inputs, out: Path, chosen: Tried) -> dict[str, Path]:
+def _write(src: _Inputs, out: Path, chosen: Tried, ort_format: bool) -> dict[str, Path]:
     """Models first, the oracle last, so a folder with an oracle has the models it judges."""
     stem = src.path.stem
     files = {"onnx": out / f"{stem}.{chosen.policy.precision}.onnx"}
@@ -252,6 +260,8 @@ def _write(src: _Inputs, out: Path, chosen: Tried) -> dict[str, Path]:
     if chosen.companion is not None:
         files["jvp"] = companion_of(files["onnx"])
         write_bytes(files["jvp"], chosen.companion.SerializeToString())
+    if ort_format:
+        files.update({f"{k}-ort": write_ort(files[k]) for k in ("onnx", "jvp") if k in files})
     if src.oracle is not None:
         files["ref"] = out / "model.ref.npz"
         write_bytes(files["ref"], src.oracle.path.read_bytes())
