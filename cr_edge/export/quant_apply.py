@@ -105,7 +105,7 @@ def _static(
         # to 8 bits only adds error, and clips every logit the calibration never reached.
         options["OpTypesToExcludeOutputQuantization"] = list(LINEAR)
     if policy.method == "interval":
-        options["TensorQuantOverrides"] = interval_overrides(model)
+        options["TensorQuantOverrides"] = interval_overrides(model, feeds, set(exclude))
     quantize_static(
         src,
         dst,

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from cr_edge.export.quant_measure import run_chunked, session
+from cr_edge.export.quant_measure import probe
 
 RANGE_FLOOR = 0.1  # activation ranges below this share of the median count as this
 Scales = dict[str, np.ndarray]  # weight initializer -> per-input-channel scale
@@ -45,19 +45,9 @@ def input_ranges(
     model: onnx.ModelProto, names: list[str], feeds: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """Per-channel ``max |a|`` of the tensors ``names`` (axis 1) over the calibration feeds."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(
-        helper.make_empty_tensor_value_info(n) for n in names if n not in known
-    )
-    sess = session(probe, threads=0)
-    got = dict(
-        zip([o.name for o in sess.get_outputs()], run_chunked(sess, None, feeds), strict=True)
-    )
+    got = probe(model, names, feeds)
     return {
-        n: np.abs(got[n]).reshape(got[n].shape[0], got[n].shape[1], -1).max(axis=(0, 2))
-        for n in names
+        n: np.abs(a).reshape(a.shape[0], a.shape[1], -1).max(axis=(0, 2)) for n, a in got.items()
     }
 
 

@@ -16,6 +16,12 @@ import onnx
 from numpy.polynomial import polynomial as P
 from onnx import numpy_helper
 
+from cr_edge.export.quant_graph import LINEAR
+from cr_edge.export.quant_measure import probe
+
+# The oracle's random inputs reach ~0.4 of the calibrated span past the digits' range.
+INPUT_MARGIN = 0.5
+
 
 class Chan:
     """A per-channel polynomial in the guarded ``z``: ``coef[c, k]`` multiplies ``z**k``."""
@@ -73,9 +79,29 @@ def chain_ranges(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
     return {name: p.bounds() for name, p in polys.items()}
 
 
-def overrides(model: onnx.ModelProto) -> dict[str, list[dict]]:
-    """The bounds as onnxruntime ``TensorQuantOverrides``."""
+def overrides(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], skip: set[str]
+) -> dict[str, list[dict]]:
+    """Chain bounds, plus widened calibrated ranges for the other linear-layer inputs, as
+    onnxruntime ``TensorQuantOverrides``; linear nodes in ``skip`` are left alone.
+
+    A linear layer's input that is not a chain tensor (the network input) has no bound
+    from the coefficients; its calibrated range is widened by ``INPUT_MARGIN`` of its span
+    on each side, so that inputs a little outside the calibration set are not clipped.
+    """
+    bounds = chain_ranges(model)
+    others = sorted(
+        {
+            n.input[0]
+            for n in model.graph.node
+            if n.op_type in LINEAR and n.name not in skip and n.input[0] not in bounds
+        }
+    )
+    for name, values in (probe(model, others, feeds) if others else {}).items():
+        lo, hi = float(values.min()), float(values.max())
+        pad = INPUT_MARGIN * (hi - lo)
+        bounds[name] = (lo - pad, hi + pad)
     return {
         name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
-        for name, (lo, hi) in chain_ranges(model).items()
+        for name, (lo, hi) in bounds.items()
     }

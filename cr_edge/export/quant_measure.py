@@ -84,6 +84,20 @@ def run_chunked(
     return [np.concatenate([p[j] for p in parts])[:n] for j in range(len(parts[0]))]
 
 
+def probe(
+    model: onnx.ModelProto, names: list[str], feeds: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The values of the intermediate tensors ``names`` on ``feeds`` (exposed as outputs)."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    known = {o.name for o in exposed.graph.output}
+    exposed.graph.output.extend(
+        onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in known
+    )
+    sess = session(exposed, threads=0)
+    return dict(zip(names, run_chunked(sess, names, feeds), strict=True))
+
+
 def predict(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
     return run_chunked(sess, None, {sess.get_inputs()[0].name: x})[0]
 
