@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from cr_edge import __version__
-from cr_edge.errors import CrEdgeError, InputError
+from cr_edge.errors import CheckFailed, CrEdgeError, InputError
 
 
 class _Group(click.Group):
@@ -362,7 +362,10 @@ def quantize(
 
     policy = QuantPolicy(mode, poly, method, per_channel, equalize)
     _refuse_existing(out, "quantize.json", force)
-    print_quantize(run_quantize(model, out, policy, calib, ort_format))
+    result = run_quantize(model, out, policy, calib, ort_format)
+    print_quantize(result)
+    if not result.chosen.passed:  # an explicit policy is written for inspection, but it failed
+        raise CheckFailed(f"{result.files['onnx']}: {result.chosen.why}")
 
 
 @cli.command()
