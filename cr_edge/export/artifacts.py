@@ -9,7 +9,7 @@ so a folder with an oracle has the models it describes.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -142,9 +142,16 @@ def _mobile_targets(options, out, files, ckpt, stages, example) -> dict[str, Pat
     if "executorch" in options.targets:
         from cr_edge.export.executorch import export_pte
 
-        made["pte"] = export_pte(
-            PrimalNet(stages), example, out / "model.pte", options.int8, options.batch
+        calibration = None
+        if options.int8:
+            # Unfolded: the normalisation and leading-coefficient folds scale weight columns
+            # by up to 1/std and a_n, which per-output-channel int8 weights cannot resolve.
+            calibration = torch.from_numpy(ckpt.calib()["x"])
+            stages, _ = lower(ckpt, replace(options, fold=False), calibration.numpy())
+        pte = export_pte(
+            PrimalNet(stages), example, out / "model.pte", options.int8, options.batch, calibration
         )
+        made["pte"], made["pte_info"] = pte.path, pte.info_path
     return made
 
 

@@ -32,6 +32,8 @@ def _buffer(module: nn.Module, name: str, value: np.ndarray, spatial: bool) -> N
     t = torch.tensor(np.asarray(value), dtype=torch.float32)
     if spatial and t.dim() == 1:
         t = t.view(-1, 1, 1)
+    elif spatial and t.dim() == 2:  # a stack of per-channel coefficients (k, C): rows broadcast
+        t = t.view(t.shape[0], -1, 1, 1)
     module.register_buffer(name, t)
 
 
@@ -54,9 +56,8 @@ class _Affine(nn.Module):
 
 
 class _InputAffine(nn.Module):
-    def __init__(self, stage: InputAffine) -> None:
+    def __init__(self, stage: InputAffine, spatial: bool) -> None:
         super().__init__()
-        spatial = stage.scale.ndim == 1 and stage.scale.shape[0] > 0
         _buffer(self, "scale", stage.scale, spatial)
         _buffer(self, "offset", stage.offset, spatial)
 
@@ -158,7 +159,9 @@ def _modules(stages: list[Stage]) -> nn.ModuleList:
             out.append(_Affine(stage))
             spatial = stage.conv
         elif isinstance(stage, InputAffine):
-            out.append(_InputAffine(stage))
+            # per-channel (C,) before a conv; per-feature, already in the sample's shape, else
+            first = next(s for s in stages if isinstance(s, Affine))
+            out.append(_InputAffine(stage, first.conv))
         elif isinstance(stage, Poly):
             out.append(_Poly(stage, spatial))
         elif isinstance(stage, Act):

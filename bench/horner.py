@@ -1,0 +1,233 @@
+"""What the Horner lowering buys under ONNX Runtime, and what a CR net costs against ReLU.
+
+One CR digits MLP (64-128-128-10, degree-3 per-channel polynomials) is trained briefly,
+with its ReLU twin at equal width, and exported four ways, all run by ONNX Runtime's CPU EP:
+
+  cr     ``cr-edge export --no-domain-guard``: Horner chains with the exact folds
+  pow    the same trained weights, each polynomial written ``sum(a_k * x**k)`` (Pow nodes);
+         normalisation folded into the first layer as in ``cr``, so only the polynomial differs
+  relu   the ReLU twin, ``--no-domain-guard`` (it has no polynomial to guard)
+  guard  ``cr`` with the domain guard (a Max and a Min per polynomial input)
+
+Sides are interleaved (cr pow relu guard, cr pow ...) so that drift in the machine's speed
+hits all of them alike; each ratio is taken within a round, and the table reports its
+median and p10-p90 over the rounds, at batch 1 and 256, with 1 intra-op thread and with
+ONNX Runtime's default thread count.
+
+Run from the repository root: ``python -m bench.horner [--epochs N] [--rounds N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cr_edge.checkpoint import load_checkpoint
+from cr_edge.export.artifacts import ExportOptions, ExportResult, export
+from cr_edge.export.folds import fold_input_normalisation, run_passes
+from cr_edge.export.stages import Affine, Flatten, Poly, Stage, stages_from_checkpoint
+from cr_edge.poly import PolyAct
+from cr_edge.recipe import load_recipe
+from cr_edge.train import train
+
+SIDES = ("cr", "pow", "relu", "guard")
+# (numerator, denominator, label, target): each row is t(numerator) / t(denominator).
+RATIOS = (
+    ("pow", "cr", "Horner speedup  t(Pow)/t(Horner)", ">= 5 @256"),
+    ("cr", "relu", "CR vs ReLU      t(CR)/t(ReLU)", "<= 1.3 @256"),
+    ("guard", "cr", "guard cost      t(guard)/t(no guard)", ""),
+)
+BATCHES = (1, 256)
+INNER = {1: 200, 256: 20}  # calls per side per round: each side runs ~2-10 ms per round
+
+
+class NaivePolyNet(nn.Module):
+    """Linear layers and ``sum_k a_k * x**k``: the polynomial as a user would first write it."""
+
+    def __init__(self, stages: list[Stage]) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, int]] = []
+        for i, stage in enumerate(stages):
+            if isinstance(stage, Affine):
+                self._buffers_from(i, weight=stage.weight, bias=stage.bias)
+                self.ops.append(("linear", i))
+            elif isinstance(stage, Poly):
+                self._buffers_from(i, coeffs=stage.coeffs)
+                self.ops.append(("poly", i))
+            elif isinstance(stage, Flatten):
+                self.ops.append(("flatten", i))
+            else:
+                raise TypeError(f"stage {i} ({type(stage).__name__}) is not in an MLP")
+
+    def _buffers_from(self, i: int, **arrays: np.ndarray) -> None:
+        for name, value in arrays.items():
+            self.register_buffer(f"{name}{i}", torch.tensor(value, dtype=torch.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for op, i in self.ops:
+            if op == "flatten":
+                x = torch.flatten(x, 1)
+            elif op == "linear":
+                x = F.linear(x, getattr(self, f"weight{i}"), getattr(self, f"bias{i}"))
+            else:
+                a = getattr(self, f"coeffs{i}")
+                x = sum(a[k] * x**k for k in range(a.shape[0]))
+        return x
+
+
+def train_pair(root: Path, epochs: int) -> dict[str, Path]:
+    """The CR MLP and its ReLU twin, both 64-128-128-10, trained for ``epochs``."""
+    cr = load_recipe("digits-cr").replace(hidden=(128, 128), degree=3, epochs=epochs)
+    relu = load_recipe("digits-relu").replace(hidden=(128, 128), epochs=epochs)
+    return {
+        "cr": train(cr, root / "cr-checkpoint").checkpoint,
+        "relu": train(relu, root / "relu-checkpoint").checkpoint,
+    }
+
+
+def export_naive(checkpoint: Path, path: Path) -> None:
+    """The trained CR net with its normalisation folded and each polynomial through Pow."""
+    stages = stages_from_checkpoint(load_checkpoint(checkpoint))
+    stages = run_passes(stages, (fold_input_normalisation,)).stages
+    example = torch.from_numpy(np.load(checkpoint / "calib.npz")["x"][:2].copy())
+    batch = torch.export.Dim("batch", min=1)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            NaivePolyNet(stages).eval(),
+            (example,),
+            dynamo=True,
+            opset_version=17,
+            dynamic_shapes=({0: batch},),
+            input_names=["x"],
+            output_names=["y"],
+        )
+    program.save(str(path))
+
+
+def build(root: Path, epochs: int) -> tuple[dict[str, Path], ExportResult, Path]:
+    """The four ONNX files, the CR export's result and the CR checkpoint (for the summary)."""
+    ckpt = train_pair(root, epochs)
+    plain = ExportOptions(domain_guard=False, derivatives=False)
+    cr = export(ckpt["cr"], root / "cr", plain)
+    export(ckpt["relu"], root / "relu", plain)
+    export(ckpt["cr"], root / "guard", ExportOptions(derivatives=False))
+    export_naive(ckpt["cr"], root / "pow.onnx")
+    paths = {s: root / s / "model.onnx" for s in ("cr", "relu", "guard")}
+    paths["pow"] = root / "pow.onnx"
+    return paths, cr, ckpt["cr"]
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    """Default graph optimisation (all levels); ``threads=0`` is ONNX Runtime's default."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def measure(
+    paths: dict[str, Path], x: np.ndarray, threads: int, rounds: int
+) -> dict[str, list[float]]:
+    """Seconds per call of every side, one value per round, sides interleaved within a round."""
+    sessions = {side: session(paths[side], threads) for side in SIDES}
+    feed, inner = {"x": x}, INNER[x.shape[0]]
+    for sess in sessions.values():  # warm up: first runs allocate and pick kernels
+        for _ in range(5):
+            sess.run(None, feed)
+    times: dict[str, list[float]] = {side: [] for side in SIDES}
+    for _ in range(rounds):
+        for side in SIDES:
+            run = sessions[side].run
+            start = time.perf_counter()
+            for _ in range(inner):
+                run(None, feed)
+            times[side].append((time.perf_counter() - start) / inner)
+    return times
+
+
+def ratio_row(times: dict[str, list[float]], num: str, den: str) -> tuple[float, float, float]:
+    per_round = [a / b for a, b in zip(times[num], times[den], strict=True)]
+    p10, p90 = np.percentile(per_round, [10, 90])
+    return statistics.median(per_round), float(p10), float(p90)
+
+
+def op_counts(path: Path) -> str:
+    counts: dict[str, int] = {}
+    for node in onnx.load(path).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return ", ".join(f"{op} {n}" for op, n in sorted(counts.items()))
+
+
+def leading_coefficients(checkpoint: Path) -> list[str]:
+    """Per layer, the spread of |a_3|: the GELU fit starts it at 0, and the folds divide by it."""
+    rows = []
+    for block in load_checkpoint(checkpoint).net.blocks:
+        if isinstance(block, PolyAct):
+            a3 = block.coeffs[-1].detach().abs().numpy()
+            rows.append(f"min {a3.min():.1e}, median {np.median(a3):.1e}")
+    return rows
+
+
+def print_summary(paths: dict[str, Path], cr: ExportResult, checkpoint: Path, epochs: int) -> None:
+    print(f"CR digits MLP 64-128-128-10, degree 3, {epochs} epochs; ReLU twin at equal width")
+    print(f"onnxruntime {ort.__version__}, CPU EP, default graph optimisation (ORT_ENABLE_ALL)")
+    print(f"fold summary: Horner Mul/Add nodes per polynomial layer: {cr.horner_nodes}")
+    for layer, spread in enumerate(leading_coefficients(checkpoint), start=1):
+        print(f"  layer {layer} |a_3| over channels: {spread}")
+    for refusal in cr.refusals or ["none"]:
+        print(f"  refused: {refusal}")
+    for side in SIDES:
+        print(f"  {side:5s} graph: {op_counts(paths[side])}")
+
+
+def print_table(results: list[tuple[int, str, dict[str, list[float]]]]) -> None:
+    header = f"{'ratio':38s} {'batch':>5s} {'threads':>7s} {'median':>7s} {'p10-p90':>13s}  target"
+    print(header)
+    print("-" * len(header))
+    for num, den, label, target in RATIOS:
+        for batch, threads, times in results:
+            med, p10, p90 = ratio_row(times, num, den)
+            print(
+                f"{label:38s} {batch:5d} {threads:>7s} {med:7.2f} {p10:6.2f}-{p90:<6.2f}  {target}"
+            )
+    print()
+    print(f"{'median time per call (us)':38s} {'batch':>5s} {'threads':>7s}  " + "  ".join(SIDES))
+    for batch, threads, times in results:
+        cells = "  ".join(f"{statistics.median(times[s]) * 1e6:.1f}" for s in SIDES)
+        print(f"{'':38s} {batch:5d} {threads:>7s}  {cells}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=15, help="training epochs per net")
+    parser.add_argument("--rounds", type=int, default=40, help="interleaved rounds per setting")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cr-edge-horner-") as tmp:
+        paths, cr, checkpoint = build(Path(tmp), args.epochs)
+        print_summary(paths, cr, checkpoint, args.epochs)
+        x_all = np.load(Path(tmp) / "cr-checkpoint" / "calib.npz")["x"].astype(np.float32)
+        results = []
+        for batch in BATCHES:
+            x = np.ascontiguousarray(x_all[np.arange(batch) % len(x_all)])
+            for threads in (1, 0):
+                label = "1" if threads else "default"
+                results.append((batch, label, measure(paths, x, threads, args.rounds)))
+        print()
+        print_table(results)
+
+
+if __name__ == "__main__":
+    main()
