@@ -1,0 +1,99 @@
+"""`cr-edge pipeline` end to end: every artifact, a summary that agrees with them, clean Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from cr_edge.cli import cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pipeline") / "digits"
+    result = CliRunner().invoke(
+        cli, ["pipeline", "--recipe", "digits-cr", "--epochs", "20", "--out", str(out)]
+    )
+    assert result.exit_code in (0, 1), result.output
+    return out
+
+
+def test_every_stage_leaves_its_artifacts(run_dir: Path):
+    for rel in (
+        "checkpoint/model.safetensors",
+        "checkpoint/config.json",
+        "export/model.onnx",
+        "export/model.jvp.onnx",
+        "export/model.ref.npz",
+        "export/model.ort",
+        "export/model.pte",
+        "validate.json",
+        "profile.json",
+        "summary.json",
+        "summary.md",
+    ):
+        assert (run_dir / rel).is_file(), rel
+    assert list((run_dir / "int8").glob("model.*.onnx")), "a quantized model"
+
+
+def test_summary_agrees_with_the_artifacts(run_dir: Path):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    sizes = {p.name: p.stat().st_size for p in run_dir.rglob("*") if p.is_file()}
+    for name, size in summary["files"].items():
+        assert sizes[name] == size, name
+    ref = np.load(run_dir / "export" / "model.ref.npz")
+    sess = ort.InferenceSession(str(run_dir / "export" / "model.onnx"))
+    (logits,) = sess.run(None, {"x": ref["x_test"]})
+    accuracy = float((logits.argmax(1) == ref["y_test"]).mean())
+    assert accuracy == pytest.approx(summary["fp32_accuracy"], abs=1e-6)
+    meta = {p.key: p.value for p in onnx.load(run_dir / "export" / "model.onnx").metadata_props}
+    assert meta["cr_edge.activation"] == "poly"
+    assert summary["parity"]["model.onnx"]["cpu"] == "PASS/PASS"
+    assert summary["passed"] == (not summary["failures"])
+
+
+def test_a_finished_run_is_not_overwritten_without_force(run_dir: Path):
+    result = CliRunner().invoke(cli, ["pipeline", "--epochs", "1", "--out", str(run_dir)])
+    assert result.exit_code == 2 and "--force" in result.output
+
+
+def _partial_files(folder: Path) -> list[Path]:
+    return [
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.name.startswith(".") and p.name.endswith(".tmp")
+    ]
+
+
+def test_sigint_mid_pipeline_leaves_no_partial_file(tmp_path: Path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cr_edge.cli", "pipeline", "--epochs", "20", "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "export" / "model.onnx").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) != 0
+    assert _partial_files(out) == []
+    assert not (out / "summary.json").exists()
+    onnx.checker.check_model(onnx.load(out / "export" / "model.onnx"))
+    for name in ("config.json", "metrics.json"):
+        json.loads((out / "checkpoint" / name).read_text())
