@@ -9,7 +9,11 @@ UNAVAILABLE when loading.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,13 +63,29 @@ class ExecuTorchRuntime(Runtime):
         if not runtime.backend_registry.is_available(self.backend):
             raise Unavailable(f"this ExecuTorch build has no {self.backend}")
         try:
-            program = runtime.load_program(
-                artifact.data, verification=Verification.InternalConsistency
-            )
-            method = program.load_method("forward")
+            with _native_stderr_silenced():
+                program = runtime.load_program(
+                    artifact.data, verification=Verification.InternalConsistency
+                )
+                method = program.load_method("forward")
         except (RuntimeError, ValueError) as e:
             raise InputError(f"{artifact.path}: {self.name} cannot load it ({one_line(e)})") from e
         return ExecuTorchSession(method, torch)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """XNNPACK's cpuinfo prints probe failures (``midr file``) from C++ on every first load;
+    they say nothing about the model. Failures still arrive as exceptions."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class ExecuTorchSession(Session):
