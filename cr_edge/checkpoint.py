@@ -22,6 +22,7 @@ from safetensors.torch import save as save_safetensors
 from cr_edge import __version__, atomic
 from cr_edge.data import Normalisation
 from cr_edge.errors import InputError, NonFiniteError
+from cr_edge.manifest import write_manifest
 from cr_edge.nets import CRNet, NetConfig, build_net
 from cr_edge.recipe import Recipe
 
@@ -77,6 +78,7 @@ def save_checkpoint(
     atomic.write_npz(out / CALIB, **calib)
     atomic.write_json(out / METRICS, metrics)
     atomic.write_json(out / CONFIG, config)
+    write_manifest(out, [WEIGHTS, CALIB, METRICS, CONFIG])
     return out
 
 

@@ -147,6 +147,10 @@ def _batch(value: str) -> int | None:
     "--target", default="onnx", show_default=True, help="Comma-separated: onnx, ort, executorch."
 )
 @click.option("--int8", is_flag=True, help="ExecuTorch target: PT2E int8 (XNNPACK quantizer).")
+@click.option(
+    "--target-runtime",
+    help="Refuse an export this runtime cannot load: onnxruntime==X, ort-mobile==X or executorch.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an export already in --out.")
 def export(
     checkpoint: Path,
@@ -158,6 +162,7 @@ def export(
     domain_guard: bool,
     target: str,
     int8: bool,
+    target_runtime: str | None,
     force: bool,
 ) -> None:
     """Export a checkpoint: Horner-lowered ONNX, derivative companion, parity oracle, mobile files."""
@@ -175,6 +180,7 @@ def export(
         domain_guard=domain_guard,
         targets=("onnx", *[t for t in targets if t != "onnx"]),
         int8=int8,
+        target_runtime=target_runtime,
     )
     print_export(run_export(checkpoint, out, options))
 
@@ -224,11 +230,14 @@ def validate(
     from rich.console import Console
 
     from cr_edge.atomic import write_json
+    from cr_edge.runtimes.sandbox import probe
     from cr_edge.runtimes.table import render
     from cr_edge.runtimes.tolerances import Overrides
     from cr_edge.runtimes.validate import validate as run_validate
 
     overrides = Overrides(atol=atol, rtol=rtol, deriv_rtol=deriv_rtol, min_cosine=min_cosine)
+    for path in artifacts:
+        probe(path)  # a crash inside onnxruntime on a hostile file becomes an error, not a signal
     report = run_validate(list(artifacts), runtime, ref, overrides, derivatives)
     render(report, Console())
     if json_out is not None:
@@ -284,6 +293,7 @@ def profile(
     from cr_edge.runtimes import profile_view
     from cr_edge.runtimes.profile import ProfileOptions, parse_batches, parse_threads
     from cr_edge.runtimes.profile import profile as run_profile
+    from cr_edge.runtimes.sandbox import probe
 
     if iters is not None and seconds is not None:
         raise InputError("give --iters or --seconds, not both")
@@ -299,6 +309,8 @@ def profile(
         per_op=per_op,
         memory=memory,
     )
+    for path in artifacts:
+        probe(path)  # a crash inside onnxruntime on a hostile file becomes an error, not a signal
     with profile_view.progress_bar() as on_progress:
         report = run_profile(list(artifacts), options, on_progress)
     profile_view.print_report(report)

@@ -17,6 +17,7 @@ from cr_edge.errors import CheckFailed, InputError
 from cr_edge.export.artifacts import ExportOptions, export
 from cr_edge.export.quant_policy import QuantPolicy
 from cr_edge.export.quantize import quantize
+from cr_edge.manifest import write_manifest
 from cr_edge.recipe import Recipe
 from cr_edge.runtimes.outcome import UNAVAILABLE
 from cr_edge.runtimes.profile import ProfileOptions, profile
@@ -61,7 +62,9 @@ def run_pipeline(
     models = [exported.files["onnx"]]
     quant: dict = {}
     try:
-        q = quantize(exported.files["onnx"], out / "int8", QuantPolicy(mode="auto"))
+        q = quantize(
+            exported.files["onnx"], out / "int8", QuantPolicy(mode="auto"), ort_format=True
+        )
         models.append(q.files["onnx"])
         quant = {
             "policy": q.chosen.policy.label,
@@ -85,6 +88,7 @@ def run_pipeline(
     summary = _summary(recipe, trained.metrics, exported.files, quant, report, profiles, failures)
     atomic.write_text(out / "summary.md", summary_markdown(summary))
     atomic.write_json(out / SUMMARY, summary)
+    write_manifest(out, ["validate.json", "profile.json", "summary.md", SUMMARY])
     return PipelineResult(out, summary, failures)
 
 

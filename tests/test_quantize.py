@@ -115,6 +115,7 @@ def test_cli_writes_models_oracle_and_report(zoo, tmp_path):
         "model.int8.jvp.ort",
         "model.ref.npz",
         "quantize.json",
+        "manifest.json",
     }
     assert (out / "model.ref.npz").read_bytes() == (ex / "model.ref.npz").read_bytes()
     report = validate([out / "model.int8.onnx"], "cpu,ort-mobile")

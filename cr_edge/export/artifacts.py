@@ -23,6 +23,8 @@ from cr_edge.export.emit import JvpNet, PrimalNet
 from cr_edge.export.folds import activation_stages, run_passes
 from cr_edge.export.oracle import ReferenceNet, build_oracle, reference_inputs, save_oracle
 from cr_edge.export.stages import Poly, calibrate_ranges, stages_from_checkpoint
+from cr_edge.export.version_guard import check_model, parse_target
+from cr_edge.manifest import write_manifest
 
 TARGETS = ("onnx", "ort", "executorch")
 GUARD_MARGIN = 0.25  # the guard admits the calibrated range widened by this share of its span
@@ -40,6 +42,7 @@ class ExportOptions:
     fold: bool = True
     targets: tuple[str, ...] = ("onnx",)
     int8: bool = False  # ExecuTorch only: PT2E int8 with the XNNPACK quantizer
+    target_runtime: str | None = None  # e.g. onnxruntime==1.17: refuse what it cannot load
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.targets if t not in TARGETS]
@@ -47,6 +50,8 @@ class ExportOptions:
             raise InputError(f"--target {unknown[0]!r}: choose from {', '.join(TARGETS)}")
         if self.batch is not None and self.batch < 1:
             raise InputError(f"--batch {self.batch}: give a positive size or 'dynamic'")
+        if self.target_runtime is not None:
+            parse_target(self.target_runtime)  # a typo fails before the export's work
 
 
 @dataclass
@@ -108,6 +113,7 @@ def export(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()
     oracle = build_oracle(ref_net, reference_inputs(calib))
     meta = metadata(ckpt, options, stages, refusals, primal, calib["x"])
     onnx_export.set_metadata(model, meta)
+    check_model(model, options.target_runtime, options.targets)  # before anything is written
     onnx_export.check(model, str(out / "model.onnx"))
     files = {"onnx": out / "model.onnx"}
     onnx_export.save(model, files["onnx"])
@@ -127,6 +133,7 @@ def export(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()
     files.update(_mobile_targets(options, out, files, ckpt, stages, example))
     files["ref"] = out / "model.ref.npz"
     save_oracle(files["ref"], oracle, calib)
+    write_manifest(out, files.values())
     polys = [s for s in stages if isinstance(s, Poly)]
     return ExportResult(
         out, files, [p.horner_nodes() for p in polys], refusals, onnx_export.op_counts(model)

@@ -28,6 +28,7 @@ from cr_edge.export.quant_calib import feeds_for, read_calibration
 from cr_edge.export.quant_graph import horner_chain, load_float_model, set_metadata
 from cr_edge.export.quant_ort import write_ort
 from cr_edge.export.quant_policy import QuantPolicy, auto_candidates
+from cr_edge.manifest import write_manifest
 from cr_edge.runtimes.artifacts import companion_of, oracle_path
 from cr_edge.runtimes.oracle import Oracle, load_oracle
 from cr_edge.runtimes.tolerances import INT8_LEVELS, JACOBIAN_BOUND_KEY, OUTPUT_STEP_KEY
@@ -125,6 +126,7 @@ def quantize(
     )
     write_json(out / "quantize.json", _finite(result.to_json()))
     files["report"] = out / "quantize.json"
+    write_manifest(out, files.values())
     return result
 
 

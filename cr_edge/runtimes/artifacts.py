@@ -25,6 +25,7 @@ import onnx
 from onnx import TensorProto
 
 from cr_edge.errors import InputError
+from cr_edge.manifest import verify
 
 KINDS = {".onnx": "onnx", ".ort": "ort", ".pte": "pte"}
 ORT_IDENTIFIER = b"ORTM"  # flatbuffer file identifier of ORT-format models, bytes 4..8
@@ -51,6 +52,7 @@ def check_artifact(path: Path) -> Artifact:
     if kind is None:
         raise InputError(f"{path}: unknown artifact type; expected one of {', '.join(KINDS)}")
     data = _read_regular_file(path)
+    verify(path, data)
     if kind == "onnx":
         model = _parse_onnx(path, data)
         _check_external_data(path, model)

@@ -1,0 +1,74 @@
+"""Run-folder manifests: names, sizes and sha256 of what a command wrote, written last.
+
+A file that changed after it was written (a partial copy, a disk error, a hand edit,
+a swapped model) must not be validated or profiled as if it were the export. Every
+writer lists its files here once they are all on disk; ``validate`` and ``profile``
+refuse an artifact whose bytes no longer match its entry. The manifest itself is
+written atomically, so it only ever describes complete files. numpy-free and
+torch-free: it runs on the edge box.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from cr_edge import atomic
+from cr_edge.errors import InputError
+
+MANIFEST = "manifest.json"
+FORMAT = "cr-edge-manifest"
+
+
+def write_manifest(folder: Path, files: Iterable[Path | str]) -> Path:
+    """Add ``files`` (paths inside ``folder``) to ``folder/manifest.json``; entries still on disk stay."""
+    folder = Path(folder)
+    entries = {
+        name: entry
+        for name, entry in _read(folder / MANIFEST, strict=False).items()
+        if (folder / name).is_file()
+    }
+    for file in files:
+        path = folder / file if Path(file).parent == Path() else Path(file)  # bare name: inside
+        data = path.read_bytes()
+        entries[path.resolve().relative_to(folder.resolve()).as_posix()] = {
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    doc = {"format": FORMAT, "files": dict(sorted(entries.items()))}
+    atomic.write_json(folder / MANIFEST, doc)
+    return folder / MANIFEST
+
+
+def verify(path: Path, data: bytes | None = None) -> None:
+    """Refuse ``path`` if the manifest beside it lists it with other bytes; no manifest, no check."""
+    path = Path(path)
+    entry = _read(path.parent / MANIFEST, strict=True).get(path.name)
+    if entry is None:
+        return
+    if not isinstance(entry, dict):
+        raise InputError(f"{path}: its {MANIFEST} entry is not an object; re-export it")
+    data = path.read_bytes() if data is None else data
+    if len(data) != entry.get("size") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise InputError(
+            f"{path}: changed since it was written (size or sha256 differs from "
+            f"{MANIFEST}); re-export it"
+        )
+
+
+def _read(path: Path, strict: bool) -> dict[str, dict]:
+    """The manifest's entries; a damaged manifest is an error when checking, ignored when rewriting."""
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        files = doc["files"] if doc.get("format") == FORMAT else None
+        if not isinstance(files, dict):
+            raise ValueError("no 'files' object")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, AttributeError) as e:
+        if strict:
+            raise InputError(f"{path}: not a readable cr-edge manifest ({e}); re-export") from e
+        return {}
+    return files

@@ -1,0 +1,81 @@
+"""Open an untrusted model in a child process first, so a crash in onnx/onnxruntime is an error.
+
+ONNX Runtime fuzzes its loaders and still receives crash reports on malformed
+models, and ``onnx.checker`` has segfaulted on files ORT refused cleanly. A signal
+in the process that runs ``validate`` or ``profile`` would end cr-edge with no
+message. So before the CLI opens a model, a child parses it and creates a CPU
+session under a time limit and an address-space limit; if the child dies from a
+signal or runs out of time, the file is refused with an ``InputError``. A Python
+exception in the child is not our concern here: the same load in the parent
+raises it as the usual typed error. numpy + onnxruntime only, never torch.
+
+Run as ``python -m cr_edge.runtimes.sandbox PATH`` it is that child.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from cr_edge.errors import InputError
+
+TIMEOUT_S = 120  # a small model loads in well under a second; a hang is not a load
+MEMORY_LIMIT = 4 << 30  # address space of the child, bytes: far above any edge model's need
+
+
+def probe(path: Path, timeout_s: float | None = None, memory_limit: int | None = None) -> None:
+    """Load ``path`` in a limited child; ``InputError`` if it crashes or hangs there."""
+    path = Path(path)
+    timeout_s = TIMEOUT_S if timeout_s is None else timeout_s
+    memory_limit = MEMORY_LIMIT if memory_limit is None else memory_limit
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    try:
+        done = subprocess.run(
+            child_command(path),
+            capture_output=True,
+            timeout=timeout_s,
+            env=env,
+            preexec_fn=_limits(memory_limit) if os.name == "posix" else None,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise InputError(
+            f"{path}: onnxruntime took longer than {timeout_s:g} s to load it; refusing the file"
+        ) from e
+    if done.returncode < 0:
+        raise InputError(
+            f"{path}: onnxruntime crashed (signal {-done.returncode}) while loading it; "
+            "the file is malformed or hostile"
+        )
+
+
+def child_command(path: Path) -> list[str]:
+    """The child's command line: this module as a script, given the model's path."""
+    return [sys.executable, "-m", "cr_edge.runtimes.sandbox", str(path)]
+
+
+def _limits(memory_limit: int):
+    def apply() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash leaves no core file
+
+    return apply
+
+
+def _load(path: Path) -> None:
+    """What the parent is about to do: check and parse the file, then create a CPU session."""
+    from cr_edge.runtimes.artifacts import check_artifact
+    from cr_edge.runtimes.registry import get_runtime
+
+    artifact = check_artifact(path)
+    if artifact.kind in ("onnx", "ort"):
+        get_runtime("cpu").load(artifact)
+
+
+if __name__ == "__main__":
+    _load(Path(sys.argv[1]))
