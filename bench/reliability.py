@@ -1,0 +1,223 @@
+"""The reliability battery's figures: one row per RELIABILITY.md row, from the tests' own loops.
+
+Rows with a loop (1 canary reads, 2 fuzzing, 3 pickle payloads, 4/5 located data
+errors, 7 kills, 9 perturbations) run it here with larger counts; the other rows
+run their test module and report its cases. Columns: cases tried, crashes (an
+untyped error, a traceback, a signal, a hang, or for rows 3/12/14 a guard that did
+not hold), partial files under final names, canary reads, and faults caught.
+
+Run from the repository root: ``python -m bench.reliability [--fuzz N] [--kills K]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import pickle
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from reliability import helpers  # noqa: E402
+from reliability.fuzz import fuzz, targets  # noqa: E402
+from reliability.kills import kill_loop  # noqa: E402
+from reliability.perturb import perturbed_models  # noqa: E402
+
+FAULTS = {
+    1: "external data outside the folder",
+    2: "mutated onnx/ort/npz/checkpoint/csv/idx",
+    3: "pickle in npz / checkpoint",
+    4: "broken CSV",
+    5: "broken IDX",
+    6: "NaN/Inf in data, loss, weights, calib",
+    7: "SIGKILL during train/export/quantize",
+    8: "read-only or full output folder",
+    9: "single-coefficient perturbation",
+    10: "quantized accuracy collapse",
+    11: "dynamic batch 1/2/7/512",
+    12: "opset/IR newer than target",
+    13: "same seed twice",
+    14: "inputs at 100x range",
+}
+
+
+@dataclass
+class Row:
+    number: int
+    cases: int
+    crashes: int = 0
+    partial: int | str = "-"
+    canary: int | str = "-"
+    caught: str = "-"
+
+
+def row1(work: Path) -> Row:
+    from reliability.test_r01_external_data import CASES, attack
+
+    cases = reads = refused = 0
+    for case in CASES:
+        for command in ("validate", "profile"):
+            folder = work / f"r1-{case.replace('/', '_')}-{command}"
+            folder.mkdir()
+            model, canary, location = attack(folder, case)
+            extra = ["--iters", "1", "--no-memory"] if command == "profile" else []
+            result = helpers.run(command, model, "--runtime", "cpu", *extra)
+            cases += 1
+            refused += result.exit_code == 2 and repr(location) in result.output
+            reads += canary.opens()
+            canary.close()
+    return Row(1, cases, cases - refused, canary=reads, caught=f"{refused}/{cases} refused")
+
+
+def row2(ck: Path, ex: Path, work: Path, n: int) -> Row:
+    kinds = targets(ck, ex, work / "fuzz")
+    per = -(-n // len(kinds))
+    tallies = [fuzz(p, loader, per, seed) for seed, (p, loader) in enumerate(kinds.values())]
+    cases = sum(t.cases for t in tallies)
+    crashes = sum(len(t.crashes) for t in tallies)
+    refused = sum(t.refused for t in tallies)
+    slowest = max(t.slowest_s for t in tallies)
+    return Row(2, cases, crashes, caught=f"{refused} typed, slowest {slowest:.2f} s")
+
+
+def row3(ck: Path, ex: Path, work: Path) -> Row:
+    from reliability.test_r03_no_pickle import Payload, evil_npz
+
+    marker = work / "r3-marker"
+    evil = evil_npz(work / "r3.npz", marker)
+    pt = work / "r3.pt"
+    pt.write_bytes(pickle.dumps(Payload(marker)))
+    attempts = [
+        ("validate", ex / "model.onnx", "--runtime", "cpu", "--ref", evil),
+        ("quantize", ex / "model.onnx", "--out", work / "r3q", "--calib", evil),
+        ("train", "--data", evil, "--epochs", "1", "--out", work / "r3ck"),
+        ("export", pt, "--out", work / "r3ex"),
+    ]
+    refused = sum(helpers.run(*a).exit_code == 2 for a in attempts)
+    return Row(
+        3,
+        len(attempts),
+        int(marker.exists()),
+        caught=f"{refused}/{len(attempts)} refused, marker {'CREATED' if marker.exists() else 'absent'}",
+    )
+
+
+def row4(work: Path) -> Row:
+    from reliability.test_r04_csv_errors import CASES
+
+    located = 0
+    for name, (content, target, where) in CASES.items():
+        path = work / f"r4-{len(name)}-{abs(hash(name))}.csv"
+        path.write_text(content)
+        result = helpers.run(
+            "train", "--data", path, "--target", target, "--epochs", "1", "--out", work / "r4ck"
+        )
+        located += (
+            result.exit_code == 2
+            and str(path) in result.output
+            and bool(re.search(where, result.output))
+        )
+    return Row(4, len(CASES), len(CASES) - located, caught=f"{located}/{len(CASES)} located")
+
+
+def row5(work: Path) -> Row:
+    from reliability.test_r05_idx_errors import CASES
+
+    from cr_edge.data import load_idx
+    from cr_edge.errors import InputError
+
+    named = 0
+    for images, labels, field in CASES.values():
+        (work / "i.idx").write_bytes(images)
+        (work / "l.idx").write_bytes(labels)
+        try:
+            load_idx(work / "i.idx", work / "l.idx")
+        except InputError as e:
+            named += field in str(e)
+    return Row(5, len(CASES), len(CASES) - named, caught=f"{named}/{len(CASES)} name the field")
+
+
+def row7(ck: Path, ex: Path, work: Path, kills: int) -> Row:
+    runs = {
+        "train": ["train", "--recipe", "digits-cr", "--epochs", "3", "--force"],
+        "export": ["export", ck, *helpers.EXPORT_ARGS, "--force"],
+        "quantize": ["quantize", ex / "model.onnx", "--mode", "dynamic", "--force"],
+    }
+    before = {f: helpers.hashes(f) for f in (ck, ex)}
+    tallies = [
+        kill_loop([*a, "--out", work / n], work / n, kills, s)
+        for s, (n, a) in enumerate(runs.items())
+    ]
+    intact = {f: helpers.hashes(f) for f in before} == before
+    killed = sum(t.killed for t in tallies)
+    partial = sum(len(t.partial) for t in tallies)
+    return Row(
+        7,
+        sum(t.runs for t in tallies),
+        0,
+        partial,
+        caught=f"{killed} killed mid-way; earlier {'intact' if intact else 'CHANGED'}",
+    )
+
+
+def row9(ex: Path, work: Path) -> Row:
+    from cr_edge.runtimes.validate import validate
+
+    tried = caught = 0
+    for _, model in perturbed_models(ex, work / "r9"):
+        tried += 1
+        caught += not validate([model], "cpu", derivatives="finite-differences").passed
+    return Row(9, tried, 0, caught=f"{caught}/{tried} caught")
+
+
+def by_pytest(number: int) -> Row:
+    """Rows without a loop of their own: run their test module, count its cases."""
+    module = next((REPO / "tests" / "reliability").glob(f"test_r{number:02d}_*.py"))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(module)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|error)", done.stdout)}
+    cases = sum(counts.values())
+    failed = counts.get("failed", 0) + counts.get("error", 0)
+    return Row(number, cases, failed, caught=f"{counts.get('passed', 0)}/{cases} tests pass")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fuzz", type=int, default=5000, help="mutated files for row 2")
+    parser.add_argument("--kills", type=int, default=5, help="SIGKILLs per command for row 7")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            ck = helpers.checkpoint(work)
+            ex = helpers.exported(ck, work / "export")
+        rows = [
+            row1(work),
+            row2(ck, ex, work, args.fuzz),
+            row3(ck, ex, work),
+            row4(work),
+            row5(work),
+        ]
+        rows += [by_pytest(6), row7(ck, ex, work, args.kills), by_pytest(8), row9(ex, work)]
+        rows += [by_pytest(n) for n in (10, 11, 12, 13, 14)]
+    print("| # | fault | cases | crashes | partial files | canary reads | caught |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r.number} | {FAULTS[r.number]} | {r.cases} | {r.crashes} | {r.partial} | {r.canary} | {r.caught} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
