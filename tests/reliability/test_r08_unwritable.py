@@ -74,3 +74,17 @@ def test_full_disk_is_a_clean_error_and_earlier_files_stay_intact(
     assert partial_files(out) == []
     assert set(before) <= set(hashes(out))  # every earlier file is still there, and parses
     assert {f: hashes(f) for f in sources} == sources
+
+
+@pytest.mark.parametrize("command", ["validate", "profile"])
+def test_an_artifact_changed_after_writing_is_refused(tmp_path, exported, command):
+    """The manifest, written last, is how a corrupted earlier artifact is noticed at all."""
+    folder = tmp_path / "ex"
+    shutil.copytree(exported, folder)
+    data = bytearray((folder / "model.onnx").read_bytes())
+    data[-1] ^= 1  # one flipped bit: still a loadable model
+    (folder / "model.onnx").write_bytes(bytes(data))
+    extra = ["--iters", "1", "--no-memory"] if command == "profile" else []
+    result = run(command, folder / "model.onnx", "--runtime", "cpu", *extra)
+    assert result.exit_code == 2, result.output
+    assert "changed since it was written" in one_line_error(result)
