@@ -12,8 +12,6 @@ from cr_edge.fairfight.ladder import ladder
 from cr_edge.fairfight.report import write_report
 from cr_edge.fairfight.runner import run_entry
 
-QUANT_MODE = {"quick": "dynamic", "full": "auto"}  # auto tries several policies: full runs only
-
 
 def fairfight(
     dataset: str,
@@ -28,7 +26,7 @@ def fairfight(
     for i, spec in enumerate(specs):
         if on_entry:
             on_entry(spec.name, i, len(specs))
-        outcome = run_entry(spec, Path(out) / "runs", QUANT_MODE[budget])
+        outcome = run_entry(spec, Path(out) / "runs")
         records.append(outcome.record)
         norms[spec.family.name].append(outcome.grad_norms)
     pooled = {family: np.concatenate(parts) for family, parts in norms.items()}

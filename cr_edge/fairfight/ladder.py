@@ -47,7 +47,7 @@ BUDGETS = {
     # a smoke run: small widths, two seeds, a few epochs (the test suite runs this)
     "quick": Budget(widths=(4, 16), seeds=(0, 1), epochs=40, patience=40),
     # the README's figures
-    "full": Budget(widths=(2, 4, 8, 16, 32, 64, 128), seeds=(0, 1, 2), epochs=80, patience=15),
+    "full": Budget(widths=(2, 4, 8, 16, 32, 64), seeds=(0, 1, 2), epochs=60, patience=15),
 }
 
 
