@@ -7,8 +7,9 @@ same machine writes a bit-identical checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,10 @@ from cr_edge.nets import CRNet, NetConfig, build_net
 from cr_edge.recipe import Recipe
 
 CALIB_SAMPLES = 512  # training inputs kept for calibration and parity oracles
+# Below this many parameters a CPU step is a few small kernels: a second intra-op thread
+# only adds synchronisation, and on a busy machine its spin-waits cost several times the
+# step itself (digits, width 16: 22 s on one thread, 129 s on two, under load).
+SINGLE_THREAD_BELOW = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -71,13 +76,30 @@ def net_config_for(recipe: Recipe, data: Dataset) -> NetConfig:
     )
 
 
+@contextlib.contextmanager
+def _cpu_threads(n: int | None) -> Iterator[None]:
+    """Use ``n`` intra-op threads inside the block and restore the caller's setting after."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train(
     recipe: Recipe,
     out: Path,
     device: str = "cpu",
     on_epoch: Callable[[EpochStats], None] | None = None,
+    threads: int | None = None,
 ) -> TrainResult:
-    """Train ``recipe`` and write the checkpoint folder ``out``."""
+    """Train ``recipe`` and write the checkpoint folder ``out``.
+
+    ``threads=None`` picks one CPU thread for small nets (``SINGLE_THREAD_BELOW``) and
+    torch's default otherwise; the caller's thread setting is restored afterwards.
+    """
     dev = resolve_device(device)
     torch.manual_seed(recipe.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -97,7 +119,10 @@ def train(
         for k in ("train", "val", "test")
     }
     net = build_net(net_config_for(recipe, data), seed=recipe.seed).to(dev)
-    best = _fit(net, recipe, tensors, labels, on_epoch)
+    if threads is None and dev.type == "cpu" and net.n_parameters() < SINGLE_THREAD_BELOW:
+        threads = 1
+    with _cpu_threads(threads):
+        best = _fit(net, recipe, tensors, labels, on_epoch)
     net.load_state_dict(best)
     net.eval()
     metrics = evaluate(net, tensors["test"], labels["test"], recipe.dreg)
