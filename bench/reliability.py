@@ -152,7 +152,7 @@ def row7(ck: Path, ex: Path, work: Path, kills: int) -> Row:
     }
     before = {f: helpers.hashes(f) for f in (ck, ex)}
     tallies = [
-        kill_loop([*a, "--out", work / n], work / n, kills, s)
+        kill_loop([*a, "--out", work / f"r7-{n}"], work / f"r7-{n}", kills, s)
         for s, (n, a) in enumerate(runs.items())
     ]
     intact = {f: helpers.hashes(f) for f in before} == before
