@@ -59,12 +59,10 @@ def markdown(report: dict) -> str:
             f"latency ratio {_f(v['latency_ratio'], '.2f')}x; against the widest baseline "
             f"({v['widest_baseline']['parameters']} params) {_f(v['parameter_ratio_vs_widest'], '.2f')}x."
         )
+    # held: "yes" at the paper's magnitude, "partly" in its direction only, "no" otherwise
     lines += ["", "| claim | paper | measured | held |", "|---|---|---|---|"]
     for c in v["claims"]:
-        lines.append(
-            f"| {c['claim']} | {c['paper']} | {c['measured'] or '—'} | "
-            f"{'yes' if c['held'] else 'no'} |"
-        )
+        lines.append(f"| {c['claim']} | {c['paper']} | {c['measured'] or '—'} | {c['held']} |")
     lines += [
         "",
         "Plots: `accuracy_vs_parameters.png`, `accuracy_vs_latency.png`, `gradient_norms.png`.",

@@ -124,13 +124,19 @@ def claims(v: dict, smooth: dict[str, dict], base_family: str) -> list[dict]:
             "claim": "parameters at equal accuracy",
             "paper": f"{PAPER['parameter_ratio']}x fewer",
             "measured": "CR never reached the threshold" if ratio is None else f"{ratio:.2f}x",
-            "held": ratio is not None and ratio >= PAPER["parameter_ratio"],
+            "held": _held(
+                ratio is not None and ratio >= PAPER["parameter_ratio"],
+                ratio is not None and ratio > 1.0,
+            ),
         },
         {
             "claim": "peak gradient volatility",
             "paper": "-23.1% (MNIST)",
             "measured": None if peak_change is None else f"{peak_change:+.1%} vs {base_family}",
-            "held": peak_change is not None and peak_change <= PAPER["peak_volatility_change"],
+            "held": _held(
+                peak_change is not None and peak_change <= PAPER["peak_volatility_change"],
+                peak_change is not None and peak_change < 0,
+            ),
         },
         {
             "claim": "gradient tail ratio p99/mean",
@@ -138,6 +144,17 @@ def claims(v: dict, smooth: dict[str, dict], base_family: str) -> list[dict]:
             "measured": None
             if tau_cr is None or tau_base is None
             else f"{tau_cr:.3f} (CR) vs {tau_base:.3f} ({base_family})",
-            "held": tau_cr is not None and tau_base is not None and tau_cr < tau_base,
+            "held": _held(
+                tau_cr is not None
+                and tau_base is not None
+                and tau_cr <= PAPER["tail_ratio_cr"][1]
+                and tau_base >= PAPER["tail_ratio_standard"][0],
+                tau_cr is not None and tau_base is not None and tau_cr < tau_base,
+            ),
         },
     ]
+
+
+def _held(fully: bool, direction: bool) -> str:
+    """``yes`` at the paper's magnitude, ``partly`` in its direction only, else ``no``."""
+    return "yes" if fully else "partly" if direction else "no"
