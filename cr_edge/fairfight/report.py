@@ -99,6 +99,7 @@ def plots(report: dict, grad_norms: dict[str, np.ndarray], out: Path) -> list[Pa
                     color=FAMILY_COLOURS.get(family),
                 )
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels collide
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy")
         ax.legend(fontsize=8)
@@ -106,15 +107,20 @@ def plots(report: dict, grad_norms: dict[str, np.ndarray], out: Path) -> list[Pa
         written.append(_save(fig, out / name))
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 4))
+    positive = np.concatenate([n[n > 0] for n in grad_norms.values()] or [np.ones(1)])
+    # log-spaced bins: one family's long tail would otherwise squash the others into a spike
+    bins = np.geomspace(positive.min(), positive.max(), 50) if positive.size else 40
     for family, norms in sorted(grad_norms.items()):
         ax.hist(
-            norms,
-            bins=40,
+            norms[norms > 0],
+            bins=bins,
             histtype="step",
             density=True,
             label=family,
             color=FAMILY_COLOURS.get(family),
         )
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("per-sample input-gradient norm ||d logit_pred / dx||")
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
