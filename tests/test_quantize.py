@@ -278,3 +278,15 @@ def test_derivative_only_nodes_are_the_v_path(zoo):
     assert producers["jvp"] in only and producers["y"] not in only
     v_users = {n.name for n in companion.graph.node if "v" in n.input}
     assert v_users <= only
+
+
+def test_sensitivity_output_stays_float_and_the_model_quantizes(zoo, tmp_path):
+    ck, _ = zoo["digits-cr"]
+    ex = tmp_path / "ex"
+    export(ck, ex, ExportOptions(sensitivity=True))
+    result = quantize(ex / "model.onnx", tmp_path / "q", QuantPolicy(mode="dynamic"))
+    model = onnx.load(result.files["onnx"])
+    assert [o.name for o in model.graph.output] == ["y", "sensitivity"]
+    x = np.load(ex / "model.ref.npz")["x"]
+    _, sens = session(model).run(None, {"x": x})
+    assert np.isfinite(sens).all() and (sens > 0).all()

@@ -49,6 +49,8 @@ def tie_weights_(model: onnx.ModelProto, nodes: set[str]) -> None:
         weight = node.input[1]
         if weight not in inits:  # static QDQ already fed it the dequantized weight
             continue
+        if len(inits[weight].dims) == 1:  # a weighted sum (the sensitivity's row norms),
+            continue  # not a layer: nothing on the primal path to share, it stays float
         quantized = f"{weight}_quantized"
         if quantized not in inits:
             raise ExportError(
