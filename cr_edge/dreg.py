@@ -23,16 +23,18 @@ DEFAULT_LAMBDA = 10**-2.5
 
 def row_norms_sq(layer: nn.Module) -> Tensor:
     """``||W_i||^2`` per output unit (Linear) or output channel (Conv2d)."""
-    w = layer.weight.reshape(layer.weight.shape[0], -1)
+    w = layer.weight
+    if w.dim() > 2:  # conv: one row per output channel; a Linear weight needs no reshape node
+        w = w.flatten(1)
     return (w * w).sum(dim=1)
 
 
 def layer_jacobian_sq(act_deriv: Tensor, layer: nn.Module) -> Tensor:
     """Per-sample ``||J||_F^2`` of ``act(layer(h))`` with respect to ``h``; shape ``(batch,)``.
 
-    ``act_deriv`` is ``act'(z)`` at the layer's output, shape ``(batch, out, ...)``. Squares are
-    products (``t * t``) and the weighting is one ``mv``: on the small tensors DREG sees, each
-    autograd node costs more than its arithmetic, and this form has the fewest.
+    ``act_deriv`` is ``act'(z)`` at the layer's output, shape ``(batch, out, ...)``. On the small
+    tensors DREG sees, kernel launches cost more than arithmetic: ``t * t`` backpropagates
+    without the extra ``pow`` kernel of ``t.pow(2)``, and ``mv`` weights all units in one call.
     """
     sq = act_deriv * act_deriv
     if sq.dim() > 2:  # conv: sum over positions first, then weight by channel

@@ -130,11 +130,38 @@ class _PolyFunction(torch.autograd.Function):
         return gx, ga
 
 
+class _EagerPolyFunction(torch.autograd.Function):
+    """``_PolyFunction`` in the classic ``forward(ctx, ...)`` form, for calls outside ``torch.func``.
+
+    ``Function.apply`` binds the arguments of a ``setup_context``-style function through
+    ``inspect.signature`` on every call, which on an edge model's small tensors costs 5-10% of
+    a whole training step. The math, and the backward, are ``_PolyFunction``'s own.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, coeffs: Tensor) -> tuple[Tensor, Tensor]:
+        out = _PolyFunction.forward(x, coeffs)
+        _PolyFunction.setup_context(ctx, (x, coeffs), out)
+        return out
+
+    backward = staticmethod(_PolyFunction.backward)
+
+
+def _apply(x: Tensor, coeffs: Tensor) -> tuple[Tensor, Tensor]:
+    """``(p(x), p'(x))`` through whichever Function the current mode can run."""
+    # torch's own Function.apply asks the same question to route functorch transforms.
+    if torch._C._are_functorch_transforms_active():
+        return _PolyFunction.apply(x, coeffs)
+    return _EagerPolyFunction.apply(x, coeffs)
+
+
 def _broadcastable(coeffs: Tensor, x: Tensor) -> Tensor:
     """``coeffs`` as ``(K+1, C, 1, ...)``, so ``coeffs[k]`` broadcasts over ``x``'s axis 1.
 
     Working in ``x``'s own layout spares a channels-last copy on the way in and on the way out.
     """
+    if x.dim() == 2:  # already broadcastable, and even a no-op view costs a dispatch
+        return coeffs
     return coeffs.view(*coeffs.shape, *([1] * (x.dim() - 2)))
 
 
@@ -156,27 +183,29 @@ def _half_second_derivative(a: Tensor, x: Tensor) -> Tensor:
     gives ``u_k = a[k] + (k+1)/(k-1) * u_{k+1} * x``, one ``addcmul`` with a scalar weight per
     step, and ``p'' = 2 u_2``: no scaled copy of the coefficients is built in the backward pass.
     """
-    u = a[-1].expand_as(x)
+    u = a[-1]  # broadcasts in addcmul; at degree 2 the caller's addcmul broadcasts it
     for k in range(a.shape[0] - 2, 1, -1):
         u = torch.addcmul(a[k], u, x, value=(k + 1) / (k - 1))
     return u
 
 
 def _coeff_grad(a: Tensor, x: Tensor, gy: Tensor | None, gd: Tensor | None) -> Tensor:
-    """``d loss / d a[k] = sum(gy * x**k + k * gd * x**(k-1))``, shaped like ``a``.
+    """``d loss / d a[k] = sum(gy * x**k + k * gd * x**(k-1))``, as ``(K+1, C)`` or ``(K+1,)``.
 
     The summands come from one recurrence, ``s_k = s_{k-1} * x + t_{k-1}`` with
     ``t_k = gd * x**k``, and each is reduced as soon as it exists: no tensor of powers, and no
     stacked ``(K+1, *x.shape)`` temporary, which on CPU costs more to allocate than to sum.
     """
+    # Reduce every axis but the channel axis, or every axis for shared coefficients.
+    dims = tuple(i for i in range(x.dim()) if i != 1 or a.shape[1] == 1)
     s = torch.zeros_like(x) if gy is None else gy
     t = gd
-    sums = [s.sum_to_size(a.shape[1:])]
+    sums = [s.sum(dim=dims)]
     for k in range(1, a.shape[0]):
         s = s * x if t is None else torch.addcmul(t, s, x)
         if t is not None and k < a.shape[0] - 1:
             t = t * x
-        sums.append(s.sum_to_size(a.shape[1:]))
+        sums.append(s.sum(dim=dims))
     return torch.stack(sums)
 
 
@@ -214,7 +243,7 @@ class PolyAct(nn.Module):
                 f"PolyAct(channels={self.channels}) needs input shaped "
                 f"(batch, {self.channels}, ...), got {tuple(x.shape)}"
             )
-        return _PolyFunction.apply(x, self.coeffs)
+        return _apply(x, self.coeffs)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, degree={self.degree}, shared={self.shared}"
