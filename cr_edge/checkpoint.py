@@ -9,7 +9,6 @@ exists holds a complete checkpoint.
 from __future__ import annotations
 
 import json
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from cr_edge.data import Normalisation
 from cr_edge.errors import InputError, NonFiniteError
 from cr_edge.manifest import write_manifest
 from cr_edge.nets import CRNet, NetConfig, build_net
+from cr_edge.npz import read_npz
 from cr_edge.recipe import Recipe
 
 FORMAT = "cr-edge-checkpoint"
@@ -46,7 +46,7 @@ class Checkpoint:
 
     def calib(self) -> dict[str, np.ndarray]:
         """The checkpoint's calibration/test arrays (raw, un-normalised inputs)."""
-        return load_npz(self.path / CALIB)
+        return read_npz(self.path / CALIB)
 
 
 def save_checkpoint(
@@ -161,14 +161,3 @@ def _load_weights(net: CRNet, path: Path) -> None:
     if extra:
         raise InputError(f"{path}: unexpected tensor {extra[0]!r}; config.json does not match")
     net.load_state_dict({k: state[k].to(expected[k].dtype) for k in expected})
-
-
-def load_npz(path: Path) -> dict[str, np.ndarray]:
-    """Read an .npz without ever unpickling; damage becomes an ``InputError``."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except FileNotFoundError as e:
-        raise InputError(f"{path}: not found") from e
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise InputError(f"{path}: not a readable .npz of numeric arrays ({e})") from e

@@ -7,7 +7,6 @@ or, worse, as silently wrong activation ranges.
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
 from cr_edge.errors import InputError
+from cr_edge.npz import read_npz
 
 CALIB_BATCH = 64
 V_SEED = 1  # directions for the companion's ``v`` input, standard normal like the oracle's
@@ -23,13 +23,10 @@ V_SEED = 1  # directions for the companion's ``v`` input, standard normal like t
 def read_calibration(path: Path, model: onnx.ModelProto) -> np.ndarray:
     """Array ``x`` of the .npz at ``path``, checked against the model's first input."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "x" not in npz.files:
-                raise InputError(f"{path}: no array 'x' (has {', '.join(npz.files) or 'nothing'})")
-            x = npz["x"]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise InputError(f"{path}: not a readable .npz of numbers ({e})") from e
+    arrays = read_npz(path)
+    if "x" not in arrays:
+        raise InputError(f"{path}: no array 'x' (has {', '.join(arrays) or 'nothing'})")
+    x = arrays["x"]
     check_inputs(x, model, f"{path}: array 'x'")
     return x
 

@@ -8,13 +8,13 @@ the file and the array rather than as a failed comparison.
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cr_edge.errors import InputError
+from cr_edge.npz import read_npz
 from cr_edge.runtimes.runtime import TensorSpec
 
 REQUIRED = ("x", "y")
@@ -52,7 +52,7 @@ def load_oracle(path: Path) -> Oracle:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: parity oracle not found (or not a regular file)")
-    arrays = _read_npz(path)
+    arrays = read_npz(path)
     for name in REQUIRED:
         if name not in arrays:
             raise InputError(f"{path}: array {name!r} is missing; an oracle needs x and y")
@@ -108,20 +108,6 @@ def check_against(oracle: Oracle, inputs: list[TensorSpec], model: Path) -> np.n
         f"{oracle.path}: array 'x' is {x.dtype} but {model} input {spec.name!r} "
         f"expects {spec.dtype}"
     )
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise InputError(
-                f"{path}: holds pickled object arrays; an oracle is numbers only"
-            ) from e
-        raise InputError(f"{path}: not a readable .npz ({e})") from e
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise InputError(f"{path}: not a readable .npz ({e})") from e
 
 
 def _check_array(path: Path, name: str, arr: np.ndarray) -> None:
