@@ -20,10 +20,6 @@ class Family:
     activation: str
     dreg: float
 
-    @property
-    def is_cr(self) -> bool:
-        return self.activation == "poly"
-
 
 FAMILIES = (
     Family("cr", "poly", DEFAULT_LAMBDA),

@@ -6,7 +6,6 @@ never typed in, so the Markdown and the JSON cannot disagree.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +147,3 @@ def write_report(
     atomic.write_text(out / "report.md", markdown(report))
     plots(report, grad_norms, out)
     return report
-
-
-def load_report(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -18,7 +18,6 @@ from cr_edge.npz import read_npz
 from cr_edge.runtimes.runtime import TensorSpec
 
 REQUIRED = ("x", "y")
-DERIVATIVE = ("v", "jvp")
 
 
 @dataclass(frozen=True)
