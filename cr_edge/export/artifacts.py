@@ -64,15 +64,10 @@ class ExportResult:
     notes: dict[str, str] = field(default_factory=dict)
 
 
-def guard_bounds(ckpt: Checkpoint, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    stages = stages_from_checkpoint(ckpt)
-    calibrate_ranges(ckpt, x, stages)
-    out = []
-    for poly in stages:
-        if isinstance(poly, Poly):
-            pad = GUARD_MARGIN * np.maximum(poly.hi - poly.lo, 1e-6)
-            out.append((poly.lo - pad, poly.hi + pad))
-    return out
+def _guard(poly: Poly) -> None:
+    """Guard a calibrated polynomial: its range widened by ``GUARD_MARGIN`` of its span."""
+    pad = GUARD_MARGIN * np.maximum(poly.hi - poly.lo, 1e-6)
+    poly.lo, poly.hi, poly.guard = poly.lo - pad, poly.hi + pad, True
 
 
 def lower(ckpt: Checkpoint, options: ExportOptions, calib_x: np.ndarray) -> tuple[list, list[str]]:
@@ -80,10 +75,9 @@ def lower(ckpt: Checkpoint, options: ExportOptions, calib_x: np.ndarray) -> tupl
     stages = stages_from_checkpoint(ckpt)
     calibrate_ranges(ckpt, calib_x, stages)
     if options.domain_guard:
-        for poly, (lo, hi) in zip(
-            [s for s in stages if isinstance(s, Poly)], guard_bounds(ckpt, calib_x), strict=True
-        ):
-            poly.lo, poly.hi, poly.guard = lo, hi, True
+        for poly in stages:
+            if isinstance(poly, Poly):
+                _guard(poly)
     if not options.fold:
         return stages, []
     result = run_passes(stages)
@@ -108,7 +102,9 @@ def export(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()
     primal = PrimalNet(stages, sensitivity=options.sensitivity)
     outputs = ["y", "sensitivity"] if options.sensitivity else ["y"]
     model = onnx_export.to_onnx(primal, (example,), ["x"], outputs, options.opset, options.batch)
-    guard = guard_bounds(ckpt, calib["x"]) if options.domain_guard else None
+    # The folds leave each polynomial's range in its own (unshifted) coordinates.
+    polys = [s for s in stages if isinstance(s, Poly)]
+    guard = [(p.lo, p.hi) for p in polys] if options.domain_guard else None
     ref_net = ReferenceNet(ckpt, guard)
     oracle = build_oracle(ref_net, reference_inputs(calib))
     meta = metadata(ckpt, options, stages, refusals, primal, calib["x"])
@@ -134,7 +130,6 @@ def export(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()
     files["ref"] = out / "model.ref.npz"
     save_oracle(files["ref"], oracle, calib)
     write_manifest(out, files.values())
-    polys = [s for s in stages if isinstance(s, Poly)]
     return ExportResult(
         out, files, [p.horner_nodes() for p in polys], refusals, onnx_export.op_counts(model)
     )
