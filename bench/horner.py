@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cr_edge.checkpoint import load_checkpoint
-from cr_edge.export.artifacts import ExportOptions, ExportResult, export
+from cr_edge.export.exporter import ExportOptions, ExportResult, export
 from cr_edge.export.folds import fold_input_normalisation, run_passes
 from cr_edge.export.stages import Affine, Flatten, Poly, Stage, stages_from_checkpoint
 from cr_edge.poly import PolyAct

@@ -32,16 +32,16 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from cr_edge.runtimes.artifacts import check_artifact
-from cr_edge.runtimes.profile_view import progress_bar
+from cr_edge.profile.timing import measure
+from cr_edge.profile.view import progress_bar
+from cr_edge.profile.workload import fast_call, make_feeds
 from cr_edge.runtimes.registry import get_runtime
-from cr_edge.runtimes.timing import measure
-from cr_edge.runtimes.workload import fast_call, make_feeds
+from cr_edge.runtimes.safe_load import check_artifact
 
 
 def smallest_zoo_model(folder: Path) -> Path:
     """digits-cr, one epoch, exported to ``folder`` (needs the train extra)."""
-    from cr_edge.export.artifacts import ExportOptions, export
+    from cr_edge.export.exporter import ExportOptions, export
     from cr_edge.recipe import load_recipe
     from cr_edge.train import train
 

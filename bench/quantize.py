@@ -33,14 +33,14 @@ import onnx
 from onnxruntime.quantization import quantize_static
 
 from cr_edge.errors import CheckFailed
-from cr_edge.export import quant_measure as qm
-from cr_edge.export.artifacts import export
-from cr_edge.export.quant_calib import NpzReader, feeds_for
-from cr_edge.export.quant_policy import QuantPolicy
-from cr_edge.export.quantize import quantize
+from cr_edge.export.exporter import export
+from cr_edge.quantize import measure as qm
+from cr_edge.quantize.calibration import NpzReader, feeds_for
+from cr_edge.quantize.policy import QuantPolicy
+from cr_edge.quantize.quantizer import quantize
 from cr_edge.recipe import load_recipe, zoo_names
-from cr_edge.runtimes.oracle import load_oracle
 from cr_edge.train import train
+from cr_edge.validate.oracle import load_oracle
 
 # The zoo models are a few thousand weights, so metadata and per-op overhead dominate
 # their files and latency; this variant is weights-dominated, as issue 5's targets assume.

@@ -168,7 +168,7 @@ def row7(ck: Path, ex: Path, work: Path, kills: int) -> Row:
 
 
 def row9(ex: Path, work: Path) -> Row:
-    from cr_edge.runtimes.validate import validate
+    from cr_edge.validate.validator import validate
 
     tried = caught = 0
     for _, model in perturbed_models(ex, work / "r9"):

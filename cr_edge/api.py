@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cr_edge.export.artifacts import ExportOptions, ExportResult
-from cr_edge.export.artifacts import export as _export
+from cr_edge.export.exporter import ExportOptions, ExportResult
+from cr_edge.export.exporter import export as _export
 from cr_edge.recipe import Recipe, load_recipe
 from cr_edge.train import TrainResult
 from cr_edge.train import train as _train

@@ -166,8 +166,8 @@ def export(
     force: bool,
 ) -> None:
     """Export a checkpoint: Horner-lowered ONNX, derivative companion, parity oracle, mobile files."""
-    from cr_edge.export.artifacts import ExportOptions
-    from cr_edge.export.artifacts import export as run_export
+    from cr_edge.export.exporter import ExportOptions
+    from cr_edge.export.exporter import export as run_export
     from cr_edge.report import print_export
 
     _refuse_existing(out, "model.onnx", force)
@@ -231,9 +231,9 @@ def validate(
 
     from cr_edge.atomic import write_json
     from cr_edge.runtimes.sandbox import probe
-    from cr_edge.runtimes.table import render
-    from cr_edge.runtimes.tolerances import Overrides
-    from cr_edge.runtimes.validate import validate as run_validate
+    from cr_edge.validate.parity_table import render
+    from cr_edge.validate.tolerances import Overrides
+    from cr_edge.validate.validator import validate as run_validate
 
     overrides = Overrides(atol=atol, rtol=rtol, deriv_rtol=deriv_rtol, min_cosine=min_cosine)
     for path in artifacts:
@@ -290,9 +290,9 @@ def profile(
 ) -> None:
     """Latency, memory and per-op cost of artifacts on this machine; several are interleaved."""
     from cr_edge.atomic import write_json
-    from cr_edge.runtimes import profile_view
-    from cr_edge.runtimes.profile import ProfileOptions, parse_batches, parse_threads
-    from cr_edge.runtimes.profile import profile as run_profile
+    from cr_edge.profile import view as profile_view
+    from cr_edge.profile.profiler import ProfileOptions, parse_batches, parse_threads
+    from cr_edge.profile.profiler import profile as run_profile
     from cr_edge.runtimes.sandbox import probe
 
     if iters is not None and seconds is not None:
@@ -368,9 +368,9 @@ def quantize(
     force: bool,
 ) -> None:
     """Quantize an export (and its derivative companion) to int8 or fp16, with a parity report."""
-    from cr_edge.export.quant_policy import QuantPolicy
-    from cr_edge.export.quant_report import print_quantize
-    from cr_edge.export.quantize import quantize as run_quantize
+    from cr_edge.quantize.candidates_table import print_quantize
+    from cr_edge.quantize.policy import QuantPolicy
+    from cr_edge.quantize.quantizer import quantize as run_quantize
 
     policy = QuantPolicy(mode, poly, method, per_channel, equalize)
     _refuse_existing(out, "quantize.json", force)

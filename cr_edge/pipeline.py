@@ -14,15 +14,15 @@ from pathlib import Path
 
 from cr_edge import atomic
 from cr_edge.errors import CheckFailed, InputError
-from cr_edge.export.artifacts import ExportOptions, export
-from cr_edge.export.quant_policy import QuantPolicy
-from cr_edge.export.quantize import quantize
+from cr_edge.export.exporter import ExportOptions, export
 from cr_edge.manifest import write_manifest
+from cr_edge.profile.profiler import ProfileOptions, profile
+from cr_edge.quantize.policy import QuantPolicy
+from cr_edge.quantize.quantizer import quantize
 from cr_edge.recipe import Recipe
-from cr_edge.runtimes.outcome import UNAVAILABLE
-from cr_edge.runtimes.profile import ProfileOptions, profile
-from cr_edge.runtimes.validate import validate
 from cr_edge.train import train
+from cr_edge.validate.outcome import UNAVAILABLE
+from cr_edge.validate.validator import validate
 
 STAGES = ("train", "export", "quantize", "validate", "profile")
 SUMMARY = "summary.json"

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from cr_edge.checkpoint import load_checkpoint
 from cr_edge.errors import CrEdgeError, ExportError, InputError
 from cr_edge.export import folds
-from cr_edge.export.artifacts import ExportOptions, ExportResult, export
+from cr_edge.export.exporter import ExportOptions, ExportResult, export
 from cr_edge.export.stages import Affine, Flatten, InputAffine, Poly, Pool, Stage
 from cr_edge.recipe import Recipe, load_recipe, zoo_names
 from cr_edge.train import train

@@ -25,9 +25,9 @@ import torch
 from test_export import ATOL, RTOL, calibration_x, checkpoint, exported, oracle, run_onnx
 
 from cr_edge.errors import ExportError
-from cr_edge.export.artifacts import ExportOptions, export
-from cr_edge.export.executorch import INSTALL_HINT, MAX_BATCH
+from cr_edge.export.exporter import ExportOptions, export
 from cr_edge.export.mobile import convert_to_ort
+from cr_edge.export.pte import INSTALL_HINT, MAX_BATCH
 
 MOBILE = ExportOptions(targets=("onnx", "ort", "executorch"))
 NETS = ("digits-cr", "digits-conv")

@@ -22,15 +22,15 @@ from click.testing import CliRunner
 
 from cr_edge.cli import cli
 from cr_edge.errors import InputError
-from cr_edge.runtimes import profile_view
-from cr_edge.runtimes.artifacts import check_artifact
-from cr_edge.runtimes.device import _cpuinfo, _isa
-from cr_edge.runtimes.perop import summarize
-from cr_edge.runtimes.profile import ProfileOptions, profile
+from cr_edge.profile import view as profile_view
+from cr_edge.profile.device import _cpuinfo, _isa
+from cr_edge.profile.perop import summarize
+from cr_edge.profile.profiler import ProfileOptions, profile
+from cr_edge.profile.timing import latency_stats, ratio_stats
+from cr_edge.profile.workload import make_feeds
 from cr_edge.runtimes.registry import get_runtime
 from cr_edge.runtimes.runtime import Session, TensorSpec
-from cr_edge.runtimes.timing import latency_stats, ratio_stats
-from cr_edge.runtimes.workload import make_feeds
+from cr_edge.runtimes.safe_load import check_artifact
 
 FAST = {"warmup": 5, "iters": 60}
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def models(tmp_path_factory) -> Path:
     """model.onnx/.ort (fp32), model.int8.onnx/.ort, and fixed.onnx with batch fixed to 1."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from cr_edge.export.artifacts import ExportOptions, export
+    from cr_edge.export.exporter import ExportOptions, export
     from cr_edge.recipe import load_recipe
     from cr_edge.train import train
 

@@ -12,18 +12,18 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from cr_edge.cli import cli
-from cr_edge.export.artifacts import ExportOptions, export
-from cr_edge.export.quant_calib import feeds_for
-from cr_edge.export.quant_companion import derivative_only
-from cr_edge.export.quant_equalize import equalize
-from cr_edge.export.quant_graph import gemm_to_matmul
-from cr_edge.export.quant_interval import chain_ranges
-from cr_edge.export.quant_measure import session
-from cr_edge.export.quant_policy import QuantPolicy
-from cr_edge.export.quantize import quantize
+from cr_edge.export.exporter import ExportOptions, export
+from cr_edge.quantize.calibration import feeds_for
+from cr_edge.quantize.companion import derivative_only
+from cr_edge.quantize.equalize import equalize
+from cr_edge.quantize.graph import gemm_to_matmul
+from cr_edge.quantize.interval import chain_ranges
+from cr_edge.quantize.measure import session
+from cr_edge.quantize.policy import QuantPolicy
+from cr_edge.quantize.quantizer import quantize
 from cr_edge.recipe import load_recipe, zoo_names
-from cr_edge.runtimes.validate import validate
 from cr_edge.train import train
+from cr_edge.validate.validator import validate
 
 # Early stopping settles digits-cr by epoch ~20 (the same checkpoint as the full 60); at
 # 12 epochs its int8 JVP cosine is only 0.95 on a few oracle samples. The rest train 10.

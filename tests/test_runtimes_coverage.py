@@ -10,8 +10,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from runtime_fixtures import build_model_dir
 
-from cr_edge.runtimes.artifacts import check_artifact
-from cr_edge.runtimes.coverage import (
+from cr_edge.runtimes.registry import get_runtime
+from cr_edge.runtimes.runtime import AssignedNode
+from cr_edge.runtimes.safe_load import check_artifact
+from cr_edge.validate.coverage import (
     GraphNode,
     coverage_outcome,
     graph_nodes,
@@ -20,10 +22,8 @@ from cr_edge.runtimes.coverage import (
     static_coverage,
     static_outcome,
 )
-from cr_edge.runtimes.outcome import FAIL, PASS, UNAVAILABLE
-from cr_edge.runtimes.registry import get_runtime
-from cr_edge.runtimes.runtime import AssignedNode
-from cr_edge.runtimes.validate import validate
+from cr_edge.validate.outcome import FAIL, PASS, UNAVAILABLE
+from cr_edge.validate.validator import validate
 
 HORNER = {"node_mul_2", "node_add_6", "node_mul_7", "node_add_13", "node_mul_12", "node_add_20"}
 

@@ -12,10 +12,10 @@ import pytest
 from runtime_fixtures import build_model_dir, copy_model
 
 from cr_edge.errors import InputError
-from cr_edge.runtimes.artifacts import check_artifact, companion_of, oracle_path
-from cr_edge.runtimes.oracle import check_against, load_oracle
 from cr_edge.runtimes.registry import RUNTIME_NAMES, get_runtime, parse_runtimes
 from cr_edge.runtimes.runtime import TensorSpec
+from cr_edge.runtimes.safe_load import check_artifact, companion_of, oracle_path
+from cr_edge.validate.oracle import check_against, load_oracle
 
 
 @pytest.fixture(scope="module")

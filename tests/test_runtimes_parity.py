@@ -10,23 +10,23 @@ import pytest
 from runtime_fixtures import build_model_dir, build_pte, copy_model
 
 from cr_edge.errors import InputError
-from cr_edge.runtimes.artifacts import check_artifact
-from cr_edge.runtimes.oracle import load_oracle
-from cr_edge.runtimes.outcome import PASS, UNAVAILABLE
-from cr_edge.runtimes.parity import (
+from cr_edge.runtimes.registry import get_runtime
+from cr_edge.runtimes.safe_load import check_artifact
+from cr_edge.validate.oracle import load_oracle
+from cr_edge.validate.outcome import PASS, UNAVAILABLE
+from cr_edge.validate.parity import (
     companion_jvp,
     compare_directional,
     compare_elementwise,
     finite_difference_jvp,
 )
-from cr_edge.runtimes.registry import get_runtime
-from cr_edge.runtimes.tolerances import (
+from cr_edge.validate.tolerances import (
     POLICY,
     Overrides,
     finite_difference_steps,
     tolerances_for,
 )
-from cr_edge.runtimes.validate import validate
+from cr_edge.validate.validator import validate
 
 
 @pytest.fixture(scope="module")

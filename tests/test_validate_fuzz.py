@@ -17,7 +17,7 @@ import pytest
 from runtime_fixtures import build_model_dir
 
 from cr_edge.errors import InputError
-from cr_edge.runtimes.validate import validate
+from cr_edge.validate.validator import validate
 
 CASES = int(os.environ.get("CR_EDGE_FUZZ_N", "1000"))
 

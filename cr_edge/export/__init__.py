@@ -1,1 +1,8 @@
-"""Torch -> deployable artifacts. Everything here needs the ``train`` extra (torch)."""
+"""Torch -> deployable artifacts: ``model.onnx``, its companion and oracle, ``.ort``, ``.pte``.
+
+``exporter`` is the stage; ``stages`` is the float64 deploy-time view of a net;
+``folds`` the exact fold passes over it; ``emit`` the torch modules that are traced;
+``onnx`` the exporter call; ``oracle_writer`` the parity oracle; ``mobile`` the
+ORT-format conversion; ``pte`` ExecuTorch; ``version_guard`` the target-runtime check.
+Most of it needs the ``train`` extra (torch); ``mobile`` and ``version_guard`` do not.
+"""

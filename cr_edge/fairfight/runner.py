@@ -15,11 +15,11 @@ import torch
 from cr_edge import dreg
 from cr_edge.checkpoint import load_checkpoint
 from cr_edge.errors import CheckFailed
-from cr_edge.export.artifacts import ExportOptions, export
-from cr_edge.export.quant_policy import QuantPolicy
-from cr_edge.export.quantize import quantize
+from cr_edge.export.exporter import ExportOptions, export
 from cr_edge.fairfight.ladder import RunSpec
-from cr_edge.runtimes.profile import ProfileOptions, profile
+from cr_edge.profile.profiler import ProfileOptions, profile
+from cr_edge.quantize.policy import QuantPolicy
+from cr_edge.quantize.quantizer import quantize
 from cr_edge.train import train
 
 # The policy ``quantize --mode auto`` keeps for the zoo's CR nets (int8 weights, float chain);

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cr_edge.errors import InputError
-from cr_edge.runtimes.artifacts import Artifact, one_line
 from cr_edge.runtimes.runtime import RunError, Runtime, Session, TensorSpec, Unavailable
+from cr_edge.runtimes.safe_load import Artifact, one_line
 
 # c10::ScalarType codes reported by ExecuTorch's TensorInfo.dtype()
 SCALAR_TYPES = {

@@ -22,7 +22,6 @@ import numpy as np
 import onnxruntime as ort
 
 from cr_edge.errors import InputError
-from cr_edge.runtimes.artifacts import Artifact, one_line
 from cr_edge.runtimes.runtime import (
     AssignedNode,
     RunError,
@@ -31,6 +30,7 @@ from cr_edge.runtimes.runtime import (
     TensorSpec,
     Unavailable,
 )
+from cr_edge.runtimes.safe_load import Artifact, one_line
 
 CPU = "CPUExecutionProvider"
 KERNEL_SUFFIX = "_kernel_time"  # profiler event name of a node: "<node>_kernel_time"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cr_edge.runtimes.artifacts import Artifact, check_artifact, sibling
+from cr_edge.runtimes.safe_load import Artifact, check_artifact, sibling
 
 
 class Unavailable(Exception):

@@ -69,8 +69,8 @@ def _limits(memory_limit: int):
 
 def _load(path: Path) -> None:
     """What the parent is about to do: check and parse the file, then create a CPU session."""
-    from cr_edge.runtimes.artifacts import check_artifact
     from cr_edge.runtimes.registry import get_runtime
+    from cr_edge.runtimes.safe_load import check_artifact
 
     artifact = check_artifact(path)
     if artifact.kind in ("onnx", "ort"):

@@ -66,9 +66,9 @@ def targets(checkpoint: Path, exported: Path, work: Path) -> dict[str, Target]:
     """Each kind of file the battery fuzzes: a pristine copy under ``work`` and its loader."""
     from cr_edge import data
     from cr_edge.checkpoint import load_checkpoint
-    from cr_edge.runtimes.artifacts import check_artifact
-    from cr_edge.runtimes.oracle import load_oracle
     from cr_edge.runtimes.registry import get_runtime
+    from cr_edge.runtimes.safe_load import check_artifact
+    from cr_edge.validate.oracle import load_oracle
 
     work.mkdir(parents=True, exist_ok=True)
     cpu = get_runtime("cpu")

@@ -33,7 +33,7 @@ EXPORT_ARGS = ("--target", "onnx,ort")  # the CLI flags that make ``exported``'s
 
 def exported(ckpt: Path, out: Path, sensitivity: bool = False) -> Path:
     """The shipped export (guard, companion, oracle; .ort unless ``sensitivity``)."""
-    from cr_edge.export.artifacts import ExportOptions, export
+    from cr_edge.export.exporter import ExportOptions, export
 
     targets = ("onnx",) if sensitivity else ("onnx", "ort")
     export(ckpt, out, ExportOptions(sensitivity=sensitivity, targets=targets))

@@ -7,7 +7,7 @@ through the CLI) and list the failing output, for 100% of them.
 
 from __future__ import annotations
 
-from cr_edge.runtimes.validate import validate
+from cr_edge.validate.validator import validate
 from reliability.helpers import one_line_error, run
 from reliability.perturb import perturbed_models
 

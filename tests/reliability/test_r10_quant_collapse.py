@@ -17,8 +17,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from cr_edge.export.quant_policy import QuantPolicy
-from cr_edge.export.quantize import quantize
+from cr_edge.quantize.policy import QuantPolicy
+from cr_edge.quantize.quantizer import quantize
 from cr_edge.recipe import load_recipe
 from cr_edge.train import train
 from reliability.helpers import one_line_error, run
@@ -27,7 +27,7 @@ from reliability.helpers import one_line_error, run
 @pytest.fixture(scope="module")
 def int8(tmp_path_factory):
     """digits-cr trained to where ``quantize --mode auto`` keeps an int8 model that passes."""
-    from cr_edge.export.artifacts import export
+    from cr_edge.export.exporter import export
 
     root = tmp_path_factory.mktemp("int8")
     train(load_recipe("digits-cr").replace(epochs=20), root / "ck")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from cr_edge.export.artifacts import ExportOptions, export
+from cr_edge.export.exporter import ExportOptions, export
 from cr_edge.recipe import load_recipe
 from cr_edge.train import train
 from reliability.helpers import hashes

@@ -15,7 +15,7 @@ import onnx
 from onnx import helper
 
 from cr_edge.errors import ExportError
-from cr_edge.export.quant_graph import LINEAR
+from cr_edge.quantize.graph import LINEAR
 
 
 def derivative_only(model: onnx.ModelProto) -> set[str]:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from cr_edge.runtimes.oracle import Oracle
-from cr_edge.runtimes.outcome import Check, Outcome
 from cr_edge.runtimes.runtime import RunError, Session
-from cr_edge.runtimes.tolerances import (
+from cr_edge.validate.oracle import Oracle
+from cr_edge.validate.outcome import Check, Outcome
+from cr_edge.validate.tolerances import (
     MAX_UNRESOLVED,
     DerivativeTolerance,
     Tolerances,

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from cr_edge.export.quant_measure import probe
+from cr_edge.quantize.measure import probe
 
 RANGE_FLOOR = 0.1  # activation ranges below this share of the median count as this
 Scales = dict[str, np.ndarray]  # weight initializer -> per-input-channel scale

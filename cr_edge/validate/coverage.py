@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
-from cr_edge.runtimes.artifacts import Artifact, one_line
 from cr_edge.runtimes.ort_tools import ort_tool
-from cr_edge.runtimes.outcome import FAIL, PASS, Outcome
 from cr_edge.runtimes.runtime import AssignedNode
+from cr_edge.runtimes.safe_load import Artifact, one_line
+from cr_edge.validate.outcome import FAIL, PASS, Outcome
 
 HORNER_OPS = frozenset({"Mul", "Add", "QLinearMul", "QLinearAdd"})
 # EP -> (label, usability-checker function name, extra arguments)

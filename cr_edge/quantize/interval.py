@@ -16,8 +16,8 @@ import onnx
 from numpy.polynomial import polynomial as P
 from onnx import numpy_helper
 
-from cr_edge.export.quant_graph import LINEAR
-from cr_edge.export.quant_measure import probe
+from cr_edge.quantize.graph import LINEAR
+from cr_edge.quantize.measure import probe
 
 # The oracle's random inputs reach ~0.4 of the calibrated span past the digits' range.
 INPUT_MARGIN = 0.5

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from cr_edge.atomic import write_bytes
 from cr_edge.errors import InputError
-from cr_edge.runtimes.profile import ProfileReport, Row
+from cr_edge.profile.profiler import ProfileReport, Row
 
 # Piped or captured output is not wrapped at 80 columns: the tables are for reading later.
 _stdout = Console(width=None if sys.stdout.isatty() else 160)

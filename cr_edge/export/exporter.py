@@ -21,7 +21,7 @@ from cr_edge.errors import InputError, NonFiniteError
 from cr_edge.export import onnx as onnx_export
 from cr_edge.export.emit import JvpNet, PrimalNet
 from cr_edge.export.folds import activation_stages, run_passes
-from cr_edge.export.oracle import ReferenceNet, build_oracle, reference_inputs, save_oracle
+from cr_edge.export.oracle_writer import ReferenceNet, build_oracle, reference_inputs, save_oracle
 from cr_edge.export.stages import Poly, calibrate_ranges, stages_from_checkpoint
 from cr_edge.export.version_guard import check_model, parse_target
 from cr_edge.manifest import write_manifest
@@ -142,7 +142,7 @@ def _mobile_targets(options, out, files, ckpt, stages, example) -> dict[str, Pat
 
         made.update(convert_to_ort(files["onnx"], files.get("jvp")))
     if "executorch" in options.targets:
-        from cr_edge.export.executorch import export_pte
+        from cr_edge.export.pte import export_pte
 
         calibration = None
         if options.int8:

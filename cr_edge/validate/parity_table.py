@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cr_edge.runtimes.outcome import FAIL, PASS, Outcome
-from cr_edge.runtimes.validate import COLUMNS, ValidationReport
+from cr_edge.validate.outcome import FAIL, PASS, Outcome
+from cr_edge.validate.validator import COLUMNS, ValidationReport
 
 STYLES = {PASS: "green", FAIL: "bold red"}
 

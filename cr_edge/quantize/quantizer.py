@@ -22,16 +22,16 @@ from onnx import TensorProto
 
 from cr_edge.atomic import write_bytes, write_json
 from cr_edge.errors import CheckFailed, InputError
-from cr_edge.export import quant_measure as qm
-from cr_edge.export.quant_apply import apply_policy
-from cr_edge.export.quant_calib import feeds_for, read_calibration
-from cr_edge.export.quant_graph import horner_chain, load_float_model, set_metadata
-from cr_edge.export.quant_ort import write_ort
-from cr_edge.export.quant_policy import QuantPolicy, auto_candidates
 from cr_edge.manifest import write_manifest
-from cr_edge.runtimes.artifacts import companion_of, oracle_path
-from cr_edge.runtimes.oracle import Oracle, load_oracle
-from cr_edge.runtimes.tolerances import INT8_LEVELS, JACOBIAN_BOUND_KEY, OUTPUT_STEP_KEY
+from cr_edge.quantize import measure as qm
+from cr_edge.quantize.apply import apply_policy
+from cr_edge.quantize.calibration import feeds_for, read_calibration
+from cr_edge.quantize.graph import horner_chain, load_float_model, set_metadata
+from cr_edge.quantize.ort_copies import write_ort
+from cr_edge.quantize.policy import QuantPolicy, auto_candidates
+from cr_edge.runtimes.safe_load import companion_of, oracle_path
+from cr_edge.validate.oracle import Oracle, load_oracle
+from cr_edge.validate.tolerances import INT8_LEVELS, JACOBIAN_BOUND_KEY, OUTPUT_STEP_KEY
 
 MAX_ACCURACY_DROP = 0.5  # test-split points an int8 model may lose and still be kept
 LATENCY_BATCHES = (1, 64)

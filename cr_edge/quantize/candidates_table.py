@@ -6,7 +6,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from cr_edge.export.quantize import QuantizeResult, Tried
+from cr_edge.quantize.quantizer import QuantizeResult, Tried
 
 _console = Console()
 # The table is ~95 columns; narrower (non-tty, CI) consoles would elide its figures.

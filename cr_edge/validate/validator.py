@@ -17,8 +17,10 @@ import onnxruntime as ort
 
 from cr_edge import __version__
 from cr_edge.errors import CheckFailed, InputError
-from cr_edge.runtimes import coverage
-from cr_edge.runtimes.artifacts import (
+from cr_edge.runtimes.ort import OrtRuntime
+from cr_edge.runtimes.registry import parse_runtimes
+from cr_edge.runtimes.runtime import RunError, Runtime, Session, Unavailable
+from cr_edge.runtimes.safe_load import (
     Artifact,
     check_artifact,
     companion_of,
@@ -26,13 +28,11 @@ from cr_edge.runtimes.artifacts import (
     oracle_path,
     sibling,
 )
-from cr_edge.runtimes.oracle import Oracle, check_against, load_oracle
-from cr_edge.runtimes.ort import OrtRuntime
-from cr_edge.runtimes.outcome import FAIL, UNAVAILABLE, Outcome
-from cr_edge.runtimes.parity import COMPANION, FINITE_DIFFERENCES, derivative_parity, output_parity
-from cr_edge.runtimes.registry import parse_runtimes
-from cr_edge.runtimes.runtime import RunError, Runtime, Session, Unavailable
-from cr_edge.runtimes.tolerances import Overrides, Tolerances, tolerances_for
+from cr_edge.validate import coverage
+from cr_edge.validate.oracle import Oracle, check_against, load_oracle
+from cr_edge.validate.outcome import FAIL, UNAVAILABLE, Outcome
+from cr_edge.validate.parity import COMPANION, FINITE_DIFFERENCES, derivative_parity, output_parity
+from cr_edge.validate.tolerances import Overrides, Tolerances, tolerances_for
 
 DERIVATIVE_METHODS = ("auto", COMPANION, FINITE_DIFFERENCES)
 COLUMNS = ("outputs", "derivatives", "coverage")

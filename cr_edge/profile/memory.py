@@ -12,7 +12,7 @@ has been read and checked:
   the peak since the process started; import-time peaks can then hide part of the
   rise, and the method says so.
 
-Run as ``python -m cr_edge.runtimes.memory JSON`` it prints one JSON line.
+Run as ``python -m cr_edge.profile.memory JSON`` it prints one JSON line.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def measure_memory(runtime: str, file: Path, batch: int, threads: int | None) ->
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "cr_edge.runtimes.memory", request],
+            [sys.executable, "-m", "cr_edge.profile.memory", request],
             capture_output=True,
             text=True,
             timeout=TIMEOUT_S,
@@ -75,9 +75,9 @@ def _can_reset() -> bool:
 
 
 def _child(request: dict) -> dict:
-    from cr_edge.runtimes.artifacts import check_artifact
+    from cr_edge.profile.workload import make_feeds, preload, with_threads
     from cr_edge.runtimes.registry import get_runtime
-    from cr_edge.runtimes.workload import make_feeds, preload, with_threads
+    from cr_edge.runtimes.safe_load import check_artifact
 
     runtime = with_threads(get_runtime(request["runtime"]), request["threads"])
     preload(runtime)

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from cr_edge.runtimes.artifacts import Artifact
 from cr_edge.runtimes.ort import OrtRuntime
 from cr_edge.runtimes.runtime import Runtime, Unavailable
+from cr_edge.runtimes.safe_load import Artifact
 
 HORNER_OPS = frozenset({"Mul", "Add", "Sub", "Min", "Max", "Clip"})
 LINEAR_OPS = frozenset(

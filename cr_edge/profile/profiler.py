@@ -21,14 +21,14 @@ import numpy as np
 
 from cr_edge import __version__
 from cr_edge.errors import InputError
-from cr_edge.runtimes.artifacts import Artifact, check_artifact
-from cr_edge.runtimes.device import describe_device
-from cr_edge.runtimes.memory import measure_memory
-from cr_edge.runtimes.perop import profile_ops
+from cr_edge.profile.device import describe_device
+from cr_edge.profile.memory import measure_memory
+from cr_edge.profile.perop import profile_ops
+from cr_edge.profile.timing import Runner, latency_stats, measure, ratio_stats
+from cr_edge.profile.workload import fast_call, make_feeds, preload, with_threads
 from cr_edge.runtimes.registry import ALL, parse_runtimes
 from cr_edge.runtimes.runtime import RunError, Runtime, Session, Unavailable
-from cr_edge.runtimes.timing import Runner, latency_stats, measure, ratio_stats
-from cr_edge.runtimes.workload import fast_call, make_feeds, preload, with_threads
+from cr_edge.runtimes.safe_load import Artifact, check_artifact
 
 PER_OP_RUNS = 200  # profiled runs: enough for stable shares, a trace of a few MB at most
 Progress = Callable[[str, float], None]  # (what is being measured, fraction done)

@@ -24,12 +24,12 @@ from onnxruntime.quantization import (
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from cr_edge.errors import ExportError
-from cr_edge.export.quant_calib import NpzReader, fixed_batch
-from cr_edge.export.quant_companion import derivative_only, tie_weights_
-from cr_edge.export.quant_equalize import Scales, equalize
-from cr_edge.export.quant_graph import LINEAR, gemm_to_matmul, horner_chain
-from cr_edge.export.quant_interval import overrides as interval_overrides
-from cr_edge.export.quant_policy import QuantPolicy
+from cr_edge.quantize.calibration import NpzReader, fixed_batch
+from cr_edge.quantize.companion import derivative_only, tie_weights_
+from cr_edge.quantize.equalize import Scales, equalize
+from cr_edge.quantize.graph import LINEAR, gemm_to_matmul, horner_chain
+from cr_edge.quantize.interval import overrides as interval_overrides
+from cr_edge.quantize.policy import QuantPolicy
 
 CALIBRATION = {
     "minmax": CalibrationMethod.MinMax,

@@ -1,6 +1,6 @@
 """The figures a quantized model is judged by: parity with the oracle, accuracy, latency.
 
-Parity calls validate's own comparisons (``cr_edge.runtimes.parity``) under the
+Parity calls validate's own comparisons (``cr_edge.validate.parity``) under the
 written tolerance policy, so that ``quantize --mode auto`` accepts exactly what
 ``cr-edge validate`` would: outputs within ``atol + rtol |ref|`` (int8: 3 output
 steps), companion JVPs with a cosine and a ``L ||v||``-relative error per sample. Latency is measured interleaved (fp32 run,
@@ -17,11 +17,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from cr_edge.runtimes.oracle import Oracle
-from cr_edge.runtimes.outcome import PASS
-from cr_edge.runtimes.parity import COMPANION, derivative_parity, output_parity
 from cr_edge.runtimes.runtime import Session, TensorSpec
-from cr_edge.runtimes.tolerances import tolerances_for
+from cr_edge.validate.oracle import Oracle
+from cr_edge.validate.outcome import PASS
+from cr_edge.validate.parity import COMPANION, derivative_parity, output_parity
+from cr_edge.validate.tolerances import tolerances_for
 
 LATENCY_RUNS = 300
 MAX_JACOBIAN_INPUTS = 4096

@@ -1,0 +1,71 @@
+"""What every loader returns, and the helpers their error messages share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cr_edge.errors import InputError
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing arrays field by field has no truth value
+class RawData:
+    """One labelled dataset as loaded, before any split."""
+
+    x: np.ndarray  # float32, shape (n, *input_shape); images are (n, channels, h, w)
+    y: np.ndarray  # int64 class indices 0..k-1
+    label_names: list[str]  # label_names[i] is the original label of class index i
+    source: str  # a built-in name or the file path(s), for reports and the checkpoint
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Train/val/test splits of one ``RawData``: val steers training, test is reported once."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    label_names: list[str]
+    input_shape: tuple[int, ...]
+    source: str
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.label_names)
+
+
+def show(value: object, limit: int = 40) -> str:
+    """repr() cut short, so a 100 kB cell cannot turn an error into a wall of text."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def require_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"{path}: file not found; check the path")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file; give the path of a data file")
+
+
+def encode_labels(labels: np.ndarray, where: str) -> tuple[np.ndarray, list[str]]:
+    """Map any label values to 0..k-1 in sorted order, keeping the originals as names."""
+    classes, y = np.unique(labels, return_inverse=True)
+    require_two_classes([str(c) for c in classes], where)
+    return y.astype(np.int64).reshape(-1), [str(c) for c in classes]
+
+
+def require_two_classes(names: list[str], where: str) -> None:
+    if len(names) < 2:
+        raise InputError(
+            f"{where}: every sample has the label {show(names[0])}; "
+            "a classifier needs at least two classes"
+        )
+
+
+def first_bad(values: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argwhere(~np.isfinite(values))[0])

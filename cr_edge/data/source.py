@@ -1,0 +1,60 @@
+"""Choosing a loader for what a user named on the command line or in a recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cr_edge.data.builtin import BUILTINS, load_builtin
+from cr_edge.data.csv_file import load_csv
+from cr_edge.data.idx_file import load_idx
+from cr_edge.data.npz_file import load_npz
+from cr_edge.data.records import RawData, show
+from cr_edge.errors import InputError
+
+
+def load_source(source: str, target: str | None = None) -> RawData:
+    """Load what a user named on the command line or in a recipe.
+
+    ``source`` is read as the first of these that fits:
+
+    * a built-in name: ``digits``, ``breast-cancer`` or ``wine`` (write ``./digits`` to mean
+      a file of that name);
+    * a path ending in ``.csv``: needs ``target``, the name of the label column;
+    * a path ending in ``.npz``: arrays ``x`` and ``y``;
+    * ``IMAGES,LABELS``: an IDX pair, either file optionally gzip'ed, e.g.
+      ``train-images-idx3-ubyte.gz,train-labels-idx1-ubyte.gz`` (a comma, not a colon,
+      because colons are part of Windows paths);
+    * a single IDX images file (its name contains ``idx``): the labels file beside it is
+      found by the MNIST naming convention, ``images`` -> ``labels`` and ``idx3`` -> ``idx1``.
+
+    ``target`` is refused for anything but CSV rather than silently ignored.
+    """
+    path = Path(source)
+    if source not in BUILTINS and path.suffix.lower() == ".csv":
+        if not target:
+            raise InputError(f"{path}: a CSV source needs a target, the name of its label column")
+        return load_csv(path, target)
+    if target:
+        raise InputError(f"{source}: field 'target' applies only to CSV sources; remove it")
+    if source in BUILTINS:
+        return load_builtin(source)
+    if path.suffix.lower() == ".npz":
+        return load_npz(path)
+    if "," in source:
+        images, _, labels = source.partition(",")
+        return load_idx(Path(images.strip()), Path(labels.strip()))
+    if "idx" in path.name.lower():
+        return load_idx(path, _labels_beside(path))
+    raise InputError(
+        f"{show(source)}: not a built-in dataset ({', '.join(BUILTINS)}) nor a .csv, .npz or "
+        "IDX file; check the spelling"
+    )
+
+
+def _labels_beside(images: Path) -> Path:
+    name = images.name.replace("images", "labels").replace("idx3", "idx1")
+    if name == images.name:
+        raise InputError(
+            f"{images}: cannot guess the labels file from this name; give both as IMAGES,LABELS"
+        )
+    return images.with_name(name)

@@ -1,0 +1,69 @@
+"""Deterministic, stratified train/val/test splits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cr_edge.data.records import Dataset, RawData, show
+from cr_edge.errors import InputError
+
+
+def split(
+    raw: RawData, seed: int, val_fraction: float = 0.15, test_fraction: float = 0.15
+) -> Dataset:
+    """Deterministic in ``seed`` and stratified, so that small sets keep every class in each
+    split in its proportion. A class too small to stratify falls back to a plain shuffle.
+    """
+    _check_split_args(seed, val_fraction, test_fraction)
+    n = len(raw.y)
+    n_test, n_val = math.ceil(n * test_fraction), math.ceil(n * val_fraction)
+    if n - n_test - n_val < 1:
+        raise InputError(
+            f"{raw.source}: {n} samples leave none for training after {n_val} val and {n_test} "
+            "test; add samples or lower val_fraction/test_fraction"
+        )
+    rest, test = _hold_out(np.arange(n), raw.y, n_test, seed)
+    train, val = _hold_out(rest, raw.y[rest], n_val, seed)
+    return Dataset(
+        x_train=raw.x[train],
+        y_train=raw.y[train],
+        x_val=raw.x[val],
+        y_val=raw.y[val],
+        x_test=raw.x[test],
+        y_test=raw.y[test],
+        label_names=list(raw.label_names),
+        input_shape=tuple(int(d) for d in raw.x.shape[1:]),
+        source=raw.source,
+    )
+
+
+def _check_split_args(seed: int, val_fraction: float, test_fraction: float) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise InputError(f"split field 'seed' is {show(seed)}; use an integer in [0, 2**32)")
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= value < 1:  # also false for NaN
+            raise InputError(f"split field {name!r} is {show(value)}; use a value in [0, 1)")
+    if val_fraction + test_fraction >= 1:
+        raise InputError(
+            f"split fields val_fraction + test_fraction = {val_fraction + test_fraction}; "
+            "keep their sum below 1 so that some data is left for training"
+        )
+
+
+def _hold_out(
+    index: np.ndarray, y: np.ndarray, n_out: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``n_out`` of ``index`` off; 0 < n_out < len(index) is the caller's promise."""
+    if n_out == 0:
+        return index, index[:0]
+    from sklearn.model_selection import train_test_split
+
+    try:
+        keep, out = train_test_split(index, test_size=n_out, random_state=seed, stratify=y)
+    except ValueError:
+        # sklearn refuses to stratify a class with one sample, or fewer held-out samples than
+        # classes; a plain shuffle still gives a usable (if less balanced) split.
+        keep, out = train_test_split(index, test_size=n_out, random_state=seed)
+    return keep, out
