@@ -49,7 +49,7 @@ def _refuse_existing(out: Path, marker: str, force: bool) -> None:
 @cli.command()
 @click.option("--recipe", help="A zoo recipe name (see models/) or a .toml file.")
 @click.option(
-    "--data", help="Built-in dataset (digits, breast-cancer, wine) or a CSV/NPZ/IDX file."
+    "--data", help="Built-in dataset (digits, breast-cancer, wine, mnist1d) or a CSV/NPZ/IDX file."
 )
 @click.option("--target", help="CSV column holding the labels.")
 @click.option("--arch", type=click.Choice(["mlp", "conv"]))
@@ -412,7 +412,7 @@ def pipeline(recipe: str, out: Path | None, runtime: str, epochs: int | None, fo
     "--dataset",
     default="digits",
     show_default=True,
-    help="digits, breast-cancer, wine, or a CSV/NPZ/IDX file.",
+    help="digits, breast-cancer, wine, mnist1d, or a CSV/NPZ/IDX file.",
 )
 @click.option("--target", help="CSV column holding the labels.")
 @click.option("--budget", type=click.Choice(["quick", "full"]), default="quick", show_default=True)

@@ -51,12 +51,13 @@ class Normalisation:
 
     def _broadcastable(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         if self.per == "channel":
-            if len(shape) != 4 or shape[1] != len(self.mean):
+            if len(shape) not in (3, 4) or shape[1] != len(self.mean):
                 raise InputError(
                     f"inputs of shape {shape} do not fit a {len(self.mean)}-channel normalisation; "
-                    "give images shaped (n, channels, h, w)"
+                    "give images shaped (n, channels, h, w) or sequences (n, channels, length)"
                 )
-            return self.mean[:, None, None], self.std[:, None, None]
+            spatial = (1,) * (len(shape) - 2)
+            return self.mean.reshape(-1, *spatial), self.std.reshape(-1, *spatial)
         if tuple(shape[1:]) != self.mean.shape:
             raise InputError(
                 f"inputs of shape {shape} do not fit a normalisation fitted on samples of shape "
@@ -87,20 +88,20 @@ class Normalisation:
 
 
 def fit_normalisation(x_train: np.ndarray, per: str) -> Normalisation:
-    """Mean/std per element of the sample shape (``"feature"``) or per image channel
-    (``"channel"``, which keeps a conv net's inputs comparable across pixel positions).
+    """Mean/std per element of the sample shape (``"feature"``) or per channel of an image or
+    sequence (``"channel"``, which keeps a conv net's inputs comparable across positions).
     """
     if per not in PER_MODES:
         raise InputError(f"normalisation field 'per' is {show(per)}; use one of {PER_MODES}")
     x = np.asarray(x_train, dtype=np.float32)
     if len(x) == 0 or x.ndim < 2:
         raise InputError(f"cannot fit a normalisation on inputs of shape {x.shape}; give samples")
-    if per == "channel" and x.ndim != 4:
+    if per == "channel" and x.ndim not in (3, 4):
         raise InputError(
-            f"normalisation per='channel' needs images shaped (n, channels, h, w), got {x.shape}; "
-            "use per='feature'"
+            f"normalisation per='channel' needs images shaped (n, channels, h, w) or sequences "
+            f"(n, channels, length), got {x.shape}; use per='feature'"
         )
-    axes = (0, 2, 3) if per == "channel" else 0
+    axes = (0, *range(2, x.ndim)) if per == "channel" else 0
     mean = x.mean(axis=axes, dtype=np.float64)  # float64 sums: float32 drifts on large sets
     std = x.std(axis=axes, dtype=np.float64)
     # A constant feature has std 0 and carries no information: dividing by 1 maps it to 0

@@ -12,12 +12,27 @@ from cr_edge.errors import InputError
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing arrays field by field has no truth value
 class RawData:
-    """One labelled dataset as loaded, before any split."""
+    """One labelled dataset as loaded, before any split.
 
-    x: np.ndarray  # float32, shape (n, *input_shape); images are (n, channels, h, w)
+    A benchmark with a published test split (MNIST-1D) carries it in ``test``, so that results
+    stay comparable with the literature: ``split`` then keeps it as the test part and takes
+    validation out of ``x``/``y``. Every other source leaves ``test`` empty and is split randomly.
+    """
+
+    x: np.ndarray  # float32 (n, *input_shape); images (n, channels, h, w), sequences (n, c, l)
     y: np.ndarray  # int64 class indices 0..k-1
     label_names: list[str]  # label_names[i] is the original label of class index i
     source: str  # a built-in name or the file path(s), for reports and the checkpoint
+    test: tuple[np.ndarray, np.ndarray] | None = None  # a fixed (x_test, y_test), if published
+
+    def __post_init__(self) -> None:
+        if self.test is not None:
+            x_test, y_test = self.test
+            if x_test.shape[1:] != self.x.shape[1:] or len(x_test) != len(y_test):
+                raise InputError(
+                    f"{self.source}: the fixed test split holds {len(y_test)} labels and samples "
+                    f"shaped {x_test.shape}, not {self.x.shape[1:]} per sample; regenerate it"
+                )
 
 
 @dataclass(frozen=True, eq=False)

@@ -17,8 +17,8 @@ def load_source(source: str, target: str | None = None) -> RawData:
 
     ``source`` is read as the first of these that fits:
 
-    * a built-in name: ``digits``, ``breast-cancer`` or ``wine`` (write ``./digits`` to mean
-      a file of that name);
+    * a built-in name: ``digits``, ``breast-cancer``, ``wine`` or ``mnist1d`` (write
+      ``./digits`` to mean a file of that name);
     * a path ending in ``.csv``: needs ``target``, the name of the label column;
     * a path ending in ``.npz``: arrays ``x`` and ``y``;
     * ``IMAGES,LABELS``: an IDX pair, either file optionally gzip'ed, e.g.

@@ -15,8 +15,13 @@ def split(
 ) -> Dataset:
     """Deterministic in ``seed`` and stratified, so that small sets keep every class in each
     split in its proportion. A class too small to stratify falls back to a plain shuffle.
+
+    A source with a fixed test split (``raw.test``) keeps it as published; ``test_fraction``
+    does not apply and validation is ``val_fraction`` of the train part.
     """
     _check_split_args(seed, val_fraction, test_fraction)
+    if raw.test is not None:
+        return _split_fixed_test(raw, raw.test, seed, val_fraction)
     n = len(raw.y)
     n_test, n_val = math.ceil(n * test_fraction), math.ceil(n * val_fraction)
     if n - n_test - n_val < 1:
@@ -26,13 +31,33 @@ def split(
         )
     rest, test = _hold_out(np.arange(n), raw.y, n_test, seed)
     train, val = _hold_out(rest, raw.y[rest], n_val, seed)
+    return _dataset(raw, train, val, (raw.x[test], raw.y[test]))
+
+
+def _split_fixed_test(
+    raw: RawData, test: tuple[np.ndarray, np.ndarray], seed: int, val_fraction: float
+) -> Dataset:
+    n = len(raw.y)
+    n_val = math.ceil(n * val_fraction)
+    if n - n_val < 1:
+        raise InputError(
+            f"{raw.source}: {n} training samples leave none after {n_val} for validation; "
+            "lower val_fraction"
+        )
+    train, val = _hold_out(np.arange(n), raw.y, n_val, seed)
+    return _dataset(raw, train, val, test)
+
+
+def _dataset(
+    raw: RawData, train: np.ndarray, val: np.ndarray, test: tuple[np.ndarray, np.ndarray]
+) -> Dataset:
     return Dataset(
         x_train=raw.x[train],
         y_train=raw.y[train],
         x_val=raw.x[val],
         y_val=raw.y[val],
-        x_test=raw.x[test],
-        y_test=raw.y[test],
+        x_test=test[0],
+        y_test=test[1],
         label_names=list(raw.label_names),
         input_shape=tuple(int(d) for d in raw.x.shape[1:]),
         source=raw.source,
