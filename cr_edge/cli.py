@@ -64,6 +64,16 @@ def _refuse_existing(out: Path, marker: str, force: bool) -> None:
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True))
 @click.option("--seed", type=int)
 @click.option(
+    "--clip-grad",
+    type=click.FloatRange(min=0),
+    help="Gradient-norm clipping threshold; 0 disables [default: 5].",
+)
+@click.option(
+    "--range-penalty",
+    type=click.FloatRange(min=0),
+    help="Weight of the penalty on pre-activations outside each polynomial's fit range [default: 10].",
+)
+@click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint folder.")
@@ -81,6 +91,8 @@ def train(
     batch_size: int | None,
     lr: float | None,
     seed: int | None,
+    clip_grad: float | None,
+    range_penalty: float | None,
     device: str,
     out: Path,
     force: bool,
@@ -107,6 +119,8 @@ def train(
         batch_size=batch_size,
         lr=lr,
         seed=seed,
+        clip_grad=clip_grad,
+        range_penalty=range_penalty,
     )
     with epoch_bar(chosen.epochs, f"train {chosen.name}") as on_epoch:
         result = run_training(chosen, out, device=device, on_epoch=on_epoch)

@@ -36,3 +36,9 @@ class CheckFailed(CrEdgeError):
     """A parity, accuracy or validation check ran and did not pass."""
 
     exit_code = 1
+
+
+class TrainingFailed(CheckFailed):
+    """Training ran but diverged or collapsed; the message names the cause and the fix."""
+
+    exit_code = 1

@@ -93,16 +93,28 @@ class CRNet(nn.Module):
 
     def forward_with_jacobians(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Logits and, per activated layer, the per-sample ``||J||_F^2`` (see ``cr_edge.dreg``)."""
-        terms = []
+        logits, terms, _ = self.forward_with_terms(x)
+        return logits, terms
+
+    def forward_with_terms(self, x: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """As ``forward_with_jacobians``, plus each polynomial's excursion outside its fit range.
+
+        The excursion of a PolyAct input ``z`` is ``mean(relu(|z| - fit_range)^2)``: zero while
+        every pre-activation stays on the interval the polynomial was fitted on, growing as
+        inputs leave it (where a polynomial, unlike the activation it replaced, blows up).
+        """
+        terms, excess = [], []
         prev = None
         for block in self.blocks:
             if is_activation(block):
+                if isinstance(block, PolyAct):
+                    excess.append(F.relu(x.abs() - self.config.fit_range).square().mean())
                 x, deriv = block.forward_with_derivative(x)
                 terms.append(dreg.layer_jacobian_sq(deriv, prev))
             else:
                 x = block(x)
             prev = block
-        return x, terms
+        return x, terms, excess
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -46,6 +46,11 @@ class Recipe:
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
     patience: int = 15  # epochs without a better validation accuracy before stopping
+    # Stabilisers, measured on digits (5 seeds each; README "Training that watches itself"):
+    clip_grad: float = 5.0  # gradient-norm clipping threshold; 0 disables
+    # weight of mean(relu(|z| - fit_range)^2) per polynomial: keeps pre-activations on the
+    # interval each polynomial was fitted on, where it is a bounded activation; 0 disables
+    range_penalty: float = 10.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -61,8 +66,17 @@ class Recipe:
             raise InputError(
                 f"recipe field 'hidden': widths must be positive, got {list(self.hidden)}"
             )
-        if not (self.dreg >= 0 and self.lr > 0 and self.weight_decay >= 0):
-            raise InputError("recipe fields 'dreg', 'weight_decay' must be >= 0 and 'lr' > 0")
+        if not (
+            self.dreg >= 0
+            and self.lr > 0
+            and self.weight_decay >= 0
+            and self.clip_grad >= 0
+            and self.range_penalty >= 0
+        ):
+            raise InputError(
+                "recipe fields 'dreg', 'weight_decay', 'clip_grad', 'range_penalty' must be "
+                ">= 0 and 'lr' > 0"
+            )
         if not (0 < self.val_fraction < 0.5 and 0 < self.test_fraction < 0.5):
             raise InputError(
                 "recipe fields 'val_fraction' and 'test_fraction' must lie in (0, 0.5)"

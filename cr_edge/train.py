@@ -21,9 +21,11 @@ from torch import Tensor
 from cr_edge import dreg
 from cr_edge.checkpoint import save_checkpoint
 from cr_edge.data import Dataset, fit_normalisation, load_source, split
-from cr_edge.errors import InputError, NonFiniteError
+from cr_edge.errors import InputError, NonFiniteError, TrainingFailed
 from cr_edge.nets import CRNet, NetConfig, build_net
+from cr_edge.poly import PolyAct
 from cr_edge.recipe import Recipe
+from cr_edge.watch import FIX_DIVERGED, Watch, prediction_information, prior_entropy
 
 CALIB_SAMPLES = 512  # training inputs kept for calibration and parity oracles
 # Below this many parameters a CPU step is a few small kernels: a second intra-op thread
@@ -143,22 +145,42 @@ def _fit(
     opt = opt_cls(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     gen = torch.Generator().manual_seed(recipe.seed)
     n = x["train"].shape[0]
+    watch = Watch(
+        initial_dreg=dreg_term(net, x["train"]),
+        prior_entropy=prior_entropy(y["val"].cpu().numpy(), net.config.n_classes),
+        fit_range=net.config.fit_range,
+    )
     best_acc, best_state, stale, step = -1.0, copy.deepcopy(net.state_dict()), 0, 0
     for epoch in range(1, recipe.epochs + 1):
         net.train()
         order = torch.randperm(n, generator=gen).to(x["train"].device)
-        loss_sum = dreg_sum = 0.0
+        loss_sum = term_sum = 0.0
         for start in range(0, n, recipe.batch_size):
             idx = order[start : start + recipe.batch_size]
-            loss, penalty = _step(net, opt, x["train"][idx], y["train"][idx], recipe.dreg, step)
+            try:
+                loss, term = _step(
+                    net,
+                    opt,
+                    x["train"][idx],
+                    y["train"][idx],
+                    recipe.dreg,
+                    step,
+                    recipe.clip_grad,
+                    recipe.range_penalty,
+                )
+            except NonFiniteError as e:
+                raise TrainingFailed(
+                    f"training diverged: {e}. Fix: {FIX_DIVERGED}. No checkpoint was written."
+                ) from e
             loss_sum += loss * idx.numel()
-            dreg_sum += penalty * idx.numel()
+            term_sum += term * idx.numel()
             step += 1
-        val_acc = accuracy(net, x["val"], y["val"])
+        val = _val_figures(net, x["val"], y["val"])
         if on_epoch:
-            on_epoch(EpochStats(epoch, loss_sum / n, dreg_sum / n, val_acc))
-        if val_acc > best_acc:
-            best_acc, best_state, stale = val_acc, copy.deepcopy(net.state_dict()), 0
+            on_epoch(EpochStats(epoch, loss_sum / n, recipe.dreg * term_sum / n, val["accuracy"]))
+        watch.check_epoch(epoch, loss_sum / n, term_sum / n, val["information"], _coefficients(net))
+        if val["accuracy"] > best_acc:
+            best_acc, best_state, stale = val["accuracy"], copy.deepcopy(net.state_dict()), 0
         else:
             stale += 1
             if stale >= recipe.patience:
@@ -167,15 +189,27 @@ def _fit(
 
 
 def _step(
-    net: CRNet, opt: torch.optim.Optimizer, xb: Tensor, yb: Tensor, lam: float, step: int
+    net: CRNet,
+    opt: torch.optim.Optimizer,
+    xb: Tensor,
+    yb: Tensor,
+    lam: float,
+    step: int,
+    clip: float = 0.0,
+    bound: float = 0.0,
 ) -> tuple[float, float]:
-    if lam > 0:
-        logits, terms = net.forward_with_jacobians(xb)
-        penalty = dreg.penalty(terms, lam)
-    else:
-        logits, penalty = net(xb), torch.zeros((), device=xb.device)
+    """One optimiser step; returns the cross-entropy and the unweighted DREG term.
+
+    ``clip`` is the gradient-norm limit and ``bound`` the weight of the range penalty
+    (``Recipe.clip_grad``, ``Recipe.range_penalty``); 0 turns either off.
+    """
+    logits, terms, excess = net.forward_with_terms(xb)
+    term = dreg.penalty(terms, 1.0)
+    penalty = lam * term if lam > 0 else torch.zeros((), device=xb.device)
     ce = F.cross_entropy(logits, yb)
     loss = ce + penalty
+    if bound > 0 and excess:
+        loss = loss + bound * torch.stack(excess).sum()
     if not torch.isfinite(loss):
         name = "DREG penalty" if not torch.isfinite(penalty) else "cross-entropy"
         raise NonFiniteError(
@@ -184,13 +218,58 @@ def _step(
         )
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    opt.step()
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+    _scaled_step(net, opt)
     for name, p in net.named_parameters():
         if not torch.isfinite(p).all():
             raise NonFiniteError(
                 f"training step {step}: parameter {name!r} became non-finite; lower --lr"
             )
-    return ce.item(), penalty.item()
+    return ce.item(), term.item()
+
+
+def _scaled_step(net: CRNet, opt: torch.optim.Optimizer) -> None:
+    """``opt.step()``, with coefficient ``a_k`` of every polynomial moved ``fit_range**-k`` as far.
+
+    Adam moves every parameter by about ``lr`` a step whatever its gradient, but ``a_k``
+    changes ``p`` by ``|z|**k`` on the fit interval: at degree 8 and ``|z| = 3`` the top
+    coefficient moved the output 6561 times as far as the constant did, and digits with
+    ``--degree 5 --hidden 32,32`` diverged in its first epoch. Scaling each row's update is
+    exactly a per-power learning rate ``lr / R**k`` (Adam's and AdamW's updates, weight
+    decay included, are elementwise and linear in ``lr``), the same as training the
+    polynomial in ``z / R``, where every coefficient moves ``p`` alike.
+    """
+    polys = [b.coeffs for b in net.blocks if isinstance(b, PolyAct)]
+    before = [c.detach().clone() for c in polys]
+    opt.step()
+    with torch.no_grad():
+        for c, old in zip(polys, before, strict=True):
+            k = torch.arange(c.shape[0], dtype=c.dtype, device=c.device).view(-1, 1)
+            c.copy_(old + (c - old) / net.config.fit_range**k)
+
+
+@torch.no_grad()
+def dreg_term(net: CRNet, x: Tensor) -> float:
+    """The unweighted DREG term ``sum_layers mean_batch ||J||_F^2`` of ``net`` on ``x``."""
+    net.eval()
+    _, terms = net.forward_with_jacobians(x)
+    return float(sum(t.mean().item() for t in terms))
+
+
+@torch.no_grad()
+def _val_figures(net: CRNet, x: Tensor, y: Tensor) -> dict[str, float]:
+    """Validation accuracy, and how much the predictions depend on the input (for collapse)."""
+    net.eval()
+    logits = net(x)
+    return {
+        "accuracy": (logits.argmax(dim=1) == y).float().mean().item(),
+        "information": prediction_information(logits.double().cpu().numpy()),
+    }
+
+
+def _coefficients(net: CRNet) -> list[np.ndarray]:
+    return [b.coeffs.detach().cpu().double().numpy() for b in net.blocks if isinstance(b, PolyAct)]
 
 
 @torch.no_grad()
@@ -202,13 +281,11 @@ def accuracy(net: CRNet, x: Tensor, y: Tensor) -> float:
 def evaluate(net: CRNet, x: Tensor, y: Tensor, lam: float = dreg.DEFAULT_LAMBDA) -> dict:
     """Test metrics of a trained net: accuracy, size, DREG term and gradient metrics."""
     net.eval()
-    with torch.no_grad():
-        _, terms = net.forward_with_jacobians(x)
     norms = dreg.input_gradient_norms(net, x)
     return {
         "test_accuracy": accuracy(net, x, y),
         "parameters": net.n_parameters(),
-        "dreg_term": float(sum(t.mean().item() for t in terms)),
+        "dreg_term": dreg_term(net, x),
         "dreg_lambda": lam,
         **dreg.gradient_metrics(norms),
     }
