@@ -121,10 +121,10 @@ def export_naive(checkpoint: Path, path: Path) -> None:
 def build(root: Path, epochs: int) -> tuple[dict[str, Path], ExportResult, Path]:
     """The four ONNX files, the CR export's result and the CR checkpoint (for the summary)."""
     ckpt = train_pair(root, epochs)
-    plain = ExportOptions(domain_guard=False, derivatives=False)
+    plain = ExportOptions(domain_guard=False, companion=False)
     cr = export(ckpt["cr"], root / "cr", plain)
     export(ckpt["relu"], root / "relu", plain)
-    export(ckpt["cr"], root / "guard", ExportOptions(derivatives=False))
+    export(ckpt["cr"], root / "guard", ExportOptions(companion=False))
     export_naive(ckpt["cr"], root / "pow.onnx")
     paths = {s: root / s / "model.onnx" for s in ("cr", "relu", "guard")}
     paths["pow"] = root / "pow.onnx"

@@ -46,7 +46,7 @@ def smallest_zoo_model(folder: Path) -> Path:
     from cr_edge.train import train
 
     result = train(load_recipe("digits-cr").replace(epochs=1), folder / "ck", device="cpu")
-    export(result.checkpoint, folder / "ex", ExportOptions(derivatives=False))
+    export(result.checkpoint, folder / "ex", ExportOptions(companion=False))
     return folder / "ex" / "model.onnx"
 
 

@@ -42,7 +42,7 @@ FAULTS = {
     9: "single-coefficient perturbation",
     10: "quantized accuracy collapse",
     11: "dynamic batch 1/2/7/512",
-    12: "opset/IR newer than target",
+    12: "opset/IR newer than --runtime-version",
     13: "same seed twice",
     14: "inputs at 100x range",
 }
@@ -117,7 +117,7 @@ def row4(work: Path) -> Row:
         path = work / f"r4-{len(name)}-{abs(hash(name))}.csv"
         path.write_text(content)
         result = helpers.run(
-            "train", "--data", path, "--target", target, "--epochs", "1", "--out", work / "r4ck"
+            "train", "--data", path, "--label", target, "--epochs", "1", "--out", work / "r4ck"
         )
         located += (
             result.exit_code == 2

@@ -1,17 +1,22 @@
 """The Python API: the commands as functions, for notebooks and scripts.
 
 Each function takes paths and plain values and returns the result object of its
-stage, exactly what the matching ``cr-edge`` command prints.
+stage, exactly what the matching ``cr-edge`` command prints. The checks the commands
+make are made here too: a folder that already holds a result is refused unless
+``force=True``; ``validate`` and ``profile`` (``cr_edge.validate.validator``,
+``cr_edge.profile.profiler``) open untrusted models in a sandboxed child first.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+from cr_edge.atomic import refuse_existing
 from cr_edge.export.exporter import ExportOptions, ExportResult
 from cr_edge.export.exporter import export as _export
 from cr_edge.recipe import Recipe, load_recipe
-from cr_edge.train import TrainResult
+from cr_edge.train import EpochStats, TrainResult
 from cr_edge.train import train as _train
 
 
@@ -19,16 +24,22 @@ def train(
     recipe: str | Recipe = "digits-cr",
     out: str | Path = "runs/model",
     device: str = "auto",
+    force: bool = False,
+    on_epoch: Callable[[EpochStats], None] | None = None,
     **overrides: object,
 ) -> TrainResult:
     """Train a zoo recipe (or a ``Recipe``), with fields overridden by keyword.
 
     >>> result = api.train("digits-cr", "runs/digits-cr", epochs=20)
     """
+    refuse_existing(Path(out), "config.json", force)
     base = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    return _train(base.replace(**overrides), Path(out), device=device)
+    return _train(base.replace(**overrides), Path(out), device=device, on_epoch=on_epoch)
 
 
-def export(checkpoint: str | Path, out: str | Path, **options: object) -> ExportResult:
-    """Export a checkpoint folder; keywords are ``ExportOptions`` fields (``targets=("onnx", "ort")``)."""
+def export(
+    checkpoint: str | Path, out: str | Path, force: bool = False, **options: object
+) -> ExportResult:
+    """Export a checkpoint folder; keywords are ``ExportOptions`` fields (``formats=("onnx", "ort")``)."""
+    refuse_existing(Path(out), "model.onnx", force)
     return _export(Path(checkpoint), Path(out), ExportOptions(**options))

@@ -92,3 +92,16 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def refuse_existing(out: Path, marker: str, force: bool) -> None:
+    """``InputError`` if ``out`` is a file, or already holds ``marker`` and ``force`` is off.
+
+    Every stage calls this before writing, from the CLI and the Python API alike, so
+    no caller overwrites a finished folder without asking for it.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder; choose another path")
+    if (out / marker).exists() and not force:
+        raise InputError(f"--out {out}: already holds {marker}; pass --force to overwrite")

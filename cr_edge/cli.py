@@ -1,7 +1,15 @@
-"""The ``cr-edge`` command line: one thin function per command, no logic of its own.
+"""The ``cr-edge`` command line: one function per command, parsing and printing only.
 
-Every deliberate failure is a ``CrEdgeError``; ``main`` turns it into one line on
-stderr and its exit code (2 bad input, 1 failed check), never a traceback.
+Options are typed (``click.Choice``, ranges, the comma lists of ``cli_types``) so a
+bad value fails before any work. The checks a Python caller needs too (existing
+folders, the sandboxed load of untrusted models) live in the library. Every
+deliberate failure is a ``CrEdgeError`` or a click usage error; the group turns
+either into one line on stderr and its exit code (2 bad input, 1 failed check),
+never a traceback.
+
+One word, one meaning across commands: ``--data`` a dataset, ``--label`` the CSV
+label column, ``--format`` what export writes, ``--runtime`` where a model runs,
+``--batch`` batch sizes to run, ``--derivatives`` how derivatives are checked.
 """
 
 from __future__ import annotations
@@ -12,7 +20,14 @@ from pathlib import Path
 import click
 
 from cr_edge import __version__
+from cr_edge.atomic import refuse_existing
+from cr_edge.cli_types import IntList, NameList
 from cr_edge.errors import CheckFailed, CrEdgeError, InputError
+from cr_edge.quantize.policy import METHODS, MODES, POLYS
+from cr_edge.validate.outcome import DERIVATIVE_METHODS
+
+RUNTIMES = NameList("cr_edge.runtimes.registry:RUNTIME_NAMES", "runtime", all_word="all")
+RUNTIME_HELP = "cpu, ort-mobile, xnnpack, nnapi, coreml, executorch-xnnpack: a comma list, or all."
 
 
 class _Group(click.Group):
@@ -22,6 +37,10 @@ class _Group(click.Group):
         except CrEdgeError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except click.UsageError as e:  # one line, as for every other bad input
+            command = f"cr-edge {ctx.invoked_subcommand or ''}".strip()
+            click.echo(f"error: {e.format_message()} (see {command} --help)", err=True)
+            ctx.exit(e.exit_code)
 
 
 @click.group(cls=_Group)
@@ -30,39 +49,29 @@ def cli() -> None:
     """Train, export, quantize, validate and profile ChainzRule networks for the edge."""
 
 
-def _widths(value: str | None) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    try:
-        return tuple(int(v) for v in value.split(","))
-    except ValueError as e:
-        raise InputError(f"--hidden {value!r}: give comma-separated widths such as 64,32") from e
-
-
-def _refuse_existing(out: Path, marker: str, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder; choose another path")
-    if (out / marker).exists() and not force:
-        raise InputError(f"--out {out}: already holds {marker}; pass --force to overwrite")
-
-
 @cli.command()
 @click.option("--recipe", help="A zoo recipe name (see models/) or a .toml file.")
 @click.option(
     "--data", help="Built-in dataset (digits, breast-cancer, wine, mnist1d) or a CSV/NPZ/IDX file."
 )
-@click.option("--target", help="CSV column holding the labels.")
-@click.option("--arch", type=click.Choice(["mlp", "conv"]))
-@click.option("--hidden", help="Comma-separated hidden widths, e.g. 64,32.")
-@click.option("--activation", type=click.Choice(["poly", "relu", "gelu"]))
+@click.option("--label", help="CSV column holding the labels (CSV data only).")
+@click.option("--arch", type=click.Choice(["mlp", "conv"]), help="Network shape.")
+@click.option("--hidden", type=IntList("64,32"), help="Comma-separated hidden widths, e.g. 64,32.")
+@click.option(
+    "--activation",
+    type=click.Choice(["poly", "relu", "gelu"]),
+    help="poly: a CR net; relu/gelu: a baseline.",
+)
 @click.option("--degree", type=click.IntRange(1, 8), help="Polynomial degree (1..8).")
 @click.option(
     "--dreg", "dreg_lambda", type=click.FloatRange(min=0), help="DREG lambda; 0 disables."
 )
-@click.option("--epochs", type=click.IntRange(1))
-@click.option("--batch-size", type=click.IntRange(1))
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True))
-@click.option("--seed", type=int)
+@click.option(
+    "--epochs", type=click.IntRange(1), help="Most epochs (early stopping may end sooner)."
+)
+@click.option("--batch-size", type=click.IntRange(1), help="Training mini-batch size.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate.")
+@click.option("--seed", type=int, help="Seed for the split, the initialisation and the batches.")
 @click.option(
     "--clip-grad",
     type=click.FloatRange(min=0),
@@ -74,16 +83,20 @@ def _refuse_existing(out: Path, marker: str, force: bool) -> None:
     help="Weight of the penalty on pre-activations outside each polynomial's fit range [default: 10].",
 )
 @click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="auto: cuda when available.",
 )
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint folder.")
 @click.option("--force", is_flag=True, help="Overwrite a checkpoint already in --out.")
 def train(
     recipe: str | None,
     data: str | None,
-    target: str | None,
+    label: str | None,
     arch: str | None,
-    hidden: str | None,
+    hidden: tuple[int, ...] | None,
     activation: str | None,
     degree: int | None,
     dreg_lambda: float | None,
@@ -98,20 +111,20 @@ def train(
     force: bool,
 ) -> None:
     """Train a CR net (or a baseline) under DREG and write a checkpoint folder."""
+    from cr_edge.api import train as run_training
     from cr_edge.progress import epoch_bar
     from cr_edge.recipe import Recipe, load_recipe
     from cr_edge.report import print_metrics
-    from cr_edge.train import train as run_training
 
     if recipe is None and data is None:
         raise InputError("give --recipe NAME or --data SOURCE (try --recipe digits-cr)")
-    _refuse_existing(out, "config.json", force)
+    refuse_existing(out, "config.json", force)  # before the recipe's data is read
     base = load_recipe(recipe) if recipe else Recipe(name=Path(str(data)).stem)
     chosen = base.replace(
         data=data,
-        target=target,
+        label=label,
         arch=arch,
-        hidden=_widths(hidden),
+        hidden=hidden,
         activation=activation,
         degree=degree,
         dreg=dreg_lambda,
@@ -123,29 +136,23 @@ def train(
         range_penalty=range_penalty,
     )
     with epoch_bar(chosen.epochs, f"train {chosen.name}") as on_epoch:
-        result = run_training(chosen, out, device=device, on_epoch=on_epoch)
+        result = run_training(chosen, out, device, force=force, on_epoch=on_epoch)
     print_metrics(f"{chosen.name} -> {result.checkpoint}", result.metrics)
-
-
-def _batch(value: str) -> int | None:
-    if value == "dynamic":
-        return None
-    try:
-        size = int(value)
-    except ValueError:
-        size = 0
-    if size < 1:
-        raise InputError(f"--batch {value!r}: give 'dynamic' or a positive integer")
-    return size
 
 
 @cli.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17..21).")
-@click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed size.")
 @click.option(
-    "--derivatives/--no-derivatives",
+    "--opset", type=click.IntRange(17, 21), default=17, show_default=True, help="ONNX opset."
+)
+@click.option(
+    "--fixed-batch",
+    type=click.IntRange(1),
+    help="Fix the batch axis to this size [default: dynamic].",
+)
+@click.option(
+    "--companion/--no-companion",
     default=True,
     show_default=True,
     help="Also write the derivative companion model.jvp.onnx.",
@@ -158,45 +165,52 @@ def _batch(value: str) -> int | None:
     help="Clip polynomial inputs to their calibrated range plus a margin.",
 )
 @click.option(
-    "--target", default="onnx", show_default=True, help="Comma-separated: onnx, ort, executorch."
+    "--format",
+    "formats",
+    type=NameList("cr_edge.export.version_guard:FORMATS", "format"),
+    default="onnx",
+    show_default=True,
+    help="What to write, a comma list of onnx, ort, executorch (onnx is always written).",
 )
-@click.option("--int8", is_flag=True, help="ExecuTorch target: PT2E int8 (XNNPACK quantizer).")
 @click.option(
-    "--target-runtime",
-    help="Refuse an export this runtime cannot load: onnxruntime==X, ort-mobile==X or executorch.",
+    "--int8", is_flag=True, help="The executorch format as PT2E int8 (XNNPACK quantizer)."
+)
+@click.option(
+    "--runtime-version",
+    help="Oldest runtime the export must load on: onnxruntime==X, ort-mobile==X, executorch[==X].",
 )
 @click.option("--force", is_flag=True, help="Overwrite an export already in --out.")
 def export(
     checkpoint: Path,
     out: Path,
     opset: int,
-    batch: str,
-    derivatives: bool,
+    fixed_batch: int | None,
+    companion: bool,
     sensitivity: bool,
     domain_guard: bool,
-    target: str,
+    formats: tuple[str, ...],
     int8: bool,
-    target_runtime: str | None,
+    runtime_version: str | None,
     force: bool,
 ) -> None:
     """Export a checkpoint: Horner-lowered ONNX, derivative companion, parity oracle, mobile files."""
-    from cr_edge.export.exporter import ExportOptions
-    from cr_edge.export.exporter import export as run_export
+    from cr_edge.api import export as run_export
     from cr_edge.report import print_export
 
-    _refuse_existing(out, "model.onnx", force)
-    targets = tuple(t.strip() for t in target.split(",") if t.strip())
-    options = ExportOptions(
+    result = run_export(
+        checkpoint,
+        out,
+        force=force,
         opset=opset,
-        batch=_batch(batch),
-        derivatives=derivatives,
+        fixed_batch=fixed_batch,
+        companion=companion,
         sensitivity=sensitivity,
         domain_guard=domain_guard,
-        targets=("onnx", *[t for t in targets if t != "onnx"]),
+        formats=("onnx", *[f for f in formats if f != "onnx"]),
         int8=int8,
-        target_runtime=target_runtime,
+        runtime_version=runtime_version,
     )
-    print_export(run_export(checkpoint, out, options))
+    print_export(result)
 
 
 @cli.command()
@@ -206,12 +220,7 @@ def export(
     required=True,
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
 )
-@click.option(
-    "--runtime",
-    default="all",
-    show_default=True,
-    help="Comma list of cpu, ort-mobile, xnnpack, nnapi, coreml, executorch-xnnpack; or all.",
-)
+@click.option("--runtime", type=RUNTIMES, default="all", show_default=True, help=RUNTIME_HELP)
 @click.option(
     "--ref",
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
@@ -220,18 +229,32 @@ def export(
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="JSON report file.")
 @click.option(
     "--derivatives",
-    type=click.Choice(["auto", "companion", "finite-differences"]),
+    type=click.Choice(DERIVATIVE_METHODS),
     default="auto",
     show_default=True,
-    help="auto: the X.jvp companion if present.",
+    help="How derivatives are checked; auto: the X.jvp companion if present, else finite differences.",
 )
-@click.option("--atol", type=float, help="Output absolute tolerance (default: by precision).")
-@click.option("--rtol", type=float, help="Output relative tolerance (default: by precision).")
-@click.option("--deriv-rtol", type=float, help="Derivative norm-relative tolerance.")
-@click.option("--min-cosine", type=float, help="Least cosine between JVP and the oracle's.")
+@click.option(
+    "--atol",
+    type=click.FloatRange(min=0),
+    help="Output absolute tolerance [default: by precision].",
+)
+@click.option(
+    "--rtol",
+    type=click.FloatRange(min=0),
+    help="Output relative tolerance [default: by precision].",
+)
+@click.option(
+    "--deriv-rtol", type=click.FloatRange(min=0), help="Derivative norm-relative tolerance."
+)
+@click.option(
+    "--min-cosine",
+    type=click.FloatRange(-1, 1),
+    help="Least cosine between a JVP and the oracle's.",
+)
 def validate(
     artifacts: tuple[Path, ...],
-    runtime: str,
+    runtime: tuple[str, ...],
     ref: Path | None,
     json_out: Path | None,
     derivatives: str,
@@ -244,15 +267,12 @@ def validate(
     from rich.console import Console
 
     from cr_edge.atomic import write_json
-    from cr_edge.runtimes.sandbox import probe
     from cr_edge.validate.parity_table import render
     from cr_edge.validate.tolerances import Overrides
     from cr_edge.validate.validator import validate as run_validate
 
     overrides = Overrides(atol=atol, rtol=rtol, deriv_rtol=deriv_rtol, min_cosine=min_cosine)
-    for path in artifacts:
-        probe(path)  # a crash inside onnxruntime on a hostile file becomes an error, not a signal
-    report = run_validate(list(artifacts), runtime, ref, overrides, derivatives)
+    report = run_validate(list(artifacts), list(runtime), ref, overrides, derivatives)
     render(report, Console())
     if json_out is not None:
         write_json(json_out, report.to_json())
@@ -261,15 +281,26 @@ def validate(
 
 @cli.command()
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--runtime", type=RUNTIMES, default="cpu", show_default=True, help=RUNTIME_HELP)
 @click.option(
-    "--runtime",
-    default="cpu",
+    "--batch",
+    type=IntList("1,8,64"),
+    default="1",
     show_default=True,
-    help="cpu, ort-mobile, xnnpack, nnapi, coreml, executorch-xnnpack, a comma list, or all.",
+    help="Batch sizes to run, a comma list.",
 )
-@click.option("--batch", default="1", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--threads", help="Intra-op threads: N, a comma list, or all (default: runtime's).")
-@click.option("--warmup", type=click.IntRange(0), default=50, show_default=True)
+@click.option(
+    "--threads",
+    type=IntList("1,4", all_word="all"),
+    help="Intra-op threads: a comma list, or all [default: the runtime's].",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(0),
+    default=50,
+    show_default=True,
+    help="Untimed runs before timing.",
+)
 @click.option("--iters", type=click.IntRange(1), help="Timed runs per setting [default: 1000].")
 @click.option(
     "--seconds",
@@ -291,9 +322,9 @@ def validate(
 )
 def profile(
     artifacts: tuple[Path, ...],
-    runtime: str,
-    batch: str,
-    threads: str | None,
+    runtime: tuple[str, ...],
+    batch: tuple[int, ...],
+    threads: tuple[int, ...] | str | None,
     warmup: int,
     iters: int | None,
     seconds: float | None,
@@ -305,26 +336,23 @@ def profile(
     """Latency, memory and per-op cost of artifacts on this machine; several are interleaved."""
     from cr_edge.atomic import write_json
     from cr_edge.profile import view as profile_view
-    from cr_edge.profile.profiler import ProfileOptions, parse_batches, parse_threads
+    from cr_edge.profile.profiler import ProfileOptions, thread_counts
     from cr_edge.profile.profiler import profile as run_profile
-    from cr_edge.runtimes.sandbox import probe
 
     if iters is not None and seconds is not None:
         raise InputError("give --iters or --seconds, not both")
     if plot is not None:
         profile_view.require_matplotlib()
     options = ProfileOptions(
-        runtimes=runtime,
-        batches=parse_batches(batch),
-        threads=parse_threads(threads),
+        runtimes=",".join(runtime),
+        batches=batch,
+        threads=thread_counts(threads),
         warmup=warmup,
         iters=iters or 1000,
         seconds=seconds,
         per_op=per_op,
         memory=memory,
     )
-    for path in artifacts:
-        probe(path)  # a crash inside onnxruntime on a hostile file becomes an error, not a signal
     with profile_view.progress_bar() as on_progress:
         report = run_profile(list(artifacts), options, on_progress)
     profile_view.print_report(report)
@@ -337,12 +365,19 @@ def profile(
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--mode", default="auto", show_default=True, help="dynamic, static, fp16 or auto.")
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    default="auto",
+    show_default=True,
+    help="How the linear layers are quantized; auto tries each and keeps the best that passes.",
+)
 @click.option(
     "--poly",
+    type=click.Choice(POLYS),
     default="float",
     show_default=True,
-    help="Horner chain: float, int16 or int8 (static mode).",
+    help="Precision of the Horner chain (static mode).",
 )
 @click.option(
     "--calib",
@@ -351,11 +386,17 @@ def profile(
 )
 @click.option(
     "--method",
+    type=click.Choice(METHODS),
     default="minmax",
     show_default=True,
-    help="Static calibration: minmax, percentile, entropy or interval.",
+    help="Activation calibration (static mode).",
 )
-@click.option("--per-channel/--no-per-channel", default=True, show_default=True)
+@click.option(
+    "--per-channel/--no-per-channel",
+    default=True,
+    show_default=True,
+    help="One int8 scale per output channel of each weight.",
+)
 @click.option(
     "--equalize/--no-equalize",
     default=True,
@@ -387,7 +428,7 @@ def quantize(
     from cr_edge.quantize.quantizer import quantize as run_quantize
 
     policy = QuantPolicy(mode, poly, method, per_channel, equalize)
-    _refuse_existing(out, "quantize.json", force)
+    refuse_existing(out, "quantize.json", force)
     result = run_quantize(model, out, policy, calib, ort_format)
     print_quantize(result)
     if not result.chosen.passed:  # an explicit policy is written for inspection, but it failed
@@ -399,13 +440,16 @@ def quantize(
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder [default: runs/RECIPE].")
 @click.option(
     "--runtime",
+    type=RUNTIMES,
     default="all",
     show_default=True,
-    help="Runtimes to validate on (comma-separated, or all).",
+    help="Runtimes to validate on: " + RUNTIME_HELP,
 )
 @click.option("--epochs", type=click.IntRange(1), help="Override the recipe's epochs.")
 @click.option("--force", is_flag=True, help="Overwrite a run folder that holds results.")
-def pipeline(recipe: str, out: Path | None, runtime: str, epochs: int | None, force: bool) -> None:
+def pipeline(
+    recipe: str, out: Path | None, runtime: tuple[str, ...], epochs: int | None, force: bool
+) -> None:
     """Train, export, quantize, validate and profile in one go, with one summary."""
     from cr_edge.pipeline import STAGES, raise_for_failures, run_pipeline
     from cr_edge.progress import stage_bar
@@ -415,7 +459,7 @@ def pipeline(recipe: str, out: Path | None, runtime: str, epochs: int | None, fo
     chosen = load_recipe(recipe).replace(epochs=epochs)
     with stage_bar(STAGES, f"pipeline {chosen.name}") as on_stage:
         result = run_pipeline(
-            chosen, out or Path("runs") / chosen.name, runtime, force, on_stage=on_stage
+            chosen, out or Path("runs") / chosen.name, ",".join(runtime), force, on_stage=on_stage
         )
     print_summary(result.summary)
     raise_for_failures(result)
@@ -423,29 +467,35 @@ def pipeline(recipe: str, out: Path | None, runtime: str, epochs: int | None, fo
 
 @cli.command()
 @click.option(
-    "--dataset",
+    "--data",
     default="digits",
     show_default=True,
-    help="digits, breast-cancer, wine, mnist1d, or a CSV/NPZ/IDX file.",
+    help="Built-in dataset (digits, breast-cancer, wine, mnist1d) or a CSV/NPZ/IDX file.",
 )
-@click.option("--target", help="CSV column holding the labels.")
-@click.option("--budget", type=click.Choice(["quick", "full"]), default="quick", show_default=True)
+@click.option("--label", help="CSV column holding the labels (CSV data only).")
+@click.option(
+    "--budget",
+    type=click.Choice(["quick", "full"]),
+    default="quick",
+    show_default=True,
+    help="quick: a few widths and seeds in minutes; full: the whole ladder.",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
-    help="Report folder [default: runs/fairfight-DATASET].",
+    help="Report folder [default: runs/fairfight-DATA].",
 )
 @click.option("--force", is_flag=True, help="Overwrite a folder that holds a report.")
-def fairfight(dataset: str, target: str | None, budget: str, out: Path | None, force: bool) -> None:
+def fairfight(data: str, label: str | None, budget: str, out: Path | None, force: bool) -> None:
     """CR nets against ReLU/GELU baselines at equal terms: accuracy, size, latency, smoothness."""
     from cr_edge.fairfight.fight import fairfight as run_fight
     from cr_edge.fairfight.report import markdown
     from cr_edge.progress import console, entry_bar
 
-    out = out or Path("runs") / f"fairfight-{Path(dataset).stem}"
-    _refuse_existing(out, "report.json", force)
+    out = out or Path("runs") / f"fairfight-{Path(data).stem}"
+    refuse_existing(out, "report.json", force)
     with entry_bar("fairfight") as on_entry:
-        report = run_fight(dataset, budget, out, target, on_entry=on_entry)
+        report = run_fight(data, budget, out, label, on_entry=on_entry)
     console.print(markdown(report))
 
 

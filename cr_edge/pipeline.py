@@ -55,8 +55,8 @@ def run_pipeline(
     step("train")
     trained = train(recipe, out / "checkpoint", device="cpu")
     step("export")
-    targets = ("onnx", "ort", "executorch") if executorch_installed() else ("onnx", "ort")
-    exported = export(out / "checkpoint", out / "export", ExportOptions(targets=targets))
+    formats = ("onnx", "ort", "executorch") if executorch_installed() else ("onnx", "ort")
+    exported = export(out / "checkpoint", out / "export", ExportOptions(formats=formats))
     step("quantize")
     failures: list[str] = []
     models = [exported.files["onnx"]]
@@ -137,8 +137,8 @@ def summary_markdown(s: dict) -> str:
     ]
     if s["int8"]:
         lines.append(
-            f"- quantized ({s['int8']['policy']}): accuracy {s['int8']['accuracy']:.2f}% "
-            f"(fp32 through ONNX Runtime {s['int8']['fp32_accuracy']:.2f}%)"
+            f"- quantized ({s['int8']['policy']}): accuracy {s['int8']['accuracy']:.4f} "
+            f"(fp32 through ONNX Runtime {s['int8']['fp32_accuracy']:.4f})"
         )
     lines += ["", "| file | bytes |", "|---|---|"]
     lines += [f"| {name} | {size:,} |" for name, size in s["files"].items()]

@@ -29,7 +29,7 @@ class Recipe:
     name: str = "custom"
     # data
     data: str = "digits"  # a built-in dataset name or a file (see cr_edge.data.load_source)
-    target: str | None = None  # CSV target column
+    label: str | None = None  # the CSV column holding the labels
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     # net
@@ -92,6 +92,8 @@ class Recipe:
     @classmethod
     def from_json(cls, d: dict) -> Recipe:
         d = {k: v for k, v in d.items() if k != "recipe_version"}
+        if "target" in d:  # checkpoints written before the field was named for what it holds
+            d["label"] = d.pop("target")
         return cls(**d)
 
 
@@ -144,6 +146,11 @@ def _from_toml(doc: dict, path: Path) -> Recipe:
         else:
             items = [(key, value)]
         for k, v in items:
+            if k == "target":
+                raise InputError(
+                    f"{path}: field 'target' is now called 'label' (the CSV column holding the "
+                    "labels); rename it"
+                )
             if k not in known:
                 raise InputError(
                     f"{path}: unknown field {k!r}; known fields: {', '.join(sorted(known))}"

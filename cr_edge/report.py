@@ -51,7 +51,7 @@ def print_summary(summary: dict) -> None:
     if summary["int8"]:
         table.add_row(
             escape(f"test accuracy quantized ({summary['int8']['policy']})"),
-            f"{summary['int8']['accuracy'] / 100:.4f}",
+            f"{summary['int8']['accuracy']:.4f}",
         )
     for name, size in summary["files"].items():
         table.add_row(f"size {name}", f"{size:,} B")

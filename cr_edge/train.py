@@ -106,7 +106,7 @@ def train(
     torch.manual_seed(recipe.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     data = split(
-        load_source(recipe.data, recipe.target),
+        load_source(recipe.data, recipe.label),
         recipe.seed,
         recipe.val_fraction,
         recipe.test_fraction,

@@ -301,7 +301,7 @@ def test_csv_numeric_labels_sort_as_numbers_and_bom_is_ignored(tmp_path):
 
 
 def test_load_source_dispatches_csv(tmp_path):
-    raw = load_source(str(good_csv(tmp_path / "d.csv")), target="label")
+    raw = load_source(str(good_csv(tmp_path / "d.csv")), label="label")
     assert raw.x.shape == (3, 2)
 
 
@@ -513,17 +513,17 @@ def test_idx_truncated_gzip_and_missing_files(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("source", "target", "needle"),
+    ("source", "label", "needle"),
     [
         ("imagenet", None, "'imagenet'"),
-        ("d.csv", None, "target"),
-        ("digits", "label", "'target'"),
-        ("d.npz", "label", "'target'"),
+        ("d.csv", None, "--label"),
+        ("digits", "label", "'label'"),
+        ("d.npz", "label", "'label'"),
         ("my-idx-file", None, "IMAGES,LABELS"),
     ],
 )
-def test_load_source_bad_input(source, target, needle):
-    raises_input_error(load_source, source, target, names=(source, needle))
+def test_load_source_bad_input(source, label, needle):
+    raises_input_error(load_source, source, label, names=(source, needle))
 
 
 def test_load_source_builtin():

@@ -18,80 +18,33 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from trained import (
+    ATOL,
+    EXPORTS,
+    POLY_VARIANTS,
+    RTOL,
+    VARIANTS,
+    calibration_x,
+    checkpoint,
+    exported,
+    oracle,
+    run_onnx,
+)
 
 from cr_edge.checkpoint import load_checkpoint
 from cr_edge.errors import CrEdgeError, ExportError, InputError
 from cr_edge.export import folds
 from cr_edge.export.exporter import ExportOptions, ExportResult, export
 from cr_edge.export.stages import Affine, Flatten, InputAffine, Poly, Pool, Stage
-from cr_edge.recipe import Recipe, load_recipe, zoo_names
+from cr_edge.recipe import Recipe
 from cr_edge.train import train
 
-ATOL, RTOL = 1e-5, 1e-4
-EPOCHS = 2
 LINEAR_OPS = ("Gemm", "Conv", "MatMul")  # the ops that separate one activation from the next
-EXPORTS = {
-    "shipped": ExportOptions(sensitivity=True),
-    "plain": ExportOptions(domain_guard=False, derivatives=False),
-}
-
-
-def _variants() -> dict[str, Recipe]:
-    recipes = {name: load_recipe(name).replace(epochs=EPOCHS) for name in zoo_names()}
-    recipes["digits-conv"] = load_recipe("digits-cr").replace(
-        name="digits-conv", arch="conv", hidden=(4, 8), epochs=EPOCHS
-    )
-    return recipes
-
-
-VARIANTS = _variants()
-POLY_VARIANTS = [name for name, r in VARIANTS.items() if r.activation == "poly"]
-_CACHE: dict[tuple[str, ...], object] = {}
-
-
-def checkpoint(root: Path, name: str) -> Path:
-    """The tiny trained checkpoint of ``VARIANTS[name]``, trained once per process."""
-    key = ("checkpoint", name)
-    if key not in _CACHE:
-        _CACHE[key] = train(VARIANTS[name], root / name / "checkpoint").checkpoint
-    return _CACHE[key]  # type: ignore[return-value]
-
-
-def exported(
-    root: Path, name: str, kind: str, options: ExportOptions | None = None
-) -> ExportResult:
-    """``checkpoint(name)`` exported with ``EXPORTS[kind]`` (or ``options``), once per process."""
-    key = ("export", name, kind)
-    if key not in _CACHE:
-        ckpt = checkpoint(root, name)
-        _CACHE[key] = export(ckpt, root / name / kind, options or EXPORTS[kind])
-    return _CACHE[key]  # type: ignore[return-value]
-
-
-def run_onnx(path: Path, ort_format: bool = False, **feeds: np.ndarray) -> dict[str, np.ndarray]:
-    """Every output of ``path`` under ONNX Runtime's CPU EP, by name."""
-    options = ort.SessionOptions()
-    if ort_format:
-        options.add_session_config_entry("session.load_model_format", "ORT")
-    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(None, feeds), strict=True))
-
-
-def oracle(result: ExportResult) -> dict[str, np.ndarray]:
-    with np.load(result.files["ref"]) as f:
-        return {k: f[k] for k in f.files}
-
-
-def calibration_x(root: Path, name: str) -> np.ndarray:
-    with np.load(checkpoint(root, name) / "calib.npz") as f:
-        return f["x"].astype(np.float32)
 
 
 def metadata(path: Path) -> dict[str, str]:
@@ -111,11 +64,6 @@ def mul_add_per_segment(model: onnx.ModelProto) -> list[int]:
         elif node.op_type in ("Mul", "Add"):
             counts[-1] += 1
     return counts
-
-
-@pytest.fixture(scope="session")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("export")
 
 
 def assert_graph_contract(result: ExportResult, poly: bool) -> None:
@@ -144,15 +92,15 @@ def assert_matches_oracle(result: ExportResult) -> None:
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_plain_export_keeps_the_horner_contract(root: Path, name: str) -> None:
-    result = exported(root, name, "plain")
+def test_plain_export_keeps_the_horner_contract(trained_root: Path, name: str) -> None:
+    result = exported(trained_root, name, "plain")
     assert_graph_contract(result, VARIANTS[name].activation == "poly")
     assert_matches_oracle(result)
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_shipped_export_matches_pytorch(root: Path, name: str) -> None:
-    result = exported(root, name, "shipped")
+def test_shipped_export_matches_pytorch(trained_root: Path, name: str) -> None:
+    result = exported(trained_root, name, "shipped")
     model = onnx.load(result.files["onnx"])
     assert "Pow" not in {n.op_type for n in model.graph.node}
     onnx.checker.check_model(model, full_check=True)
@@ -160,8 +108,8 @@ def test_shipped_export_matches_pytorch(root: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_jvp_companion_matches_autograd(root: Path, name: str) -> None:
-    result = exported(root, name, "shipped")
+def test_jvp_companion_matches_autograd(trained_root: Path, name: str) -> None:
+    result = exported(trained_root, name, "shipped")
     ref = oracle(result)
     got = run_onnx(result.files["jvp"], x=ref["x"], v=ref["v"])
     np.testing.assert_allclose(got["y"], ref["y"], atol=ATOL, rtol=RTOL)
@@ -169,10 +117,10 @@ def test_jvp_companion_matches_autograd(root: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_sensitivity_output_is_the_dreg_sum(root: Path, name: str) -> None:
-    result = exported(root, name, "shipped")
-    x = calibration_x(root, name)
-    ckpt = load_checkpoint(checkpoint(root, name))
+def test_sensitivity_output_is_the_dreg_sum(trained_root: Path, name: str) -> None:
+    result = exported(trained_root, name, "shipped")
+    x = calibration_x(trained_root, name)
+    ckpt = load_checkpoint(checkpoint(trained_root, name))
     with torch.no_grad():
         _, terms = ckpt.net.forward_with_jacobians(torch.from_numpy(ckpt.normalisation.apply(x)))
     expected = torch.stack(terms).sum(dim=0).numpy()
@@ -185,25 +133,27 @@ def test_sensitivity_output_is_the_dreg_sum(root: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", POLY_VARIANTS)
-def test_domain_guard_is_invisible_in_range_and_bounds_outside(root: Path, name: str) -> None:
-    x = calibration_x(root, name)
-    guarded = run_onnx(exported(root, name, "shipped").files["onnx"], x=x)["y"]
-    plain = run_onnx(exported(root, name, "plain").files["onnx"], x=x)["y"]
+def test_domain_guard_is_invisible_in_range_and_bounds_outside(
+    trained_root: Path, name: str
+) -> None:
+    x = calibration_x(trained_root, name)
+    guarded = run_onnx(exported(trained_root, name, "shipped").files["onnx"], x=x)["y"]
+    plain = run_onnx(exported(trained_root, name, "plain").files["onnx"], x=x)["y"]
     np.testing.assert_allclose(guarded, plain, atol=ATOL, rtol=RTOL)
-    far = run_onnx(exported(root, name, "shipped").files["onnx"], x=x * 100)["y"]
+    far = run_onnx(exported(trained_root, name, "shipped").files["onnx"], x=x * 100)["y"]
     assert np.isfinite(far).all()
 
 
-def test_unfolded_feature_normalisation_matches_pytorch(root: Path) -> None:
+def test_unfolded_feature_normalisation_matches_pytorch(trained_root: Path) -> None:
     """Per-feature normalisation kept as Mul/Add (what int8 ExecuTorch exports use)."""
-    options = ExportOptions(fold=False, derivatives=False)
-    result = exported(root, "breast-cancer-cr", "unfolded", options)
+    options = ExportOptions(fold=False, companion=False)
+    result = exported(trained_root, "breast-cancer-cr", "unfolded", options)
     assert result.horner_nodes == [6]  # degree 3, nothing folded: 3 Mul + 3 Add
     assert_matches_oracle(result)
 
 
-def test_dynamic_batch_runs_any_size(root: Path) -> None:
-    result = exported(root, "digits-cr", "shipped")
+def test_dynamic_batch_runs_any_size(trained_root: Path) -> None:
+    result = exported(trained_root, "digits-cr", "shipped")
     ref = oracle(result)
     for n in (1, 2, 7, 300):
         rows = np.arange(n) % len(ref["x"])
@@ -211,9 +161,9 @@ def test_dynamic_batch_runs_any_size(root: Path) -> None:
         np.testing.assert_allclose(got, ref["y"][rows], atol=ATOL, rtol=RTOL)
 
 
-def test_fixed_batch_has_a_static_input_shape(root: Path) -> None:
-    options = ExportOptions(batch=4, derivatives=False)
-    result = exported(root, "digits-cr", "batch4", options)
+def test_fixed_batch_has_a_static_input_shape(trained_root: Path) -> None:
+    options = ExportOptions(fixed_batch=4, companion=False)
+    result = exported(trained_root, "digits-cr", "batch4", options)
     model = onnx.load(result.files["onnx"])
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [4, 1, 8, 8]
@@ -405,23 +355,23 @@ def test_pickle_file_is_refused(tmp_path: Path) -> None:
     _one_line_naming(e.value, "model.pt")
 
 
-def test_unknown_target() -> None:
+def test_unknown_format() -> None:
     with pytest.raises(InputError) as e:
-        ExportOptions(targets=("onnx", "tflite"))
+        ExportOptions(formats=("onnx", "tflite"))
     _one_line_naming(e.value, "tflite")
 
 
-def test_opset_out_of_range_writes_nothing(root: Path, tmp_path: Path) -> None:
+def test_opset_out_of_range_writes_nothing(trained_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     with pytest.raises(ExportError) as e:
-        export(checkpoint(root, "digits-cr"), out, ExportOptions(opset=12))
+        export(checkpoint(trained_root, "digits-cr"), out, ExportOptions(opset=12))
     _one_line_naming(e.value, "--opset 12")
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_output_dir_that_is_a_file(root: Path, tmp_path: Path) -> None:
+def test_output_dir_that_is_a_file(trained_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "taken"
     out.write_text("not a folder")
     with pytest.raises(InputError) as e:
-        export(checkpoint(root, "digits-cr"), out)
+        export(checkpoint(trained_root, "digits-cr"), out)
     _one_line_naming(e.value, "taken")

@@ -22,24 +22,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_export import ATOL, RTOL, calibration_x, checkpoint, exported, oracle, run_onnx
+from trained import ATOL, RTOL, calibration_x, checkpoint, exported, oracle, run_onnx
 
 from cr_edge.errors import ExportError
 from cr_edge.export.exporter import ExportOptions, export
 from cr_edge.export.mobile import convert_to_ort
 from cr_edge.export.pte import INSTALL_HINT, MAX_BATCH
 
-MOBILE = ExportOptions(targets=("onnx", "ort", "executorch"))
+MOBILE = ExportOptions(formats=("onnx", "ort", "executorch"))
 NETS = ("digits-cr", "digits-conv")
 INT8_NETS = (*NETS, "breast-cancer-cr")  # feature vectors: the unfolded normalisation differs
 INT8_P99_STEPS, INT8_MAX_STEPS, INT8_ARGMAX = 4.0, 10.0, 0.97
 # executorch.runtime announces itself as experimental on first use
 pytestmark = pytest.mark.filterwarnings("ignore:This API is experimental")
-
-
-@pytest.fixture(scope="session")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("mobile")
 
 
 def run_pte(path: Path, x: np.ndarray) -> np.ndarray:
@@ -53,8 +48,8 @@ def run_pte(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", NETS)
-def test_ort_format_loads_and_matches_pytorch(root: Path, name: str) -> None:
-    result = exported(root, name, "mobile", MOBILE)
+def test_ort_format_loads_and_matches_pytorch(trained_root: Path, name: str) -> None:
+    result = exported(trained_root, name, "mobile", MOBILE)
     ref = oracle(result)
     got = run_onnx(result.files["ort"], ort_format=True, x=ref["x"])
     np.testing.assert_allclose(got["y"], ref["y"], atol=ATOL, rtol=RTOL)
@@ -63,8 +58,8 @@ def test_ort_format_loads_and_matches_pytorch(root: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NETS)
-def test_required_operators_config_covers_both_models(root: Path, name: str) -> None:
-    result = exported(root, name, "mobile", MOBILE)
+def test_required_operators_config_covers_both_models(trained_root: Path, name: str) -> None:
+    result = exported(trained_root, name, "mobile", MOBILE)
     config = result.files["ort_config"]
     assert config.name == "model.required_operators.config"
     text = config.read_text()
@@ -94,8 +89,8 @@ def test_ort_conversion_errors_are_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", NETS)
-def test_pte_runs_in_executorch_and_matches_pytorch(root: Path, name: str) -> None:
-    result = exported(root, name, "mobile", MOBILE)
+def test_pte_runs_in_executorch_and_matches_pytorch(trained_root: Path, name: str) -> None:
+    result = exported(trained_root, name, "mobile", MOBILE)
     ref = oracle(result)
     for n in (1, 7, 300):
         rows = np.arange(n) % len(ref["x"])
@@ -104,8 +99,8 @@ def test_pte_runs_in_executorch_and_matches_pytorch(root: Path, name: str) -> No
 
 
 @pytest.mark.parametrize("name", NETS)
-def test_pte_sidecar_reports_the_delegation(root: Path, name: str) -> None:
-    result = exported(root, name, "mobile", MOBILE)
+def test_pte_sidecar_reports_the_delegation(trained_root: Path, name: str) -> None:
+    result = exported(trained_root, name, "mobile", MOBILE)
     info = json.loads(result.files["pte_info"].read_text())
     assert info["precision"] == "fp32" and info["batch"] == {"min": 1, "max": MAX_BATCH}
     split = info["delegation"]
@@ -114,9 +109,9 @@ def test_pte_sidecar_reports_the_delegation(root: Path, name: str) -> None:
     assert split["ops"][linear]["portable"] == 0  # the heavy ops always go to XNNPACK
 
 
-def test_fixed_batch_pte(root: Path) -> None:
-    options = ExportOptions(targets=("executorch",), batch=4, derivatives=False)
-    result = exported(root, "digits-cr", "pte-batch4", options)
+def test_fixed_batch_pte(trained_root: Path) -> None:
+    options = ExportOptions(formats=("executorch",), fixed_batch=4, companion=False)
+    result = exported(trained_root, "digits-cr", "pte-batch4", options)
     info = json.loads(result.files["pte_info"].read_text())
     assert info["batch"] == {"fixed": 4} and info["input_shape"][0] == 4
     ref = oracle(result)
@@ -126,12 +121,12 @@ def test_fixed_batch_pte(root: Path) -> None:
 
 
 @pytest.mark.parametrize("name", INT8_NETS)
-def test_int8_pte_stays_within_its_quantization_step(root: Path, name: str) -> None:
-    options = ExportOptions(targets=("executorch",), int8=True, derivatives=False)
-    result = exported(root, name, "pte-int8", options)
+def test_int8_pte_stays_within_its_quantization_step(trained_root: Path, name: str) -> None:
+    options = ExportOptions(formats=("executorch",), int8=True, companion=False)
+    result = exported(trained_root, name, "pte-int8", options)
     info = json.loads(result.files["pte_info"].read_text())
     assert info["precision"] == "int8" and info["quantization"]["calibration_samples"] > 0
-    x = calibration_x(root, name)
+    x = calibration_x(trained_root, name)
     fp32 = run_onnx(result.files["onnx"], x=x)["y"]
     int8 = run_pte(result.files["pte"], x)
     steps = np.abs(int8 - fp32) / (np.ptp(fp32) / 255)
@@ -141,13 +136,13 @@ def test_int8_pte_stays_within_its_quantization_step(root: Path, name: str) -> N
 
 
 def test_missing_executorch_is_one_clear_line(
-    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    trained_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for module in [m for m in sys.modules if m == "executorch" or m.startswith("executorch.")]:
         monkeypatch.setitem(sys.modules, module, None)
     monkeypatch.setitem(sys.modules, "executorch", None)
     out = tmp_path / "out"
     with pytest.raises(ExportError) as e:
-        export(checkpoint(root, "digits-cr"), out, ExportOptions(targets=("executorch",)))
+        export(checkpoint(trained_root, "digits-cr"), out, ExportOptions(formats=("executorch",)))
     assert str(e.value) == INSTALL_HINT
     assert not (out / "model.pte").exists() and not (out / "model.ref.npz").exists()

@@ -58,7 +58,7 @@ def test_every_family_shares_the_ladder():
 def test_quick_fairfight_report_recomputes_from_its_json(tmp_path: Path):
     out = tmp_path / "ff"
     result = CliRunner().invoke(
-        cli, ["fairfight", "--dataset", "wine", "--budget", "quick", "--out", str(out)]
+        cli, ["fairfight", "--data", "wine", "--budget", "quick", "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())

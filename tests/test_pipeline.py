@@ -14,20 +14,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner
 
-from cr_edge.cli import cli
+from cr_edge.pipeline import executorch_installed
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(cli_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pipeline") / "digits"
-    result = CliRunner().invoke(
-        cli, ["pipeline", "--recipe", "digits-cr", "--epochs", "20", "--out", str(out)]
-    )
-    assert result.exit_code in (0, 1), result.output
+    result = cli_run("pipeline", "--recipe", "digits-cr", "--epochs", "20", "--out", out)
+    assert result.exit_code == 0, result.output  # every stage ran and every check passed
     return out
 
 
@@ -39,7 +36,7 @@ def test_every_stage_leaves_its_artifacts(run_dir: Path):
         "export/model.jvp.onnx",
         "export/model.ref.npz",
         "export/model.ort",
-        "export/model.pte",
+        *(["export/model.pte"] if executorch_installed() else []),
         "validate.json",
         "profile.json",
         "summary.json",
@@ -65,8 +62,8 @@ def test_summary_agrees_with_the_artifacts(run_dir: Path):
     assert summary["passed"] == (not summary["failures"])
 
 
-def test_a_finished_run_is_not_overwritten_without_force(run_dir: Path):
-    result = CliRunner().invoke(cli, ["pipeline", "--epochs", "1", "--out", str(run_dir)])
+def test_a_finished_run_is_not_overwritten_without_force(cli_run, run_dir: Path):
+    result = cli_run("pipeline", "--epochs", "1", "--out", run_dir)
     assert result.exit_code == 2 and "--force" in result.output
 
 

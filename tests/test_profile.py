@@ -18,9 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 
-from cr_edge.cli import cli
 from cr_edge.errors import InputError
 from cr_edge.profile import view as profile_view
 from cr_edge.profile.device import _cpuinfo, _isa
@@ -34,10 +32,6 @@ from cr_edge.runtimes.safe_load import check_artifact
 
 FAST = {"warmup": 5, "iters": 60}
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run(*args: object):
-    return CliRunner().invoke(cli, ["profile", *(str(a) for a in args)])
 
 
 def _to_ort(onnx_path: Path) -> None:
@@ -63,7 +57,7 @@ def models(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("profile")
     result = train(load_recipe("digits-cr").replace(epochs=1), root / "ck", device="cpu")
     out = root / "ex"
-    export(result.checkpoint, out, ExportOptions(derivatives=False))
+    export(result.checkpoint, out, ExportOptions(companion=False))
     quantize_dynamic(out / "model.onnx", out / "model.int8.onnx", weight_type=QuantType.QInt8)
     _to_ort(out / "model.onnx")
     _to_ort(out / "model.int8.onnx")
@@ -108,9 +102,10 @@ def test_self_comparison_ratio_spread_includes_one(models: Path):
     assert len(report.rows) == 2 and report.rows[0].latency["count"] == 400
 
 
-def test_per_op_names_gemm_and_the_horner_mul_add(models: Path, tmp_path: Path):
+def test_per_op_names_gemm_and_the_horner_mul_add(cli_run, models: Path, tmp_path: Path):
     out = tmp_path / "r.json"
-    result = run(
+    result = cli_run(
+        "profile",
         models / "model.onnx",
         models / "model.int8.onnx",
         "--per-op",
@@ -169,9 +164,10 @@ def test_profile_runs_where_torch_cannot_be_imported(models: Path, tmp_path: Pat
     assert all("error" not in r["memory"] and "error" not in r["ops"] for r in rows)
 
 
-def test_threads_seconds_and_plot(models: Path, tmp_path: Path):
+def test_threads_seconds_and_plot(cli_run, models: Path, tmp_path: Path):
     plot, out = tmp_path / "lat.png", tmp_path / "r.json"
-    result = run(
+    result = cli_run(
+        "profile",
         models / "model.onnx",
         "--threads",
         "1,2",
@@ -192,9 +188,12 @@ def test_threads_seconds_and_plot(models: Path, tmp_path: Path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_runtime_all_skips_what_is_missing_here_with_its_reason(models: Path, tmp_path: Path):
+def test_runtime_all_skips_what_is_missing_here_with_its_reason(
+    cli_run, models: Path, tmp_path: Path
+):
     out = tmp_path / "r.json"
-    result = run(
+    result = cli_run(
+        "profile",
         models / "model.onnx",
         "--runtime",
         "all",
@@ -225,17 +224,21 @@ def test_runtime_all_skips_what_is_missing_here_with_its_reason(models: Path, tm
         (["model.onnx", "--runtime", "nnapi"], "runtime nnapi: onnxruntime"),
         (["fixed.onnx", "--batch", "8"], "fixed batch of 1; --batch 8 cannot run"),
         (["fixed.onnx", "--runtime", "ort-mobile"], "no fixed.ort beside"),
-        (["model.onnx", "--batch", "0"], "--batch '0'"),
-        (["model.onnx", "--batch", "one"], "--batch 'one'"),
-        (["model.onnx", "--threads", "0"], "--threads '0'"),
+        (["model.onnx", "--batch", "0"], "'--batch': '0'"),
+        (["model.onnx", "--batch", "one"], "'--batch': 'one'"),
+        (["model.onnx", "--threads", "0"], "'--threads': '0'"),
         (["model.onnx", "--iters", "5", "--seconds", "1"], "--iters or --seconds"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(models: Path, args: list[str], message: str):
+def test_bad_input_is_one_line_and_exit_2(cli_run, models: Path, args: list[str], message: str):
     (models / "garbage.onnx").write_bytes(b"\x00not a model\xff" * 8)
     (models / "notes.txt").write_text("hello\n")
     given = [str(models / a) if a.endswith((".onnx", ".txt")) else a for a in args]
-    result = run(*given, "--no-memory", "--iters", 5) if "--seconds" not in args else run(*given)
+    result = (
+        cli_run("profile", *given, "--no-memory", "--iters", 5)
+        if "--seconds" not in args
+        else cli_run("profile", *given)
+    )
     assert result.exit_code == 2, result.output
     assert message in result.stderr and "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1

@@ -42,7 +42,7 @@ def test_correct_model_passes(model_dir, runtime, method):
     assert (row.outputs.status, row.derivatives.status, row.coverage.status) == (PASS,) * 3
     assert row.derivatives.figures["method"] == method
     assert row.outputs.figures["argmax_agreement"] == 1.0
-    assert row.target.endswith(".ort" if runtime == "ort-mobile" else ".onnx")
+    assert row.loaded.endswith(".ort" if runtime == "ort-mobile" else ".onnx")
     assert report.failures() == []
 
 
@@ -191,4 +191,4 @@ def test_executorch_runtime(model_dir, tmp_path):
     assert row.derivatives.figures["method"] == "finite-differences"
     assert row.coverage.status == UNAVAILABLE
     onnx_row = validate([folder / "model.onnx"], "executorch-xnnpack").results[0]
-    assert onnx_row.target.endswith("model.pte")
+    assert onnx_row.loaded.endswith("model.pte")

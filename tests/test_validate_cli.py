@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from runtime_fixtures import (
     build_model_dir,
     copy_model,
@@ -19,8 +18,6 @@ from runtime_fixtures import (
     scale_coefficient,
     to_ort,
 )
-
-from cr_edge.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,13 +27,11 @@ def model_dir(tmp_path_factory) -> Path:
     return build_model_dir(tmp_path_factory.getbasetemp())
 
 
-def _validate(*args: str):
-    return CliRunner().invoke(cli, ["validate", *args], catch_exceptions=False)
-
-
-def test_correct_model_passes_with_json(model_dir, tmp_path):
+def test_correct_model_passes_with_json(cli_run, model_dir, tmp_path):
     out = tmp_path / "report.json"
-    result = _validate(str(model_dir / "model.onnx"), "--runtime", "all", "--json", str(out))
+    result = cli_run(
+        "validate", str(model_dir / "model.onnx"), "--runtime", "all", "--json", str(out)
+    )
     assert result.exit_code == 0, result.output
     assert "PASS" in result.output and "UNAVAILABLE" in result.output
     report = json.loads(out.read_text())
@@ -51,14 +46,14 @@ def test_correct_model_passes_with_json(model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("corruption", ["coefficient", "horner-node"])
-def test_corrupted_model_fails_outputs_and_derivatives(model_dir, tmp_path, corruption):
+def test_corrupted_model_fails_outputs_and_derivatives(cli_run, model_dir, tmp_path, corruption):
     folder = copy_model(model_dir, tmp_path / corruption)  # no companion: finite differences
     corrupt = scale_coefficient if corruption == "coefficient" else rewire_horner_mul
     corrupt(folder / "model.onnx")
     to_ort(folder / "model.onnx")
     out = tmp_path / "report.json"
     args = [str(folder / "model.onnx"), "--runtime", "cpu,ort-mobile", "--json", str(out)]
-    result = _validate(*args)
+    result = cli_run("validate", *args)
     assert result.exit_code == 1, result.output
     rows = json.loads(out.read_text())["results"]
     for row in rows:
@@ -68,22 +63,22 @@ def test_corrupted_model_fails_outputs_and_derivatives(model_dir, tmp_path, corr
     assert "check(s) failed" in result.output
 
 
-def test_corrupted_model_and_companion_fail_through_the_companion(model_dir, tmp_path):
+def test_corrupted_model_and_companion_fail_through_the_companion(cli_run, model_dir, tmp_path):
     names = ("model.onnx", "model.jvp.onnx", "model.ref.npz")
     folder = copy_model(model_dir, tmp_path / "both", names)
     scale_coefficient(folder / "model.onnx")
     scale_coefficient(folder / "model.jvp.onnx")
-    result = _validate(str(folder / "model.onnx"), "--runtime", "cpu")
+    result = cli_run("validate", str(folder / "model.onnx"), "--runtime", "cpu")
     assert result.exit_code == 1
     assert "[cpu] derivatives: jvp (64, 4): max abs err" in result.output
     assert "[cpu] derivatives: y (companion) (64, 4)" in result.output
 
 
-def test_tolerance_flags_are_used(model_dir, tmp_path):
+def test_tolerance_flags_are_used(cli_run, model_dir, tmp_path):
     folder = copy_model(model_dir, tmp_path / "loose")
     scale_coefficient(folder / "model.onnx")
     loose = ["--atol", "0.1", "--deriv-rtol", "0.1", "--min-cosine", "0.99"]
-    result = _validate(str(folder / "model.onnx"), "--runtime", "cpu", *loose)
+    result = cli_run("validate", str(folder / "model.onnx"), "--runtime", "cpu", *loose)
     assert result.exit_code == 0, result.output
 
 
@@ -97,41 +92,43 @@ def _one_error_line(result, *needles: str) -> None:
     assert "Traceback" not in result.output
 
 
-def test_bad_inputs_exit_2_with_one_line(model_dir, tmp_path):
+def test_bad_inputs_exit_2_with_one_line(cli_run, model_dir, tmp_path):
     text = tmp_path / "text" / "model.onnx"
     text.parent.mkdir()
     text.write_text("not a model\n")
     shutil.copy(model_dir / "model.ref.npz", text.parent)
-    _one_error_line(_validate(str(text), "--runtime", "cpu"), str(text))
+    _one_error_line(cli_run("validate", str(text), "--runtime", "cpu"), str(text))
 
     cut = tmp_path / "cut" / "model.onnx"
     copy_model(model_dir, cut.parent)
     cut.write_bytes((model_dir / "model.onnx").read_bytes()[:700])
-    _one_error_line(_validate(str(cut), "--runtime", "cpu"), str(cut))
+    _one_error_line(cli_run("validate", str(cut), "--runtime", "cpu"), str(cut))
 
     cut_ort = cut.with_suffix(".ort")
     cut_ort.write_bytes((model_dir / "model.ort").read_bytes()[:900])
-    _one_error_line(_validate(str(cut_ort), "--runtime", "ort-mobile"), str(cut_ort))
+    _one_error_line(cli_run("validate", str(cut_ort), "--runtime", "ort-mobile"), str(cut_ort))
 
     wrong = tmp_path / "wrong.npz"
     oracle = dict(np.load(model_dir / "model.ref.npz"))
     oracle["x"] = np.zeros((64, 9), np.float32)
     oracle["v"] = oracle["x"]
     np.savez(wrong, **oracle)
-    result = _validate(str(model_dir / "model.onnx"), "--runtime", "cpu", "--ref", str(wrong))
+    result = cli_run(
+        "validate", str(model_dir / "model.onnx"), "--runtime", "cpu", "--ref", str(wrong)
+    )
     _one_error_line(result, str(wrong), "input 'x'")
 
-    result = _validate(str(model_dir / "model.onnx"), "--runtime", "cpu,tpu")
+    result = cli_run("validate", str(model_dir / "model.onnx"), "--runtime", "cpu,tpu")
     _one_error_line(result, "unknown runtime 'tpu'")
 
-    result = _validate(str(model_dir / "model.jvp.onnx"), "--runtime", "cpu")
+    result = cli_run("validate", str(model_dir / "model.jvp.onnx"), "--runtime", "cpu")
     _one_error_line(result, "model.jvp.onnx", "derivative companion")
 
-    result = _validate(str(tmp_path / "missing.onnx"))
+    result = cli_run("validate", str(tmp_path / "missing.onnx"))
     _one_error_line(result, "missing.onnx")
 
 
-def test_external_data_escape_exits_2(model_dir, tmp_path):
+def test_external_data_escape_exits_2(cli_run, model_dir, tmp_path):
     import onnx
 
     folder = copy_model(model_dir, tmp_path / "ext", ("model.ref.npz",))
@@ -143,11 +140,11 @@ def test_external_data_escape_exits_2(model_dir, tmp_path):
     for init in model.graph.initializer:
         init.external_data[0].value = "../w.bin"
     onnx.save_model(model, path)
-    _one_error_line(_validate(str(path), "--runtime", "cpu"), str(path), "'../w.bin'")
+    _one_error_line(cli_run("validate", str(path), "--runtime", "cpu"), str(path), "'../w.bin'")
 
 
-def test_nothing_checkable_is_an_error_not_a_pass(model_dir):
-    result = _validate(str(model_dir / "model.onnx"), "--runtime", "xnnpack")
+def test_nothing_checkable_is_an_error_not_a_pass(cli_run, model_dir):
+    result = cli_run("validate", str(model_dir / "model.onnx"), "--runtime", "xnnpack")
     _one_error_line(result, "no requested runtime could check it")
 
 

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 from cr_edge.data.records import RawData, first_bad, require_file, require_two_classes, show
 
 
-def load_csv(path: Path, target: str) -> RawData:
-    """A CSV with a header row; the ``target`` column holds labels, every other one a number.
+def load_csv(path: Path, label_column: str) -> RawData:
+    """A CSV with a header row; the ``label_column`` column holds labels, every other one a number.
 
     Parsed row by row with the ``csv`` module so that every error can name its line.
     """
@@ -27,7 +27,7 @@ def load_csv(path: Path, target: str) -> RawData:
         with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel writes a BOM
             reader = csv.reader(f, strict=True)  # unbalanced quotes: an error, not a guess
             try:
-                return _parse_csv(reader, path, target)
+                return _parse_csv(reader, path, label_column)
             except csv.Error as e:
                 raise InputError(
                     f"{path}:{reader.line_num}: malformed CSV ({e}); fix the quoting"
@@ -40,9 +40,9 @@ def load_csv(path: Path, target: str) -> RawData:
         raise InputError(f"{path}: cannot read ({e.strerror}); check the permissions") from e
 
 
-def _parse_csv(reader: _csv.Reader, path: Path, target: str) -> RawData:
-    header = _csv_header(reader, path, target)
-    t = header.index(target)
+def _parse_csv(reader: _csv.Reader, path: Path, label_column: str) -> RawData:
+    header = _csv_header(reader, path, label_column)
+    t = header.index(label_column)
     columns = [j for j in range(len(header)) if j != t]
     names = [header[j] for j in columns]
     rows: list[np.ndarray] = []
@@ -56,15 +56,15 @@ def _parse_csv(reader: _csv.Reader, path: Path, target: str) -> RawData:
                 f"{where}: {len(row)} fields but the header has {len(header)}; "
                 "make every row as long as the header"
             )
-        labels.append(_csv_label(row[t], where, target))
+        labels.append(_csv_label(row[t], where, label_column))
         rows.append(_csv_features([row[j] for j in columns], where, names))
     if not rows:
         raise InputError(f"{path}: no data rows after the header; add samples, one per line")
-    y, label_names = _csv_encode(labels, f"{path}, column {show(target)}")
+    y, label_names = _csv_encode(labels, f"{path}, column {show(label_column)}")
     return RawData(np.stack(rows), y, label_names, str(path))
 
 
-def _csv_header(reader: _csv.Reader, path: Path, target: str) -> list[str]:
+def _csv_header(reader: _csv.Reader, path: Path, label_column: str) -> list[str]:
     header = [name.strip() for name in next(reader, [])]
     if not header:
         raise InputError(
@@ -80,11 +80,11 @@ def _csv_header(reader: _csv.Reader, path: Path, target: str) -> list[str]:
         raise InputError(
             f"{path}:1: duplicate column {show(duplicates[0])}; give each column its own name"
         )
-    if target not in header:
+    if label_column not in header:
         shown = ", ".join(show(n, 30) for n in header[:20]) + (", ..." if len(header) > 20 else "")
-        raise InputError(f"{path}:1: no target column {show(target)}; the columns are {shown}")
+        raise InputError(f"{path}:1: no label column {show(label_column)}; the columns are {shown}")
     if len(header) < 2:
-        raise InputError(f"{path}:1: only the target column; add at least one feature column")
+        raise InputError(f"{path}:1: only the label column; add at least one feature column")
     return header
 
 
@@ -96,10 +96,12 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _csv_label(cell: str, where: str, target: str) -> str:
+def _csv_label(cell: str, where: str, label_column: str) -> str:
     label = cell.strip()
     if not label:
-        raise InputError(f"{where}, column {show(target)}: empty label; fill it in or drop the row")
+        raise InputError(
+            f"{where}, column {show(label_column)}: empty label; fill it in or drop the row"
+        )
     return label
 
 

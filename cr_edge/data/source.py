@@ -12,14 +12,14 @@ from cr_edge.data.records import RawData, show
 from cr_edge.errors import InputError
 
 
-def load_source(source: str, target: str | None = None) -> RawData:
+def load_source(source: str, label: str | None = None) -> RawData:
     """Load what a user named on the command line or in a recipe.
 
     ``source`` is read as the first of these that fits:
 
     * a built-in name: ``digits``, ``breast-cancer``, ``wine`` or ``mnist1d`` (write
       ``./digits`` to mean a file of that name);
-    * a path ending in ``.csv``: needs ``target``, the name of the label column;
+    * a path ending in ``.csv``: needs ``label``, the name of the label column;
     * a path ending in ``.npz``: arrays ``x`` and ``y``;
     * ``IMAGES,LABELS``: an IDX pair, either file optionally gzip'ed, e.g.
       ``train-images-idx3-ubyte.gz,train-labels-idx1-ubyte.gz`` (a comma, not a colon,
@@ -27,15 +27,17 @@ def load_source(source: str, target: str | None = None) -> RawData:
     * a single IDX images file (its name contains ``idx``): the labels file beside it is
       found by the MNIST naming convention, ``images`` -> ``labels`` and ``idx3`` -> ``idx1``.
 
-    ``target`` is refused for anything but CSV rather than silently ignored.
+    ``label`` is refused for anything but CSV rather than silently ignored.
     """
     path = Path(source)
     if source not in BUILTINS and path.suffix.lower() == ".csv":
-        if not target:
-            raise InputError(f"{path}: a CSV source needs a target, the name of its label column")
-        return load_csv(path, target)
-    if target:
-        raise InputError(f"{source}: field 'target' applies only to CSV sources; remove it")
+        if not label:
+            raise InputError(f"{path}: a CSV source needs --label, the name of its label column")
+        return load_csv(path, label)
+    if label:
+        raise InputError(
+            f"{source}: --label (recipe field 'label') applies only to CSV sources; remove it"
+        )
     if source in BUILTINS:
         return load_builtin(source)
     if path.suffix.lower() == ".npz":

@@ -3,6 +3,6 @@
 ``exporter`` is the stage; ``stages`` is the float64 deploy-time view of a net;
 ``folds`` the exact fold passes over it; ``emit`` the torch modules that are traced;
 ``onnx`` the exporter call; ``oracle_writer`` the parity oracle; ``mobile`` the
-ORT-format conversion; ``pte`` ExecuTorch; ``version_guard`` the target-runtime check.
+ORT-format conversion; ``pte`` ExecuTorch; ``version_guard`` the --runtime-version check.
 Most of it needs the ``train`` extra (torch); ``mobile`` and ``version_guard`` do not.
 """

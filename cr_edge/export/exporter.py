@@ -23,10 +23,9 @@ from cr_edge.export.emit import JvpNet, PrimalNet
 from cr_edge.export.folds import activation_stages, run_passes
 from cr_edge.export.oracle_writer import ReferenceNet, build_oracle, reference_inputs, save_oracle
 from cr_edge.export.stages import Poly, calibrate_ranges, stages_from_checkpoint
-from cr_edge.export.version_guard import check_model, parse_target
+from cr_edge.export.version_guard import FORMATS, check_model, parse_runtime_version
 from cr_edge.manifest import write_manifest
 
-TARGETS = ("onnx", "ort", "executorch")
 GUARD_MARGIN = 0.25  # the guard admits the calibrated range widened by this share of its span
 
 
@@ -35,23 +34,23 @@ class ExportOptions:
     """What ``cr-edge export`` makes; stored in the model's metadata."""
 
     opset: int = onnx_export.DEFAULT_OPSET
-    batch: int | None = None  # None: dynamic batch axis
-    derivatives: bool = True
+    fixed_batch: int | None = None  # None: dynamic batch axis
+    companion: bool = True  # also write the derivative companion model.jvp.onnx
     sensitivity: bool = False
     domain_guard: bool = True
     fold: bool = True
-    targets: tuple[str, ...] = ("onnx",)
+    formats: tuple[str, ...] = ("onnx",)
     int8: bool = False  # ExecuTorch only: PT2E int8 with the XNNPACK quantizer
-    target_runtime: str | None = None  # e.g. onnxruntime==1.17: refuse what it cannot load
+    runtime_version: str | None = None  # e.g. onnxruntime==1.17: refuse what it cannot load
 
     def __post_init__(self) -> None:
-        unknown = [t for t in self.targets if t not in TARGETS]
+        unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
-            raise InputError(f"--target {unknown[0]!r}: choose from {', '.join(TARGETS)}")
-        if self.batch is not None and self.batch < 1:
-            raise InputError(f"--batch {self.batch}: give a positive size or 'dynamic'")
-        if self.target_runtime is not None:
-            parse_target(self.target_runtime)  # a typo fails before the export's work
+            raise InputError(f"--format {unknown[0]!r}: choose from {', '.join(FORMATS)}")
+        if self.fixed_batch is not None and self.fixed_batch < 1:
+            raise InputError(f"--fixed-batch {self.fixed_batch}: give a positive size")
+        if self.runtime_version is not None:
+            parse_runtime_version(self.runtime_version)  # a typo fails before the export's work
 
 
 @dataclass
@@ -94,14 +93,16 @@ def export(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()
     if "x" not in calib or not np.isfinite(calib["x"]).all():
         raise NonFiniteError(f"{checkpoint}/calib.npz: array 'x' is missing or not finite")
     stages, refusals = lower(ckpt, options, calib["x"])
-    example = torch.from_numpy(calib["x"][: options.batch or 2].copy())
-    if example.shape[0] < (options.batch or 2):
+    example = torch.from_numpy(calib["x"][: options.fixed_batch or 2].copy())
+    if example.shape[0] < (options.fixed_batch or 2):
         raise InputError(
-            f"--batch {options.batch}: calib.npz holds only {example.shape[0]} samples"
+            f"--fixed-batch {options.fixed_batch}: calib.npz holds only {example.shape[0]} samples"
         )
     primal = PrimalNet(stages, sensitivity=options.sensitivity)
     outputs = ["y", "sensitivity"] if options.sensitivity else ["y"]
-    model = onnx_export.to_onnx(primal, (example,), ["x"], outputs, options.opset, options.batch)
+    model = onnx_export.to_onnx(
+        primal, (example,), ["x"], outputs, options.opset, options.fixed_batch
+    )
     # The folds leave each polynomial's range in its own (unshifted) coordinates.
     polys = [s for s in stages if isinstance(s, Poly)]
     guard = [(p.lo, p.hi) for p in polys] if options.domain_guard else None
@@ -109,24 +110,24 @@ def export(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()
     oracle = build_oracle(ref_net, reference_inputs(calib))
     meta = metadata(ckpt, options, stages, refusals, primal, calib["x"])
     onnx_export.set_metadata(model, meta)
-    check_model(model, options.target_runtime, options.targets)  # before anything is written
+    check_model(model, options.runtime_version, options.formats)  # before anything is written
     onnx_export.check(model, str(out / "model.onnx"))
     files = {"onnx": out / "model.onnx"}
     onnx_export.save(model, files["onnx"])
-    if options.derivatives:
+    if options.companion:
         jvp = onnx_export.to_onnx(
             JvpNet(stages),
             (example, torch.ones_like(example)),
             ["x", "v"],
             ["y", "jvp"],
             options.opset,
-            options.batch,
+            options.fixed_batch,
         )
         onnx_export.set_metadata(jvp, {**meta, "cr_edge.role": "jvp"})
         onnx_export.check(jvp, str(out / "model.jvp.onnx"))
         files["jvp"] = out / "model.jvp.onnx"
         onnx_export.save(jvp, files["jvp"])
-    files.update(_mobile_targets(options, out, files, ckpt, stages, example))
+    files.update(_mobile_formats(options, out, files, ckpt, stages, example))
     files["ref"] = out / "model.ref.npz"
     save_oracle(files["ref"], oracle, calib)
     write_manifest(out, files.values())
@@ -135,13 +136,13 @@ def export(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()
     )
 
 
-def _mobile_targets(options, out, files, ckpt, stages, example) -> dict[str, Path]:
+def _mobile_formats(options, out, files, ckpt, stages, example) -> dict[str, Path]:
     made: dict[str, Path] = {}
-    if "ort" in options.targets:
+    if "ort" in options.formats:
         from cr_edge.export.mobile import convert_to_ort
 
         made.update(convert_to_ort(files["onnx"], files.get("jvp")))
-    if "executorch" in options.targets:
+    if "executorch" in options.formats:
         from cr_edge.export.pte import export_pte
 
         calibration = None
@@ -151,7 +152,12 @@ def _mobile_targets(options, out, files, ckpt, stages, example) -> dict[str, Pat
             calibration = torch.from_numpy(ckpt.calib()["x"])
             stages, _ = lower(ckpt, replace(options, fold=False), calibration.numpy())
         pte = export_pte(
-            PrimalNet(stages), example, out / "model.pte", options.int8, options.batch, calibration
+            PrimalNet(stages),
+            example,
+            out / "model.pte",
+            options.int8,
+            options.fixed_batch,
+            calibration,
         )
         made["pte"], made["pte_info"] = pte.path, pte.info_path
     return made

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from cr_edge import atomic
 from cr_edge.errors import ExportError
 
-INSTALL_HINT = "--target executorch needs the executorch extra: pip install 'cr-edge[executorch]'"
+INSTALL_HINT = "--format executorch needs the executorch extra: pip install 'cr-edge[executorch]'"
 # The largest batch a dynamic .pte accepts: memory is planned for it ahead of time, so it
 # sets the size of the runtime's activation arena.
 MAX_BATCH = 1024

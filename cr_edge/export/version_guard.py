@@ -1,11 +1,11 @@
-"""Refuse an export the declared target runtime cannot load, before anything is written.
+"""Refuse an export the oldest runtime it must run on cannot load, before anything is written.
 
 A model stamped with an opset or IR version newer than the runtime on the phone
-fails there at load time, far from the export that caused it. ``--target-runtime
+fails there at load time, far from the export that caused it. ``--runtime-version
 onnxruntime==X`` (or ``ort-mobile==X``, whose releases follow onnxruntime's)
 checks both numbers against onnxruntime's compatibility table; the error names the
-model's version, the first release that supports it and what the target supports.
-``executorch`` programs carry no opset: the guard requires the .pte target and, for
+model's version, the first release that supports it and what the named release supports.
+``executorch`` programs carry no opset: the guard requires the .pte format and, for
 ``executorch==X``, the installed ExecuTorch that writes it, since a program is read
 by the runtime release that matches its writer.
 """
@@ -38,10 +38,11 @@ ORT_SUPPORT: dict[tuple[int, int], tuple[int, int]] = {
 }
 ONNX_RUNTIMES = ("onnxruntime", "ort-mobile")
 RUNTIMES = (*ONNX_RUNTIMES, "executorch")
+FORMATS = ("onnx", "ort", "executorch")  # what an export writes; the guard checks the .pte one
 
 
 @dataclass(frozen=True)
-class TargetRuntime:
+class RuntimeVersion:
     """``onnxruntime==1.17`` parsed: the runtime's name and its (major, minor) release."""
 
     spec: str
@@ -49,55 +50,55 @@ class TargetRuntime:
     version: tuple[int, int] | None
 
 
-def parse_target(spec: str) -> TargetRuntime:
+def parse_runtime_version(spec: str) -> RuntimeVersion:
     """``NAME`` or ``NAME==MAJOR.MINOR[.PATCH]``; ``InputError`` for anything else."""
     name, _, version = spec.strip().partition("==")
     if name not in RUNTIMES:
-        raise InputError(f"--target-runtime {spec!r}: choose from {', '.join(RUNTIMES)}")
+        raise InputError(f"--runtime-version {spec!r}: choose from {', '.join(RUNTIMES)}")
     if not version:
         if name in ONNX_RUNTIMES:
-            raise InputError(f"--target-runtime {spec!r}: give the release, e.g. {name}==1.17")
-        return TargetRuntime(spec, name, None)
+            raise InputError(f"--runtime-version {spec!r}: give the release, e.g. {name}==1.17")
+        return RuntimeVersion(spec, name, None)
     try:
         major, minor = (int(v) for v in version.split(".")[:2])
     except ValueError as e:
-        raise InputError(f"--target-runtime {spec!r}: the release must look like 1.17") from e
-    return TargetRuntime(spec, name, (major, minor))
+        raise InputError(f"--runtime-version {spec!r}: the release must look like 1.17") from e
+    return RuntimeVersion(spec, name, (major, minor))
 
 
-def check_model(model: onnx.ModelProto, spec: str | None, targets: tuple[str, ...]) -> None:
-    """``InputError`` if ``model`` (or the ``targets`` asked for) cannot run on ``spec``."""
+def check_model(model: onnx.ModelProto, spec: str | None, formats: tuple[str, ...]) -> None:
+    """``InputError`` if ``model`` (or the ``formats`` asked for) cannot run on ``spec``."""
     if spec is None:
         return
-    target = parse_target(spec)
-    if target.runtime == "executorch":
-        _check_executorch(target, targets)
+    wanted = parse_runtime_version(spec)
+    if wanted.runtime == "executorch":
+        _check_executorch(wanted, formats)
         return
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    max_opset, max_ir = supported(target)
+    max_opset, max_ir = supported(wanted)
     if opset > max_opset:
         raise InputError(
-            f"opset {opset} needs onnxruntime >= {_first_release(opset, 0)}; target "
-            f"{target.spec} supports opset <= {max_opset}; use --opset {max_opset}"
+            f"opset {opset} needs onnxruntime >= {_first_release(opset, 0)}; "
+            f"{wanted.spec} supports opset <= {max_opset}; use --opset {max_opset}"
         )
     if model.ir_version > max_ir:
         raise InputError(
             f"IR version {model.ir_version} needs onnxruntime >= "
-            f"{_first_release(0, model.ir_version)}; target {target.spec} supports IR <= {max_ir}; "
-            "target a newer onnxruntime"
+            f"{_first_release(0, model.ir_version)}; {wanted.spec} supports IR <= {max_ir}; "
+            "pass a newer onnxruntime"
         )
 
 
-def supported(target: TargetRuntime) -> tuple[int, int]:
+def supported(wanted: RuntimeVersion) -> tuple[int, int]:
     """(max opset, max IR version) of an onnxruntime release, from ``ORT_SUPPORT``."""
-    assert target.version is not None  # parse_target requires it for ONNX runtimes
+    assert wanted.version is not None  # parse_runtime_version requires it for ONNX runtimes
     oldest, newest = min(ORT_SUPPORT), max(ORT_SUPPORT)
-    if target.version < oldest:
+    if wanted.version < oldest:
         raise InputError(
-            f"--target-runtime {target.spec}: releases before onnxruntime "
+            f"--runtime-version {wanted.spec}: releases before onnxruntime "
             f"{oldest[0]}.{oldest[1]} are not supported by cr-edge"
         )
-    return ORT_SUPPORT[min(target.version, newest)]
+    return ORT_SUPPORT[min(wanted.version, newest)]
 
 
 def _first_release(opset: int, ir: int) -> str:
@@ -107,20 +108,20 @@ def _first_release(opset: int, ir: int) -> str:
     return "a release newer than cr-edge knows"
 
 
-def _check_executorch(target: TargetRuntime, targets: tuple[str, ...]) -> None:
-    if "executorch" not in targets:
+def _check_executorch(wanted: RuntimeVersion, formats: tuple[str, ...]) -> None:
+    if "executorch" not in formats:
         raise InputError(
-            f"--target-runtime {target.spec}: add --target executorch to write the .pte it runs"
+            f"--runtime-version {wanted.spec}: add --format executorch to write the .pte it runs"
         )
-    if target.version is None:
+    if wanted.version is None:
         return
     try:
         installed = importlib.metadata.version("executorch")
     except importlib.metadata.PackageNotFoundError as e:
-        raise InputError(f"--target-runtime {target.spec}: executorch is not installed") from e
+        raise InputError(f"--runtime-version {wanted.spec}: executorch is not installed") from e
     have = tuple(int(v) for v in installed.split(".")[:2])
-    if have != target.version:
+    if have != wanted.version:
         raise InputError(
-            f"--target-runtime {target.spec}: the installed executorch {installed} writes "
-            f"programs for executorch {have[0]}.{have[1]}; install executorch=={target.spec.split('==')[1]}"
+            f"--runtime-version {wanted.spec}: the installed executorch {installed} writes "
+            f"programs for executorch {have[0]}.{have[1]}; install executorch=={wanted.spec.split('==')[1]}"
         )

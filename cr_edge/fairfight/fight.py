@@ -14,14 +14,14 @@ from cr_edge.fairfight.runner import run_entry
 
 
 def fairfight(
-    dataset: str,
+    data: str,
     budget: str,
     out: Path,
-    target: str | None = None,
+    label: str | None = None,
     on_entry: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """Train, export, quantize and profile every ladder entry, then write the report."""
-    specs = ladder(dataset, budget, target)
+    specs = ladder(data, budget, label)
     records, norms = [], defaultdict(list)
     for i, spec in enumerate(specs):
         if on_entry:
@@ -30,4 +30,4 @@ def fairfight(
         records.append(outcome.record)
         norms[spec.family.name].append(outcome.grad_norms)
     pooled = {family: np.concatenate(parts) for family, parts in norms.items()}
-    return write_report(dataset, budget, records, pooled, Path(out))
+    return write_report(data, budget, records, pooled, Path(out))

@@ -60,7 +60,7 @@ class RunSpec:
 
 
 def ladder(
-    data: str, budget: str, target: str | None = None, widths: tuple[int, ...] | None = None
+    data: str, budget: str, label: str | None = None, widths: tuple[int, ...] | None = None
 ) -> list[RunSpec]:
     """Every (family, width, seed) of the budget, each with its shared-settings recipe."""
     if budget not in BUDGETS:
@@ -73,7 +73,7 @@ def ladder(
                 recipe = Recipe(
                     name=f"{family.name}-w{width}",
                     data=data,
-                    target=target,
+                    label=label,
                     hidden=(width,),
                     activation=family.activation,
                     dreg=family.dreg,

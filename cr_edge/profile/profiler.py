@@ -29,6 +29,7 @@ from cr_edge.profile.workload import fast_call, make_feeds, preload, with_thread
 from cr_edge.runtimes.registry import ALL, parse_runtimes
 from cr_edge.runtimes.runtime import RunError, Runtime, Session, Unavailable
 from cr_edge.runtimes.safe_load import Artifact, check_artifact
+from cr_edge.runtimes.sandbox import sandboxed_load
 
 PER_OP_RUNS = 200  # profiled runs: enough for stable shares, a trace of a few MB at most
 Progress = Callable[[str, float], None]  # (what is being measured, fraction done)
@@ -103,32 +104,17 @@ class ProfileReport:
         }
 
 
-def parse_batches(text: str) -> tuple[int, ...]:
-    """``"1,8,64"`` -> (1, 8, 64); ``InputError`` for anything else."""
-    try:
-        sizes = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 1:
-        raise InputError(f"--batch {text!r}: give comma-separated positive sizes such as 1,8,64")
-    return tuple(dict.fromkeys(sizes))
-
-
-def parse_threads(text: str | None) -> tuple[int | None, ...]:
-    """None -> the runtime default; ``"all"`` -> 1, 2, 4, ... up to the usable cores; ``"1,4"``."""
-    if text is None:
+def thread_counts(given: str | tuple[int, ...] | None) -> tuple[int | None, ...]:
+    """None -> the runtime default; ``"all"`` -> 1, 2, 4, ... up to the usable cores; counts as given."""
+    if given is None:
         return (None,)
-    if text.strip() == ALL:
+    if given == ALL:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         counts = [n for n in (1, 2, 4, 8, 16, 32, 64) if n < (cores or 1)]
         return (*counts, cores or 1)
-    try:
-        counts_given = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        counts_given = ()
-    if not counts_given or min(counts_given) < 1:
-        raise InputError(f"--threads {text!r}: give positive counts such as 1,4, or 'all'")
-    return tuple(dict.fromkeys(counts_given))
+    if isinstance(given, str):
+        raise InputError(f"--threads {given!r}: give positive counts such as (1, 4), or 'all'")
+    return tuple(given)
 
 
 def profile(
@@ -141,12 +127,14 @@ def profile(
     """
     if not paths:
         raise InputError("give at least one artifact (.onnx, .ort or .pte)")
+    for path in paths:
+        sandboxed_load(Path(path))  # a crash inside onnxruntime becomes an error, not a signal
     given = [check_artifact(Path(p)) for p in paths]
     named = ALL not in [n.strip() for n in options.runtimes.split(",")]
     report = ProfileReport(describe_device(), options)
     for runtime in parse_runtimes(options.runtimes):
         try:
-            files = _targets(runtime, given)
+            files = _loadables(runtime, given)
             for threads in options.threads:
                 sized = with_threads(runtime, threads)
                 for batch in options.batches:
@@ -158,7 +146,7 @@ def profile(
     return report
 
 
-def _targets(runtime: Runtime, given: list[Artifact]) -> list[Artifact]:
+def _loadables(runtime: Runtime, given: list[Artifact]) -> list[Artifact]:
     """The file ``runtime`` runs for each artifact (``model.ort`` for ``model.onnx`` on mobile).
 
     Then imports the runtime's lazily imported library, which is no part of a model's load.
@@ -168,8 +156,8 @@ def _targets(runtime: Runtime, given: list[Artifact]) -> list[Artifact]:
         raise Unavailable(why)
     files = []
     for artifact in given:
-        target = runtime.target(artifact.path)
-        files.append(artifact if target == artifact.path else check_artifact(target))
+        loadable = runtime.loadable(artifact.path)
+        files.append(artifact if loadable == artifact.path else check_artifact(loadable))
     try:
         preload(runtime)
     except ImportError as e:

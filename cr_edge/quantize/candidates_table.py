@@ -22,7 +22,7 @@ def _row(t: Tried, fp32_bytes: int, chosen: bool) -> list[str]:
     return [
         ("*" if chosen else "") + t.policy.label,
         f"{t.bytes / fp32_bytes:.2f}x",
-        _num(t.accuracy, ".2f"),
+        _num(t.accuracy, ".4f"),
         "-" if p is None else f"{p.max_abs_err:.2g}/{p.atol:.2g}",
         "-" if p is None or p.argmax_agree is None else f"{p.argmax_agree:.3f}",
         "-" if p is None else _num(p.jvp_min_cos, ".4f"),
@@ -37,7 +37,7 @@ def print_quantize(result: QuantizeResult) -> None:
     Latency is the median per-pair ratio to fp32 (interleaved runs, one thread);
     quantize.json has the p10-p90 spread and every figure unrounded.
     """
-    acc = "" if result.fp32_accuracy is None else f", fp32 accuracy {result.fp32_accuracy:.2f}%"
+    acc = "" if result.fp32_accuracy is None else f", fp32 accuracy {result.fp32_accuracy:.4f}"
     table = Table(
         title=f"quantize -> {result.out} (fp32 {result.fp32_bytes:,} B{acc})", box=box.SIMPLE_HEAD
     )
@@ -45,7 +45,7 @@ def print_quantize(result: QuantizeResult) -> None:
     for name in (
         "policy",
         "size",
-        "acc %",
+        "accuracy",
         "err/atol",
         "argmax",
         "jvp cos",

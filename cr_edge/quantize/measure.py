@@ -103,8 +103,8 @@ def predict(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
 
 
 def accuracy(sess: ort.InferenceSession, x: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy in percent."""
-    return float(100.0 * np.mean(np.argmax(predict(sess, x), axis=1) == labels))
+    """Top-1 accuracy as a fraction in [0, 1], the unit ``train`` reports."""
+    return float(np.mean(np.argmax(predict(sess, x), axis=1) == labels))
 
 
 def parity(

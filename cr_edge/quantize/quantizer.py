@@ -33,7 +33,9 @@ from cr_edge.runtimes.safe_load import companion_of, oracle_path
 from cr_edge.validate.oracle import Oracle, load_oracle
 from cr_edge.validate.tolerances import INT8_LEVELS, JACOBIAN_BOUND_KEY, OUTPUT_STEP_KEY
 
-MAX_ACCURACY_DROP = 0.5  # test-split points an int8 model may lose and still be kept
+MAX_ACCURACY_DROP = (
+    0.005  # test-split accuracy (a fraction) an int8 model may lose and still be kept
+)
 LATENCY_BATCHES = (1, 64)
 
 
@@ -236,7 +238,7 @@ def _verdict(par: qm.Parity | None, acc: float | None, fp32_acc: float | None) -
             f"err {par.jvp_max_err:.3g} (max {par.jvp_rtol})"
         )
     if acc is not None and fp32_acc is not None and fp32_acc - acc > MAX_ACCURACY_DROP:
-        fails.append(f"accuracy -{fp32_acc - acc:.2f} pts")
+        fails.append(f"accuracy -{fp32_acc - acc:.4f}")
     return not fails, "; ".join(fails) or f"passes {par.precision} tolerances"
 
 

@@ -102,8 +102,8 @@ class Runtime(ABC):
     def load(self, artifact: Artifact) -> Session:
         """Load a checked artifact; ``InputError`` if the file cannot be loaded."""
 
-    def target(self, artifact: Path) -> Path:
-        """The file this runtime runs for ``artifact``: itself, or a sibling it can load."""
+    def loadable(self, artifact: Path) -> Path:
+        """The file this runtime loads for ``artifact``: itself, or a sibling it can load."""
         if artifact.suffix.lower() in self.suffixes:
             return artifact
         for suffix in self.suffixes:
@@ -116,7 +116,7 @@ class Runtime(ABC):
 
     def run(self, artifact: Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Check, load and run ``artifact`` once (use ``load`` to run many times)."""
-        return self.load(check_artifact(self.target(Path(artifact)))).run(inputs)
+        return self.load(check_artifact(self.loadable(Path(artifact)))).run(inputs)
 
 
 def _pad(arr: np.ndarray, size: int) -> np.ndarray:

@@ -3,7 +3,7 @@
 ONNX Runtime fuzzes its loaders and still receives crash reports on malformed
 models, and ``onnx.checker`` has segfaulted on files ORT refused cleanly. A signal
 in the process that runs ``validate`` or ``profile`` would end cr-edge with no
-message. So before the CLI opens a model, a child parses it and creates a CPU
+message. So before ``validate`` or ``profile`` opens a model (from the CLI or the API), a child parses it and creates a CPU
 session under a time limit and an address-space limit; if the child dies from a
 signal or runs out of time, the file is refused with an ``InputError``. A Python
 exception in the child is not our concern here: the same load in the parent
@@ -25,9 +25,16 @@ TIMEOUT_S = 120  # a small model loads in well under a second; a hang is not a l
 MEMORY_LIMIT = 4 << 30  # address space of the child, bytes: far above any edge model's need
 
 
-def probe(path: Path, timeout_s: float | None = None, memory_limit: int | None = None) -> None:
-    """Load ``path`` in a limited child; ``InputError`` if it crashes or hangs there."""
+def sandboxed_load(
+    path: Path, timeout_s: float | None = None, memory_limit: int | None = None
+) -> None:
+    """Load ``path`` in a limited child; ``InputError`` if it crashes or hangs there.
+
+    A path that is not a file is left to the parent's checks, which name what is wrong.
+    """
     path = Path(path)
+    if not path.is_file():
+        return
     timeout_s = TIMEOUT_S if timeout_s is None else timeout_s
     memory_limit = MEMORY_LIMIT if memory_limit is None else memory_limit
     package_root = str(Path(__file__).resolve().parents[2])

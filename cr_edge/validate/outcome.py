@@ -10,6 +10,9 @@ import math
 from dataclasses import asdict, dataclass, field
 
 PASS, FAIL, UNAVAILABLE = "PASS", "FAIL", "UNAVAILABLE"
+# How derivatives are checked; named here, beside the results, so the CLI reads them light.
+COMPANION, FINITE_DIFFERENCES = "companion", "finite-differences"
+DERIVATIVE_METHODS = ("auto", COMPANION, FINITE_DIFFERENCES)
 
 
 @dataclass(frozen=True)

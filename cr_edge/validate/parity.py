@@ -14,7 +14,7 @@ import numpy as np
 
 from cr_edge.runtimes.runtime import RunError, Session
 from cr_edge.validate.oracle import Oracle
-from cr_edge.validate.outcome import Check, Outcome
+from cr_edge.validate.outcome import COMPANION, FINITE_DIFFERENCES, Check, Outcome
 from cr_edge.validate.tolerances import (
     MAX_UNRESOLVED,
     DerivativeTolerance,
@@ -22,7 +22,6 @@ from cr_edge.validate.tolerances import (
     finite_difference_steps,
 )
 
-COMPANION, FINITE_DIFFERENCES = "companion", "finite-differences"
 _TINY = np.finfo(np.float32).eps
 
 

@@ -25,7 +25,7 @@ def render(report: ValidationReport, console: Console) -> None:
         table.add_column(column)
     for r in report.results:
         cells = [_cell(o) for o in r.outcomes().values()]
-        table.add_row(escape(r.target or r.artifact), r.runtime, *cells)
+        table.add_row(escape(r.loaded or r.artifact), r.runtime, *cells)
     console.print(table)
     for line in report.failures():
         console.print(f"FAIL {line}", style="red", markup=False, highlight=False, soft_wrap=True)

@@ -28,13 +28,20 @@ from cr_edge.runtimes.safe_load import (
     oracle_path,
     sibling,
 )
+from cr_edge.runtimes.sandbox import sandboxed_load
 from cr_edge.validate import coverage
 from cr_edge.validate.oracle import Oracle, check_against, load_oracle
-from cr_edge.validate.outcome import FAIL, UNAVAILABLE, Outcome
-from cr_edge.validate.parity import COMPANION, FINITE_DIFFERENCES, derivative_parity, output_parity
+from cr_edge.validate.outcome import (
+    COMPANION,
+    DERIVATIVE_METHODS,
+    FAIL,
+    FINITE_DIFFERENCES,
+    UNAVAILABLE,
+    Outcome,
+)
+from cr_edge.validate.parity import derivative_parity, output_parity
 from cr_edge.validate.tolerances import Overrides, Tolerances, tolerances_for
 
-DERIVATIVE_METHODS = ("auto", COMPANION, FINITE_DIFFERENCES)
 COLUMNS = ("outputs", "derivatives", "coverage")
 
 
@@ -44,7 +51,7 @@ class RuntimeResult:
 
     artifact: str
     runtime: str
-    target: str | None  # the file the runtime ran (the artifact or a sibling)
+    loaded: str | None  # the file the runtime loaded (the artifact or a sibling)
     outputs: Outcome
     derivatives: Outcome
     coverage: Outcome
@@ -57,7 +64,7 @@ class RuntimeResult:
         return {
             "artifact": self.artifact,
             "runtime": self.runtime,
-            "target": self.target,
+            "loaded": self.loaded,
             "tolerances": self.tolerances.to_json() if self.tolerances else None,
             **{c: o.to_json() for c, o in self.outcomes().items()},
         }
@@ -80,7 +87,7 @@ class ValidationReport:
             for column, outcome in r.outcomes().items():
                 if outcome.status != FAIL:
                     continue
-                where = f"{r.target or r.artifact} [{r.runtime}] {column}"
+                where = f"{r.loaded or r.artifact} [{r.runtime}] {column}"
                 failed = [c.describe() for c in outcome.checks if not c.passed]
                 lines += [f"{where}: {text}" for text in failed or [outcome.summary]]
         return lines
@@ -136,6 +143,7 @@ def validate(
     for path in map(Path, artifacts):
         if is_companion(path):
             raise InputError(f"{path}: a derivative companion; validate its primal model instead")
+        sandboxed_load(path)  # a crash inside onnxruntime becomes an error, not a signal
         artifact = check_artifact(path)
         oracle = load_oracle(oracle_path(path, ref))
         for runtime in chosen:
@@ -151,40 +159,40 @@ def _on_runtime(
         ok, why = runtime.available()
         if not ok:
             raise Unavailable(why)
-        target = _checked(runtime.target(artifact.path), artifact)
-        session = runtime.load(target)
+        loadable = _checked(runtime.loadable(artifact.path), artifact)
+        session = runtime.load(loadable)
     except Unavailable as e:
         off = Outcome.unavailable(str(e))
         return RuntimeResult(name, runtime.name, None, off, off, _static(artifact, runtime, off))
-    x = check_against(oracle, session.inputs, target.path)
+    x = check_against(oracle, session.inputs, loadable.path)
     tol = tolerances_for(
-        session.metadata, str(target.path), oracle.y, oracle.jvp_per_unit(), overrides
+        session.metadata, str(loadable.path), oracle.y, oracle.jvp_per_unit(), overrides
     )
     return RuntimeResult(
         name,
         runtime.name,
-        str(target.path),
+        str(loadable.path),
         output_parity(session, x, oracle, tol),
-        _derivatives(runtime, target, session, x, oracle, tol, method),
-        _session_coverage(runtime, target, session, {session.input_names[0]: x}),
+        _derivatives(runtime, loadable, session, x, oracle, tol, method),
+        _session_coverage(runtime, loadable, session, {session.input_names[0]: x}),
         tol,
     )
 
 
 def _derivatives(
     runtime: Runtime,
-    target: Artifact,
+    loaded: Artifact,
     session: Session,
     x,
     oracle: Oracle,
     tol: Tolerances,
     method: str,
 ) -> Outcome:
-    path = companion_of(target.path)
+    path = companion_of(loaded.path)
     if method == FINITE_DIFFERENCES or (method == "auto" and not path.is_file()):
         return derivative_parity(session, None, x, oracle, tol, FINITE_DIFFERENCES)
     if not path.is_file():
-        return Outcome.unavailable(f"no derivative companion {path.name} beside {target.path.name}")
+        return Outcome.unavailable(f"no derivative companion {path.name} beside {loaded.path.name}")
     try:
         companion = runtime.load(check_artifact(path))
     except Unavailable as e:
@@ -197,16 +205,16 @@ def _derivatives(
     return derivative_parity(session, companion, x, oracle, tol, COMPANION)
 
 
-def _session_coverage(runtime: Runtime, target: Artifact, session: Session, feeds: dict) -> Outcome:
+def _session_coverage(runtime: Runtime, loaded: Artifact, session: Session, feeds: dict) -> Outcome:
     if not isinstance(runtime, OrtRuntime):
         return Outcome.unavailable(f"{runtime.name} reports no per-node placement")
     try:
-        placement = runtime.placement(target, session, feeds)
+        placement = runtime.placement(loaded, session, feeds)
     except RunError as e:
         return Outcome(FAIL, f"profiled run failed: {e}")
     except Unavailable as e:
         return Outcome.unavailable(str(e))
-    graph = coverage.graph_nodes(target)
+    graph = coverage.graph_nodes(loaded)
     parts = [coverage.session_coverage(placement, graph, runtime.provider)]
     return coverage.coverage_outcome(parts, coverage.horner_nodes(graph))
 

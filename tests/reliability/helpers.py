@@ -28,15 +28,15 @@ def checkpoint(root: Path) -> Path:
     return train(load_recipe("digits-cr").replace(epochs=EPOCHS), root / "checkpoint").checkpoint
 
 
-EXPORT_ARGS = ("--target", "onnx,ort")  # the CLI flags that make ``exported``'s files
+EXPORT_ARGS = ("--format", "onnx,ort")  # the CLI flags that make ``exported``'s files
 
 
 def exported(ckpt: Path, out: Path, sensitivity: bool = False) -> Path:
     """The shipped export (guard, companion, oracle; .ort unless ``sensitivity``)."""
     from cr_edge.export.exporter import ExportOptions, export
 
-    targets = ("onnx",) if sensitivity else ("onnx", "ort")
-    export(ckpt, out, ExportOptions(sensitivity=sensitivity, targets=targets))
+    formats = ("onnx",) if sensitivity else ("onnx", "ort")
+    export(ckpt, out, ExportOptions(sensitivity=sensitivity, formats=formats))
     return out
 
 

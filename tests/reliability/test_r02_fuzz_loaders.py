@@ -66,4 +66,6 @@ def test_the_sandbox_child_survives_mutated_models(exported, tmp_path):
     for case in range(3):
         path = tmp_path / f"m{case}.onnx"
         path.write_bytes(mutate(pristine, rng))
-        sandbox.probe(path)  # raises on a signal or a hang; a Python error in the child is fine
+        sandbox.sandboxed_load(
+            path
+        )  # raises on a signal or a hang; a Python error in the child is fine

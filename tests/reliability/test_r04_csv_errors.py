@@ -10,7 +10,7 @@ from reliability.helpers import one_line_error, run
 
 GOOD = "a,b,label\n1,2,x\n3,4,y\n5,6,x\n7,8,y\n"
 CASES = {
-    # name: (content, --target, what the message must locate)
+    # name: (content, --label, what the message must locate)
     "missing target": (GOOD, "species", r":1\b.*species"),
     "ragged row": ("a,b,label\n1,2,x\n3,y\n5,6,x\n", "label", r":3\b"),
     "text in numeric column": ("a,b,label\n1,2,x\n3,abc,y\n5,6,x\n", "label", r":3\b.*'b'"),
@@ -30,7 +30,7 @@ def test_csv_error_names_file_line_and_column(tmp_path, case):
     path = tmp_path / "data.csv"
     path.write_text(content)
     result = run(
-        "train", "--data", path, "--target", target, "--epochs", "1", "--out", tmp_path / "ck"
+        "train", "--data", path, "--label", target, "--epochs", "1", "--out", tmp_path / "ck"
     )
     assert result.exit_code == 2, result.output
     line = one_line_error(result)

@@ -46,7 +46,14 @@ def test_guard_follows_the_table(release, runtime):
 def test_too_new_opset_is_refused_before_writing(checkpoint, tmp_path):
     out = tmp_path / "ex"
     result = run(
-        "export", checkpoint, "--out", out, "--opset", "21", "--target-runtime", "onnxruntime==1.16"
+        "export",
+        checkpoint,
+        "--out",
+        out,
+        "--opset",
+        "21",
+        "--runtime-version",
+        "onnxruntime==1.16",
     )
     assert result.exit_code == 2
     line = one_line_error(result)
@@ -69,7 +76,7 @@ def test_an_accepted_export_loads_on_the_declared_target(checkpoint, tmp_path, o
         out,
         "--opset",
         opset,
-        "--target-runtime",
+        "--runtime-version",
         f"onnxruntime=={here}",
     )
     assert result.exit_code == 0, result.output
@@ -78,6 +85,6 @@ def test_an_accepted_export_loads_on_the_declared_target(checkpoint, tmp_path, o
 
 
 def test_executorch_target_needs_the_pte(checkpoint, tmp_path):
-    result = run("export", checkpoint, "--out", tmp_path / "ex", "--target-runtime", "executorch")
+    result = run("export", checkpoint, "--out", tmp_path / "ex", "--runtime-version", "executorch")
     assert result.exit_code == 2
-    assert "--target executorch" in one_line_error(result)
+    assert "--format executorch" in one_line_error(result)

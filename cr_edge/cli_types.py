@@ -1,0 +1,72 @@
+"""The command line's parameter types: comma lists that click checks before a command runs.
+
+A bad value becomes click's one-line "Invalid value for '--x'" with exit 2, the same
+as for a ``click.Choice``. Name lists read their vocabulary from the library lazily
+(on the first conversion), so ``cr-edge --help`` does not import onnx or torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+
+class IntList(click.ParamType):
+    """``"1,8,64"`` -> ``(1, 8, 64)``: positive integers, repeats dropped, order kept."""
+
+    name = "N[,N...]"
+
+    def __init__(self, example: str = "1,8,64", all_word: str | None = None) -> None:
+        self.example = example
+        self.all_word = all_word  # a word that stands for "every value", passed through as is
+
+    def convert(self, value: Any, param, ctx) -> Any:
+        if isinstance(value, tuple) or (self.all_word and value == self.all_word):
+            return value
+        try:
+            numbers = tuple(int(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            numbers = ()
+        if not numbers or min(numbers) < 1:
+            extra = f", or {self.all_word}" if self.all_word else ""
+            self.fail(
+                f"{value!r}: give comma-separated positive integers such as {self.example}{extra}",
+                param,
+                ctx,
+            )
+        return tuple(dict.fromkeys(numbers))
+
+
+class NameList(click.ParamType):
+    """``"cpu,ort-mobile"`` -> ``("cpu", "ort-mobile")``, each checked against a vocabulary.
+
+    ``vocabulary`` is ``"module:NAME"``, a tuple of names imported on first use.
+    ``all_word`` (e.g. ``all``) stands for every name and is returned alone.
+    """
+
+    name = "NAME[,NAME...]"
+
+    def __init__(self, vocabulary: str, noun: str, all_word: str | None = None) -> None:
+        self.vocabulary = vocabulary
+        self.noun = noun  # what one name is, for the message: "unknown runtime 'tpu'"
+        self.all_word = all_word
+
+    def names(self) -> tuple[str, ...]:
+        module, _, attr = self.vocabulary.partition(":")
+        return tuple(getattr(importlib.import_module(module), attr))
+
+    def convert(self, value: Any, param, ctx) -> Any:
+        if isinstance(value, tuple):
+            return value
+        given = tuple(dict.fromkeys(v.strip() for v in str(value).split(",") if v.strip()))
+        if self.all_word and self.all_word in given:
+            return (self.all_word,)
+        known = self.names()
+        unknown = [g for g in given if g not in known]
+        if unknown or not given:
+            also = f" or {self.all_word}" if self.all_word else ""
+            what = f"unknown {self.noun} {unknown[0]!r}" if unknown else f"no {self.noun} named"
+            self.fail(f"{what}; choose from {', '.join(known)}{also}", param, ctx)
+        return given
