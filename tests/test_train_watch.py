@@ -10,16 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from cr_edge.cli import cli
 from cr_edge.recipe import Recipe
 from cr_edge.train import train
 from cr_edge.watch import horner_error_bound, prediction_information
-
-
-def run(*args: object):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +32,9 @@ def test_high_degree_trains_within_one_point_of_degree_3(degree3, changes, tmp_p
     assert got >= degree3 - 0.01, (got, degree3)
 
 
-def test_dreg_1e3_is_refused_as_a_collapse_with_exit_1_and_no_checkpoint(tmp_path):
+def test_dreg_1e3_is_refused_as_a_collapse_with_exit_1_and_no_checkpoint(cli_run, tmp_path):
     out = tmp_path / "ck"
-    result = run("train", "--data", "digits", "--dreg", "1e3", "--hidden", "8", "--out", out)
+    result = cli_run("train", "--data", "digits", "--dreg", "1e3", "--hidden", "8", "--out", out)
     assert result.exit_code == 1, result.output
     assert "training collapsed by epoch 5" in result.output
     assert "lower --dreg" in result.output and "No checkpoint was written" in result.output
@@ -48,10 +42,10 @@ def test_dreg_1e3_is_refused_as_a_collapse_with_exit_1_and_no_checkpoint(tmp_pat
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_a_divergence_is_refused_naming_the_dreg_term_and_the_fixes(tmp_path):
+def test_a_divergence_is_refused_naming_the_dreg_term_and_the_fixes(cli_run, tmp_path):
     out = tmp_path / "ck"
     args = ["--degree", "8", "--lr", "0.1", "--clip-grad", "0", "--range-penalty", "0"]
-    result = run("train", "--data", "digits", *args, "--epochs", "3", "--out", out)
+    result = cli_run("train", "--data", "digits", *args, "--epochs", "3", "--out", out)
     assert result.exit_code == 1, result.output
     assert "training diverged at epoch 1: the DREG term reached" in result.output
     for fix in ("lower --lr", "raise --dreg", "lower --degree", "--clip-grad"):
