@@ -137,6 +137,8 @@ def train(
     )
     with epoch_bar(chosen.epochs, f"train {chosen.name}") as on_epoch:
         result = run_training(chosen, out, device, force=force, on_epoch=on_epoch)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     print_metrics(f"{chosen.name} -> {result.checkpoint}", result.metrics)
 
 

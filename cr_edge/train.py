@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ class TrainResult:
     checkpoint: Path
     metrics: dict
     net: CRNet
+    notes: list[str] = field(default_factory=list)  # what the data loader noticed
 
 
 def resolve_device(device: str) -> torch.device:
@@ -105,8 +106,9 @@ def train(
     dev = resolve_device(device)
     torch.manual_seed(recipe.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    raw = load_source(recipe.data, recipe.label)
     data = split(
-        load_source(recipe.data, recipe.label),
+        raw,
         recipe.seed,
         recipe.val_fraction,
         recipe.test_fraction,
@@ -131,7 +133,7 @@ def train(
     metrics["val_accuracy"] = accuracy(net, tensors["val"], labels["val"])
     calib = _calib_arrays(data, recipe.seed)
     save_checkpoint(out, net.cpu(), recipe, norm, data.label_names, metrics, calib)
-    return TrainResult(Path(out), metrics, net)
+    return TrainResult(Path(out), metrics, net, list(raw.notes))
 
 
 def _fit(

@@ -370,7 +370,10 @@ NPZ_CASES = {
     "x is 1-D": ({"x": np.ones(4), "y": np.arange(4) % 2}, "'x' has shape (4,)"),
     "x has no features": ({"x": np.ones((4, 0)), "y": np.arange(4) % 2}, "'x' has shape"),
     "y is one-hot": ({"x": np.ones((2, 2)), "y": np.eye(2)}, "'y' has shape (2, 2)"),
-    "fractional label": ({"x": np.ones((3, 2)), "y": [0, 0.5, 1]}, "'y' at index 1"),
+    "fractional label": (
+        {"x": np.ones((3, 2)), "y": [0, 0.5, 1]},
+        "looks like a regression target",
+    ),
     "nan label": ({"x": np.ones((3, 2)), "y": [0, np.nan, 1]}, "'y' at index 1"),
     "text labels": ({"x": np.ones((2, 2)), "y": np.array(["a", "b"])}, "'y' has dtype"),
     "complex x": ({"x": np.ones((2, 2), complex), "y": [0, 1]}, "'x' has dtype"),

@@ -14,6 +14,7 @@ from cr_edge.errors import InputError
 if TYPE_CHECKING:
     import _csv
 from cr_edge.data.records import RawData, first_bad, require_file, require_two_classes, show
+from cr_edge.data.target_kind import check_classes
 
 
 def load_csv(path: Path, label_column: str) -> RawData:
@@ -60,8 +61,10 @@ def _parse_csv(reader: _csv.Reader, path: Path, label_column: str) -> RawData:
         rows.append(_csv_features([row[j] for j in columns], where, names))
     if not rows:
         raise InputError(f"{path}: no data rows after the header; add samples, one per line")
-    y, label_names = _csv_encode(labels, f"{path}, column {show(label_column)}")
-    return RawData(np.stack(rows), y, label_names, str(path))
+    where = f"{path}, column {show(label_column)}"
+    notes = check_classes(labels, where)
+    y, label_names = _csv_encode(labels, where)
+    return RawData(np.stack(rows), y, label_names, str(path), notes=notes)
 
 
 def _csv_header(reader: _csv.Reader, path: Path, label_column: str) -> list[str]:

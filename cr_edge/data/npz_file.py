@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cr_edge.data.records import RawData, encode_labels, first_bad, require_file, show
+from cr_edge.data.target_kind import check_classes
 from cr_edge.errors import InputError
 
 _CHUNK = 1 << 20
@@ -129,8 +130,10 @@ def _npz_raw(x: np.ndarray, y: np.ndarray, path: Path) -> RawData:
             f"{path}: array 'x' at index {list(index)} is {x[index]}, not a finite float32; "
             "remove or impute non-finite values"
         )
-    labels, names = encode_labels(_integer_labels(y, path), f"{path}, array 'y'")
-    return RawData(features, labels, names, str(path))
+    where = f"{path}, array 'y'"
+    notes = check_classes(y, where)
+    labels, names = encode_labels(_integer_labels(y, path), where)
+    return RawData(features, labels, names, str(path), notes=notes)
 
 
 def _integer_labels(y: np.ndarray, path: Path) -> np.ndarray:

@@ -24,6 +24,7 @@ class RawData:
     label_names: list[str]  # label_names[i] is the original label of class index i
     source: str  # a built-in name or the file path(s), for reports and the checkpoint
     test: tuple[np.ndarray, np.ndarray] | None = None  # a fixed (x_test, y_test), if published
+    notes: tuple[str, ...] = ()  # what the loader noticed and a person should read
 
     def __post_init__(self) -> None:
         if self.test is not None:
