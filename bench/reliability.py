@@ -1,4 +1,4 @@
-"""The reliability battery's figures: one row per RELIABILITY.md row, from the tests' own loops.
+"""The reliability battery's figures: one row per test module in tests/reliability/, from the tests' own loops.
 
 Rows with a loop (1 canary reads, 2 fuzzing, 3 pickle payloads, 4/5 located data
 errors, 7 kills, 9 perturbations) run it here with larger counts; the other rows

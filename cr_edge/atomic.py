@@ -2,7 +2,9 @@
 
 Every writer in cr-edge goes through here. Data lands in a temporary file in the
 destination folder, is fsync'ed, and is renamed over the final name with
-``os.replace`` (atomic on POSIX and Windows within one filesystem).
+``os.replace`` (atomic on POSIX and Windows within one filesystem). Files that a
+tool writes itself (onnxruntime's ORT converter) are built beside the destination
+and published with ``move_into_place``, the same fsync-then-rename.
 """
 
 from __future__ import annotations
@@ -76,6 +78,22 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     write_bytes(path, buf.getvalue())
+
+
+def move_into_place(built: Path, final: Path) -> None:
+    """Publish a file another tool wrote: fsync it, rename it over ``final``, fsync the folder.
+
+    ``built`` must be on the same filesystem as ``final`` (build it in a folder beside it).
+    """
+    try:
+        with open(built, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(built, final)
+    except OSError as e:
+        raise InputError(
+            f"{final}: write failed ({e.strerror}); check free space and permissions"
+        ) from e
+    _fsync_dir(Path(final).parent)
 
 
 def _discard(tmp: str) -> None:

@@ -8,10 +8,14 @@ construction and stored in the checkpoint's ``config.json``.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, from PyPI (a dependency on 3.10 only)
+    import tomli as tomllib
 
 from cr_edge.dreg import DEFAULT_LAMBDA
 from cr_edge.errors import InputError

@@ -13,18 +13,18 @@ it only for NNAPI/CoreML, whose EPs want the unfused ops (use ``model.onnx`` the
 
 Both models (primal and derivative companion) are converted in one run, so one config
 covers the pair. Everything is built in a hidden folder beside the outputs and moved into
-place with ``os.replace``: a failed conversion leaves no file under a final name.
+place by ``atomic.move_into_place``: a failed conversion leaves no file under a final name.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from cr_edge import atomic
 from cr_edge.errors import ExportError
 
 CONVERTER = "onnxruntime.tools.convert_onnx_models_to_ort"
@@ -83,9 +83,7 @@ def _relabel_config(config: Path, built: Path, out: Path) -> None:
 
 
 def _move_into_place(path: Path, final: Path) -> None:
-    """fsync, then rename: the file appears whole under ``final`` or not at all."""
+    """The converter's file, published whole under ``final`` or not at all."""
     if not path.is_file():
         raise ExportError(f"{final}: the ORT converter did not produce {path.name}")
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(path, final)
+    atomic.move_into_place(path, final)
