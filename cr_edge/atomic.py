@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -64,8 +65,23 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically; non-finite floats are refused (not valid JSON)."""
-    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    """Write ``obj`` as indented JSON, atomically; every JSON file cr-edge writes comes here.
+
+    JSON has no NaN or Inf, and a broken model's figures hold them: they are written as
+    the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` (see ``json_safe``).
+    """
+    write_text(path, json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with each non-finite float as the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:

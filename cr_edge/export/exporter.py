@@ -109,7 +109,7 @@ def export(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()
     ref_net = ReferenceNet(ckpt, guard)
     oracle = build_oracle(ref_net, reference_inputs(calib))
     meta = metadata(ckpt, options, stages, refusals, primal, calib["x"])
-    onnx_export.set_metadata(model, meta)
+    onnx_export.replace_metadata(model, meta)
     check_model(model, options.runtime_version, options.formats)  # before anything is written
     onnx_export.check(model, str(out / "model.onnx"))
     files = {"onnx": out / "model.onnx"}
@@ -123,7 +123,7 @@ def export(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()
             options.opset,
             options.fixed_batch,
         )
-        onnx_export.set_metadata(jvp, {**meta, "cr_edge.role": "jvp"})
+        onnx_export.replace_metadata(jvp, {**meta, "cr_edge.role": "jvp"})
         onnx_export.check(jvp, str(out / "model.jvp.onnx"))
         files["jvp"] = out / "model.jvp.onnx"
         onnx_export.save(jvp, files["jvp"])

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from cr_edge import atomic
+from cr_edge.child import run_python
 from cr_edge.errors import ExportError
 
 CONVERTER = "onnxruntime.tools.convert_onnx_models_to_ort"
@@ -62,10 +62,9 @@ def convert_to_ort(onnx_path: Path, jvp_path: Path | None = None) -> dict[str, P
 
 def _run_converter(src: Path, built: Path, onnx_path: Path) -> None:
     """Run the converter on every model in ``src``; its stderr's last line becomes the error."""
-    cmd = [sys.executable, "-m", CONVERTER, "--optimization_style", STYLE]
-    cmd += ["--output_dir", str(built), str(src)]
+    args = ["-m", CONVERTER, "--optimization_style", STYLE, "--output_dir", str(built), str(src)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+        proc = run_python(args, TIMEOUT_S)
     except subprocess.TimeoutExpired as e:
         raise ExportError(f"{onnx_path}: ORT-format conversion took over {TIMEOUT_S} s") from e
     if proc.returncode != 0:

@@ -8,10 +8,6 @@ is written, atomically, as one self-contained file.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from pathlib import Path
 
 import onnx
@@ -20,22 +16,13 @@ from torch import nn
 
 from cr_edge import atomic
 from cr_edge.errors import ExportError
+from cr_edge.export import cleanup
+from cr_edge.quiet import quiet
 
 DEFAULT_OPSET = 17  # loads in ONNX Runtime 1.14+ and its mobile packages
 MIN_OPSET, MAX_OPSET = 17, 21
 # The oldest IR version each opset needs, so older runtimes on phones accept the file.
 _IR_FOR_OPSET = {17: 8, 18: 8, 19: 9, 20: 9, 21: 10}
-
-
-def _quietly():
-    """The exporter prints progress lines and warnings that mean nothing to a cr-edge user."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    for name in ("torch.onnx", "onnxscript"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    return stack
 
 
 def to_onnx(
@@ -55,7 +42,7 @@ def to_onnx(
         dim = torch.export.Dim("batch", min=1)
         dynamic = tuple({0: dim} for _ in examples)
     try:
-        with _quietly():
+        with quiet("torch.onnx", "onnxscript"):
             program = torch.onnx.export(
                 module,
                 examples,
@@ -71,21 +58,13 @@ def to_onnx(
         raise ExportError(
             f"the PyTorch exporter failed at opset {opset}: {str(e).splitlines()[0]}"
         ) from e
-    model = program.model_proto
+    model = cleanup.clean(program.model_proto)
     model.ir_version = _IR_FOR_OPSET[opset]
-    _strip_exporter_metadata(model)
     return model
 
 
-def _strip_exporter_metadata(model: onnx.ModelProto) -> None:
-    # The exporter tags every value with torch-internal names; they bloat a tiny model.
-    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
-        del value.metadata_props[:]
-    for node in model.graph.node:
-        del node.metadata_props[:]
-
-
-def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
+def replace_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
+    """``metadata_props`` become exactly ``props``; the producer becomes cr-edge."""
     del model.metadata_props[:]
     for key, value in sorted(props.items()):
         entry = model.metadata_props.add()

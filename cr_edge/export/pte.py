@@ -24,10 +24,6 @@ with the Horner Mul/Add quantized too, 33 steps and 98.2%; folded, 84 steps and 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -39,6 +35,7 @@ from torch import Tensor, nn
 
 from cr_edge import atomic
 from cr_edge.errors import ExportError
+from cr_edge.quiet import quiet
 
 INSTALL_HINT = "--format executorch needs the executorch extra: pip install 'cr-edge[executorch]'"
 # The largest batch a dynamic .pte accepts: memory is planned for it ahead of time, so it
@@ -83,10 +80,12 @@ def export_pte(
     """
     out_path = Path(out_path)
     if batch is not None and example.shape[0] != batch:
-        raise ExportError(f"--batch {batch}: the example input holds {example.shape[0]} samples")
+        raise ExportError(
+            f"--fixed-batch {batch}: the example input holds {example.shape[0]} samples"
+        )
     dynamic = None if batch else ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
     trace = example if batch else _cycle_rows(example, MAX_BATCH)
-    with _quiet():
+    with quiet(*_NOISY_LOGGERS):
         et = _import_executorch()
         if int8:
             module = _quantize(et, module, example if calibration is None else calibration)
@@ -206,22 +205,3 @@ def _info(
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
-
-
-@contextlib.contextmanager
-def _quiet():
-    """ExecuTorch, torchao and torch.export log and warn at length; a user needs none of it.
-
-    Logger levels are restored afterwards, so the caller's own logging is left as it was.
-    """
-    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels, strict=True):
-                lg.setLevel(level)

@@ -18,10 +18,11 @@ Run as ``python -m cr_edge.profile.memory JSON`` it prints one JSON line.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from cr_edge.child import run_python
 
 RUN_ITERS = 20  # enough runs for every buffer the run path allocates to be touched
 TIMEOUT_S = 300
@@ -34,17 +35,8 @@ def measure_memory(runtime: str, file: Path, batch: int, threads: int | None) ->
     request = json.dumps(
         {"runtime": runtime, "file": str(file), "batch": batch, "threads": threads}
     )
-    package_root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "cr_edge.profile.memory", request],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_S,
-            env=env,
-        )
+        done = run_python(["-m", "cr_edge.profile.memory", request], TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return {"error": f"the memory probe took longer than {TIMEOUT_S} s"}
     if done.returncode != 0:

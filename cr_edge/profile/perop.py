@@ -24,29 +24,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from cr_edge.ops import ANY_LINEAR, CHAIN_AT_RUN_TIME, QUANTIZE
 from cr_edge.runtimes.ort import OrtRuntime
 from cr_edge.runtimes.runtime import Runtime, Unavailable
 from cr_edge.runtimes.safe_load import Artifact
 
-HORNER_OPS = frozenset({"Mul", "Add", "Sub", "Min", "Max", "Clip"})
-LINEAR_OPS = frozenset(
-    {
-        "Gemm",
-        "MatMul",
-        "Conv",
-        "FusedGemm",
-        "FusedMatMul",
-        "FusedConv",
-        "MatMulInteger",
-        "ConvInteger",
-        "QLinearMatMul",
-        "QLinearConv",
-        "QGemm",
-        "DynamicQuantizeMatMul",
-        "MatMulIntegerToFloat",
-    }
-)
-QUANTIZE_OPS = frozenset({"DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear"})
 LAYER_NAME_TOKENS = ("MatMul", "Gemm", "Conv", "QuantizeLinear")  # in quantizer-made names
 KERNEL_SUFFIX = "_kernel_time"
 
@@ -119,7 +101,7 @@ def _layer_stems(kinds: dict[str, tuple[str, str]]) -> tuple[str, ...]:
     """Names of the linear layers with the quantizer's suffix cut: ``node_linear_MatMul_quant`` -> ``node_linear``."""
     stems = []
     for node, (op_type, _) in kinds.items():
-        if op_type in LINEAR_OPS:
+        if op_type in ANY_LINEAR:
             for token in LAYER_NAME_TOKENS:
                 node = node.split(f"_{token}")[0]
             stems.append(node)
@@ -127,11 +109,11 @@ def _layer_stems(kinds: dict[str, tuple[str, str]]) -> tuple[str, ...]:
 
 
 def _group(node: str, op_type: str, stems: tuple[str, ...]) -> str:
-    if op_type in LINEAR_OPS or op_type in QUANTIZE_OPS:
+    if op_type in ANY_LINEAR or op_type in QUANTIZE:
         return "linear"
     if any(t in node for t in LAYER_NAME_TOKENS) or node.startswith(tuple(f"{s}_" for s in stems)):
         return "linear"  # a quantized layer's scale Mul, bias Add or Cast
-    return "horner" if op_type in HORNER_OPS else "other"
+    return "horner" if op_type in CHAIN_AT_RUN_TIME else "other"
 
 
 def _profiling_session(

@@ -64,7 +64,7 @@ def make_feeds(session: Session, batch: int, file: Path) -> dict[str, np.ndarray
             what = "a fixed batch" if exact else "memory planned for a batch"
             raise InputError(
                 f"{file}: input {spec.name!r} has {what} of {first}; --batch {batch} "
-                f"cannot run on it (use --batch {first}, or export with --batch dynamic)"
+                f"cannot run on it (use --batch {first}, or export without --fixed-batch)"
             )
         rest = spec.shape[1:]
         loose = [i + 1 for i, d in enumerate(rest) if not isinstance(d, int)]

@@ -6,9 +6,6 @@ the companion's JVP measures the precision that is actually deployed.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import tempfile
 from pathlib import Path
 
@@ -30,6 +27,7 @@ from cr_edge.quantize.equalize import Scales, equalize
 from cr_edge.quantize.graph import LINEAR, gemm_to_matmul, horner_chain
 from cr_edge.quantize.interval import overrides as interval_overrides
 from cr_edge.quantize.policy import QuantPolicy
+from cr_edge.quiet import quiet
 
 CALIBRATION = {
     "minmax": CalibrationMethod.MinMax,
@@ -63,7 +61,7 @@ def apply_policy(
     chain = set(horner_chain(model).nodes) if policy.poly == "float" else set()
     exclude = sorted(chain | derivative)
     try:
-        with _quiet(), tempfile.TemporaryDirectory(prefix="cr-edge-quant-") as tmp:
+        with quiet(""), tempfile.TemporaryDirectory(prefix="cr-edge-quant-") as tmp:
             src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
             onnx.save(model, src)
             if policy.mode == "dynamic":
@@ -123,16 +121,3 @@ def _static(
 def _fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     # keep_io_types: fp32 in and out, so the same oracle and the same callers work.
     return convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
-
-
-@contextlib.contextmanager
-def _quiet():
-    """onnxruntime.quantization prints progress and warnings; the report says what matters."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)

@@ -17,10 +17,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from cr_edge.errors import InputError
+from cr_edge.ops import LINEAR, SHAPE
 from cr_edge.runtimes.safe_load import check_artifact
 
-LINEAR = ("Gemm", "MatMul", "Conv")
-SHAPE = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity")
 QUANT_OPS = (
     "QuantizeLinear",
     "DequantizeLinear",

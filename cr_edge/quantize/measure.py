@@ -61,7 +61,7 @@ def session(model: onnx.ModelProto | bytes, threads: int = 1) -> ort.InferenceSe
 
 
 def fixed_batch(sess: ort.InferenceSession) -> int | None:
-    """The batch size the model fixes on its first input (``export --batch N``), else None."""
+    """The batch size the model fixes on its first input (``export --fixed-batch N``), else None."""
     dim = sess.get_inputs()[0].shape[0]
     return dim if isinstance(dim, int) and dim > 0 else None
 

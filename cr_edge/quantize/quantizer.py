@@ -126,7 +126,7 @@ def quantize(
     result = QuantizeResult(
         out, files, chosen, tried, len(src.model.SerializeToString()), fp32_acc, src.notes
     )
-    write_json(out / "quantize.json", _finite(result.to_json()))
+    write_json(out / "quantize.json", result.to_json())  # non-finite figures as "NaN" etc.
     files["report"] = out / "quantize.json"
     write_manifest(out, files.values())
     return result
@@ -270,17 +270,6 @@ def _write(src: _Inputs, out: Path, chosen: Tried, ort_format: bool) -> dict[str
         files["ref"] = out / "model.ref.npz"
         write_bytes(files["ref"], src.oracle.path.read_bytes())
     return files
-
-
-def _finite(obj):
-    """JSON has no NaN/Inf (a broken model's figures): write them as strings."""
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _accuracy(sess: ort.InferenceSession, oracle: Oracle | None) -> float | None:

@@ -14,11 +14,11 @@ Run as ``python -m cr_edge.runtimes.sandbox PATH`` it is that child.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+from cr_edge.child import run_python
 from cr_edge.errors import InputError
 
 TIMEOUT_S = 120  # a small model loads in well under a second; a hang is not a load
@@ -37,17 +37,8 @@ def sandboxed_load(
         return
     timeout_s = TIMEOUT_S if timeout_s is None else timeout_s
     memory_limit = MEMORY_LIMIT if memory_limit is None else memory_limit
-    package_root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     try:
-        done = subprocess.run(
-            child_command(path),
-            capture_output=True,
-            timeout=timeout_s,
-            env=env,
-            preexec_fn=_limits(memory_limit) if os.name == "posix" else None,
-        )
+        done = run_python(child_args(path), timeout_s, _limits(memory_limit))
     except subprocess.TimeoutExpired as e:
         raise InputError(
             f"{path}: onnxruntime took longer than {timeout_s:g} s to load it; refusing the file"
@@ -59,9 +50,9 @@ def sandboxed_load(
         )
 
 
-def child_command(path: Path) -> list[str]:
-    """The child's command line: this module as a script, given the model's path."""
-    return [sys.executable, "-m", "cr_edge.runtimes.sandbox", str(path)]
+def child_args(path: Path) -> list[str]:
+    """The child's arguments to ``python``: this module as a script, given the model's path."""
+    return ["-m", "cr_edge.runtimes.sandbox", str(path)]
 
 
 def _limits(memory_limit: int):

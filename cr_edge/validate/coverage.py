@@ -20,12 +20,12 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
+from cr_edge.ops import CHAIN_ARITHMETIC
 from cr_edge.runtimes.ort_tools import ort_tool
 from cr_edge.runtimes.runtime import AssignedNode
 from cr_edge.runtimes.safe_load import Artifact, one_line
 from cr_edge.validate.outcome import FAIL, PASS, Outcome
 
-HORNER_OPS = frozenset({"Mul", "Add", "QLinearMul", "QLinearAdd"})
 # EP -> (label, usability-checker function name, extra arguments)
 STATIC_EPS = {
     "nnapi": ("NNAPI", "check_nnapi_partitions", ()),
@@ -186,7 +186,7 @@ def coverage_outcome(parts: list[Partitioning], horner: set[str]) -> Outcome:
 
 def horner_nodes(graph: list[GraphNode]) -> set[str]:
     """Names of the elementwise Mul/Add nodes that polynomial activations lower to."""
-    return {n.name for n in graph if n.op_type in HORNER_OPS}
+    return {n.name for n in graph if n.op_type in CHAIN_ARITHMETIC}
 
 
 def graph_nodes(artifact: Artifact) -> list[GraphNode]:

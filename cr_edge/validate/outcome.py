@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from cr_edge.atomic import json_safe
+
 PASS, FAIL, UNAVAILABLE = "PASS", "FAIL", "UNAVAILABLE"
 # How derivatives are checked; named here, beside the results, so the CLI reads them light.
 COMPANION, FINITE_DIFFERENCES = "companion", "finite-differences"
@@ -59,15 +61,4 @@ class Outcome:
         return cls(status, summary, checks, figures or {})
 
     def to_json(self) -> dict:
-        return _finite(asdict(self))
-
-
-def _finite(obj):
-    """JSON has no NaN/Inf: write them as the strings "NaN", "Infinity", "-Infinity"."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
+        return json_safe(asdict(self))
