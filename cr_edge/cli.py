@@ -453,15 +453,15 @@ def pipeline(
     recipe: str, out: Path | None, runtime: tuple[str, ...], epochs: int | None, force: bool
 ) -> None:
     """Train, export, quantize, validate and profile in one go, with one summary."""
-    from cr_edge.pipeline import STAGES, raise_for_failures, run_pipeline
-    from cr_edge.progress import stage_bar
+    from cr_edge.pipeline import STEPS, raise_for_failures, run_pipeline
+    from cr_edge.progress import step_bar
     from cr_edge.recipe import load_recipe
     from cr_edge.report import print_summary
 
     chosen = load_recipe(recipe).replace(epochs=epochs)
-    with stage_bar(STAGES, f"pipeline {chosen.name}") as on_stage:
+    with step_bar(STEPS, f"pipeline {chosen.name}") as on_step:
         result = run_pipeline(
-            chosen, out or Path("runs") / chosen.name, ",".join(runtime), force, on_stage=on_stage
+            chosen, out or Path("runs") / chosen.name, ",".join(runtime), force, on_step=on_step
         )
     print_summary(result.summary)
     raise_for_failures(result)

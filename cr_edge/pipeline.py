@@ -1,8 +1,8 @@
 """``cr-edge pipeline``: train -> export -> quantize -> validate -> profile, one run folder.
 
-Every stage writes its own sub-folder with atomic files, so an interrupted run
-leaves the finished stages complete and nothing half-written; ``summary.json``
-and ``summary.md`` come last and say what every stage measured.
+Every step writes its own sub-folder with atomic files, so an interrupted run
+leaves the finished steps complete and nothing half-written; ``summary.json``
+and ``summary.md`` come last and say what every step measured.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from cr_edge.train import train
 from cr_edge.validate.outcome import UNAVAILABLE
 from cr_edge.validate.validator import validate
 
-STAGES = ("train", "export", "quantize", "validate", "profile")
+# The main job's steps, in order. ("Stages" in cr_edge.export are a net's deploy-time layers.)
+STEPS = ("train", "export", "quantize", "validate", "profile")
 SUMMARY = "summary.json"
 
 
@@ -45,13 +46,13 @@ def run_pipeline(
     runtimes: str = "all",
     force: bool = False,
     profile_iters: int = 300,
-    on_stage: Callable[[str], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> PipelineResult:
-    """Run every stage for ``recipe`` into ``out``; failed checks are collected, not hidden."""
+    """Run every step for ``recipe`` into ``out``; failed checks are collected, not hidden."""
     out = Path(out)
     if (out / SUMMARY).exists() and not force:
         raise InputError(f"--out {out}: already holds a pipeline run; pass --force to overwrite")
-    step = on_stage or (lambda _: None)
+    step = on_step or (lambda _: None)
     step("train")
     trained = train(recipe, out / "checkpoint", device="cpu")
     step("export")

@@ -37,22 +37,22 @@ def epoch_bar(total: int, label: str) -> Iterator:
 
 
 @contextmanager
-def stage_bar(stages: tuple[str, ...], label: str) -> Iterator:
-    """A bar over named stages; the callback it yields is called with each stage's name."""
+def step_bar(steps: tuple[str, ...], label: str) -> Iterator:
+    """A bar over named steps; the callback it yields is called with each step's name."""
     columns = (
         TextColumn(f"[bold]{label}"),
         BarColumn(),
-        TextColumn("{task.fields[stage]}"),
+        TextColumn("{task.fields[step]}"),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(label, total=len(stages), stage="")
+        task = progress.add_task(label, total=len(steps), step="")
 
-        def update(stage: str) -> None:
-            progress.update(task, completed=stages.index(stage), stage=stage)
+        def update(step: str) -> None:
+            progress.update(task, completed=steps.index(step), step=step)
 
         yield update
-        progress.update(task, completed=len(stages), stage="done")
+        progress.update(task, completed=len(steps), step="done")
 
 
 @contextmanager
