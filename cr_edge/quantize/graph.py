@@ -17,20 +17,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from cr_edge.errors import InputError
-from cr_edge.ops import LINEAR, SHAPE
+from cr_edge.ops import LINEAR, QUANTIZE, QUANTIZED_LINEAR, SHAPE
 from cr_edge.runtimes.safe_load import check_artifact
 
-QUANT_OPS = (
-    "QuantizeLinear",
-    "DequantizeLinear",
-    "DynamicQuantizeLinear",
-    "MatMulInteger",
-    "ConvInteger",
-    "QLinearMatMul",
-    "QLinearConv",
-    "QGemm",
-    "DynamicQuantizeMatMul",
-)
+QUANT_OPS = QUANTIZE | QUANTIZED_LINEAR  # a model holding any of these is already quantized
 INT8_TYPES = (TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16)
 
 
