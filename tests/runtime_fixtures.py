@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from cr_edge.export.mobile import convert_to_ort
+
 IN, HIDDEN, OUT, N_SAMPLES = 8, 16, 4, 64
 COEFFS = (0.1, 0.5, 0.3, -0.05)  # a0..a3: a GELU-like cubic near the origin
 _CACHE: dict[str, Path] = {}
@@ -61,8 +63,7 @@ def build_model_dir(root: Path) -> Path:
         jvp=jvp.numpy(),
         labels=labels.numpy().astype(np.int64),
     )
-    to_ort(folder / "model.onnx")
-    to_ort(folder / "model.jvp.onnx")
+    convert_to_ort(folder / "model.onnx", folder / "model.jvp.onnx")  # one converter run
     _CACHE["model"] = folder
     return folder
 
@@ -85,21 +86,8 @@ def build_pte(folder: Path) -> Path:
 
 
 def to_ort(onnx_path: Path) -> Path:
-    """Convert with onnxruntime's converter (Fixed style, the default for the CPU EP)."""
-    from onnxruntime.tools.convert_onnx_models_to_ort import (
-        OptimizationStyle,
-        convert_onnx_models_to_ort,
-    )
-
-    out = onnx_path.parent / f".{onnx_path.stem}.ort-build"
-    with contextlib.redirect_stdout(io.StringIO()):  # the converter prints progress
-        convert_onnx_models_to_ort(
-            onnx_path, output_dir=out, optimization_styles=[OptimizationStyle.Fixed]
-        )
-    target = onnx_path.with_suffix(".ort")
-    shutil.move(out / target.name, target)
-    shutil.rmtree(out)
-    return target
+    """Convert with onnxruntime's converter (Fixed style), as ``export --format ort`` does."""
+    return convert_to_ort(onnx_path)["ort"]
 
 
 def copy_model(

@@ -26,23 +26,13 @@ from cr_edge.profile.perop import summarize
 from cr_edge.profile.profiler import ProfileOptions, profile
 from cr_edge.profile.timing import latency_stats, ratio_stats
 from cr_edge.profile.workload import make_feeds
+from cr_edge.quantize.ort_copies import write_ort
 from cr_edge.runtimes.registry import get_runtime
 from cr_edge.runtimes.runtime import Session, TensorSpec
 from cr_edge.runtimes.safe_load import check_artifact
 
 FAST = {"warmup": 5, "iters": 60}
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _to_ort(onnx_path: Path) -> None:
-    """Write ``X.ort`` beside ``X.onnx`` the way onnxruntime's converter does."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(onnx_path.with_suffix(".ort"))
-    options.add_session_config_entry("session.save_model_format", "ORT")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +49,8 @@ def models(tmp_path_factory) -> Path:
     out = root / "ex"
     export(result.checkpoint, out, ExportOptions(companion=False))
     quantize_dynamic(out / "model.onnx", out / "model.int8.onnx", weight_type=QuantType.QInt8)
-    _to_ort(out / "model.onnx")
-    _to_ort(out / "model.int8.onnx")
+    write_ort(out / "model.onnx")
+    write_ort(out / "model.int8.onnx")
     fixed = onnx.load(out / "model.onnx")
     for value in (*fixed.graph.input, *fixed.graph.output):
         value.type.tensor_type.shape.dim[0].dim_value = 1
