@@ -10,20 +10,20 @@ the median per-pair ratio with its p10-p90 spread.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+from cr_edge.profile.timing import measure, ratio_stats
 from cr_edge.runtimes.runtime import Session, TensorSpec
 from cr_edge.validate.oracle import Oracle
 from cr_edge.validate.outcome import PASS
 from cr_edge.validate.parity import COMPANION, derivative_parity, output_parity
 from cr_edge.validate.tolerances import tolerances_for
 
-LATENCY_RUNS = 300
+LATENCY_RUNS = 1000  # 100 rounds of 10 runs each: a p10-p90 over rounds
 MAX_JACOBIAN_INPUTS = 4096
 
 
@@ -108,14 +108,17 @@ def accuracy(sess: ort.InferenceSession, x: np.ndarray, labels: np.ndarray) -> f
 
 
 def parity(
-    primal: ort.InferenceSession,
-    companion: ort.InferenceSession | None,
+    primal: ort.InferenceSession | Session,
+    companion: ort.InferenceSession | Session | None,
     metadata: dict[str, str],
     oracle: Oracle,
 ) -> Parity:
-    """Judge a (quantized) model and its companion exactly as ``cr-edge validate`` does."""
+    """Judge a (quantized) model and its companion exactly as ``cr-edge validate`` does.
+
+    Either may be an onnxruntime session or any ``Session`` (the reference evaluator).
+    """
     tol = tolerances_for(metadata, "quantized model", oracle.y, oracle.jvp_per_unit())
-    prim = _Adapter(primal)
+    prim = as_session(primal)
     out = output_parity(prim, oracle.x, oracle, tol)
     y = out.checks[0]
     fields = {
@@ -128,7 +131,7 @@ def parity(
     }
     if companion is None or not oracle.has_derivatives:
         return Parity(**fields)
-    der = derivative_parity(prim, _Adapter(companion), oracle.x, oracle, tol, COMPANION)
+    der = derivative_parity(prim, as_session(companion), oracle.x, oracle, tol, COMPANION)
     jvp = der.checks[0]
     return Parity(
         **fields,
@@ -138,6 +141,10 @@ def parity(
         jvp_min_cos_required=tol.companion.min_cosine,
         derivatives_ok=der.status == PASS,
     )
+
+
+def as_session(sess: ort.InferenceSession | Session) -> Session:
+    return sess if isinstance(sess, Session) else _Adapter(sess)
 
 
 class _Adapter(Session):
@@ -185,23 +192,21 @@ def latency_ratio(
     x: np.ndarray,
     runs: int = LATENCY_RUNS,
 ) -> dict[str, float]:
-    """Median ms of each and the median ``other/base`` ratio with p10/p90, interleaved."""
-    name_a, name_b = base.get_inputs()[0].name, other.get_inputs()[0].name
-    for _ in range(10):  # warm-up: first runs allocate and pick kernels
-        base.run(None, {name_a: x})
-        other.run(None, {name_b: x})
-    ta, tb = np.empty(runs), np.empty(runs)
-    for i in range(runs):
-        t0 = time.perf_counter()
-        base.run(None, {name_a: x})
-        t1 = time.perf_counter()
-        other.run(None, {name_b: x})
-        ta[i], tb[i] = t1 - t0, time.perf_counter() - t1
-    ratio = tb / ta
+    """Median ms of each and the median ``other/base`` ratio with p10/p90, interleaved.
+
+    ``profile``'s measuring loop (rounds of A then B) so the two share one home.
+    """
+    runners = [
+        (lambda feeds, s=s: s.run(None, feeds), {s.get_inputs()[0].name: x}) for s in (base, other)
+    ]
+    for fn, feeds in runners * 10:  # warm-up: first runs allocate and pick kernels
+        fn(feeds)
+    timings = measure(runners, runs, None, 0.0)
+    ratio = ratio_stats(timings.round_medians(0), timings.round_medians(1))
     return {
-        "base_ms": float(np.median(ta) * 1e3),
-        "ms": float(np.median(tb) * 1e3),
-        "ratio": float(np.median(ratio)),
-        "ratio_p10": float(np.percentile(ratio, 10)),
-        "ratio_p90": float(np.percentile(ratio, 90)),
+        "base_ms": float(np.median(timings.samples_ns[0]) / 1e6),
+        "ms": float(np.median(timings.samples_ns[1]) / 1e6),
+        "ratio": ratio["ratio"],
+        "ratio_p10": ratio["p10"],
+        "ratio_p90": ratio["p90"],
     }

@@ -1,0 +1,222 @@
+"""A quantized graph evaluated off onnxruntime: in exact integer maths, or as AVX2 computes it.
+
+onnxruntime picks its integer kernels by the CPU it runs on, so its verdict on one
+machine says nothing about another. onnx's reference evaluator computes every
+integer op exactly (int32 accumulators, float after dequantization), which is the
+graph's own meaning; with ``avx2=True`` the integer matrix products are replaced by
+``kernels.integer_matmul``, the saturating u8 x s8 pair sum of x86 without VNNI. The
+ops replaced are the ones MLAS runs on that kernel: ``MatMulInteger``,
+``QLinearMatMul``, and a QDQ ``DequantizeLinear -> MatMul/Gemm`` pair with 8-bit codes
+on both sides (onnxruntime fuses it into ``QLinearMatMul``/``MatMulIntegerToFloat``/
+``QGemm``). 16-bit activations have no integer kernel (onnxruntime computes them in
+float) and are left to the reference evaluator. Integer convolutions are not
+emulated: ``cr_edge.quantize`` refuses the AVX2 verdict for them (``emulated_ops``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
+
+from cr_edge.quantize.kernels import integer_matmul
+from cr_edge.runtimes.runtime import Session, TensorSpec
+
+DOMAIN = "cr_edge.avx2"
+EIGHT_BIT = (ir.DataType.UINT8, ir.DataType.INT8)
+INTEGER_CONV = ("ConvInteger", "QLinearConv")
+QDQ_OPSET = 21  # the reference evaluator's Q/DQ with int16 codes
+
+
+class _Counted(OpRun):
+    """An emulated op that counts the pair sums it saturated over every run."""
+
+    def _count(self, n: int) -> None:
+        self.saturated = getattr(self, "saturated", 0) + n
+
+
+def _matmul_nd(a, a_zero, b, b_zero):
+    """``integer_matmul`` over the leading axes of ``a`` (MatMul broadcasting, 2-D ``b``)."""
+    lead = a.shape[:-1]
+    out, sat = integer_matmul(a.reshape(-1, a.shape[-1]), a_zero, b, b_zero)
+    return out.reshape(*lead, b.shape[-1]), sat
+
+
+class MatMulInteger(_Counted):
+    op_domain = ""
+
+    def _run(self, A, B, a_zero_point=None, b_zero_point=None):
+        out, sat = _matmul_nd(A, _zero(a_zero_point), B, _zero(b_zero_point))
+        self._count(sat)
+        return (out.astype(np.int32),)
+
+
+class QLinearMatMul(_Counted):
+    op_domain = ""
+
+    def _run(self, a, a_scale, a_zero, b, b_scale, b_zero, y_scale, y_zero):
+        acc, sat = _matmul_nd(a, a_zero, b, b_zero)
+        self._count(sat)
+        real = acc * (a_scale.astype(np.float64) * b_scale.astype(np.float64)) / y_scale
+        info = np.iinfo(y_zero.dtype)
+        return (np.clip(np.rint(real) + y_zero, info.min, info.max).astype(y_zero.dtype),)
+
+
+class QdqMatMul(_Counted):
+    """``DequantizeLinear`` of both operands then MatMul/Gemm: the kernel onnxruntime fuses.
+
+    ``b`` arrives as (K, M) codes with per-column (or one) scale and zero point; the
+    optional ``c`` is the float bias a Gemm adds.
+    """
+
+    op_domain = DOMAIN
+
+    def _run(self, a, a_scale, a_zero, b, b_scale, b_zero, c=None, trans_b=None):
+        if trans_b if trans_b is not None else self.trans_b:
+            b = b.T
+        acc, sat = _matmul_nd(a, a_zero, b, b_zero.reshape(-1))
+        self._count(sat)
+        out = (acc * (a_scale.astype(np.float64) * b_scale.reshape(-1))).astype(np.float32)
+        return (out if c is None else out + c,)
+
+
+def _zero(z):
+    return 0 if z is None else z
+
+
+def _dequantized_codes(value: ir.Value | None) -> ir.Node | None:
+    """The ``DequantizeLinear`` producing ``value`` from 8-bit codes, else None."""
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
+        return None
+    # the zero point's type is the codes' type (the codes of an activation carry none
+    # until shape inference); without a zero point the codes are uint8 or say otherwise
+    zero = node.inputs[2] if len(node.inputs) > 2 else None
+    codes = zero if zero is not None else node.inputs[0]
+    dtype = codes.dtype if codes is not None else None
+    return node if dtype in EIGHT_BIT or (zero is None and dtype is None) else None
+
+
+class EmulateQdqKernels(ir.passes.InPlacePass):
+    """Replace each QDQ MatMul/Gemm that onnxruntime runs on integer kernels by ``QdqMatMul``."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = False
+        for node in list(model.graph):
+            reason = self.refusal(node)
+            if reason is not None:
+                continue
+            a, b = (_dequantized_codes(v) for v in node.inputs[:2])
+            attrs = {k: v.value for k, v in node.attributes.items()}
+            trans_b = int(attrs.get("transB", 0)) if node.op_type == "Gemm" else 0
+            zeros = [
+                dq.inputs[2] if len(dq.inputs) > 2 and dq.inputs[2] is not None else None
+                for dq in (a, b)
+            ]
+            inputs = [
+                a.inputs[0],
+                a.inputs[1],
+                zeros[0],
+                b.inputs[0],
+                b.inputs[1],
+                zeros[1],
+                *node.inputs[2:3],
+            ]
+            fused = ir.Node(
+                DOMAIN,
+                "QdqMatMul",
+                inputs,
+                attributes={"trans_b": ir.AttrInt64("trans_b", trans_b)},
+                name=f"{node.name}__avx2",
+            )
+            model.graph.insert_before(node, fused)
+            node.outputs[0].replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
+            model.graph.remove(node, safe=True)
+            modified = True
+        if modified:
+            model.opset_imports[DOMAIN] = 1
+        return ir.passes.PassResult(model, modified)
+
+    @staticmethod
+    def refusal(node: ir.Node) -> str | None:
+        """Why ``node`` is not an integer-kernel product (None: it is one)."""
+        if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
+            return "not a MatMul or Gemm"
+        attrs = {k: v.value for k, v in node.attributes.items()}
+        if (
+            attrs.get("transA", 0)
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("beta", 1.0) != 1.0
+        ):
+            return "Gemm with transA, alpha or beta: onnxruntime keeps it in float"
+        a, b = (_dequantized_codes(v) for v in node.inputs[:2])
+        if a is None or b is None:
+            return "an operand is not dequantized from 8-bit codes (float or 16-bit kernel)"
+        if b.inputs[0].const_value is None:
+            return "the weight codes are not constant"
+        if len(node.outputs[0].uses()) == 0 and not node.outputs[0].is_graph_output():
+            return "output unused"
+        return None
+
+
+class ReferenceSession(Session):
+    """A model run by onnx's reference evaluator (``avx2``: with the u8s8 kernel emulated).
+
+    ``saturated`` is the number of int16 pair sums that saturated since loading.
+    """
+
+    def __init__(self, model: onnx.ModelProto, avx2: bool = False) -> None:
+        irm = ir.from_proto(model)
+        irm.graph.sort()  # the fp16 converter appends its input Casts; the evaluator runs in order
+        _standard_qdq(irm)
+        if avx2:
+            EmulateQdqKernels()(irm)
+        model = ir.to_proto(irm)
+        self.emulates = avx2
+        ops = [MatMulInteger, QLinearMatMul, QdqMatMul] if avx2 else None
+        self._eval = ReferenceEvaluator(model, new_ops=ops)
+        self.inputs = [_spec(v) for v in model.graph.input]
+        self.outputs = [_spec(v) for v in model.graph.output]
+        self.metadata = {p.key: p.value for p in model.metadata_props}
+
+    @property
+    def saturated(self) -> int:
+        return sum(getattr(node, "saturated", 0) for node in self._eval.rt_nodes_)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(o) for o in self._eval.run(None, feeds)]
+
+
+def _standard_qdq(model: ir.Model) -> None:
+    """onnxruntime writes 16-bit Q/DQ in its own domain below opset 21; the reference
+    evaluator knows them as the standard ops of opset 21 (same semantics), so use those."""
+    for node in model.graph:
+        if node.domain == "com.microsoft" and node.op_type in (
+            "QuantizeLinear",
+            "DequantizeLinear",
+        ):
+            node.domain = ""
+    model.opset_imports[""] = max(model.opset_imports.get("", 1), QDQ_OPSET)
+
+
+def emulated_ops(model: onnx.ModelProto) -> str | None:
+    """Why the AVX2 emulation cannot judge ``model`` (an integer conv), else None."""
+    conv = [n.name or n.op_type for n in model.graph.node if n.op_type in INTEGER_CONV]
+    if conv:
+        return f"integer convolution {conv[0]!r} is not emulated"
+    return None
+
+
+def integer_kernel_nodes(model: onnx.ModelProto) -> int:
+    """How many nodes onnxruntime would run on an 8-bit integer matrix kernel."""
+    irm = ir.from_proto(model)
+    direct = sum(n.op_type in ("MatMulInteger", "QLinearMatMul", *INTEGER_CONV) for n in irm.graph)
+    qdq = sum(EmulateQdqKernels.refusal(n) is None for n in irm.graph)
+    return direct + qdq
+
+
+def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    dims = tuple(d.dim_value or d.dim_param or None for d in value.type.tensor_type.shape.dim)
+    return TensorSpec(value.name, dims, np.dtype(np.float32))

@@ -1,0 +1,154 @@
+"""Parity of one candidate three ways, so that the verdict holds on CPUs other than this one.
+
+1. ``onnxruntime``: the local kernels, at batch 1 (as deployed; dynamic quantization
+   picks its activation scale per batch) and at batch 64;
+2. ``exact``: onnx's reference evaluator, exact integer maths (the graph's meaning);
+3. ``avx2``: the same with the x86 AVX2 u8 x s8 kernel emulated (int16 pair sums),
+   what a machine without VNNI computes whatever machine this runs on.
+
+A candidate passes only if every way passes. The exact and emulated evaluations run
+at batch 1 as well only when the graph quantizes activations at run time (its
+result then depends on the batch); the emulation is skipped, and said so, when the
+graph has no 8-bit integer matrix product to emulate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from cr_edge.quantize.integer_eval import ReferenceSession, emulated_ops, integer_kernel_nodes
+from cr_edge.quantize.measure import Parity, as_session, parity, session
+from cr_edge.runtimes.runtime import Session
+from cr_edge.validate.oracle import Oracle
+
+LARGE_BATCH = 64  # the "one large batch" beside batch 1
+# What each way's failure means, for the report.
+MEANING = {
+    "onnxruntime b64": "fails with this CPU's onnxruntime kernels at batch 64",
+    "onnxruntime b1": "fails at batch 1 (as deployed) with this CPU's onnxruntime kernels",
+    "exact": "fails in exact integer maths (the quantized graph itself is off)",
+    "exact b1": "fails in exact integer maths at batch 1",
+    "exact b64": "fails in exact integer maths at batch 64",
+    "avx2 b64": "overflows in u8s8 kernels without VNNI at batch 64 (AVX2 int16 pair sums)",
+    "avx2": "overflows in u8s8 kernels without VNNI (AVX2 int16 pair sums)",
+    "avx2 b1": "overflows in u8s8 kernels without VNNI at batch 1 (AVX2 int16 pair sums)",
+    "avx2 unjudged": "cannot be judged for CPUs without VNNI",
+}
+
+
+@dataclass(frozen=True)
+class Way:
+    """One way of computing the candidate, its parity, and (emulation) the saturated pair sums."""
+
+    name: str
+    parity: Parity
+    saturated: int | None = None
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "parity": self.parity.to_json(), "saturated": self.saturated}
+
+    @property
+    def failure(self) -> str | None:
+        """Why this way fails, with its figures; None when it passes."""
+        if self.parity.ok:
+            return None
+        p, parts = self.parity, []
+        if self.name == "avx2 unjudged":
+            return f"{MEANING[self.name]}: integer convolutions are not emulated"
+        if not p.outputs_ok:
+            parts.append(f"output err {p.max_abs_err:.3g} > atol {p.atol:.3g}")
+        if p.derivatives_ok is False:
+            parts.append(f"jvp cos {p.jvp_min_cos:.4f} (need {p.jvp_min_cos_required})")
+        if self.saturated:
+            parts.append(f"{self.saturated} pair sums saturated")
+        return f"{MEANING[self.name]}: {', '.join(parts)}"
+
+
+class AtBatch(Session):
+    """``inner`` run ``batch`` samples at a time (validate's ``run_all`` then chunks), unless
+    the model fixes its own batch."""
+
+    def __init__(self, inner: Session, batch: int) -> None:
+        self._inner, self._batch = inner, batch
+        self.inputs, self.outputs, self.metadata = inner.inputs, inner.outputs, inner.metadata
+
+    @property
+    def fixed_batch(self) -> int | None:
+        return self._inner.fixed_batch or self._batch  # a model's own fixed batch wins
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self._inner.run(feeds)
+
+
+def batch_dependent(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` quantizes activations at run time (a scale per batch)."""
+    return any(n.op_type == "DynamicQuantizeLinear" for n in model.graph.node)
+
+
+def three_ways(
+    model: onnx.ModelProto,
+    companion: onnx.ModelProto | None,
+    metadata: dict[str, str],
+    oracle: Oracle,
+    sess: ort.InferenceSession | None = None,
+) -> tuple[list[Way], list[str]]:
+    """Every way's parity for ``model`` (and its companion), and notes on ways not run."""
+    notes = []
+    local = as_session(sess or session(model))
+    local_c = as_session(session(companion)) if companion is not None else None
+    pairs: list[tuple[str, Session, Session | None]] = [
+        *_at_batches("onnxruntime", (local, local_c), (LARGE_BATCH, 1)),
+    ]
+    # a batch-dependent graph is judged at both batches; otherwise one run holds for any
+    batches = (LARGE_BATCH, 1) if batch_dependent(model) else (None,)
+    exact = (ReferenceSession(model), companion and ReferenceSession(companion))
+    pairs += _at_batches("exact", exact, batches)
+    emulated = None
+    refused = emulated_ops(model)
+    if refused is not None:
+        notes.append(f"AVX2 emulation unavailable: {refused}")
+    elif integer_kernel_nodes(model):
+        emulated = (
+            ReferenceSession(model, avx2=True),
+            companion and ReferenceSession(companion, avx2=True),
+        )
+        pairs += _at_batches("avx2", emulated, batches)
+    else:
+        notes.append("no 8-bit integer matrix product: the AVX2 u8s8 kernel is never used")
+    ways = []
+    for name, primal, comp in pairs:
+        before = _saturated(primal, comp)
+        par = parity(primal, comp, metadata, oracle)
+        after = _saturated(primal, comp)
+        ways.append(Way(name, par, None if after is None else after - before))
+    if refused is not None:  # unjudged for AVX2: the verdict would not hold on such a CPU
+        p = ways[0].parity
+        ways.append(
+            Way("avx2 unjudged", Parity(p.precision, float("nan"), p.atol, 0.0, None, False))
+        )
+    return ways, notes
+
+
+def _at_batches(
+    name: str, sessions: tuple[Session, Session | None], batches: tuple[int | None, ...]
+) -> list[tuple[str, Session, Session | None]]:
+    """``name bN`` ways: the pair of sessions run ``N`` samples at a time (None: all at once)."""
+    out = []
+    for b in batches:
+        primal, comp = sessions
+        if b is None:
+            out.append((name, primal, comp))
+        else:
+            out.append((f"{name} b{b}", AtBatch(primal, b), comp and AtBatch(comp, b)))
+    return out
+
+
+def _saturated(*sessions: Session | None) -> int | None:
+    """Pair sums saturated so far by the emulating sessions among ``sessions``."""
+    inner = [s._inner if isinstance(s, AtBatch) else s for s in sessions]
+    counts = [s.saturated for s in inner if isinstance(s, ReferenceSession) and s.emulates]
+    return sum(counts) if counts else None
