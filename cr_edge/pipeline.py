@@ -17,7 +17,7 @@ from cr_edge.errors import CheckFailed, InputError
 from cr_edge.export.exporter import ExportOptions, export
 from cr_edge.manifest import write_manifest
 from cr_edge.profile.profiler import ProfileOptions, profile
-from cr_edge.quantize.policy import QuantPolicy
+from cr_edge.quantize.policy import QuantConfig, QuantPolicy
 from cr_edge.quantize.quantizer import quantize
 from cr_edge.recipe import Recipe
 from cr_edge.train import train
@@ -63,16 +63,18 @@ def run_pipeline(
     models = [exported.files["onnx"]]
     quant: dict = {}
     try:
-        q = quantize(
-            exported.files["onnx"], out / "int8", QuantPolicy(mode="auto"), ort_format=True
-        )
-        models.append(q.files["onnx"])
-        quant = {
-            "policy": q.chosen.policy.label,
-            "accuracy": q.chosen.accuracy,
-            "fp32_accuracy": q.fp32_accuracy,
-            "file": q.files["onnx"].name,
-        }
+        config = QuantConfig(out / "quantized", QuantPolicy(mode="auto"), ort_format=True)
+        q = quantize(exported.files["onnx"], config)
+        quant = {"precision": "fp32", "policy": None, "note": q.notes[-1]}
+        if q.chosen is not None:
+            models.append(q.files["onnx"])
+            quant = {
+                "precision": q.chosen.policy.tag,
+                "policy": q.chosen.policy.label,
+                "accuracy": q.chosen.accuracy,
+                "fp32_accuracy": q.fp32_accuracy,
+                "file": q.files["onnx"].name,
+            }
     except CheckFailed as e:
         failures.append(f"quantize: {e}")
     step("validate")
@@ -110,7 +112,7 @@ def _summary(recipe, metrics, files, quant, report, profiles, failures) -> dict:
         "recipe": recipe.to_json(),
         "parameters": metrics["parameters"],
         "fp32_accuracy": metrics["test_accuracy"],
-        "int8": quant or None,
+        "quantized": quant or None,
         "files": {
             name: path.stat().st_size
             for name, path in {p.name: p for p in _all_files(files, quant, report)}.items()
@@ -136,11 +138,14 @@ def summary_markdown(s: dict) -> str:
         f"- parameters: {s['parameters']}",
         f"- test accuracy fp32: {s['fp32_accuracy']:.4f}",
     ]
-    if s["int8"]:
+    q = s["quantized"]
+    if q and q["policy"]:
         lines.append(
-            f"- quantized ({s['int8']['policy']}): accuracy {s['int8']['accuracy']:.4f} "
-            f"(fp32 through ONNX Runtime {s['int8']['fp32_accuracy']:.4f})"
+            f"- quantized to {q['precision']} ({q['policy']}): accuracy {q['accuracy']:.4f} "
+            f"(fp32 through ONNX Runtime {q['fp32_accuracy']:.4f})"
         )
+    elif q:
+        lines.append(f"- quantized: {q['note']}")
     lines += ["", "| file | bytes |", "|---|---|"]
     lines += [f"| {name} | {size:,} |" for name, size in s["files"].items()]
     lines += ["", "| artifact | runtime | outputs/derivatives |", "|---|---|---|"]

@@ -48,11 +48,14 @@ def print_summary(summary: dict) -> None:
     table.add_column("value", justify="right")
     table.add_row("parameters", f"{summary['parameters']:,}")
     table.add_row("test accuracy fp32", f"{summary['fp32_accuracy']:.4f}")
-    if summary["int8"]:
+    quant = summary["quantized"]
+    if quant and quant["policy"]:
         table.add_row(
-            escape(f"test accuracy quantized ({summary['int8']['policy']})"),
-            f"{summary['int8']['accuracy']:.4f}",
+            escape(f"test accuracy {quant['precision']} ({quant['policy']})"),
+            f"{quant['accuracy']:.4f}",
         )
+    elif quant:
+        table.add_row("quantized", "kept fp32 (no candidate qualified)")
     for name, size in summary["files"].items():
         table.add_row(f"size {name}", f"{size:,} B")
     for artifact, per in summary["parity"].items():

@@ -43,7 +43,12 @@ def test_every_stage_leaves_its_artifacts(run_dir: Path):
         "summary.md",
     ):
         assert (run_dir / rel).is_file(), rel
-    assert list((run_dir / "int8").glob("model.*.onnx")), "a quantized model"
+    quantized = json.loads((run_dir / "quantized" / "quantize.json").read_text())
+    models = list((run_dir / "quantized").glob("model.*.onnx"))
+    assert (quantized["precision"] == "fp32") == (not models), quantized["notes"]
+    assert all(
+        p.name == f"model.{quantized['precision']}.onnx" for p in models if "jvp" not in p.name
+    )
 
 
 def test_summary_agrees_with_the_artifacts(run_dir: Path):

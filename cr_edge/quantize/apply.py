@@ -1,16 +1,20 @@
 """Apply one policy to one graph with onnxruntime's quantizers (no hand-written quantizer).
 
-The same function quantizes the primal model and its derivative companion, so that
-the companion's JVP measures the precision that is actually deployed.
+Each policy is a handler in ``POLICIES`` keyed by its mode (torchao's
+``quantize_(model, config)`` registry). The same function quantizes the primal model
+and its derivative companion, so that the companion's JVP measures the precision
+that is actually deployed.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnxruntime.quantization import (
     CalibrationMethod,
     QuantFormat,
@@ -20,13 +24,14 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from cr_edge.errors import ExportError
+from cr_edge.errors import ExportError, InputError
 from cr_edge.quantize.calibration import NpzReader, fixed_batch
 from cr_edge.quantize.companion import derivative_only, tie_weights_
 from cr_edge.quantize.equalize import Scales, equalize
 from cr_edge.quantize.graph import LINEAR, gemm_to_matmul, horner_chain
 from cr_edge.quantize.interval import overrides as interval_overrides
 from cr_edge.quantize.policy import QuantPolicy
+from cr_edge.quantize.weight_only import WeightOnlyInt8
 from cr_edge.quiet import quiet
 
 CALIBRATION = {
@@ -40,6 +45,20 @@ CALIBRATION = {
 CALIB_OPTIONS = {"CalibPercentile": 99.999}
 
 
+Handler = Callable[[onnx.ModelProto, QuantPolicy, dict[str, np.ndarray]], onnx.ModelProto]
+POLICIES: dict[str, Handler] = {}  # mode -> handler, filled by ``register``
+
+
+def register(mode: str) -> Callable[[Handler], Handler]:
+    """Add a policy handler under ``mode`` (a ``QuantPolicy.mode``): dispatch, not branches."""
+
+    def add(handler: Handler) -> Handler:
+        POLICIES[mode] = handler
+        return handler
+
+    return add
+
+
 def apply_policy(
     model: onnx.ModelProto,
     policy: QuantPolicy,
@@ -49,38 +68,77 @@ def apply_policy(
     """``model`` quantized as ``policy`` says (static: calibrated on ``feeds``), and the
     equalization scales used; pass the primal's ``scales`` when quantizing its companion.
     """
-    if policy.mode == "fp16":
-        return _fp16(model), {}
+    if policy.mode not in POLICIES:
+        raise InputError(f"--mode {policy.mode!r}: no such policy ({', '.join(POLICIES)})")
     scales = dict(scales or {})
-    if policy.equalize:
+    if policy.equalize and policy.mode not in ("fp16", "w8"):  # w8: one scale per column
         model, scales = equalize(model, feeds, scales)
-    if policy.mode == "dynamic":
-        model = gemm_to_matmul(model)
+    return POLICIES[policy.mode](model, policy, feeds), scales
+
+
+@register("fp16")
+def _fp16(model: onnx.ModelProto, policy: QuantPolicy, feeds: dict) -> onnx.ModelProto:
+    # keep_io_types: fp32 in and out, so the same oracle and the same callers work.
+    return convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+
+
+@register("w8")
+def _weights_only(model: onnx.ModelProto, policy: QuantPolicy, feeds: dict) -> onnx.ModelProto:
+    irm = ir.from_proto(model)
+    WeightOnlyInt8()(irm)
+    return ir.to_proto(irm)
+
+
+@register("dynamic")
+def _dynamic(model: onnx.ModelProto, policy: QuantPolicy, feeds: dict) -> onnx.ModelProto:
+    model = gemm_to_matmul(model)
+    derivative = derivative_only(model)
+
+    def run(src: Path, dst: Path) -> None:
+        quantize_dynamic(
+            src,
+            dst,
+            op_types_to_quantize=["MatMul", "Conv"],
+            per_channel=policy.per_channel,
+            reduce_range=True,  # 7-bit weights: u8 x s8 pair sums stay inside int16
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=sorted(derivative),
+        )
+
+    return _tied(_through_files(model, policy, run), derivative)
+
+
+@register("static")
+def _static_policy(model: onnx.ModelProto, policy: QuantPolicy, feeds: dict) -> onnx.ModelProto:
     derivative = derivative_only(model)
     # Horner chain in float: exclude its nodes so only the linear layers get QDQ.
     chain = set(horner_chain(model).nodes) if policy.poly == "float" else set()
     exclude = sorted(chain | derivative)
+
+    def run(src: Path, dst: Path) -> None:
+        _static(src, dst, model, policy, feeds, exclude)
+
+    return _tied(_through_files(model, policy, run), derivative)
+
+
+def _tied(quantized: onnx.ModelProto, derivative: set[str]) -> onnx.ModelProto:
+    if derivative:
+        tie_weights_(quantized, derivative)
+    return quantized
+
+
+def _through_files(
+    model: onnx.ModelProto, policy: QuantPolicy, run: Callable[[Path, Path], None]
+) -> onnx.ModelProto:
+    """onnxruntime's quantizers read and write files: ``run(src, dst)`` in a temp folder."""
     try:
         with quiet(""), tempfile.TemporaryDirectory(prefix="cr-edge-quant-") as tmp:
             src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
             onnx.save(model, src)
-            if policy.mode == "dynamic":
-                quantize_dynamic(
-                    src,
-                    dst,
-                    op_types_to_quantize=["MatMul", "Conv"],
-                    per_channel=policy.per_channel,
-                    weight_type=QuantType.QInt8,
-                    nodes_to_exclude=exclude,
-                )
-            else:
-                _static(src, dst, model, policy, feeds, exclude)
-            quantized = onnx.load(dst)
+            run(src, dst)
+            return onnx.load(dst)
     except (ValueError, RuntimeError, KeyError, onnx.checker.ValidationError) as e:
         raise ExportError(f"onnxruntime.quantization refused {policy.label}: {e}") from e
-    if derivative:
-        tie_weights_(quantized, derivative)
-    return quantized, scales
 
 
 def _static(
@@ -108,6 +166,8 @@ def _static(
         src,
         dst,
         NpzReader(feeds, fixed_batch(model)),
+        # 8-bit activations take 7-bit weights, so u8 x s8 pair sums stay inside int16
+        reduce_range=policy.poly != "int16",
         quant_format=QuantFormat.QDQ,
         per_channel=policy.per_channel,
         activation_type=activation,
@@ -116,8 +176,3 @@ def _static(
         calibrate_method=CALIBRATION[policy.method],
         extra_options=options,
     )
-
-
-def _fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    # keep_io_types: fp32 in and out, so the same oracle and the same callers work.
-    return convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)

@@ -9,8 +9,8 @@ from rich.table import Table
 from cr_edge.quantize.quantizer import QuantizeResult, Tried
 
 _console = Console()
-# The table is ~95 columns; narrower (non-tty, CI) consoles would elide its figures.
-_stdout = Console(width=max(_console.width, 100))
+# The table is ~130 columns; narrower (non-tty, CI) consoles would elide its figures.
+_stdout = Console(width=max(_console.width, 140))
 
 
 def _num(value: float | None, spec: str) -> str:
@@ -26,7 +26,9 @@ def _row(t: Tried, fp32_bytes: int, chosen: bool) -> list[str]:
         "-" if p is None else f"{p.max_abs_err:.2g}/{p.atol:.2g}",
         "-" if p is None or p.argmax_agree is None else f"{p.argmax_agree:.3f}",
         "-" if p is None else _num(p.jvp_min_cos, ".4f"),
+        _num(t.secant_cos, ".4f"),
         *(f"{v['ratio']:.2f}x" for v in t.latency.values()),
+        ",".join(w.name.replace("onnxruntime", "ort") for w in t.ways if not w.parity.ok) or "-",
         "pass" if t.passed else "FAIL",
     ]
 
@@ -34,14 +36,16 @@ def _row(t: Tried, fp32_bytes: int, chosen: bool) -> list[str]:
 def print_quantize(result: QuantizeResult) -> None:
     """What was tried and why the kept model was kept, then the files written.
 
-    Latency is the median per-pair ratio to fp32 (interleaved runs, one thread);
-    quantize.json has the p10-p90 spread and every figure unrounded.
+    Latency is the median per-round ratio to fp32 (interleaved runs, one thread);
+    quantize.json has the p10-p90 spread and every figure unrounded. "failed ways"
+    names the parity checks that failed: ort (this CPU), ort b1 (batch 1), exact
+    (integer maths), avx2 (the u8s8 kernel of x86 without VNNI).
     """
     acc = "" if result.fp32_accuracy is None else f", fp32 accuracy {result.fp32_accuracy:.4f}"
     table = Table(
         title=f"quantize -> {result.out} (fp32 {result.fp32_bytes:,} B{acc})", box=box.SIMPLE_HEAD
     )
-    batches = list(result.chosen.latency)
+    batches = list(result.tried[0].latency)
     for name in (
         "policy",
         "size",
@@ -49,13 +53,17 @@ def print_quantize(result: QuantizeResult) -> None:
         "err/atol",
         "argmax",
         "jvp cos",
+        "secant cos",
         *(f"t b{b}" for b in batches),
+        "failed ways",
         "ok",
     ):
         table.add_column(name, justify="left" if name == "policy" else "right", no_wrap=True)
     for t in result.tried:
         table.add_row(*_row(t, result.fp32_bytes, t is result.chosen))
     _stdout.print(table)
+    if result.chosen is None:
+        _stdout.print("[bold]kept fp32[/bold]: no quantized model written (see the reasons below)")
     for t in result.tried:
         _stdout.print(f"{t.policy.label}: {t.why}")
     for note in result.notes:

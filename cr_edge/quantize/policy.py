@@ -1,20 +1,23 @@
-"""The quantization policy: one validated, JSON-serialisable dataclass per run.
+"""The quantization policy and the stage's config: validated, JSON-serialisable dataclasses.
 
-A policy says how the linear layers are quantized (``mode``) and, separately, what
-happens to the polynomial's Horner chain (``poly``), because the chain is where a
-naive int8 pass loses the model: every Mul/Add of ``((z + c2) z + c1) z`` would get
-its own 8-bit rounding. The policy is stored in the quantized model's metadata.
+A policy names how the linear layers are quantized (``mode``, a key of the policy
+registry in ``apply``) and, separately, what happens to the polynomial's Horner
+chain (``poly``), because the chain is where a naive int8 pass loses the model: every
+Mul/Add of ``((z + c2) z + c1) z`` would get its own 8-bit rounding. The policy is
+stored in the quantized model's metadata; its ``tag`` names the file.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 from cr_edge.errors import InputError
 
-MODES = ("dynamic", "static", "fp16", "auto")
+MODES = ("auto", "w8", "dynamic", "static", "fp16")
 POLYS = ("float", "int16", "int8")
 METHODS = ("minmax", "percentile", "entropy", "interval")
+MAX_LATENCY_RATIO = 1.25  # auto keeps nothing slower than this x fp32 at batch 1
 
 
 @dataclass(frozen=True)
@@ -22,19 +25,24 @@ class QuantPolicy:
     """How to quantize one model (and its derivative companion, identically).
 
     mode
-        ``dynamic``: int8 weights, activations quantized at run time (no calibration);
-        ``static``: QDQ with calibrated activation ranges; ``fp16``: half precision;
-        ``auto``: try the candidates below and keep the best that passes.
+        ``w8``: int8 weights behind ``DequantizeLinear``, float activations (the
+        default int8 form: no integer kernel runs, so no CPU can overflow);
+        ``dynamic``: activations quantized at run time to uint8, weights 7-bit
+        (``reduce_range``, so the x86 u8 x s8 pair sums cannot saturate);
+        ``static``: QDQ with calibrated activation ranges (8-bit activations with
+        7-bit weights, or 16-bit activations); ``fp16``: half precision;
+        ``auto``: try the candidates of ``auto_candidates`` and keep the smallest,
+        then fastest, that passes, is smaller than fp32 and within the latency cap.
     poly
         The Horner chain: ``float`` (left unquantized), ``int16`` (16-bit
         activations), ``int8`` (naive, kept for comparison). Static mode only;
-        dynamic quantization never touches Mul/Add, so there it is always float.
+        the other modes never touch Mul/Add, so there it is always float.
     method
         Activation calibration for static mode; ``interval`` bounds the chain's
         intermediates from the coefficients and the domain guard instead of data.
     equalize
         Cross-layer equalization of every Gemm input before int8 (see
-        ``quant_equalize``); off only to measure what onnxruntime does alone.
+        ``quantize.equalize``); off only to measure what onnxruntime does alone.
     """
 
     mode: str = "auto"
@@ -48,9 +56,9 @@ class QuantPolicy:
             value = getattr(self, name)
             if value not in allowed:
                 raise InputError(f"--{name} {value!r}: choose from {', '.join(allowed)}")
-        if self.mode == "dynamic" and self.poly != "float":
+        if self.mode not in ("static", "auto") and self.poly != "float":
             raise InputError(
-                f"--poly {self.poly} needs --mode static: dynamic quantization only "
+                f"--poly {self.poly} needs --mode static: {self.mode} only "
                 "quantizes the linear layers, the Horner chain stays float"
             )
 
@@ -60,23 +68,57 @@ class QuantPolicy:
         return "fp16" if self.mode == "fp16" else "int8"
 
     @property
+    def tag(self) -> str:
+        """What the model is, for its file name: ``model.<tag>.onnx``."""
+        if self.mode in ("fp16", "w8"):
+            return self.mode
+        return "a16w8" if self.poly == "int16" else "a8w7"
+
+    @property
     def label(self) -> str:
-        if self.mode == "fp16":
-            return "fp16"
-        name = "dynamic" if self.mode == "dynamic" else f"static/{self.poly}/{self.method}"
-        return name if self.equalize else f"{name}/no-eq"
+        if self.mode in ("fp16", "w8"):
+            name = self.mode
+        elif self.mode == "dynamic":
+            name = "dynamic"
+        else:
+            name = f"static/{self.poly}/{self.method}"
+        return name if self.equalize or self.mode == "fp16" else f"{name}/no-eq"
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def auto_candidates(base: QuantPolicy) -> list[QuantPolicy]:
-    """What ``--mode auto`` tries; the naive int8 chain (no equalization) is measured for comparison.
+@dataclass(frozen=True)
+class QuantConfig:
+    """One ``quantize`` run: the policy, where it writes, and what it must achieve.
 
-    ``per_channel`` and ``method`` come from the user; fp16 is the fallback when no
-    int8 policy passes the int8 tolerances.
+    ``require``: fail (exit 1) when ``--mode auto`` keeps fp32 rather than returning
+    with no quantized model. ``max_latency_ratio``: auto's cap against fp32 at batch 1.
+    """
+
+    out: Path
+    policy: QuantPolicy = field(default_factory=QuantPolicy)
+    calib: Path | None = None
+    ort_format: bool = False
+    require: bool = False
+    max_latency_ratio: float = MAX_LATENCY_RATIO
+
+    def __post_init__(self) -> None:
+        if not self.max_latency_ratio > 0:
+            raise InputError(f"latency cap {self.max_latency_ratio}: must be > 0")
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out}: exists and is not a folder; give a folder")
+        object.__setattr__(self, "out", out)
+
+
+def auto_candidates(base: QuantPolicy) -> list[QuantPolicy]:
+    """What ``--mode auto`` tries, on one scale; the naive int8 chain is measured for comparison.
+
+    ``per_channel`` and ``method`` come from the user.
     """
     return [
+        replace(base, mode="w8", poly="float"),
         replace(base, mode="dynamic", poly="float"),
         replace(base, mode="static", poly="float"),
         replace(base, mode="static", poly="int16"),

@@ -1,11 +1,14 @@
-"""``cr-edge quantize``: an fp32 export in, an int8 (or fp16) export with its oracle out.
+"""``cr-edge quantize``: an fp32 export in, a smaller export with its oracle out.
 
-The model and its derivative companion are quantized with the same policy (so that
-derivative parity is measured at the deployed precision), judged against the parity
-oracle by the written tolerance policy, and written with the oracle beside them and
-metadata saying how they were made. ``--mode auto`` tries the candidates of
-``quant_policy.auto_candidates`` and keeps the smallest, then fastest, int8 model
-that passes; fp16 is the fallback. Nothing is written unless a model is kept.
+``quantize(model, config)`` is the one entry. The model and its derivative
+companion are quantized with the same policy (so that derivative parity is measured
+at the deployed precision), judged against the parity oracle three ways (``judge``)
+by the written tolerance policy, and written as ``model.<tag>.onnx`` with the oracle
+beside them and metadata saying how they were made. ``--mode auto`` puts every
+candidate of ``policy.auto_candidates`` on one scale: it must pass, be strictly
+smaller than fp32 and no slower than ``max_latency_ratio`` x fp32 at batch 1; the
+smallest, then fastest, is kept. If none qualifies fp32 is kept, no quantized model
+is written, and the report says so.
 """
 
 from __future__ import annotations
@@ -27,11 +30,19 @@ from cr_edge.quantize import measure as qm
 from cr_edge.quantize.apply import apply_policy
 from cr_edge.quantize.calibration import feeds_for, read_calibration
 from cr_edge.quantize.graph import horner_chain, load_float_model, set_metadata
+from cr_edge.quantize.judge import AtBatch, Way, three_ways
 from cr_edge.quantize.ort_copies import write_ort
-from cr_edge.quantize.policy import QuantPolicy, auto_candidates
+from cr_edge.quantize.policy import QuantConfig, QuantPolicy, auto_candidates
+from cr_edge.quantize.secant import min_cosine, secant, secant_displacement
 from cr_edge.runtimes.safe_load import companion_of, oracle_path
 from cr_edge.validate.oracle import Oracle, load_oracle
-from cr_edge.validate.tolerances import INT8_LEVELS, JACOBIAN_BOUND_KEY, OUTPUT_STEP_KEY
+from cr_edge.validate.tolerances import (
+    INT8_LEVELS,
+    JACOBIAN_BOUND_KEY,
+    OUTPUT_STEP_KEY,
+    SECANT_MIN_COSINE,
+    SECANT_STEPS,
+)
 
 MAX_ACCURACY_DROP = (
     0.005  # test-split accuracy (a fraction) an int8 model may lose and still be kept
@@ -52,6 +63,8 @@ class Tried:
     why: str
     model: onnx.ModelProto = field(repr=False)
     companion: onnx.ModelProto | None = field(repr=False)
+    ways: list[Way] = field(default_factory=list)
+    secant_cos: float | None = None  # primal secant vs fp32's at the same step, batch 1
 
     def to_json(self) -> dict:
         return {
@@ -59,6 +72,8 @@ class Tried:
             "label": self.policy.label,
             "bytes": self.bytes,
             "parity": self.parity.to_json() if self.parity else None,
+            "ways": [w.to_json() for w in self.ways],
+            "secant_min_cos": self.secant_cos,
             "accuracy": self.accuracy,
             "latency": {f"batch{b}": v for b, v in self.latency.items()},
             "passed": self.passed,
@@ -72,7 +87,7 @@ class QuantizeResult:
 
     out: Path
     files: dict[str, Path]
-    chosen: Tried
+    chosen: Tried | None  # None: auto kept fp32 (no candidate qualified)
     tried: list[Tried]
     fp32_bytes: int
     fp32_accuracy: float | None
@@ -81,7 +96,8 @@ class QuantizeResult:
     def to_json(self) -> dict:
         return {
             "files": {k: str(v) for k, v in self.files.items()},
-            "chosen": self.chosen.policy.label,
+            "chosen": self.chosen.policy.label if self.chosen else "fp32",
+            "precision": self.chosen.policy.tag if self.chosen else "fp32",
             "fp32": {"bytes": self.fp32_bytes, "accuracy": self.fp32_accuracy},
             "tried": [t.to_json() for t in self.tried],
             "notes": self.notes,
@@ -98,34 +114,30 @@ class _Inputs:
     oracle: Oracle | None
     calib: np.ndarray
     notes: list[str]
+    secant: tuple[np.ndarray, np.ndarray] | None = None  # (displacement, fp32 secant)
 
 
-def quantize(
-    model: Path,
-    out: Path,
-    policy: QuantPolicy | None = None,
-    calib: Path | None = None,
-    ort_format: bool = False,
-) -> QuantizeResult:
-    """Quantize the export ``model`` (and ``X.jvp.onnx``) into the folder ``out``.
-
-    ``ort_format`` also writes ``.ort`` copies for the onnxruntime mobile package.
-    """
-    policy = policy or QuantPolicy()
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder; give a folder")
-    src = _load(Path(model), policy, calib)
+def quantize(model: Path, config: QuantConfig) -> QuantizeResult:
+    """Quantize the export ``model`` (and ``X.jvp.onnx``) into the folder ``config.out``."""
+    policy, out = config.policy, config.out
+    src = _load(Path(model), policy, config.calib)
     extra = _extra_metadata(src)
     fp32 = qm.session(src.model)
     fp32_acc = _accuracy(fp32, src.oracle)
+    _fp32_secant(src, fp32)
+    fp32_bytes = len(src.model.SerializeToString())
     policies = auto_candidates(policy) if policy.mode == "auto" else [policy]
     tried = [_try(src, p, extra, fp32, fp32_acc) for p in policies]
-    chosen = _choose(tried) if policy.mode == "auto" else tried[0]
-    files = _write(src, out, chosen, ort_format)
-    result = QuantizeResult(
-        out, files, chosen, tried, len(src.model.SerializeToString()), fp32_acc, src.notes
-    )
+    if policy.mode == "auto":
+        chosen = _choose(tried, fp32_bytes, config.max_latency_ratio)
+        if chosen is None and config.require:
+            raise CheckFailed(_kept_fp32(tried, config.max_latency_ratio) + " (--require)")
+    else:
+        chosen = tried[0]
+    files = _write(src, out, chosen, config.ort_format) if chosen else {}
+    if chosen is None:
+        src.notes.append(_kept_fp32(tried, config.max_latency_ratio))
+    result = QuantizeResult(out, files, chosen, tried, fp32_bytes, fp32_acc, src.notes)
     write_json(out / "quantize.json", result.to_json())  # non-finite figures as "NaN" etc.
     files["report"] = out / "quantize.json"
     write_manifest(out, files.values())
@@ -186,6 +198,7 @@ def _try(
 ) -> Tried:
     meta = {
         "cr_edge.precision": policy.precision,
+        "cr_edge.quant.format": policy.tag,
         "cr_edge.quant.policy": json.dumps(policy.to_json()),
         "cr_edge.quant.tool": f"onnxruntime.quantization {ort.__version__}",
         **(extra if policy.precision == "int8" else {}),
@@ -199,16 +212,35 @@ def _try(
         companion, _ = apply_policy(src.companion, policy, feeds, scales)
         set_metadata(companion, meta)
     sess = qm.session(model)
-    par = None
+    ways: list[Way] = []
     if src.oracle is not None:
-        par = qm.parity(sess, companion and qm.session(companion), meta, src.oracle)
+        ways, notes = three_ways(model, companion, meta, src.oracle, sess)
+        src.notes.extend(f"{policy.label}: {n}" for n in notes)
+    par = ways[0].parity if ways else None
     acc = _accuracy(sess, src.oracle)
     x = src.oracle.x if src.oracle is not None else src.calib
     batches = [qm.fixed_batch(sess)] if qm.fixed_batch(sess) else LATENCY_BATCHES
     latency = {b: qm.latency_ratio(fp32, sess, np.resize(x, (b, *x.shape[1:]))) for b in batches}
-    passed, why = _verdict(par, acc, fp32_acc)
-    return Tried(
-        policy, len(model.SerializeToString()), par, acc, latency, passed, why, model, companion
+    sec = None
+    if src.secant is not None:
+        d, ref = src.secant
+        sec = min_cosine(secant(AtBatch(qm.as_session(sess), 1), src.oracle.x, d), ref)
+    # fp16 rounds outputs, not inputs: a secant over int8 input steps measures its output
+    # rounding, not its derivative, so it is reported for fp16 but judges int8 only
+    passed, why = _verdict(ways, acc, fp32_acc, sec if policy.precision == "int8" else None)
+    size = len(model.SerializeToString())
+    return Tried(policy, size, par, acc, latency, passed, why, model, companion, ways, sec)
+
+
+def _fp32_secant(src: _Inputs, fp32: ort.InferenceSession) -> None:
+    """The fp32 model's secant at the step every candidate's is compared at, once."""
+    if src.oracle is None or not src.oracle.has_derivatives:
+        return
+    d = secant_displacement(src.calib, src.oracle.v)
+    src.secant = (d, secant(AtBatch(qm.as_session(fp32), 1), src.oracle.x, d))
+    src.notes.append(
+        f"primal secant: steps of {SECANT_STEPS} input quantization steps per feature along "
+        "the oracle's v, batch 1, compared with fp32's secant at the same steps"
     )
 
 
@@ -226,40 +258,60 @@ def _output_step(model: onnx.ModelProto) -> dict[str, str]:
     return {}
 
 
-def _verdict(par: qm.Parity | None, acc: float | None, fp32_acc: float | None) -> tuple[bool, str]:
-    if par is None:
+def _verdict(
+    ways: list[Way], acc: float | None, fp32_acc: float | None, sec: float | None
+) -> tuple[bool, str]:
+    """Pass only if every way passes; the reason names each way that failed."""
+    if not ways:
         return True, "not checked (no oracle)"
-    fails = []
-    if not par.outputs_ok:
-        fails.append(f"output err {par.max_abs_err:.3g} > atol {par.atol:.3g}")
-    if par.derivatives_ok is False:
-        fails.append(
-            f"jvp cos {par.jvp_min_cos:.4f} (need {par.jvp_min_cos_required}) "
-            f"err {par.jvp_max_err:.3g} (max {par.jvp_rtol})"
-        )
+    failed = [w for w in ways if w.failure is not None]
+    fails = [failed[0].failure] if failed else []
+    if len(failed) > 1:
+        fails.append("also fails: " + ", ".join(w.name for w in failed[1:]))
     if acc is not None and fp32_acc is not None and fp32_acc - acc > MAX_ACCURACY_DROP:
         fails.append(f"accuracy -{fp32_acc - acc:.4f}")
-    return not fails, "; ".join(fails) or f"passes {par.precision} tolerances"
+    if sec is not None and sec < SECANT_MIN_COSINE:
+        fails.append(f"primal secant cos {sec:.4f} vs fp32's (need {SECANT_MIN_COSINE})")
+    names = ", ".join(w.name for w in ways)
+    return not fails, "; ".join(fails) or f"passes {ways[0].parity.precision} tolerances ({names})"
 
 
-def _choose(tried: list[Tried]) -> Tried:
-    """Smallest passing int8 model, then fastest at batch 64; else fp16; else fail."""
-    ok = [t for t in tried if t.passed]
-    for precision in ("int8", "fp16"):
-        pool = [t for t in ok if t.policy.precision == precision]
-        if pool:
-            best = min(pool, key=lambda t: (t.bytes, list(t.latency.values())[-1]["ratio"]))
-            best.why = f"chosen: {best.why}"
-            return best
-    raise CheckFailed(
-        "no policy passed: " + " | ".join(f"{t.policy.label}: {t.why}" for t in tried)
+def qualifies(t: Tried, fp32_bytes: int, cap: float) -> str | None:
+    """Why auto may not keep ``t`` (None: it may): parity, size and speed on one scale."""
+    if not t.passed:
+        return t.why
+    if t.bytes >= fp32_bytes:
+        return f"not smaller than fp32 ({t.bytes:,} B >= {fp32_bytes:,} B)"
+    first = t.latency[min(t.latency)]
+    if first["ratio"] > cap:
+        return f"{first['ratio']:.2f}x fp32 at batch {min(t.latency)}, over the {cap:g}x cap"
+    return None
+
+
+def _choose(tried: list[Tried], fp32_bytes: int, cap: float) -> Tried | None:
+    """Smallest qualifying candidate, then fastest at batch 1; None keeps fp32."""
+    pool = [t for t in tried if qualifies(t, fp32_bytes, cap) is None]
+    if not pool:
+        return None
+    best = min(pool, key=lambda t: (t.bytes, t.latency[min(t.latency)]["ratio"]))
+    best.why = f"chosen: {best.why}"
+    for t in tried:
+        if t.passed and t not in pool:
+            t.why = f"passes, but {qualifies(t, fp32_bytes, cap)}"
+    return best
+
+
+def _kept_fp32(tried: list[Tried], cap: float) -> str:
+    return (
+        "kept fp32: no candidate passed all parity checks and was smaller than fp32 "
+        f"within {cap:g}x its batch-1 latency; no quantized model written"
     )
 
 
 def _write(src: _Inputs, out: Path, chosen: Tried, ort_format: bool) -> dict[str, Path]:
     """Models first, the oracle last, so a folder with an oracle has the models it judges."""
     stem = src.path.stem
-    files = {"onnx": out / f"{stem}.{chosen.policy.precision}.onnx"}
+    files = {"onnx": out / f"{stem}.{chosen.policy.tag}.onnx"}
     write_bytes(files["onnx"], chosen.model.SerializeToString())
     if chosen.companion is not None:
         files["jvp"] = companion_of(files["onnx"])

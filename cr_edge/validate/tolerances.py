@@ -48,7 +48,12 @@ int8
     A JVP near zero is therefore not held to a relative bound it cannot meet.
     Finite differences of a quantized model are not a derivative (the graph is
     piecewise constant in ``x``), so int8 derivatives need the companion.
-    Fallbacks when the metadata is absent: the step an 8-bit per-tensor quantizer
+    The deployed primal graph is also held to a secant check (``quantize.secant``):
+    ``(f(x + h v) - f(x - h v)) / 2h`` with ``h v`` spanning ``SECANT_STEPS`` = 4
+    input quantization steps, per-sample cosine >= 0.99 with the fp32 model's
+    secant at the same ``h`` (the companion's int8 cosine: the two derivative views
+    are held alike). fp16 rounds outputs rather than inputs, so there the secant is
+    reported, not judged. Fallbacks when the metadata is absent: the step an 8-bit per-tensor quantizer
     would pick for the oracle's output range, ``(max y - min y) / 255``; and for
     ``L`` the largest ``||J v|| / ||v||`` over the oracle samples (a lower bound of
     the true ``L``, so the check errs strict).
@@ -71,6 +76,8 @@ OUTPUT_STEP_KEY = "cr_edge.quant.output_step"
 JACOBIAN_BOUND_KEY = "cr_edge.jacobian_bound"
 INT8_OUTPUT_STEPS = 3.0
 INT8_LEVELS = 255
+SECANT_STEPS = 4  # input quantization steps the int8 primal secant spans
+SECANT_MIN_COSINE = 0.99  # int8 primal secant vs fp32's at the same step
 MAX_UNRESOLVED = 0.1  # finite differences judge a model only if >= 90% of samples resolve
 
 

@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from cr_edge.quantize.policy import QuantPolicy
+from cr_edge.quantize.policy import QuantConfig, QuantPolicy
 from cr_edge.quantize.quantizer import quantize
 from cr_edge.recipe import load_recipe
 from cr_edge.train import train
@@ -26,16 +26,15 @@ from reliability.helpers import one_line_error, run
 
 @pytest.fixture(scope="module")
 def int8(tmp_path_factory):
-    """digits-cr trained to where ``quantize --mode auto`` keeps an int8 model that passes."""
+    """digits-cr trained to where int8 weights (``--mode w8``) pass."""
     from cr_edge.export.exporter import export
 
     root = tmp_path_factory.mktemp("int8")
     train(load_recipe("digits-cr").replace(epochs=20), root / "ck")
     export(root / "ck", root / "ex")
-    result = quantize(
-        root / "ex" / "model.onnx", root / "q", QuantPolicy("auto"), root / "ck" / "calib.npz"
-    )
-    assert result.chosen.policy.precision == "int8" and result.chosen.passed, result.chosen.why
+    config = QuantConfig(root / "q", QuantPolicy("w8"), root / "ck" / "calib.npz")
+    result = quantize(root / "ex" / "model.onnx", config)
+    assert result.chosen.passed, result.chosen.why
     return root, result.files["onnx"]
 
 
@@ -66,7 +65,10 @@ def flat_output(model: onnx.ModelProto) -> None:
         if n.op_type in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul")
     ][-1]
     names = {t.name: t for t in model.graph.initializer}
-    for name in last.input[1:]:
+    dequantized = {
+        n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"
+    }
+    for name in (dequantized.get(i, i) for i in last.input[1:]):
         if name in names and numpy_helper.to_array(names[name]).ndim == 2:
             arr = numpy_helper.to_array(names[name])
             names[name].CopyFrom(numpy_helper.from_array(np.zeros_like(arr), name))

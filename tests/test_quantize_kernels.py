@@ -1,0 +1,170 @@
+"""The AVX2 u8s8 emulation and the exact-maths evaluation, on hand-built graphs (no training).
+
+The emulation must catch on this (VNNI) machine what an AVX2 machine without VNNI
+computes: one Gemm whose u8 x s8 pair sums leave int16. Expected values are worked
+out by hand from the kernel's definition, not by the code under test.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic, quantize_static
+
+from cr_edge.quantize.apply import apply_policy
+from cr_edge.quantize.calibration import NpzReader
+from cr_edge.quantize.graph import gemm_to_matmul
+from cr_edge.quantize.integer_eval import EmulateQdqKernels, ReferenceSession, integer_kernel_nodes
+from cr_edge.quantize.judge import three_ways
+from cr_edge.quantize.kernels import integer_matmul, saturating_matmul
+from cr_edge.quantize.measure import as_session, session
+from cr_edge.quantize.policy import QuantPolicy
+from cr_edge.quantize.secant import min_cosine, secant
+from cr_edge.validate.oracle import Oracle
+from cr_edge.validate.tolerances import OUTPUT_STEP_KEY, SECANT_MIN_COSINE
+
+K, M = 16, 4
+# The outputs reach ~16: a step of 0.05 (atol 0.15) holds exact maths by a margin and is
+# still ~10x below what the saturated pair sums cost (each loses half its value).
+META = {"cr_edge.precision": "int8", OUTPUT_STEP_KEY: "0.05"}
+
+
+def test_pair_sums_saturate_at_int16_as_vpmaddubsw_does():
+    a = np.full((1, 4), 255, dtype=np.uint8)
+    b = np.array([[127], [127], [-128], [1]], dtype=np.int8)
+    got, saturated = saturating_matmul(a, b)
+    # pair (0, 1): 255*127*2 = 64770 -> 32767; pair (2, 3): -32640 + 255 = -32385 (exact)
+    assert got.tolist() == [[32767 - 32385]] and saturated == 1
+    # u8 x u8 widens without saturating; a zero point is applied from exact sums
+    assert integer_matmul(a, 0, b.astype(np.int16).clip(0).astype(np.uint8), 0)[1] == 0
+    shifted, _ = integer_matmul(a, 5, np.array([[1], [2], [3], [4]], np.int8), 0)
+    assert shifted.tolist() == [[250 * 10]]
+
+
+def _one_gemm() -> onnx.ModelProto:
+    """``y = x W^T + b`` with every weight near +1: equal columns, pairs of one sign."""
+    rng = np.random.default_rng(0)
+    w = rng.uniform(0.9, 1.0, (M, K)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="gemm", transB=1)],
+        "one_gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", M])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(M, np.float32), "b")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _oracle(model: onnx.ModelProto, x: np.ndarray) -> Oracle:
+    return Oracle(path=None, x=x, y=session(model).run(None, {"x": x})[0])
+
+
+@pytest.fixture(scope="module")
+def inputs() -> np.ndarray:
+    """Non-negative inputs: the u8 codes of the activations sit near 255."""
+    x = np.random.default_rng(1).uniform(0.5, 1.0, (32, K)).astype(np.float32)
+    x[:, 0] = -0.01  # the zero point sits at code 1 or 2, not 0
+    return x
+
+
+def _ort_defaults(model: onnx.ModelProto, x: np.ndarray, kind: str) -> onnx.ModelProto:
+    """onnxruntime's quantizers with their defaults: u8 activations x s8 weights, 8 bits."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        onnx.save(gemm_to_matmul(model) if kind == "dynamic" else model, src)
+        if kind == "dynamic":
+            quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8)
+        else:
+            quantize_static(
+                src, dst, NpzReader({"x": x}), per_channel=True, activation_type=QuantType.QUInt8
+            )
+        return onnx.load(dst)
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "static-qdq"])
+def test_the_emulation_catches_an_overflow_that_exact_maths_does_not(inputs, kind):
+    model = _one_gemm()
+    quantized = _ort_defaults(model, inputs, kind)
+    assert integer_kernel_nodes(quantized) == 1
+    ways, _ = three_ways(quantized, None, META, _oracle(model, inputs))
+    by_name = {w.name.split()[0]: w for w in ways if w.name.split()[-1] != "b1"}
+    assert by_name["exact"].parity.outputs_ok, by_name["exact"].parity
+    avx2 = by_name["avx2"]
+    assert not avx2.parity.outputs_ok and avx2.saturated > 0
+    assert "overflows in u8s8 kernels without VNNI" in avx2.failure
+    # 16 products of ~255 * 127 each: every pair sum is twice the int16 limit, far off
+    assert avx2.parity.max_abs_err > 10 * by_name["exact"].parity.max_abs_err
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_cr_edge_activation_policies_never_saturate_on_the_same_gemm(inputs, mode):
+    model = _one_gemm()
+    quantized, _ = apply_policy(model, QuantPolicy(mode, equalize=False), {"x": inputs})
+    ways, _ = three_ways(quantized, None, META, _oracle(model, inputs))
+    avx2 = next(w for w in ways if w.name.startswith("avx2"))
+    assert avx2.saturated == 0 and avx2.parity.outputs_ok, avx2
+
+
+def test_seven_bit_weights_do_not_saturate(inputs):
+    model = _one_gemm()
+    quantized, _ = apply_policy(model, QuantPolicy("dynamic", equalize=False), {"x": inputs})
+    for t in quantized.graph.initializer:  # the weight codes halved: reduce_range's 7 bits
+        if t.data_type == TensorProto.INT8 and len(t.dims) == 2:
+            codes = numpy_helper.to_array(t) // 2
+            t.CopyFrom(numpy_helper.from_array(codes.astype(np.int8), t.name))
+    emulated = ReferenceSession(quantized, avx2=True)
+    exact = ReferenceSession(quantized).run({"x": inputs})[0]
+    np.testing.assert_array_equal(emulated.run({"x": inputs})[0], exact)
+    assert emulated.saturated == 0
+
+
+def test_emulation_pass_refuses_float_products_and_says_why():
+    model = _one_gemm()
+    import onnx_ir as ir
+
+    irm = ir.from_proto(model)
+    gemm = next(iter(irm.graph))
+    assert "not dequantized from 8-bit codes" in EmulateQdqKernels.refusal(gemm)
+    assert not EmulateQdqKernels()(irm).modified
+    out = ReferenceSession(model, avx2=True).run({"x": np.ones((2, K), np.float32)})[0]
+    np.testing.assert_allclose(
+        out, session(model).run(None, {"x": np.ones((2, K), np.float32)})[0], rtol=1e-6
+    )
+
+
+def _coarse_input(model: onnx.ModelProto, step: float) -> onnx.ModelProto:
+    """``model`` behind a QuantizeLinear/DequantizeLinear of ``x`` with the given step."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(step, np.float32), "x_step"),
+            numpy_helper.from_array(np.array(128, np.uint8), "x_zero"),
+        ]
+    )
+    g.node[0].input[0] = "x_deq"
+    qdq = [
+        helper.make_node("QuantizeLinear", ["x", "x_step", "x_zero"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "x_step", "x_zero"], ["x_deq"]),
+    ]
+    for i, node in enumerate(qdq):
+        g.node.insert(i, node)
+    return out
+
+
+def test_the_primal_secant_sees_a_staircase_the_straight_through_view_hides(inputs):
+    """A secant over ~1 step of a quantized input is jumpy; over fine weights it is not."""
+    model = _one_gemm()
+    v = np.random.default_rng(2).standard_normal(inputs.shape).astype(np.float32)
+    d = 0.004 * v
+    ref = secant(as_session(session(model)), inputs, d)
+    coarse = secant(as_session(session(_coarse_input(model, 0.016))), inputs, d)
+    assert min_cosine(coarse, ref) < SECANT_MIN_COSINE
+    w8, _ = apply_policy(model, QuantPolicy("w8"), {"x": inputs})
+    assert min_cosine(secant(as_session(session(w8)), inputs, d), ref) >= SECANT_MIN_COSINE
