@@ -15,7 +15,7 @@ from cr_edge.export.exporter import ExportOptions, export
 from cr_edge.quantize.calibration import feeds_for
 from cr_edge.quantize.companion import derivative_only
 from cr_edge.quantize.equalize import equalize
-from cr_edge.quantize.graph import gemm_to_matmul
+from cr_edge.quantize.gemm_to_matmul import gemm_to_matmul
 from cr_edge.quantize.interval import chain_ranges
 from cr_edge.quantize.measure import session
 from cr_edge.quantize.policy import MAX_LATENCY_RATIO, QuantConfig, QuantPolicy, auto_candidates

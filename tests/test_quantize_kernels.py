@@ -18,7 +18,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic, quantize_stati
 
 from cr_edge.quantize.apply import apply_policy
 from cr_edge.quantize.calibration import NpzReader
-from cr_edge.quantize.graph import gemm_to_matmul
+from cr_edge.quantize.gemm_to_matmul import gemm_to_matmul
 from cr_edge.quantize.integer_eval import EmulateQdqKernels, ReferenceSession, integer_kernel_nodes
 from cr_edge.quantize.judge import three_ways
 from cr_edge.quantize.kernels import integer_matmul, saturating_matmul

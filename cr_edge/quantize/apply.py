@@ -28,7 +28,8 @@ from cr_edge.errors import ExportError, InputError
 from cr_edge.quantize.calibration import NpzReader, fixed_batch
 from cr_edge.quantize.companion import derivative_only, tie_weights_
 from cr_edge.quantize.equalize import Scales, equalize
-from cr_edge.quantize.graph import LINEAR, gemm_to_matmul, horner_chain
+from cr_edge.quantize.gemm_to_matmul import gemm_to_matmul
+from cr_edge.quantize.graph import LINEAR, horner_chain
 from cr_edge.quantize.interval import overrides as interval_overrides
 from cr_edge.quantize.policy import QuantPolicy
 from cr_edge.quantize.weight_only import WeightOnlyInt8

@@ -1,4 +1,4 @@
-"""Reading a float model before quantization: refusals, the Horner chain, one rewrite.
+"""Reading a float model before quantization: refusals and the Horner chain.
 
 The chain is found from the graph, not trusted from metadata: every node that is
 neither a linear layer nor a shape op is the activation between linear layers (in a
@@ -12,9 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 from cr_edge.errors import InputError
 from cr_edge.ops import LINEAR, QUANTIZE, QUANTIZED_LINEAR, SHAPE
@@ -83,54 +82,3 @@ def set_metadata(model: onnx.ModelProto, updates: dict[str, str]) -> None:
     del model.metadata_props[:]
     for key in sorted(merged):
         model.metadata_props.add(key=key, value=merged[key])
-
-
-def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with every plain ``Gemm`` (constant B, alpha = beta = 1) as ``MatMul`` + ``Add``.
-
-    onnxruntime's dynamic quantizer has integer kernels for MatMul, not Gemm, so without
-    this rewrite ``--mode dynamic`` would leave a Gemm-only MLP untouched.
-    """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    inits = {t.name: t for t in out.graph.initializer}
-    nodes = []
-    for node in out.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        plain = (
-            node.op_type == "Gemm"
-            and node.input[1] in inits
-            and not attrs.get("transA", 0)
-            and attrs.get("alpha", 1.0) == 1.0
-            and attrs.get("beta", 1.0) == 1.0
-        )
-        if not plain:
-            nodes.append(node)
-            continue
-        weight = node.input[1]
-        if attrs.get("transB", 0):  # shared weights (the JVP companion) are transposed once
-            weight = f"{node.input[1]}__t"
-            if weight not in inits:
-                w = numpy_helper.to_array(inits[node.input[1]]).T
-                inits[weight] = numpy_helper.from_array(np.ascontiguousarray(w), weight)
-                out.graph.initializer.append(inits[weight])
-        has_bias = len(node.input) > 2 and node.input[2]
-        mm_out = f"{node.output[0]}__matmul" if has_bias else node.output[0]
-        nodes.append(
-            helper.make_node(
-                "MatMul", [node.input[0], weight], [mm_out], name=f"{node.name}__matmul"
-            )
-        )
-        if has_bias:
-            nodes.append(
-                helper.make_node(
-                    "Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name}__bias"
-                )
-            )
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    used = {i for n in out.graph.node for i in n.input}
-    keep = [t for t in out.graph.initializer if t.name in used]
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(keep)
-    return out
