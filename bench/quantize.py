@@ -39,7 +39,7 @@ from onnxruntime.quantization import quantize_dynamic
 
 from cr_edge.export.exporter import export
 from cr_edge.quantize import measure as qm
-from cr_edge.quantize.graph import gemm_to_matmul
+from cr_edge.quantize.gemm_to_matmul import gemm_to_matmul
 from cr_edge.quantize.judge import AtBatch, three_ways
 from cr_edge.quantize.policy import QuantConfig, QuantPolicy
 from cr_edge.quantize.quantizer import QuantizeResult, Tried, quantize
@@ -147,7 +147,11 @@ def rows_for(name: str, ck: Path, ex: Path, work: Path) -> tuple[list[tuple], st
     if chosen is None:
         passing = [t for t in result.tried if t.passed]
         shown = min(passing, key=lambda t: t.bytes) if passing else result.tried[0]
-        label, ok, why = f"fp32 (best: {shown.policy.tag})", "kept fp32", result.notes[-1]
+        label, ok, why = (
+            f"fp32 (best: {shown.policy.tag})",
+            "kept fp32",
+            f"{name}: {result.notes[-1]}",
+        )
     else:
         shown, label, ok = chosen, chosen.policy.tag, "pass"
         why = f"{name}: auto kept {chosen.policy.label} ({chosen.why})"
