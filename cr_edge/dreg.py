@@ -5,10 +5,12 @@ For a layer ``z = W h + b`` followed by ``h' = act(z)`` the layer Jacobian is
 activation's derivative (which PolyAct hands over from its forward pass) and
 the row norms of ``W``. No double backward, no Jacobian is ever materialised.
 
-For ``Conv2d`` each output position is a row of the unrolled convolution; its
-norm is ``||W_o||^2`` whenever the whole kernel lies inside the input. At a
-zero-padded border some taps fall on padding, the true row norm is smaller, and
-the value computed here is an upper bound of ``||J||_F^2`` rather than equal to it.
+For ``Conv1d`` and ``Conv2d`` alike each output position is a row of the unrolled
+convolution; its norm is ``||W_o||^2`` whenever the whole kernel lies inside the
+input. At a zero-padded border (the first and last position of a padded Conv1d,
+the frame of a padded Conv2d) some taps fall on padding, the true row norm is
+smaller, and the value computed here is an upper bound of ``||J||_F^2`` rather
+than equal to it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ DEFAULT_LAMBDA = 10**-2.5
 
 
 def row_norms_sq(layer: nn.Module) -> Tensor:
-    """``||W_i||^2`` per output unit (Linear) or output channel (Conv2d)."""
+    """``||W_i||^2`` per output unit (Linear) or output channel (Conv1d/Conv2d)."""
     w = layer.weight
     if w.dim() > 2:  # conv: one row per output channel; a Linear weight needs no reshape node
         w = w.flatten(1)

@@ -3,12 +3,14 @@
 A fair fight between a ChainzRule net and a baseline changes only the
 activation (and the width): ``NetConfig.activation`` picks ``poly``, ``relu`` or
 ``gelu`` and everything else is built the same way. A net is a flat list of
-blocks (Linear/Conv2d, activation, pooling, flatten) so that DREG, the export
-lowering and the parameter count can all walk it without special cases.
+blocks (Linear/Conv1d/Conv2d, activation, pooling, flatten) so that DREG, the export
+lowering and the parameter count can all walk it without special cases. ``conv`` builds
+Conv2d on images (channels, h, w) and Conv1d on sequences (channels, length).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -20,6 +22,8 @@ from cr_edge.poly import DEFAULT_DEGREE, PolyAct, check_degree
 
 ACTIVATIONS = ("poly", "relu", "gelu")
 ARCHS = ("mlp", "conv")
+CONV_RANKS = (2, 3)  # a sample (channels, length) gets Conv1d, (channels, h, w) Conv2d
+_CONV = {2: (nn.Conv1d, nn.AvgPool1d), 3: (nn.Conv2d, nn.AvgPool2d)}
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,7 @@ class NetConfig:
     """Architecture of a net; stored in every checkpoint and export."""
 
     arch: str = "mlp"
-    input_shape: tuple[int, ...] = (64,)  # per sample: (features,) or (channels, h, w)
+    input_shape: tuple[int, ...] = (64,)  # per sample: (features,), (channels, length) or (c, h, w)
     n_classes: int = 10
     hidden: tuple[int, ...] = (32,)  # MLP widths, or conv channels per stage
     activation: str = "poly"
@@ -44,9 +48,10 @@ class NetConfig:
         check_degree(self.degree)
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"hidden widths must be positive integers, got {list(self.hidden)}")
-        if self.arch == "conv" and len(self.input_shape) != 3:
+        if self.arch == "conv" and len(self.input_shape) not in CONV_RANKS:
             raise ValueError(
-                f"conv nets need inputs shaped (channels, h, w), got {self.input_shape}"
+                "conv nets need inputs shaped (channels, length) or (channels, h, w), "
+                f"got {self.input_shape}"
             )
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
         object.__setattr__(self, "hidden", tuple(int(d) for d in self.hidden))
@@ -143,14 +148,15 @@ def _blocks(config: NetConfig) -> list[nn.Module]:
             width = h
         blocks.append(nn.Linear(width, config.n_classes))
         return blocks
-    channels, height, width = config.input_shape
+    conv, pool = _CONV[len(config.input_shape)]
+    channels, *size = config.input_shape
     for c in config.hidden:
-        blocks += [nn.Conv2d(channels, c, kernel_size=3, padding=1), _activation(config, c)]
+        blocks += [conv(channels, c, kernel_size=3, padding=1), _activation(config, c)]
         channels = c
-        if min(height, width) >= 4:  # pool while the map is large enough to keep a 2x2 map
-            blocks.append(nn.AvgPool2d(2))
-            height, width = height // 2, width // 2
-    blocks += [nn.Flatten(), nn.Linear(channels * height * width, config.n_classes)]
+        if min(size) >= 4:  # pool while the map is large enough to keep 2 (or 2x2) positions
+            blocks.append(pool(2))
+            size = [d // 2 for d in size]
+    blocks += [nn.Flatten(), nn.Linear(channels * math.prod(size), config.n_classes)]
     return blocks
 
 

@@ -22,7 +22,7 @@ from cr_edge import dreg
 from cr_edge.checkpoint import save_checkpoint
 from cr_edge.data import Dataset, fit_normalisation, load_source, split
 from cr_edge.errors import InputError, NonFiniteError, TrainingFailed
-from cr_edge.nets import CRNet, NetConfig, build_net
+from cr_edge.nets import CONV_RANKS, CRNet, NetConfig, build_net
 from cr_edge.poly import PolyAct
 from cr_edge.recipe import Recipe
 from cr_edge.watch import FIX_DIVERGED, Watch, prediction_information, prior_entropy
@@ -63,10 +63,10 @@ def resolve_device(device: str) -> torch.device:
 
 def net_config_for(recipe: Recipe, data: Dataset) -> NetConfig:
     input_shape = data.input_shape
-    if recipe.arch == "conv" and len(input_shape) != 3:
+    if recipe.arch == "conv" and len(input_shape) not in CONV_RANKS:
         raise InputError(
-            f"--arch conv needs image data shaped (channels, h, w); "
-            f"{data.source} has samples shaped {input_shape}"
+            "--arch conv needs sequences shaped (channels, length) or images (channels, h, w); "
+            f"{data.source} has samples shaped {input_shape}; use --arch mlp"
         )
     return NetConfig(
         arch=recipe.arch,

@@ -57,22 +57,29 @@ def test_linear_term_equals_autograd_jacobian(kind: str) -> None:
     )
 
 
+# (conv layer, one input batch shape): Conv1d on sequences (n, c, length), Conv2d on images
+CONVS = [(nn.Conv1d, (2, 2, 7)), (nn.Conv2d, (2, 2, 5, 4))]
+CONV_IDS = ["conv1d", "conv2d"]
+
+
+@pytest.mark.parametrize(("conv", "shape"), CONVS, ids=CONV_IDS)
 @pytest.mark.parametrize("kind", ACTS)
-def test_conv_term_equals_autograd_jacobian_without_padding(kind: str) -> None:
+def test_conv_term_equals_autograd_jacobian_without_padding(kind: str, conv, shape) -> None:
     torch.manual_seed(1)
-    layer = nn.Conv2d(2, 3, kernel_size=3, padding=0).double()
+    layer = conv(2, 3, kernel_size=3, padding=0).double()
     act = _activation(kind, 3)
-    h = torch.randn(2, 2, 5, 4, dtype=F64)
+    h = torch.randn(*shape, dtype=F64)
     torch.testing.assert_close(_analytic(layer, act, h), _exact_jacobian_sq(layer, act, h), **TIGHT)
 
 
+@pytest.mark.parametrize(("conv", "shape"), CONVS, ids=CONV_IDS)
 @pytest.mark.parametrize("kind", ACTS)
-def test_conv_term_bounds_autograd_jacobian_with_padding(kind: str) -> None:
+def test_conv_term_bounds_autograd_jacobian_with_padding(kind: str, conv, shape) -> None:
     """At the zero-padded border some taps fall outside the input: DREG overestimates there."""
     torch.manual_seed(2)
-    layer = nn.Conv2d(2, 3, kernel_size=3, padding=1).double()
+    layer = conv(2, 3, kernel_size=3, padding=1).double()
     act = _activation(kind, 3)
-    h = torch.randn(2, 2, 5, 4, dtype=F64)
+    h = torch.randn(*shape, dtype=F64)
     analytic, exact = _analytic(layer, act, h), _exact_jacobian_sq(layer, act, h)
     assert torch.all(analytic > exact)
     assert torch.all(analytic < 2.0 * exact)  # a bound, not a different quantity

@@ -224,11 +224,12 @@ def _evaluate(stages: list[Stage], x: np.ndarray) -> np.ndarray:
             )
         elif isinstance(s, Affine):
             w, b = torch.from_numpy(s.weight), torch.from_numpy(s.bias)
-            h = F.conv2d(h, w, b, padding=s.padding) if s.conv else F.linear(h, w, b)
+            conv = F.conv1d if s.spatial_dims == 1 else F.conv2d
+            h = conv(h, w, b, padding=s.padding) if s.conv else F.linear(h, w, b)
         elif isinstance(s, Poly):
             h = sum(torch.from_numpy(c).view(spatial) * h**k for k, c in enumerate(s.coeffs))
         elif isinstance(s, Pool):
-            h = F.avg_pool2d(h, s.kernel)
+            h = (F.avg_pool1d if s.spatial_dims == 1 else F.avg_pool2d)(h, s.kernel)
         elif isinstance(s, Flatten):
             h = h.flatten(1)
     return h.numpy()
@@ -250,17 +251,19 @@ def _mlp(lead: float = 0.3) -> list[Stage]:
     ]
 
 
-def _conv(first_padding: int, second_padding: int) -> list[Stage]:
+def _conv(first_padding: int, second_padding: int, dims: int = 2) -> list[Stage]:
+    """Two 3-tap convs (Conv1d for ``dims=1``, Conv2d 3x3 for 2) on 8 (or 8x8) inputs."""
     rng = np.random.default_rng(1)
+    taps = (3,) * dims
     return [
         InputAffine(rng.uniform(0.5, 2.0, 2), rng.normal(size=2)),
-        Affine(rng.normal(size=(3, 2, 3, 3)), rng.normal(size=3), True, first_padding),
+        Affine(rng.normal(size=(3, 2, *taps)), rng.normal(size=3), True, first_padding),
         _poly(rng, 3, 0.3),
-        Affine(rng.normal(size=(2, 3, 3, 3)), rng.normal(size=2), True, second_padding),
+        Affine(rng.normal(size=(2, 3, *taps)), rng.normal(size=2), True, second_padding),
         _poly(rng, 2, 0.3),
         Flatten(),
         Affine(
-            rng.normal(size=(4, 2 * (8 - 4 + 2 * (first_padding + second_padding)) ** 2)),
+            rng.normal(size=(4, 2 * (8 - 4 + 2 * (first_padding + second_padding)) ** dims)),
             rng.normal(size=4),
         ),
     ]
@@ -270,8 +273,11 @@ def _mlp_x() -> np.ndarray:
     return np.random.default_rng(2).normal(size=(16, 4))
 
 
-def _conv_x() -> np.ndarray:
-    return np.random.default_rng(3).normal(size=(6, 2, 8, 8))
+def _conv_x(dims: int = 2) -> np.ndarray:
+    return np.random.default_rng(3).normal(size=(6, 2, *(8,) * dims))
+
+
+CONV_DIMS = pytest.mark.parametrize("dims", [1, 2], ids=["conv1d", "conv2d"])
 
 
 def _assert_exact(stages: list[Stage], fold: folds.FoldPass, x: np.ndarray) -> folds.PassResult:
@@ -286,10 +292,11 @@ def test_normalisation_folds_exactly_into_the_first_linear_layer() -> None:
     assert result.modified and not isinstance(result.stages[0], InputAffine)
 
 
-def test_normalisation_before_a_padded_conv_is_kept_with_a_reason() -> None:
-    result = _assert_exact(_conv(1, 0), folds.fold_input_normalisation, _conv_x())
+@CONV_DIMS
+def test_normalisation_before_a_padded_conv_is_kept_with_a_reason(dims: int) -> None:
+    result = _assert_exact(_conv(1, 0, dims), folds.fold_input_normalisation, _conv_x(dims))
     assert not result.modified and "zero-padded" in result.refusals[0]
-    exact = _assert_exact(_conv(0, 0), folds.fold_input_normalisation, _conv_x())
+    exact = _assert_exact(_conv(0, 0, dims), folds.fold_input_normalisation, _conv_x(dims))
     assert exact.modified
 
 
@@ -305,15 +312,17 @@ def test_leading_coefficient_fold_is_exact_and_monic() -> None:
     assert poly.monic and np.all(poly.coeffs[3] == 1.0) and poly.horner_nodes() == 5
 
 
-def test_constant_term_fold_is_exact_into_linear_and_unpadded_conv() -> None:
+@CONV_DIMS
+def test_constant_term_fold_is_exact_into_linear_and_unpadded_conv(dims: int) -> None:
     result = _assert_exact(_mlp(), folds.fold_constant_term, _mlp_x())
     assert result.stages[2].constant_folded and np.all(result.stages[2].coeffs[0] == 0)
-    conv = _assert_exact(_conv(0, 0), folds.fold_constant_term, _conv_x())
+    conv = _assert_exact(_conv(0, 0, dims), folds.fold_constant_term, _conv_x(dims))
     assert all(p.constant_folded for p in conv.stages if isinstance(p, Poly))
 
 
-def test_constant_term_before_a_padded_conv_is_kept_with_a_reason() -> None:
-    result = _assert_exact(_conv(0, 1), folds.fold_constant_term, _conv_x())
+@CONV_DIMS
+def test_constant_term_before_a_padded_conv_is_kept_with_a_reason(dims: int) -> None:
+    result = _assert_exact(_conv(0, 1, dims), folds.fold_constant_term, _conv_x(dims))
     first, second = (p for p in result.stages if isinstance(p, Poly))
     assert not first.constant_folded and second.constant_folded  # the second feeds a Linear
     assert any("zero-padded" in r for r in result.refusals)

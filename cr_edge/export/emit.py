@@ -28,35 +28,38 @@ def _horner(coeffs: Tensor, t: Tensor) -> Tensor:
     return acc
 
 
-def _buffer(module: nn.Module, name: str, value: np.ndarray, spatial: bool) -> None:
+def _buffer(module: nn.Module, name: str, value: np.ndarray, spatial: int) -> None:
+    """``spatial`` is the number of axes after the channel (0 flat, 1 sequence, 2 image)."""
     t = torch.tensor(np.asarray(value), dtype=torch.float32)
+    ones = (1,) * spatial
     if spatial and t.dim() == 1:
-        t = t.view(-1, 1, 1)
+        t = t.view(-1, *ones)
     elif spatial and t.dim() == 2:  # a stack of per-channel coefficients (k, C): rows broadcast
-        t = t.view(t.shape[0], -1, 1, 1)
+        t = t.view(t.shape[0], -1, *ones)
     module.register_buffer(name, t)
 
 
 class _Affine(nn.Module):
     def __init__(self, stage: Affine) -> None:
         super().__init__()
-        self.conv, self.padding = stage.conv, stage.padding
-        _buffer(self, "weight", stage.weight, False)
-        _buffer(self, "bias", stage.bias, False)
+        self.padding = stage.padding
+        self.conv = {0: None, 1: F.conv1d, 2: F.conv2d}[stage.spatial_dims]
+        _buffer(self, "weight", stage.weight, 0)
+        _buffer(self, "bias", stage.bias, 0)
 
     def forward(self, h: Tensor) -> Tensor:
         if self.conv:
-            return F.conv2d(h, self.weight, self.bias, padding=self.padding)
+            return self.conv(h, self.weight, self.bias, padding=self.padding)
         return F.linear(h, self.weight, self.bias)
 
     def tangent(self, h: Tensor, dh: Tensor) -> tuple[Tensor, Tensor]:
         if self.conv:
-            return self(h), F.conv2d(dh, self.weight, padding=self.padding)
+            return self(h), self.conv(dh, self.weight, padding=self.padding)
         return self(h), F.linear(dh, self.weight)
 
 
 class _InputAffine(nn.Module):
-    def __init__(self, stage: InputAffine, spatial: bool) -> None:
+    def __init__(self, stage: InputAffine, spatial: int) -> None:
         super().__init__()
         _buffer(self, "scale", stage.scale, spatial)
         _buffer(self, "offset", stage.offset, spatial)
@@ -74,9 +77,12 @@ class _Linear(nn.Module):
     def __init__(self, stage: Pool | Flatten) -> None:
         super().__init__()
         self.kernel = stage.kernel if isinstance(stage, Pool) else 0
+        self.pool = (
+            F.avg_pool1d if isinstance(stage, Pool) and stage.spatial_dims == 1 else F.avg_pool2d
+        )
 
     def forward(self, h: Tensor) -> Tensor:
-        return F.avg_pool2d(h, self.kernel) if self.kernel else torch.flatten(h, 1)
+        return self.pool(h, self.kernel) if self.kernel else torch.flatten(h, 1)
 
     def tangent(self, h: Tensor, dh: Tensor) -> tuple[Tensor, Tensor]:
         return self(h), self(dh)
@@ -85,7 +91,7 @@ class _Linear(nn.Module):
 class _Poly(nn.Module):
     """``m(t)`` as a Horner chain of Mul/Add, skipping the coefficients the folds removed."""
 
-    def __init__(self, stage: Poly, spatial: bool) -> None:
+    def __init__(self, stage: Poly, spatial: int) -> None:
         super().__init__()
         self.degree, self.monic, self.guard = stage.degree, stage.monic, stage.guard
         self.used = [k for k in range(stage.degree) if not stage.skipped(k)]
@@ -96,7 +102,7 @@ class _Poly(nn.Module):
         _buffer(self, "dm", derivative_coeffs(torch.from_numpy(stage.coeffs)).numpy(), spatial)
         true_deriv = derivative_coeffs(torch.from_numpy(stage.coeffs)).numpy() * stage.scale
         _buffer(self, "dp", true_deriv, spatial)
-        _buffer(self, "rownorm", stage.rownorm_sq, False)
+        _buffer(self, "rownorm", stage.rownorm_sq, 0)
         if stage.guard:
             _buffer(self, "lo", stage.lo + stage.shift, spatial)
             _buffer(self, "hi", stage.hi + stage.shift, spatial)
@@ -130,7 +136,7 @@ class _Act(nn.Module):
     def __init__(self, stage: Act) -> None:
         super().__init__()
         self.kind = stage.kind
-        _buffer(self, "rownorm", stage.rownorm_sq, False)
+        _buffer(self, "rownorm", stage.rownorm_sq, 0)
 
     def forward(self, z: Tensor) -> Tensor:
         return F.relu(z) if self.kind == "relu" else F.gelu(z)
@@ -148,27 +154,27 @@ class _Act(nn.Module):
 def _jacobian_sq(deriv: Tensor, rownorm: Tensor) -> Tensor:
     sq = deriv * deriv
     if sq.dim() > 2:
-        sq = sq.sum(dim=(2, 3))
+        sq = sq.sum(dim=tuple(range(2, sq.dim())))
     return sq @ rownorm
 
 
 def _modules(stages: list[Stage]) -> nn.ModuleList:
-    out, spatial = [], False
+    out, spatial = [], 0
     for stage in stages:
         if isinstance(stage, Affine):
             out.append(_Affine(stage))
-            spatial = stage.conv
+            spatial = stage.spatial_dims
         elif isinstance(stage, InputAffine):
             # per-channel (C,) before a conv; per-feature, already in the sample's shape, else
             first = next(s for s in stages if isinstance(s, Affine))
-            out.append(_InputAffine(stage, first.conv))
+            out.append(_InputAffine(stage, first.spatial_dims))
         elif isinstance(stage, Poly):
             out.append(_Poly(stage, spatial))
         elif isinstance(stage, Act):
             out.append(_Act(stage))
         else:
             out.append(_Linear(stage))
-            spatial = spatial and isinstance(stage, Pool)
+            spatial = spatial if isinstance(stage, Pool) else 0
     return nn.ModuleList(out)
 
 

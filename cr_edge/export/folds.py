@@ -61,7 +61,7 @@ def _input_constant(affine: Affine, constant: np.ndarray) -> None:
     """Fold a per-channel constant input into the bias: b += W @ c."""
     c = _expand(constant, affine)
     w = affine.weight
-    affine.bias = affine.bias + (w.sum(axis=(2, 3)) if w.ndim == 4 else w) @ c
+    affine.bias = affine.bias + w.sum(axis=tuple(range(2, w.ndim))) @ c  # conv: sum the taps
 
 
 def _range(poly: Poly) -> np.ndarray:

@@ -28,7 +28,8 @@ class ReferenceNet(nn.Module):
         super().__init__()
         self.net = ckpt.net
         norm = ckpt.normalisation
-        shape = (-1, 1, 1) if norm.per == "channel" else tuple(norm.mean.shape)
+        spatial = (1,) * (len(ckpt.net_config.input_shape) - 1)  # (c, length) or (c, h, w)
+        shape = (-1, *spatial) if norm.per == "channel" else tuple(norm.mean.shape)
         self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32).reshape(shape))
         self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32).reshape(shape))
         self.bounds = (

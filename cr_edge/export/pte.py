@@ -151,6 +151,7 @@ def _quantize(et: Any, module: nn.Module, samples: Tensor) -> nn.Module:
     config = et.quant_config(is_per_channel=True)
     quantizer = et.XNNPACKQuantizer()
     quantizer.set_operator_type(torch.ops.aten.linear.default, config)
+    quantizer.set_operator_type(torch.ops.aten.conv1d.default, config)
     quantizer.set_operator_type(torch.ops.aten.conv2d.default, config)
     observe = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
     try:
@@ -196,7 +197,7 @@ def _info(
         info["quantization"] = {
             "scheme": "PT2E XNNPACKQuantizer: symmetric int8, per-channel weights, "
             "static per-tensor activations",
-            "quantized_ops": ["linear", "conv2d"],
+            "quantized_ops": ["linear", "conv1d", "conv2d"],
             "calibration_samples": int(samples.shape[0]),
         }
     return info

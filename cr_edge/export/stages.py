@@ -22,12 +22,17 @@ from cr_edge.poly import PolyAct
 
 @dataclass
 class Affine:
-    """``W h + b``: a Linear layer, or a Conv2d with ``padding``."""
+    """``W h + b``: a Linear layer, or a Conv1d/Conv2d (weight rank 3/4) with ``padding``."""
 
     weight: np.ndarray
     bias: np.ndarray
     conv: bool = False
     padding: int = 0
+
+    @property
+    def spatial_dims(self) -> int:
+        """0 for Linear, 1 for Conv1d (length), 2 for Conv2d (height, width)."""
+        return self.weight.ndim - 2
 
 
 @dataclass
@@ -92,6 +97,7 @@ class Act:
 @dataclass
 class Pool:
     kernel: int
+    spatial_dims: int = 2  # AvgPool1d over a sequence, AvgPool2d over an image
 
 
 @dataclass
@@ -116,10 +122,8 @@ def stages_from_checkpoint(ckpt: Checkpoint) -> list[Stage]:
         if isinstance(block, nn.Linear):
             last_affine = Affine(_np(block.weight), _np(block.bias))
             stages.append(last_affine)
-        elif isinstance(block, nn.Conv2d):
-            if block.stride != (1, 1) or block.dilation != (1, 1) or block.groups != 1:
-                raise ExportError(f"conv layer {block}: only stride 1, dilation 1, groups 1 export")
-            last_affine = Affine(_np(block.weight), _np(block.bias), True, int(block.padding[0]))
+        elif isinstance(block, nn.Conv1d | nn.Conv2d):
+            last_affine = Affine(_np(block.weight), _np(block.bias), True, _conv_padding(block))
             stages.append(last_affine)
         elif isinstance(block, PolyAct | ClosedFormAct):
             if last_affine is None:
@@ -130,13 +134,51 @@ def stages_from_checkpoint(ckpt: Checkpoint) -> list[Stage]:
                 stages.append(Poly(_np(block.coeffs), rn))
             else:
                 stages.append(Act(block.kind, rn))
-        elif isinstance(block, nn.AvgPool2d):
-            stages.append(Pool(int(block.kernel_size)))
+        elif isinstance(block, nn.AvgPool1d | nn.AvgPool2d):
+            stages.append(_pool(block))
         elif isinstance(block, nn.Flatten):
             stages.append(Flatten())
         else:
             raise ExportError(f"block {block.__class__.__name__} has no export lowering")
     return stages
+
+
+def _conv_padding(block: nn.Conv1d | nn.Conv2d) -> int:
+    """The one padding the lowering emits; refuses the conv options it has no lowering for."""
+    dims = block.weight.dim() - 2
+    ones = (1,) * dims
+    why = []
+    if block.stride != ones or block.dilation != ones or block.groups != 1:
+        why.append("only stride 1, dilation 1, groups 1 export")
+    if block.padding_mode != "zeros" or isinstance(block.padding, str):
+        why.append(f"padding {block.padding!r} ({block.padding_mode}) is not a number of zeros")
+    elif len(set(block.padding)) != 1:
+        why.append(f"padding {block.padding} differs per axis")
+    if why:
+        raise ExportError(
+            f"conv layer {block}: {'; '.join(why)}; export lowers only the convs cr_edge.nets builds"
+        )
+    return int(block.padding[0])
+
+
+def _pool(block: nn.AvgPool1d | nn.AvgPool2d) -> Pool:
+    """Only the non-overlapping, unpadded average pool that ``cr_edge.nets`` builds lowers."""
+    dims = 1 if isinstance(block, nn.AvgPool1d) else 2
+    kernel, stride, padding = (
+        _single(getattr(block, k), block) for k in ("kernel_size", "stride", "padding")
+    )
+    if stride != kernel or padding != 0 or block.ceil_mode:
+        raise ExportError(
+            f"pooling layer {block}: only stride = kernel, no padding, floor mode export"
+        )
+    return Pool(kernel, dims)
+
+
+def _single(value: int | tuple[int, ...], block: nn.Module) -> int:
+    values = set(value) if isinstance(value, tuple) else {value}
+    if len(values) != 1:
+        raise ExportError(f"pooling layer {block}: {value} differs per axis; use a square pool")
+    return int(values.pop())
 
 
 @torch.no_grad()
