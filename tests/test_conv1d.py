@@ -19,8 +19,8 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 from runtime_fixtures import copy_model, to_ort
-from test_export import run_onnx
 from test_export_mobile import INT8_ARGMAX, INT8_P99_STEPS, run_pte
+from trained import run_onnx
 
 from cr_edge.cli import cli
 from cr_edge.export.exporter import ExportOptions, export
@@ -41,7 +41,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def exported(checkpoint: Path) -> Path:
     out = checkpoint.parent / "export"
-    export(checkpoint, out, ExportOptions(targets=("onnx", "ort")))
+    export(checkpoint, out, ExportOptions(formats=("onnx", "ort")))
     return out
 
 
@@ -130,7 +130,7 @@ def test_conv1d_int8_executorch_program_stays_within_its_step(
 ) -> None:
     """The .pte lowering with Conv1d quantized by PT2E, held to its quantization step against
     the fp32 ONNX model (one ExecuTorch export: lowering is the slowest thing here)."""
-    options = ExportOptions(targets=("executorch",), int8=True, derivatives=False)
+    options = ExportOptions(formats=("executorch",), int8=True, companion=False)
     int8 = export(checkpoint, tmp_path / "int8", options)
     ops = json.loads(int8.files["pte_info"].read_text())["delegation"]["ops"]
     per_channel = ops["quantized_decomposed_dequantize_per_channel_default"]["delegated"]

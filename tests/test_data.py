@@ -227,15 +227,17 @@ def test_feature_normalisation_on_tabular_data():
     np.testing.assert_allclose(z.std(axis=0), 1, atol=1e-4)
 
 
-def test_channel_normalisation():
+@pytest.mark.parametrize("sample", [(3, 5, 5), (3, 9)], ids=["image", "sequence"])
+def test_channel_normalisation(sample):
     rng = np.random.default_rng(0)
-    scale = np.array([1.0, 10.0, 0.1], np.float32)[None, :, None, None]
-    x = (rng.normal(size=(50, 3, 5, 5)) * scale + 7).astype(np.float32)
+    scale = np.array([1.0, 10.0, 0.1], np.float32).reshape(1, 3, *[1] * (len(sample) - 1))
+    x = (rng.normal(size=(50, *sample)) * scale + 7).astype(np.float32)
     norm = fit_normalisation(x, "channel")
     assert norm.mean.shape == (3,) and norm.per == "channel"
     z = norm.apply(x)
-    np.testing.assert_allclose(z.mean(axis=(0, 2, 3)), 0, atol=1e-4)
-    np.testing.assert_allclose(z.std(axis=(0, 2, 3)), 1, atol=1e-4)
+    axes = (0, *range(2, x.ndim))
+    np.testing.assert_allclose(z.mean(axis=axes), 0, atol=1e-4)
+    np.testing.assert_allclose(z.std(axis=axes), 1, atol=1e-4)
 
 
 @pytest.mark.parametrize("value", [0.0, 0.1, 3e5])
