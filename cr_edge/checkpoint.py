@@ -19,7 +19,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from cr_edge import __version__, atomic
-from cr_edge.data import Normalisation
+from cr_edge.data import Normalisation, TargetScale
 from cr_edge.errors import InputError, NonFiniteError
 from cr_edge.manifest import write_manifest
 from cr_edge.nets import CRNet, NetConfig, build_net
@@ -43,6 +43,11 @@ class Checkpoint:
     label_names: list[str]
     metrics: dict
     path: Path
+    target_scale: TargetScale | None = None  # regression only
+
+    @property
+    def task(self) -> str:
+        return self.net_config.task
 
     def calib(self) -> dict[str, np.ndarray]:
         """The checkpoint's calibration/test arrays (raw, un-normalised inputs)."""
@@ -57,6 +62,7 @@ def save_checkpoint(
     label_names: list[str],
     metrics: dict,
     calib: dict[str, np.ndarray],
+    target_scale: TargetScale | None = None,
 ) -> Path:
     """Write a checkpoint folder; refuses non-finite weights so no unusable artifact is left."""
     out = Path(out)
@@ -74,6 +80,8 @@ def save_checkpoint(
         "normalisation": normalisation.to_json(),
         "label_names": list(label_names),
     }
+    if target_scale is not None:
+        config["target_normalisation"] = target_scale.to_json()
     atomic.write_bytes(out / WEIGHTS, save_safetensors(state, metadata={"format": FORMAT}))
     atomic.write_npz(out / CALIB, **calib)
     atomic.write_json(out / METRICS, metrics)
@@ -100,6 +108,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
         recipe = Recipe.from_json(config["recipe"])
         normalisation = Normalisation.from_json(config["normalisation"])
         label_names = [str(n) for n in config["label_names"]]
+        scale = config.get("target_normalisation")
+        target_scale = TargetScale.from_json(scale) if scale is not None else None
+        if net_config.task == "regress" and target_scale is None:
+            raise KeyError("target_normalisation")
     except KeyError as e:
         raise InputError(
             f"{path / CONFIG}: missing field {e.args[0]!r}; re-run cr-edge train"
@@ -111,7 +123,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
     net.eval()
     metrics_path = path / METRICS
     metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
-    return Checkpoint(net, net_config, recipe, normalisation, label_names, metrics, path)
+    return Checkpoint(
+        net, net_config, recipe, normalisation, label_names, metrics, path, target_scale
+    )
 
 
 def _read_json(path: Path) -> dict:

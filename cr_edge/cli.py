@@ -52,9 +52,19 @@ def cli() -> None:
 @cli.command()
 @click.option("--recipe", help="A zoo recipe name (see models/) or a .toml file.")
 @click.option(
-    "--data", help="Built-in dataset (digits, breast-cancer, wine, mnist1d) or a CSV/NPZ/IDX file."
+    "--data",
+    help="Built-in dataset (digits, breast-cancer, wine, mnist1d, diabetes, anes96) "
+    "or a CSV/NPZ/IDX file.",
 )
 @click.option("--label", help="CSV column holding the labels (CSV data only).")
+@click.option(
+    "--task",
+    type=click.Choice(["classify", "regress", "ordinal"]),
+    help="What the label is: classes, a number, or ordered classes (e.g. 1-5 stars).",
+)
+@click.option(
+    "--loss", type=click.Choice(["auto", "mse", "huber"]), help="Regression loss (--task regress)."
+)
 @click.option("--arch", type=click.Choice(["mlp", "conv"]), help="Network shape.")
 @click.option("--hidden", type=IntList("64,32"), help="Comma-separated hidden widths, e.g. 64,32.")
 @click.option(
@@ -95,6 +105,8 @@ def train(
     recipe: str | None,
     data: str | None,
     label: str | None,
+    task: str | None,
+    loss: str | None,
     arch: str | None,
     hidden: tuple[int, ...] | None,
     activation: str | None,
@@ -123,6 +135,8 @@ def train(
     chosen = base.replace(
         data=data,
         label=label,
+        task=task,
+        loss=loss,
         arch=arch,
         hidden=hidden,
         activation=activation,

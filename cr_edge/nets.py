@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cr_edge import dreg
+from cr_edge.heads import OrdinalThresholds
 from cr_edge.poly import DEFAULT_DEGREE, PolyAct, check_degree
+from cr_edge.task_metrics import TASKS
 
 ACTIVATIONS = ("poly", "relu", "gelu")
 ARCHS = ("mlp", "conv")
@@ -39,8 +41,13 @@ class NetConfig:
     shared: bool = False  # one polynomial per layer instead of one per channel
     fit_range: float = 3.0  # polynomial initialised as a fit to GELU on [-fit_range, fit_range]
     init: str = "gelu"
+    task: str = "classify"  # what the head means (see cr_edge.heads)
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.task != "regress" and self.n_classes < 2:
+            raise ValueError(f"a {self.task} head needs at least 2 classes, got {self.n_classes}")
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.activation not in ACTIVATIONS:
@@ -55,6 +62,11 @@ class NetConfig:
             )
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
         object.__setattr__(self, "hidden", tuple(int(d) for d in self.hidden))
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of the last linear layer: K logits, one value, or one shared ordinal score."""
+        return self.n_classes if self.task == "classify" else 1
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -146,8 +158,8 @@ def _blocks(config: NetConfig) -> list[nn.Module]:
         for h in config.hidden:
             blocks += [nn.Linear(width, h), _activation(config, h)]
             width = h
-        blocks.append(nn.Linear(width, config.n_classes))
-        return blocks
+        blocks.append(nn.Linear(width, config.n_outputs))
+        return blocks + _head(config)
     conv, pool = _CONV[len(config.input_shape)]
     channels, *size = config.input_shape
     for c in config.hidden:
@@ -156,8 +168,12 @@ def _blocks(config: NetConfig) -> list[nn.Module]:
         if min(size) >= 4:  # pool while the map is large enough to keep 2 (or 2x2) positions
             blocks.append(pool(2))
             size = [d // 2 for d in size]
-    blocks += [nn.Flatten(), nn.Linear(channels * math.prod(size), config.n_classes)]
-    return blocks
+    blocks += [nn.Flatten(), nn.Linear(channels * math.prod(size), config.n_outputs)]
+    return blocks + _head(config)
+
+
+def _head(config: NetConfig) -> list[nn.Module]:
+    return [OrdinalThresholds(config.n_classes)] if config.task == "ordinal" else []
 
 
 def build_net(config: NetConfig, seed: int | None = None) -> CRNet:

@@ -111,7 +111,9 @@ def _summary(recipe, metrics, files, quant, report, profiles, failures) -> dict:
     return {
         "recipe": recipe.to_json(),
         "parameters": metrics["parameters"],
-        "fp32_accuracy": metrics["test_accuracy"],
+        "task": recipe.task,
+        "fp32_accuracy": metrics.get("test_accuracy"),  # None for regression
+        "test_metrics": {k[5:]: v for k, v in metrics.items() if k.startswith("test_")},
         "quantized": quant or None,
         "files": {
             name: path.stat().st_size
@@ -136,10 +138,13 @@ def summary_markdown(s: dict) -> str:
         f"# cr-edge pipeline: {s['recipe']['name']}",
         "",
         f"- parameters: {s['parameters']}",
-        f"- test accuracy fp32: {s['fp32_accuracy']:.4f}",
+        f"- task: {s['task']}",
+        "- test fp32: " + ", ".join(f"{k} {v:.4f}" for k, v in s["test_metrics"].items()),
     ]
     q = s["quantized"]
-    if q and q["policy"]:
+    if q and q["policy"] and q["accuracy"] is None:  # regression: parity is the measure
+        lines.append(f"- quantized to {q['precision']} ({q['policy']})")
+    elif q and q["policy"]:
         lines.append(
             f"- quantized to {q['precision']} ({q['policy']}): accuracy {q['accuracy']:.4f} "
             f"(fp32 through ONNX Runtime {q['fp32_accuracy']:.4f})"

@@ -29,7 +29,8 @@ def epoch_bar(total: int, label: str) -> Iterator:
                 task,
                 completed=stats.epoch,
                 stats=(
-                    f"loss {stats.loss:.4f}  dreg {stats.dreg:.2e}  val acc {stats.val_accuracy:.3f}"
+                    f"loss {stats.loss:.4f}  dreg {stats.dreg:.2e}  "
+                    f"val {stats.val_metric} {stats.val_score:.3f}"
                 ),
             )
 

@@ -19,8 +19,10 @@ else:  # the same parser, from PyPI (a dependency on 3.10 only)
 
 from cr_edge.dreg import DEFAULT_LAMBDA
 from cr_edge.errors import InputError
+from cr_edge.heads import LOSSES
 from cr_edge.nets import ACTIVATIONS, ARCHS
 from cr_edge.poly import MAX_DEGREE, MIN_DEGREE
+from cr_edge.task_metrics import TASKS
 
 RECIPE_VERSION = 1
 _SECTIONS = ("data", "net", "train")
@@ -34,6 +36,7 @@ class Recipe:
     # data
     data: str = "digits"  # a built-in dataset name or a file (see cr_edge.data.load_source)
     label: str | None = None  # the CSV column holding the labels
+    task: str = "classify"  # classify, regress or ordinal (see cr_edge.heads)
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     # net
@@ -49,7 +52,8 @@ class Recipe:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
-    patience: int = 15  # epochs without a better validation accuracy before stopping
+    loss: str = "auto"  # the task's default; regress also takes "huber"
+    patience: int = 15  # epochs without a better validation score before stopping
     # Stabilisers, measured on digits (5 seeds each; README "Training that watches itself"):
     clip_grad: float = 5.0  # gradient-norm clipping threshold; 0 disables
     # weight of mean(relu(|z| - fit_range)^2) per polynomial: keeps pre-activations on the
@@ -62,6 +66,8 @@ class Recipe:
         _choice("arch", self.arch, ARCHS)
         _choice("activation", self.activation, ACTIVATIONS)
         _choice("optimizer", self.optimizer, ("adam", "adamw"))
+        _choice("task", self.task, TASKS)
+        _choice("loss", self.loss, ("auto", *LOSSES[self.task]))
         _within("degree", self.degree, MIN_DEGREE, MAX_DEGREE)
         _within("epochs", self.epochs, 1, 100_000)
         _within("batch_size", self.batch_size, 1, 1 << 20)

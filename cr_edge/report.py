@@ -47,12 +47,13 @@ def print_summary(summary: dict) -> None:
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("parameters", f"{summary['parameters']:,}")
-    table.add_row("test accuracy fp32", f"{summary['fp32_accuracy']:.4f}")
+    for name, value in summary["test_metrics"].items():
+        table.add_row(f"test {name} fp32", f"{value:.4f}")
     quant = summary["quantized"]
     if quant and quant["policy"]:
         table.add_row(
             escape(f"test accuracy {quant['precision']} ({quant['policy']})"),
-            f"{quant['accuracy']:.4f}",
+            "-" if quant["accuracy"] is None else f"{quant['accuracy']:.4f}",
         )
     elif quant:
         table.add_row("quantized", "kept fp32 (no candidate qualified)")

@@ -1,4 +1,7 @@
-"""The training loop: cross-entropy plus DREG, early stopping on validation accuracy.
+"""The training loop: the task's loss plus DREG, early stopping on a validation score.
+
+The score is the task's selection metric (``cr_edge.task_metrics.SELECTION_METRIC``):
+accuracy to classify, R² to regress, quadratic-weighted kappa for ordinal targets.
 
 Deterministic by construction: one seed drives weight initialisation and batch
 order, and deterministic algorithms are requested, so the same recipe on the
@@ -15,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from cr_edge import dreg
+from cr_edge import dreg, heads
 from cr_edge.checkpoint import save_checkpoint
-from cr_edge.data import Dataset, fit_normalisation, load_source, split
+from cr_edge.data import Dataset, TargetScale, fit_normalisation, load_source, split
 from cr_edge.errors import InputError, NonFiniteError, TrainingFailed
 from cr_edge.nets import CONV_RANKS, CRNet, NetConfig, build_net
 from cr_edge.poly import PolyAct
 from cr_edge.recipe import Recipe
+from cr_edge.task_metrics import SELECTION_METRIC, task_metrics
 from cr_edge.watch import FIX_DIVERGED, Watch, prediction_information, prior_entropy
 
 CALIB_SAMPLES = 512  # training inputs kept for calibration and parity oracles
@@ -39,7 +42,8 @@ class EpochStats:
     epoch: int
     loss: float
     dreg: float
-    val_accuracy: float
+    val_score: float  # the task's selection metric on the validation split
+    val_metric: str = "accuracy"
 
 
 @dataclass(frozen=True)
@@ -68,10 +72,13 @@ def net_config_for(recipe: Recipe, data: Dataset) -> NetConfig:
             "--arch conv needs sequences shaped (channels, length) or images (channels, h, w); "
             f"{data.source} has samples shaped {input_shape}; use --arch mlp"
         )
+    if recipe.task == "regress" and not data.is_regression:
+        raise InputError(f"--task regress: {data.source} has class labels, not numeric targets")
     return NetConfig(
         arch=recipe.arch,
         input_shape=input_shape,
-        n_classes=data.n_classes,
+        n_classes=1 if recipe.task == "regress" else data.n_classes,
+        task=recipe.task,
         hidden=recipe.hidden,
         activation=recipe.activation,
         degree=recipe.degree,
@@ -106,7 +113,7 @@ def train(
     dev = resolve_device(device)
     torch.manual_seed(recipe.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    raw = load_source(recipe.data, recipe.label)
+    raw = load_source(recipe.data, recipe.label, recipe.task)
     data = split(
         raw,
         recipe.seed,
@@ -114,26 +121,32 @@ def train(
         recipe.test_fraction,
     )
     norm = fit_normalisation(data.x_train, "channel" if recipe.arch == "conv" else "feature")
+    target_scale = TargetScale.fit(data.y_train) if recipe.task == "regress" else None
     tensors = {
         k: torch.from_numpy(norm.apply(getattr(data, f"x_{k}"))).to(dev)
         for k in ("train", "val", "test")
     }
-    labels = {
-        k: torch.from_numpy(getattr(data, f"y_{k}")).long().to(dev)
-        for k in ("train", "val", "test")
-    }
+    labels = {k: _targets(getattr(data, f"y_{k}"), target_scale, dev) for k in tensors}
     net = build_net(net_config_for(recipe, data), seed=recipe.seed).to(dev)
     if threads is None and dev.type == "cpu" and net.n_parameters() < SINGLE_THREAD_BELOW:
         threads = 1
     with _cpu_threads(threads):
-        best = _fit(net, recipe, tensors, labels, on_epoch)
+        best = _fit(net, recipe, tensors, labels, on_epoch, target_scale)
     net.load_state_dict(best)
     net.eval()
-    metrics = evaluate(net, tensors["test"], labels["test"], recipe.dreg)
-    metrics["val_accuracy"] = accuracy(net, tensors["val"], labels["val"])
+    metrics = evaluate(net, tensors["test"], labels["test"], recipe.dreg, target_scale)
+    val = score(net, tensors["val"], labels["val"], target_scale)
+    metrics.update({f"val_{k}": v for k, v in val.items()})
     calib = _calib_arrays(data, recipe.seed)
-    save_checkpoint(out, net.cpu(), recipe, norm, data.label_names, metrics, calib)
+    save_checkpoint(out, net.cpu(), recipe, norm, data.label_names, metrics, calib, target_scale)
     return TrainResult(Path(out), metrics, net, list(raw.notes))
+
+
+def _targets(y: np.ndarray, target_scale: TargetScale | None, dev: torch.device) -> Tensor:
+    """Class indices as int64, or regression targets standardised with ``target_scale``."""
+    if target_scale is None:
+        return torch.from_numpy(y).long().to(dev)
+    return torch.from_numpy(target_scale.apply(y)).to(dev)
 
 
 def _fit(
@@ -142,17 +155,21 @@ def _fit(
     x: dict[str, Tensor],
     y: dict[str, Tensor],
     on_epoch: Callable[[EpochStats], None] | None,
+    target_scale: TargetScale | None = None,
 ) -> dict[str, Tensor]:
+    task = net.config.task
+    metric = SELECTION_METRIC[task]
+    kind = heads.default_loss(task) if recipe.loss == "auto" else recipe.loss
     opt_cls = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     gen = torch.Generator().manual_seed(recipe.seed)
     n = x["train"].shape[0]
     watch = Watch(
         initial_dreg=dreg_term(net, x["train"]),
-        prior_entropy=prior_entropy(y["val"].cpu().numpy(), net.config.n_classes),
+        prior_entropy=_prior_loss(task, y["val"], net.config.n_classes),
         fit_range=net.config.fit_range,
     )
-    best_acc, best_state, stale, step = -1.0, copy.deepcopy(net.state_dict()), 0, 0
+    best_score, best_state, stale, step = -np.inf, copy.deepcopy(net.state_dict()), 0, 0
     for epoch in range(1, recipe.epochs + 1):
         net.train()
         order = torch.randperm(n, generator=gen).to(x["train"].device)
@@ -169,6 +186,7 @@ def _fit(
                     step,
                     recipe.clip_grad,
                     recipe.range_penalty,
+                    kind,
                 )
             except NonFiniteError as e:
                 raise TrainingFailed(
@@ -177,12 +195,14 @@ def _fit(
             loss_sum += loss * idx.numel()
             term_sum += term * idx.numel()
             step += 1
-        val = _val_figures(net, x["val"], y["val"])
+        val_score = score(net, x["val"], y["val"], target_scale)[metric]
+        info = _information(net, x["val"])
         if on_epoch:
-            on_epoch(EpochStats(epoch, loss_sum / n, recipe.dreg * term_sum / n, val["accuracy"]))
-        watch.check_epoch(epoch, loss_sum / n, term_sum / n, val["information"], _coefficients(net))
-        if val["accuracy"] > best_acc:
-            best_acc, best_state, stale = val["accuracy"], copy.deepcopy(net.state_dict()), 0
+            dreg_mean = recipe.dreg * term_sum / n
+            on_epoch(EpochStats(epoch, loss_sum / n, dreg_mean, val_score, metric))
+        watch.check_epoch(epoch, loss_sum / n, term_sum / n, info, _coefficients(net))
+        if val_score > best_score:
+            best_score, best_state, stale = val_score, copy.deepcopy(net.state_dict()), 0
         else:
             stale += 1
             if stale >= recipe.patience:
@@ -199,8 +219,9 @@ def _step(
     step: int,
     clip: float = 0.0,
     bound: float = 0.0,
+    kind: str = "cross-entropy",
 ) -> tuple[float, float]:
-    """One optimiser step; returns the cross-entropy and the unweighted DREG term.
+    """One optimiser step; returns the task's loss (``kind``) and the unweighted DREG term.
 
     ``clip`` is the gradient-norm limit and ``bound`` the weight of the range penalty
     (``Recipe.clip_grad``, ``Recipe.range_penalty``); 0 turns either off.
@@ -208,12 +229,12 @@ def _step(
     logits, terms, excess = net.forward_with_terms(xb)
     term = dreg.penalty(terms, 1.0)
     penalty = lam * term if lam > 0 else torch.zeros((), device=xb.device)
-    ce = F.cross_entropy(logits, yb)
+    ce = heads.loss(net.config.task, kind, logits, yb)
     loss = ce + penalty
     if bound > 0 and excess:
         loss = loss + bound * torch.stack(excess).sum()
     if not torch.isfinite(loss):
-        name = "DREG penalty" if not torch.isfinite(penalty) else "cross-entropy"
+        name = "DREG penalty" if not torch.isfinite(penalty) else f"{kind} loss"
         raise NonFiniteError(
             f"training step {step}: the {name} is {loss.item()}; "
             "lower --lr or --dreg, or check the data for extreme values"
@@ -260,14 +281,28 @@ def dreg_term(net: CRNet, x: Tensor) -> float:
 
 
 @torch.no_grad()
-def _val_figures(net: CRNet, x: Tensor, y: Tensor) -> dict[str, float]:
-    """Validation accuracy, and how much the predictions depend on the input (for collapse)."""
+def _information(net: CRNet, x: Tensor) -> float:
+    """How much the predicted class distribution depends on the input (for collapse).
+
+    Ordinal heads give it through their class probabilities; a regression has no class
+    distribution and is not watched for collapse (``inf``).
+    """
     net.eval()
-    logits = net(x)
-    return {
-        "accuracy": (logits.argmax(dim=1) == y).float().mean().item(),
-        "information": prediction_information(logits.double().cpu().numpy()),
-    }
+    out = net(x).double()
+    if net.config.task == "regress":
+        return float("inf")
+    if net.config.task == "ordinal":
+        probs, _ = heads.ordinal_outputs(out)
+        out = probs.clamp(min=1e-300).log()
+    return prediction_information(out.cpu().numpy())
+
+
+def _prior_loss(task: str, y: Tensor, n_classes: int) -> float:
+    """What a constant net scores: the class entropy, or 1 (the MSE of predicting the mean
+    of a standardised target)."""
+    if task == "regress":
+        return 1.0
+    return prior_entropy(y.cpu().numpy(), n_classes)
 
 
 def _coefficients(net: CRNet) -> list[np.ndarray]:
@@ -277,15 +312,35 @@ def _coefficients(net: CRNet) -> list[np.ndarray]:
 @torch.no_grad()
 def accuracy(net: CRNet, x: Tensor, y: Tensor) -> float:
     net.eval()
-    return (net(x).argmax(dim=1) == y).float().mean().item()
+    return (heads.predictions(net.config.task, net(x)) == y).float().mean().item()
 
 
-def evaluate(net: CRNet, x: Tensor, y: Tensor, lam: float = dreg.DEFAULT_LAMBDA) -> dict:
-    """Test metrics of a trained net: accuracy, size, DREG term and gradient metrics."""
+@torch.no_grad()
+def score(
+    net: CRNet, x: Tensor, y: Tensor, target_scale: TargetScale | None = None
+) -> dict[str, float]:
+    """The task's metrics on one split; regression errors in the target's own units."""
+    net.eval()
+    pred = heads.predictions(net.config.task, net(x)).cpu().numpy()
+    target = y.cpu().numpy()
+    if target_scale is not None:
+        pred, target = target_scale.undo(pred), target_scale.undo(target)
+    return task_metrics(net.config.task, pred, target, net.config.n_classes)
+
+
+def evaluate(
+    net: CRNet,
+    x: Tensor,
+    y: Tensor,
+    lam: float = dreg.DEFAULT_LAMBDA,
+    target_scale: TargetScale | None = None,
+) -> dict:
+    """Test metrics of a trained net: the task's metrics, size, DREG term, gradient metrics."""
     net.eval()
     norms = dreg.input_gradient_norms(net, x)
+    test = score(net, x, y, target_scale)
     return {
-        "test_accuracy": accuracy(net, x, y),
+        **{f"test_{k}": v for k, v in test.items()},
         "parameters": net.n_parameters(),
         "dreg_term": dreg_term(net, x),
         "dreg_lambda": lam,
@@ -298,8 +353,13 @@ def _calib_arrays(data: Dataset, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     take = min(CALIB_SAMPLES, data.x_train.shape[0])
     idx = np.sort(rng.choice(data.x_train.shape[0], size=take, replace=False))
-    return {
-        "x": data.x_train[idx].astype(np.float32),
-        "x_test": data.x_test.astype(np.float32),
-        "y_test": data.y_test.astype(np.int64),
-    }
+    # Regression keeps its test targets as ``t_test``: ``y_test`` means class labels to
+    # the readers of calib.npz and the oracle (accuracy in quantize and validate).
+    targets = (
+        {"t_test": data.y_test.astype(np.float32)}
+        if data.is_regression
+        else {"y_test": data.y_test.astype(np.int64)}
+    )
+    return {"x": data.x_train[idx].astype(np.float32), "x_test": data.x_test.astype(np.float32)} | (
+        targets
+    )

@@ -11,7 +11,7 @@ header field, and what to do -- never a traceback. One module per source (``buil
 from cr_edge.data.builtin import BUILTINS, load_builtin
 from cr_edge.data.csv_file import load_csv
 from cr_edge.data.idx_file import load_idx
-from cr_edge.data.normalise import PER_MODES, Normalisation, fit_normalisation
+from cr_edge.data.normalise import PER_MODES, Normalisation, TargetScale, fit_normalisation
 from cr_edge.data.npz_file import load_npz
 from cr_edge.data.records import Dataset, RawData
 from cr_edge.data.source import load_source
@@ -23,6 +23,7 @@ __all__ = [
     "Dataset",
     "Normalisation",
     "RawData",
+    "TargetScale",
     "fit_normalisation",
     "load_builtin",
     "load_csv",

@@ -13,12 +13,20 @@ from cr_edge.errors import InputError
 
 if TYPE_CHECKING:
     import _csv
-from cr_edge.data.records import RawData, first_bad, require_file, require_two_classes, show
+from cr_edge.data.records import (
+    RawData,
+    first_bad,
+    regression_targets,
+    require_file,
+    require_two_classes,
+    show,
+)
 from cr_edge.data.target_kind import check_classes
 
 
-def load_csv(path: Path, label_column: str) -> RawData:
-    """A CSV with a header row; the ``label_column`` column holds labels, every other one a number.
+def load_csv(path: Path, label_column: str, task: str = "classify") -> RawData:
+    """A CSV with a header row; the ``label_column`` column holds labels (numbers for
+    ``regress``, ordered numeric labels for ``ordinal``), every other one a number.
 
     Parsed row by row with the ``csv`` module so that every error can name its line.
     """
@@ -28,7 +36,7 @@ def load_csv(path: Path, label_column: str) -> RawData:
         with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel writes a BOM
             reader = csv.reader(f, strict=True)  # unbalanced quotes: an error, not a guess
             try:
-                return _parse_csv(reader, path, label_column)
+                return _parse_csv(reader, path, label_column, task)
             except csv.Error as e:
                 raise InputError(
                     f"{path}:{reader.line_num}: malformed CSV ({e}); fix the quoting"
@@ -41,7 +49,7 @@ def load_csv(path: Path, label_column: str) -> RawData:
         raise InputError(f"{path}: cannot read ({e.strerror}); check the permissions") from e
 
 
-def _parse_csv(reader: _csv.Reader, path: Path, label_column: str) -> RawData:
+def _parse_csv(reader: _csv.Reader, path: Path, label_column: str, task: str) -> RawData:
     header = _csv_header(reader, path, label_column)
     t = header.index(label_column)
     columns = [j for j in range(len(header)) if j != t]
@@ -57,13 +65,18 @@ def _parse_csv(reader: _csv.Reader, path: Path, label_column: str) -> RawData:
                 f"{where}: {len(row)} fields but the header has {len(header)}; "
                 "make every row as long as the header"
             )
-        labels.append(_csv_label(row[t], where, label_column))
+        label = _csv_label(row[t], where, label_column)
+        if task == "regress":
+            label = _csv_number(label, where, label_column)
+        labels.append(label)
         rows.append(_csv_features([row[j] for j in columns], where, names))
     if not rows:
         raise InputError(f"{path}: no data rows after the header; add samples, one per line")
-    where = f"{path}, column {show(label_column)}"
-    notes = check_classes(labels, where)
-    y, label_names = _csv_encode(labels, where)
+    column = f"{path}, column {show(label_column)}"
+    if task == "regress":
+        return RawData(np.stack(rows), regression_targets(labels, column), [], str(path))
+    notes = check_classes(labels, column) if task == "classify" else ()
+    y, label_names = _csv_encode(labels, column, ordered=task == "ordinal")
     return RawData(np.stack(rows), y, label_names, str(path), notes=notes)
 
 
@@ -134,9 +147,15 @@ def _csv_number(cell: str, where: str, name: str) -> float:
         raise InputError(f"{where}, column {show(name)}: {what}; fix or drop the row") from None
 
 
-def _csv_encode(labels: list[str], where: str) -> tuple[np.ndarray, list[str]]:
+def _csv_encode(labels: list[str], where: str, ordered: bool) -> tuple[np.ndarray, list[str]]:
     names = _sorted_labels(set(labels))
     require_two_classes(names, where)
+    if ordered and not all(_is_number(n) for n in names):
+        bad = next(n for n in names if not _is_number(n))
+        raise InputError(
+            f"{where}: label {show(bad)} is not a number; ordinal labels must be numbers "
+            "(their order is the ranking), e.g. 1..5 stars"
+        )
     index = {name: i for i, name in enumerate(names)}
     return np.array([index[label] for label in labels], dtype=np.int64), names
 

@@ -108,3 +108,37 @@ def fit_normalisation(x_train: np.ndarray, per: str) -> Normalisation:
     # instead of NaN/Inf. The relative bound also catches the rounding residue of a constant.
     std = np.where(std > 1e-6 * np.abs(mean), std, 1.0)
     return Normalisation(mean.astype(np.float32), std.astype(np.float32), per)
+
+
+@dataclass(frozen=True)
+class TargetScale:
+    """A regression target's standardisation, fitted on the training split: the net learns
+    ``(t - mean) / std`` and the exported graph returns ``y * std + mean``."""
+
+    mean: float
+    std: float
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.mean) and np.isfinite(self.std) and self.std > 0):
+            raise InputError(
+                f"target normalisation mean={self.mean} std={self.std}: must be finite, std > 0"
+            )
+
+    def apply(self, t: np.ndarray) -> np.ndarray:
+        return ((np.asarray(t, np.float64) - self.mean) / self.std).astype(np.float32)
+
+    def undo(self, y: np.ndarray) -> np.ndarray:
+        return (np.asarray(y, np.float64) * self.std + self.mean).astype(np.float32)
+
+    def to_json(self) -> dict:
+        return {"mean": float(self.mean), "std": float(self.std)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> TargetScale:
+        return cls(float(d["mean"]), float(d["std"]))
+
+    @classmethod
+    def fit(cls, t_train: np.ndarray) -> TargetScale:
+        t = np.asarray(t_train, np.float64)
+        std = float(t.std())
+        return cls(float(t.mean()), std if std > 0 else 1.0)

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cr_edge.data.records import RawData, encode_labels, first_bad, require_file
+from cr_edge.data.records import (
+    RawData,
+    encode_labels,
+    first_bad,
+    regression_targets,
+    require_file,
+)
 from cr_edge.data.target_kind import check_classes
 from cr_edge.errors import InputError
 from cr_edge.npz import read_npz
@@ -18,15 +24,16 @@ from cr_edge.npz import read_npz
 _NPZ_HINT = "save it with numpy.savez(path, x=features, y=labels)"
 
 
-def load_npz(path: Path) -> RawData:
-    """An ``.npz`` archive with a float array ``x`` (n, ...) and an integer array ``y`` (n,)."""
+def load_npz(path: Path, task: str = "classify") -> RawData:
+    """An ``.npz`` archive with a float array ``x`` (n, ...) and an integer array ``y`` (n,)
+    (real values for ``task="regress"``)."""
     path = Path(path)
     require_file(path)
     arrays = read_npz(path, ("x", "y"), _NPZ_HINT)
-    return _npz_raw(arrays["x"], arrays["y"], path)
+    return _npz_raw(arrays["x"], arrays["y"], path, task)
 
 
-def _npz_raw(x: np.ndarray, y: np.ndarray, path: Path) -> RawData:
+def _npz_raw(x: np.ndarray, y: np.ndarray, path: Path, task: str) -> RawData:
     if x.ndim < 2 or 0 in x.shape[1:]:
         raise InputError(
             f"{path}: array 'x' has shape {x.shape}; it must be (samples, features...) "
@@ -54,7 +61,9 @@ def _npz_raw(x: np.ndarray, y: np.ndarray, path: Path) -> RawData:
             "remove or impute non-finite values"
         )
     where = f"{path}, array 'y'"
-    notes = check_classes(y, where)
+    if task == "regress":
+        return RawData(features, regression_targets(y, where), [], str(path))
+    notes = check_classes(y, where) if task == "classify" else ()
     labels, names = encode_labels(_integer_labels(y, path), where)
     return RawData(features, labels, names, str(path), notes=notes)
 

@@ -20,8 +20,8 @@ class RawData:
     """
 
     x: np.ndarray  # float32 (n, *input_shape); images (n, channels, h, w), sequences (n, c, l)
-    y: np.ndarray  # int64 class indices 0..k-1
-    label_names: list[str]  # label_names[i] is the original label of class index i
+    y: np.ndarray  # int64 class indices 0..k-1, or float32 values for regression
+    label_names: list[str]  # label_names[i] is the original label of class i; [] for regression
     source: str  # a built-in name or the file path(s), for reports and the checkpoint
     test: tuple[np.ndarray, np.ndarray] | None = None  # a fixed (x_test, y_test), if published
     notes: tuple[str, ...] = ()  # what the loader noticed and a person should read
@@ -54,6 +54,10 @@ class Dataset:
     def n_classes(self) -> int:
         return len(self.label_names)
 
+    @property
+    def is_regression(self) -> bool:
+        return self.y_train.dtype.kind == "f"
+
 
 def show(value: object, limit: int = 40) -> str:
     """repr() cut short, so a 100 kB cell cannot turn an error into a wall of text."""
@@ -85,3 +89,15 @@ def require_two_classes(names: list[str], where: str) -> None:
 
 def first_bad(values: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argwhere(~np.isfinite(values))[0])
+
+
+def regression_targets(values: np.ndarray, where: str) -> np.ndarray:
+    """Finite float32 targets that vary: a constant target leaves nothing to learn."""
+    with np.errstate(over="ignore"):
+        y = np.asarray(values, dtype=np.float64).astype(np.float32).reshape(-1)
+    if not np.isfinite(y).all():
+        i = int(np.argmax(~np.isfinite(y)))
+        raise InputError(f"{where}: target {i} is {values[i]!r}, not a finite float32 number")
+    if len(y) and float(y.max()) == float(y.min()):
+        raise InputError(f"{where}: every target is {y[0]}; a regression needs varying targets")
+    return y

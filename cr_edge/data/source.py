@@ -12,13 +12,13 @@ from cr_edge.data.records import RawData, show
 from cr_edge.errors import InputError
 
 
-def load_source(source: str, label: str | None = None) -> RawData:
+def load_source(source: str, label: str | None = None, task: str = "classify") -> RawData:
     """Load what a user named on the command line or in a recipe.
 
     ``source`` is read as the first of these that fits:
 
-    * a built-in name: ``digits``, ``breast-cancer``, ``wine`` or ``mnist1d`` (write
-      ``./digits`` to mean a file of that name);
+    * a built-in name: ``digits``, ``breast-cancer``, ``wine``, ``mnist1d``, ``diabetes``
+      (regression) or ``anes96`` (ordinal) (write ``./digits`` to mean a file of that name);
     * a path ending in ``.csv``: needs ``label``, the name of the label column;
     * a path ending in ``.npz``: arrays ``x`` and ``y``;
     * ``IMAGES,LABELS``: an IDX pair, either file optionally gzip'ed, e.g.
@@ -27,21 +27,23 @@ def load_source(source: str, label: str | None = None) -> RawData:
     * a single IDX images file (its name contains ``idx``): the labels file beside it is
       found by the MNIST naming convention, ``images`` -> ``labels`` and ``idx3`` -> ``idx1``.
 
-    ``label`` is refused for anything but CSV rather than silently ignored.
+    ``label`` is refused for anything but CSV rather than silently ignored. ``task``
+    decides what labels are: class labels (``classify``), ordered numeric classes
+    (``ordinal``) or float values (``regress``).
     """
     path = Path(source)
     if source not in BUILTINS and path.suffix.lower() == ".csv":
         if not label:
             raise InputError(f"{path}: a CSV source needs --label, the name of its label column")
-        return load_csv(path, label)
+        return load_csv(path, label, task)
     if label:
         raise InputError(
             f"{source}: --label (recipe field 'label') applies only to CSV sources; remove it"
         )
     if source in BUILTINS:
-        return load_builtin(source)
+        return load_builtin(source, task)
     if path.suffix.lower() == ".npz":
-        return load_npz(path)
+        return load_npz(path, task)
     if "," in source:
         images, _, labels = source.partition(",")
         return load_idx(Path(images.strip()), Path(labels.strip()))

@@ -85,6 +85,9 @@ def _hold_out(
         return index, index[:0]
     from sklearn.model_selection import train_test_split
 
+    if y.dtype.kind == "f":  # regression targets: nothing to stratify on
+        keep, out = train_test_split(index, test_size=n_out, random_state=seed)
+        return keep, out
     try:
         keep, out = train_test_split(index, test_size=n_out, random_state=seed, stratify=y)
     except ValueError:

@@ -60,13 +60,13 @@ def check_classes(values: Sequence[str] | np.ndarray, where: str) -> tuple[str, 
     kind = target_kind(values)
     if kind.kind == REGRESS:
         raise InputError(
-            f"{where}: looks like a regression target: use --task regress ({kind.why}); "
-            "--task regress is not supported yet, so this column cannot be trained on as classes"
+            f"{where}: looks like a regression target ({kind.why}); "
+            "train it with --task regress, not as classes"
         )
     if kind.kind == ORDINAL_LOOKING:
         return (
             f"{where}: the labels are {kind.why}; they are trained as unordered classes "
-            "(--task ordinal, when available, keeps their order)",
+            "(--task ordinal keeps their order)",
         )
     return ()
 

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cr_edge import dreg
-from cr_edge.export.stages import Act, Affine, Flatten, InputAffine, Poly, Pool, Stage
+from cr_edge.export.stages import Act, Affine, Cumulative, Flatten, InputAffine, Poly, Pool, Stage
+from cr_edge.heads import ordinal_outputs
 from cr_edge.poly import derivative_coeffs
 
 
@@ -158,6 +159,34 @@ def _jacobian_sq(deriv: Tensor, rownorm: Tensor) -> Tensor:
     return sq @ rownorm
 
 
+def _body(stages: list[Stage]) -> tuple[list[Stage], bool]:
+    """The stages before the ordinal head, and whether there is one."""
+    if stages and isinstance(stages[-1], Cumulative):
+        return stages[:-1], True
+    return stages, False
+
+
+def _sigmoid(c: Tensor) -> Tensor:
+    """``1 / (1 + exp(-c))`` as Exp/Add/Reciprocal: onnxruntime's Sigmoid kernel is a fast
+    approximation whose relative error reaches 1e-3 in the tails (c ~ -8), which ordinal
+    probabilities there inherit; its Exp is accurate to float32 rounding."""
+    return torch.reciprocal(1.0 + torch.exp(-c))
+
+
+def _ordinal(logits: Tensor) -> tuple[Tensor, Tensor]:
+    return ordinal_outputs(logits, _sigmoid)
+
+
+def _ordinal_tangent(logits: Tensor, dlogits: Tensor) -> tuple[Tensor, Tensor]:
+    """``P(y = k)`` and its tangent: ``d sigmoid(c) = sigmoid(c) sigmoid(-c) dc`` (exact where
+    ``1 - sigmoid(c)`` would cancel), differenced like ``P``."""
+    probs, _ = _ordinal(logits)
+    ds = _sigmoid(logits) * _sigmoid(-logits) * dlogits
+    zero = torch.zeros_like(ds[:, :1])
+    padded = torch.cat([zero, ds, zero], dim=1)
+    return probs, padded[:, :-1] - padded[:, 1:]
+
+
 def _modules(stages: list[Stage]) -> nn.ModuleList:
     out, spatial = [], 0
     for stage in stages:
@@ -183,19 +212,22 @@ class PrimalNet(nn.Module):
 
     def __init__(self, stages: list[Stage], sensitivity: bool = False) -> None:
         super().__init__()
-        self.layers = _modules(stages)
+        body, self.ordinal = _body(stages)
+        self.layers = _modules(body)
         self.with_sensitivity = sensitivity
 
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
+        """``y``; ordinal nets return ``(probabilities, rank)``; ``sensitivity`` comes last."""
         sens = None
         for layer in self.layers:
             if self.with_sensitivity and isinstance(layer, _Poly | _Act):
                 term = layer.sensitivity(x)
                 sens = term if sens is None else sens + term
             x = layer(x)
+        outputs = _ordinal(x) if self.ordinal else (x,)
         if self.with_sensitivity:
-            return x, sens
-        return x
+            outputs = (*outputs, sens)
+        return outputs if len(outputs) > 1 else outputs[0]
 
 
 class JvpNet(nn.Module):
@@ -203,9 +235,11 @@ class JvpNet(nn.Module):
 
     def __init__(self, stages: list[Stage]) -> None:
         super().__init__()
-        self.layers = _modules(stages)
+        body, self.ordinal = _body(stages)
+        self.layers = _modules(body)
 
     def forward(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Ordinal nets: ``y`` is the class probabilities and ``jvp`` their tangent."""
         for layer in self.layers:
             x, v = layer.tangent(x, v)
-        return x, v
+        return _ordinal_tangent(x, v) if self.ordinal else (x, v)

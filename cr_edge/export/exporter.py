@@ -26,6 +26,15 @@ from cr_edge.export.stages import Poly, calibrate_ranges, stages_from_checkpoint
 from cr_edge.export.version_guard import FORMATS, check_model, parse_runtime_version
 from cr_edge.manifest import write_manifest
 
+# What each task's model returns, named in the metadata (cr_edge.outputs) for apps.
+OUTPUTS = {
+    "classify": {"y": "logits, one per class (argmax is the class)"},
+    "regress": {"y": "the predicted value, in the target's own units"},
+    "ordinal": {
+        "y": "class probabilities P(y = k), k = 0..K-1 (rank-consistent CORAL head)",
+        "rank": "expected rank sum_k P(y > k), on the class-index scale 0..K-1",
+    },
+}
 GUARD_MARGIN = 0.25  # the guard admits the calibrated range widened by this share of its span
 
 
@@ -99,7 +108,7 @@ def export(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()
             f"--fixed-batch {options.fixed_batch}: calib.npz holds only {example.shape[0]} samples"
         )
     primal = PrimalNet(stages, sensitivity=options.sensitivity)
-    outputs = ["y", "sensitivity"] if options.sensitivity else ["y"]
+    outputs = list(OUTPUTS[ckpt.task]) + (["sensitivity"] if options.sensitivity else [])
     model = onnx_export.to_onnx(
         primal, (example,), ["x"], outputs, options.opset, options.fixed_batch
     )
@@ -185,6 +194,11 @@ def metadata(
         "cr_edge.input_shape": json.dumps(list(cfg.input_shape)),
         "cr_edge.normalisation": json.dumps(ckpt.normalisation.to_json()),
         "cr_edge.labels": json.dumps(ckpt.label_names),
+        "cr_edge.task": ckpt.task,
+        "cr_edge.outputs": json.dumps(OUTPUTS[ckpt.task]),
+        "cr_edge.target_normalisation": (
+            json.dumps(ckpt.target_scale.to_json()) if ckpt.target_scale is not None else ""
+        ),
         "cr_edge.export_options": json.dumps(asdict(options)),
         "cr_edge.horner_nodes": json.dumps([p.horner_nodes() for p in polys]),
         "cr_edge.folds": json.dumps(
@@ -199,7 +213,7 @@ def metadata(
         meta["cr_edge.domain_guard_margin"] = repr(GUARD_MARGIN)
     if options.sensitivity:
         with torch.no_grad():
-            _, sens = primal(torch.from_numpy(calib_x))
+            sens = primal(torch.from_numpy(calib_x))[-1]
         p50, p99 = np.percentile(sens.numpy(), [50, 99])
         meta["cr_edge.sensitivity_p50"] = f"{p50:.6g}"
         meta["cr_edge.sensitivity_p99"] = f"{p99:.6g}"

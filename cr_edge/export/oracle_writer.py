@@ -7,6 +7,7 @@ fold or in the lowering shows up as a parity failure downstream.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 
 from cr_edge import atomic
 from cr_edge.checkpoint import Checkpoint
+from cr_edge.heads import ordinal_outputs
 from cr_edge.poly import PolyAct
 
 ORACLE_SEED = 20240229
@@ -22,11 +24,16 @@ CALIB_REF, RANDOM_REF, EDGE_REF = 128, 32, 32  # how many reference inputs of ea
 
 
 class ReferenceNet(nn.Module):
-    """Raw input -> logits: normalisation, the trained blocks and, optionally, the guard's clamps."""
+    """Raw input -> the shipped ``y``: normalisation, the trained blocks, the task's head
+    (logits, de-normalised values, or ordinal class probabilities) and, optionally, the
+    guard's clamps."""
 
     def __init__(self, ckpt: Checkpoint, guard: list[tuple[np.ndarray, np.ndarray]] | None) -> None:
         super().__init__()
         self.net = ckpt.net
+        self.task = ckpt.task
+        scale = ckpt.target_scale
+        self.target = (scale.mean, scale.std) if scale is not None else None
         norm = ckpt.normalisation
         spatial = (1,) * (len(ckpt.net_config.input_shape) - 1)  # (c, length) or (c, h, w)
         shape = (-1, *spatial) if norm.per == "channel" else tuple(norm.mean.shape)
@@ -42,6 +49,18 @@ class ReferenceNet(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.outputs(x)[0]
+
+    def outputs(self, x: Tensor) -> tuple[Tensor, ...]:
+        """Every output the exported model has, in its order (``y``, then ``rank``)."""
+        h = self._net(x)
+        if self.task == "ordinal":
+            return ordinal_outputs(h)
+        if self.target is not None:
+            return (h * self.target[1] + self.target[0],)
+        return (h,)
+
+    def _net(self, x: Tensor) -> Tensor:
         h = (x - self.mean) / self.std
         polys = 0
         for block in self.net.blocks:
@@ -74,25 +93,47 @@ def build_oracle(
     rng = np.random.default_rng(seed + 1)
     v = rng.standard_normal(x.shape).astype(np.float32)
     v /= np.linalg.norm(v.reshape(len(v), -1), axis=1).reshape((-1,) + (1,) * (v.ndim - 1))
-    y, jvp = autograd_jvp(ref_net.eval(), torch.from_numpy(x), torch.from_numpy(v))
-    return {"x": x, "y": y.numpy(), "v": v, "jvp": jvp.numpy()}
+    task = ref_net.task if isinstance(ref_net, ReferenceNet) else "classify"
+    # A regression or ordinal head is one score: J(x) is rank one, and along a random v
+    # that is nearly orthogonal to its gradient J v is a small difference of large float32
+    # products. The reference must be the exact side of the comparison, so these heads
+    # are evaluated in float64 (on a copy) and rounded once at the end.
+    ref = copy.deepcopy(ref_net).double() if task != "classify" else ref_net
+    dtype = torch.float64 if task != "classify" else torch.float32
+    xs, vs = torch.from_numpy(x).to(dtype), torch.from_numpy(v).to(dtype)
+    y, jvp, jac_norm = autograd_jvp(ref.eval(), xs, vs, with_norm=True)
+    oracle = {"x": x, "y": _f32(y), "v": v, "jvp": _f32(jvp), "jac_norm": _f32(jac_norm)}
+    if task == "ordinal":
+        with torch.no_grad():
+            oracle["rank"] = _f32(ref.outputs(xs)[1])
+    return oracle
 
 
-def autograd_jvp(net: nn.Module, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """``(y, J(x) v)`` by reverse-mode autograd, one backward pass per output column.
+def _f32(t: Tensor) -> np.ndarray:
+    return t.detach().float().numpy()
+
+
+def autograd_jvp(
+    net: nn.Module, x: Tensor, v: Tensor, with_norm: bool = False
+) -> tuple[Tensor, ...]:
+    """``(y, J(x) v)`` by reverse-mode autograd, one backward pass per output column; with
+    ``with_norm`` also ``||J(x)||_F`` per sample (the rows are at hand anyway).
 
     Samples are independent, so the gradient of ``y[:, k].sum()`` holds row ``k`` of every
     sample's Jacobian. Reverse mode is what training trusts; PolyAct has no forward-mode rule.
     """
     x = x.detach().clone().requires_grad_(True)
     y = net(x)
-    cols = []
+    cols, norm_sq = [], torch.zeros(x.shape[0], dtype=x.dtype)
     for k in range(y.shape[1]):
         (row,) = torch.autograd.grad(y[:, k].sum(), x, retain_graph=k + 1 < y.shape[1])
         cols.append((row * v).flatten(1).sum(dim=1))
+        norm_sq = norm_sq + row.flatten(1).square().sum(dim=1)
+    if with_norm:
+        return y.detach(), torch.stack(cols, dim=1), norm_sq.sqrt()
     return y.detach(), torch.stack(cols, dim=1)
 
 
 def save_oracle(path: Path, oracle: dict[str, np.ndarray], calib: dict[str, np.ndarray]) -> None:
-    extra = {k: calib[k] for k in ("x_test", "y_test") if k in calib}
+    extra = {k: calib[k] for k in ("x_test", "y_test", "t_test") if k in calib}
     atomic.write_npz(path, **oracle, **extra)

@@ -16,6 +16,7 @@ from torch import nn
 
 from cr_edge.checkpoint import Checkpoint
 from cr_edge.errors import ExportError
+from cr_edge.heads import OrdinalThresholds
 from cr_edge.nets import ClosedFormAct
 from cr_edge.poly import PolyAct
 
@@ -105,7 +106,18 @@ class Flatten:
     pass
 
 
-Stage = Affine | InputAffine | Poly | Act | Pool | Flatten
+@dataclass
+class Cumulative:
+    """The ordinal head: cumulative logits ``P(y > k)`` -> class probabilities, expected rank.
+
+    The shared score and its K-1 thresholds are already in the Affine before it (one row
+    per threshold), so this stage holds no weights.
+    """
+
+    n_classes: int
+
+
+Stage = Affine | InputAffine | Poly | Act | Pool | Flatten | Cumulative
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -138,8 +150,15 @@ def stages_from_checkpoint(ckpt: Checkpoint) -> list[Stage]:
             stages.append(_pool(block))
         elif isinstance(block, nn.Flatten):
             stages.append(Flatten())
+        elif isinstance(block, OrdinalThresholds) and last_affine is not None:
+            _thresholds_into(last_affine, _np(block.thresholds()))
+            stages.append(Cumulative(len(last_affine.bias) + 1))
         else:
             raise ExportError(f"block {block.__class__.__name__} has no export lowering")
+    if ckpt.target_scale is not None and last_affine is not None:
+        # Regression: the net predicts (t - mean) / std; the graph returns t itself.
+        last_affine.weight = last_affine.weight * ckpt.target_scale.std
+        last_affine.bias = last_affine.bias * ckpt.target_scale.std + ckpt.target_scale.mean
     return stages
 
 
@@ -179,6 +198,12 @@ def _single(value: int | tuple[int, ...], block: nn.Module) -> int:
     if len(values) != 1:
         raise ExportError(f"pooling layer {block}: {value} differs per axis; use a square pool")
     return int(values.pop())
+
+
+def _thresholds_into(affine: Affine, thresholds: np.ndarray) -> None:
+    """One score row ``w·h + b`` becomes K-1 rows ``w·h + b + b_k``: exact, no extra node."""
+    affine.weight = np.repeat(affine.weight, len(thresholds), axis=0)
+    affine.bias = np.repeat(affine.bias, len(thresholds)) + thresholds
 
 
 @torch.no_grad()

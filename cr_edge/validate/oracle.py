@@ -36,6 +36,19 @@ class Oracle:
     def has_derivatives(self) -> bool:
         return self.v is not None and self.jvp is not None
 
+    def typical_jvp(self) -> np.ndarray | None:
+        """``||J||_F ||v|| / sqrt(d)`` per sample (``jac_norm`` array; None without it): the
+        size of ``J v`` along a typical direction in ``d`` input dimensions. Along a ``v``
+        nearly orthogonal to a rank-one Jacobian (a regression or ordinal score) ``J v`` is
+        a small difference of products this large, so float rounding is relative to this,
+        not to ``||J v||``."""
+        norm = self.extra.get("jac_norm")
+        if norm is None or not self.has_derivatives or norm.shape != (self.x.shape[0],):
+            return None
+        n = self.x.shape[0]
+        v_norm = np.linalg.norm(self.v.reshape(n, -1).astype(np.float64), axis=1)
+        return norm.astype(np.float64) * v_norm / np.sqrt(self.x[0].size)
+
     def jvp_per_unit(self) -> np.ndarray | None:
         """``||J v|| / ||v||`` per sample: how steep the model is along the oracle directions."""
         if not self.has_derivatives:
