@@ -78,7 +78,9 @@ def assert_graph_contract(result: ExportResult, poly: bool) -> None:
         assert result.horner_nodes == []
         return
     norm_kept = any("normalisation kept" in r for r in result.refusals)
-    expected = [2 if norm_kept else 0, *result.horner_nodes, 0]
+    # after the last layer: nothing, or the ordinal head's one Add (the 1 + exp(-c) of sigmoid)
+    tail = 1 if metadata(result.files["onnx"]).get("cr_edge.task") == "ordinal" else 0
+    expected = [2 if norm_kept else 0, *result.horner_nodes, tail]
     assert mul_add_per_segment(model) == expected, result.refusals
 
 

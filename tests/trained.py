@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from cr_edge.data import BUILTINS
 from cr_edge.export.exporter import ExportOptions, ExportResult, export
 from cr_edge.recipe import Recipe, load_recipe, zoo_names
 from cr_edge.train import train
@@ -24,7 +25,8 @@ EXPORTS = {
 
 
 def _variants() -> dict[str, Recipe]:
-    recipes = {name: load_recipe(name).replace(epochs=EPOCHS) for name in zoo_names()}
+    offline = [n for n in zoo_names() if load_recipe(n).data in BUILTINS]  # not yelp-full-cr
+    recipes = {name: load_recipe(name).replace(epochs=EPOCHS) for name in offline}
     recipes["digits-conv"] = load_recipe("digits-cr").replace(
         name="digits-conv", arch="conv", hidden=(4, 8), epochs=EPOCHS
     )
