@@ -610,4 +610,4 @@ def test_fuzz_idx_random_bytes(tmp_path, blob, magic):
 
 
 def test_builtins_are_the_documented_names():
-    assert BUILTINS == ("digits", "breast-cancer", "wine", "mnist1d", "diabetes", "anes96")
+    assert BUILTINS == ("digits", "breast-cancer", "wine", "diabetes", "mnist1d", "anes96")
