@@ -150,7 +150,7 @@ def test_ordinal_csv_needs_numeric_labels(tmp_path):
             "train",
             "--data",
             str(csv),
-            "--target",
+            "--label",
             "stars",
             "--task",
             "ordinal",
