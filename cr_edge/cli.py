@@ -240,9 +240,11 @@ def export(
 @click.option(
     "--ref",
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="Parity oracle (default: X.ref.npz, else model.ref.npz beside the artifact).",
+    help="Parity oracle [default: X.ref.npz, else model.ref.npz beside the artifact].",
 )
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="JSON report file.")
+@click.option(
+    "--json", "json_out", type=click.Path(path_type=Path), help="Write the report as JSON."
+)
 @click.option(
     "--derivatives",
     type=click.Choice(DERIVATIVE_METHODS),
@@ -399,7 +401,7 @@ def profile(
 @click.option(
     "--calib",
     type=click.Path(path_type=Path),
-    help="Calibration .npz with array x (default: the oracle's x).",
+    help="Calibration .npz with array x [default: the oracle's x].",
 )
 @click.option(
     "--method",
@@ -460,7 +462,12 @@ def quantize(
 
 
 @cli.command()
-@click.option("--recipe", default="digits-cr", show_default=True, help="Zoo name or .toml file.")
+@click.option(
+    "--recipe",
+    default="digits-cr",
+    show_default=True,
+    help="A zoo recipe name (see models/) or a .toml file.",
+)
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder [default: runs/RECIPE].")
 @click.option(
     "--runtime",
