@@ -5,6 +5,15 @@ destination folder, is fsync'ed, and is renamed over the final name with
 ``os.replace`` (atomic on POSIX and Windows within one filesystem). Files that a
 tool writes itself (onnxruntime's ORT converter) are built beside the destination
 and published with ``move_into_place``, the same fsync-then-rename.
+
+The temporary file is created with mode 0666 and the kernel applies the umask (and
+any default ACL), as for any file a program writes: 0644 under umask 022, so a model
+served by another user's process or copied into an app bundle can be read.
+``tempfile.mkstemp`` would make it 0600 whatever the umask.
+
+A folder held by ``cr_edge.folder_lock`` is marked as being written right before the
+first file under it changes (``on_first_write``), so a kill at any later moment
+leaves a folder that says it is incomplete.
 """
 
 from __future__ import annotations
@@ -14,8 +23,8 @@ import io
 import json
 import math
 import os
-import tempfile
-from collections.abc import Iterator
+import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,15 +32,41 @@ import numpy as np
 
 from cr_edge.errors import InputError
 
+_TEMP_FLAGS = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+)
+_first_write: dict[Path, Callable[[], None]] = {}
+
+
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents); an ``InputError`` naming it if that is impossible."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(
+            f"{folder}: cannot write here ({e.strerror}); choose a writable --out"
+        ) from e
+
+
+def on_first_write(folder: Path, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once, just before the first atomic write to a file under ``folder``."""
+    _first_write[Path(folder).resolve()] = callback
+
+
+def forget(folder: Path) -> None:
+    """Drop ``folder``'s pending ``on_first_write`` callback, if it never ran."""
+    _first_write.pop(Path(folder).resolve(), None)
+
 
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Yield a file handle whose content appears under ``path`` only if the block succeeds."""
     path = Path(path)
     folder = path.parent
+    make_folder(folder)
+    _before_write(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        fd, tmp = _create_temp(folder, path.name)
     except OSError as e:
         raise InputError(
             f"{folder}: cannot write here ({e.strerror}); choose a writable --out"
@@ -101,6 +136,7 @@ def move_into_place(built: Path, final: Path) -> None:
 
     ``built`` must be on the same filesystem as ``final`` (build it in a folder beside it).
     """
+    _before_write(Path(final).parent)
     try:
         with open(built, "rb") as f:
             os.fsync(f.fileno())
@@ -110,6 +146,23 @@ def move_into_place(built: Path, final: Path) -> None:
             f"{final}: write failed ({e.strerror}); check free space and permissions"
         ) from e
     _fsync_dir(Path(final).parent)
+
+
+def _before_write(folder: Path) -> None:
+    resolved = folder.resolve()
+    for held in [f for f in _first_write if resolved == f or f in resolved.parents]:
+        _first_write.pop(held)()  # popped first: the callback itself writes atomically
+
+
+def _create_temp(folder: Path, name: str) -> tuple[int, str]:
+    """A new hidden file beside the final name, mode 0666 minus the umask."""
+    for _ in range(100):
+        tmp = str(folder / f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, _TEMP_FLAGS, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {name} in {folder}")
 
 
 def _discard(tmp: str) -> None:

@@ -72,20 +72,26 @@ def one_line_error(result: Result | subprocess.CompletedProcess) -> str:
 
 
 def hashes(folder: Path) -> dict[str, str]:
-    """sha256 of every final file under ``folder`` (temporary ``.name.*.tmp`` files excluded)."""
+    """sha256 of every final file under ``folder`` (see ``final_files``)."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and not p.name.startswith(".")
+        for p in final_files(folder)
     }
+
+
+def final_files(folder: Path) -> list[Path]:
+    """Files under final names: not temporary, not lock files, not inside a hidden build folder."""
+    return [
+        p
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
 
 
 def partial_files(folder: Path) -> list[str]:
     """Final files under ``folder`` that do not parse as what their name says."""
     bad = []
-    for path in sorted(folder.rglob("*")):
-        if not path.is_file() or path.name.startswith("."):
-            continue
+    for path in final_files(folder):
         try:
             _parse(path)
         except Exception as e:  # any failure to parse is what this function counts
