@@ -185,10 +185,13 @@ def refuse_existing(out: Path, marker: str, force: bool) -> None:
     """``InputError`` if ``out`` is a file, or already holds ``marker`` and ``force`` is off.
 
     Every stage calls this before writing, from the CLI and the Python API alike, so
-    no caller overwrites a finished folder without asking for it.
+    no caller overwrites a finished folder without asking for it. An interrupted one
+    (its manifest still says it is being written) is rewritten by rerunning the stage.
     """
+    from cr_edge.manifest import is_incomplete  # manifest writes through this module
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder; choose another path")
-    if (out / marker).exists() and not force:
+    if (out / marker).exists() and not force and not is_incomplete(out):
         raise InputError(f"--out {out}: already holds {marker}; pass --force to overwrite")

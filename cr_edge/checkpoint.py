@@ -21,7 +21,7 @@ from safetensors.torch import save as save_safetensors
 from cr_edge import __version__, atomic
 from cr_edge.data import Normalisation, TargetScale
 from cr_edge.errors import InputError, NonFiniteError
-from cr_edge.manifest import write_manifest
+from cr_edge.manifest import require_complete, write_manifest
 from cr_edge.nets import CRNet, NetConfig, build_net
 from cr_edge.npz import read_npz
 from cr_edge.recipe import Recipe
@@ -102,6 +102,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise InputError(f"{path}: a checkpoint is a folder (config.json + {WEIGHTS}), not a file")
     if not path.is_dir():
         raise InputError(f"{path}: checkpoint folder not found")
+    require_complete(path)
     config = _read_config(path / CONFIG)
     try:
         net_config = NetConfig.from_json(config["net"])

@@ -5,7 +5,8 @@ bad value fails before any work. The checks a Python caller needs too (existing
 folders, the sandboxed load of untrusted models) live in the library. Every
 deliberate failure is a ``CrEdgeError`` or a click usage error; the group turns
 either into one line on stderr and its exit code (2 bad input, 1 failed check),
-never a traceback.
+never a traceback. Anything else that escapes a command is a bug, but a user still
+gets one line, exit 1 and a hint: ``cr-edge --debug COMMAND`` shows the traceback.
 
 One word, one meaning across commands: ``--data`` a dataset, ``--label`` the CSV
 label column, ``--format`` what export writes, ``--runtime`` where a model runs,
@@ -31,6 +32,13 @@ RUNTIME_HELP = "cpu, ort-mobile, xnnpack, nnapi, coreml, executorch-xnnpack: a c
 
 
 class _Group(click.Group):
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        from cr_edge.folder_lock import describe_process
+
+        name, command, rest = super().resolve_command(ctx, args)
+        describe_process(f"cr-edge {name}")  # how other writers' messages name this process
+        return name, command, rest
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -41,11 +49,24 @@ class _Group(click.Group):
             command = f"cr-edge {ctx.invoked_subcommand or ''}".strip()
             click.echo(f"error: {e.format_message()} (see {command} --help)", err=True)
             ctx.exit(e.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own usage errors and exits: it prints them
+        except Exception as e:  # the last resort: an unexpected error is still one line
+            if ctx.params.get("debug"):
+                raise
+            what = (str(e).strip().splitlines() or [""])[0]
+            click.echo(
+                f"error: unexpected {type(e).__name__}{': ' + what if what else ''} "
+                "(a bug in cr-edge; rerun with cr-edge --debug ... for the traceback)",
+                err=True,
+            )
+            ctx.exit(1)
 
 
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="cr-edge")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error.")
+def cli(debug: bool) -> None:
     """Train, export, quantize, validate and profile ChainzRule networks for the edge."""
 
 
@@ -474,7 +495,7 @@ def quantize(
     type=RUNTIMES,
     default="all",
     show_default=True,
-    help="Runtimes to validate on: " + RUNTIME_HELP,
+    help="Runtimes to export for, validate and profile on: " + RUNTIME_HELP,
 )
 @click.option("--epochs", type=click.IntRange(1), help="Override the recipe's epochs.")
 @click.option("--force", is_flag=True, help="Overwrite a run folder that holds results.")
@@ -492,7 +513,7 @@ def pipeline(
         result = run_pipeline(
             chosen, out or Path("runs") / chosen.name, ",".join(runtime), force, on_step=on_step
         )
-    print_summary(result.summary)
+    print_summary(result.summary, result.out)
     raise_for_failures(result)
 
 

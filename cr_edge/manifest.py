@@ -6,6 +6,13 @@ writer lists its files here once they are all on disk; ``validate`` and ``profil
 refuse an artifact whose bytes no longer match its entry. The manifest itself is
 written atomically, so it only ever describes complete files. numpy-free and
 torch-free: it runs on the edge box.
+
+A folder also says whether it is complete. Right before a writer changes its first
+file there, the manifest is rewritten with ``"state": "writing"`` and the stage and
+command that write it (``mark_writing``); the writer's last act, ``write_manifest``,
+drops that state. A folder interrupted at any moment in between, or one being
+written right now, is refused by every reader as incomplete, naming the command
+that rewrites it.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from cr_edge.errors import InputError
 
 MANIFEST = "manifest.json"
 FORMAT = "cr-edge-manifest"
+WRITING = "writing"
 
 
 def write_manifest(folder: Path, files: Iterable[Path | str]) -> Path:
@@ -42,9 +50,39 @@ def write_manifest(folder: Path, files: Iterable[Path | str]) -> Path:
     return folder / MANIFEST
 
 
+def mark_writing(folder: Path, stage: str, command: str) -> None:
+    """Mark ``folder`` incomplete until the next ``write_manifest``; earlier entries are kept."""
+    folder = Path(folder)
+    doc = _load(folder / MANIFEST) or {}
+    files = doc.get("files") if doc.get("format") == FORMAT else None
+    marker = {"format": FORMAT, "state": WRITING, "stage": stage, "command": command}
+    atomic.write_json(
+        folder / MANIFEST, {**marker, "files": files if isinstance(files, dict) else {}}
+    )
+
+
+def require_complete(folder: Path) -> None:
+    """``InputError`` if a writer marked ``folder`` and has not finished it (killed, or still running)."""
+    doc = _writing(folder)
+    if doc is not None:
+        stage, command = doc.get("stage", "export"), doc.get("command", "cr-edge export")
+        raise InputError(f"{folder}: incomplete {stage} (interrupted?): rerun {command}")
+
+
+def is_incomplete(folder: Path) -> bool:
+    """A writer marked ``folder`` and has not finished it: rerunning it may rewrite it."""
+    return _writing(folder) is not None
+
+
+def _writing(folder: Path) -> dict | None:
+    doc = _load(Path(folder) / MANIFEST)
+    return doc if isinstance(doc, dict) and doc.get("state") == WRITING else None
+
+
 def verify(path: Path, data: bytes | None = None) -> None:
-    """Refuse ``path`` if the manifest beside it lists it with other bytes; no manifest, no check."""
+    """Refuse ``path`` if its folder is incomplete or its manifest lists other bytes; no manifest, no check."""
     path = Path(path)
+    require_complete(path.parent)
     entry = _read(path.parent / MANIFEST, strict=True).get(path.name)
     if entry is None:
         return
@@ -56,6 +94,14 @@ def verify(path: Path, data: bytes | None = None) -> None:
             f"{path}: changed since it was written (size or sha256 differs from "
             f"{MANIFEST}); re-export it"
         )
+
+
+def _load(path: Path) -> object:
+    """The manifest's JSON, or None where there is none or it does not parse (``_read`` says why)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
 
 
 def _read(path: Path, strict: bool) -> dict[str, dict]:

@@ -2,7 +2,10 @@
 
 Every step writes its own sub-folder with atomic files, so an interrupted run
 leaves the finished steps complete and nothing half-written; ``summary.json``
-and ``summary.md`` come last and say what every step measured.
+and ``summary.md`` come last and say what every step measured. ``--runtime``
+decides every step: export and quantize write only the formats those runtimes run
+(.ort for ort-mobile, .pte for executorch-xnnpack), and validate and profile run only
+those runtimes; both open the models in the sandbox child first, as for the CLI.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from pathlib import Path
 from cr_edge import atomic
 from cr_edge.errors import CheckFailed, InputError
 from cr_edge.export.exporter import ExportOptions, export
-from cr_edge.manifest import write_manifest
+from cr_edge.folder_lock import holds_out
+from cr_edge.manifest import is_incomplete, write_manifest
 from cr_edge.profile.profiler import ProfileOptions, profile
 from cr_edge.quantize.policy import QuantConfig, QuantPolicy
 from cr_edge.quantize.quantizer import quantize
 from cr_edge.recipe import Recipe
+from cr_edge.runtimes.registry import parse_runtimes
 from cr_edge.train import train
 from cr_edge.validate.outcome import UNAVAILABLE
 from cr_edge.validate.validator import validate
@@ -40,6 +45,18 @@ def executorch_installed() -> bool:
     return importlib.util.find_spec("executorch") is not None
 
 
+def export_formats(runtimes: str) -> tuple[str, ...]:
+    """The export formats the named runtimes run: .onnx always, .ort and .pte when asked for."""
+    names = {r.name for r in parse_runtimes(runtimes)}
+    formats = ["onnx"]
+    if "ort-mobile" in names:
+        formats.append("ort")
+    if "executorch-xnnpack" in names and executorch_installed():
+        formats.append("executorch")
+    return tuple(formats)
+
+
+@holds_out("pipeline")
 def run_pipeline(
     recipe: Recipe,
     out: Path,
@@ -50,20 +67,22 @@ def run_pipeline(
 ) -> PipelineResult:
     """Run every step for ``recipe`` into ``out``; failed checks are collected, not hidden."""
     out = Path(out)
-    if (out / SUMMARY).exists() and not force:
+    if (out / SUMMARY).exists() and not force and not is_incomplete(out):
         raise InputError(f"--out {out}: already holds a pipeline run; pass --force to overwrite")
     step = on_step or (lambda _: None)
     step("train")
     trained = train(recipe, out / "checkpoint", device="cpu")
     step("export")
-    formats = ("onnx", "ort", "executorch") if executorch_installed() else ("onnx", "ort")
+    formats = export_formats(runtimes)
     exported = export(out / "checkpoint", out / "export", ExportOptions(formats=formats))
     step("quantize")
     failures: list[str] = []
     models = [exported.files["onnx"]]
     quant: dict = {}
     try:
-        config = QuantConfig(out / "quantized", QuantPolicy(mode="auto"), ort_format=True)
+        config = QuantConfig(
+            out / "quantized", QuantPolicy(mode="auto"), ort_format="ort" in formats
+        )
         q = quantize(exported.files["onnx"], config)
         quant = {"precision": "fp32", "policy": None, "note": q.notes[-1]}
         if q.chosen is not None:
@@ -84,7 +103,7 @@ def run_pipeline(
     failures += report.failures()
     step("profile")
     options = ProfileOptions(
-        runtimes="all", batches=(1,), warmup=20, iters=profile_iters, memory=False
+        runtimes=runtimes, batches=(1,), warmup=20, iters=profile_iters, memory=False
     )
     profiles = [profile([m], options) for m in models]
     atomic.write_json(out / "profile.json", [p.to_json() for p in profiles])
@@ -158,8 +177,13 @@ def summary_markdown(s: dict) -> str:
         lines += [f"| {artifact} | {rt} | {v} |" for rt, v in per.items()]
     lines += ["", "| artifact [runtime] | p50 latency (µs, batch 1) |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in s["p50_latency_us"].items()]
-    lines += ["", "verdict: " + ("PASS" if s["passed"] else "FAIL: " + "; ".join(s["failures"]))]
+    lines += ["", verdict(s)]
     return "\n".join(lines) + "\n"
+
+
+def verdict(s: dict) -> str:
+    """The run in one line: PASS, or FAIL and every failed check."""
+    return "verdict: " + ("PASS" if s["passed"] else "FAIL: " + "; ".join(s["failures"]))
 
 
 def raise_for_failures(result: PipelineResult) -> None:

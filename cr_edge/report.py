@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -41,8 +43,10 @@ def print_export(result) -> None:
     _stdout.print(f"model.onnx ops: {ops}")
 
 
-def print_summary(summary: dict) -> None:
-    """The pipeline's closing table: one row per figure that matters on the device."""
+def print_summary(summary: dict, out: Path) -> None:
+    """The pipeline's closing table, then where it all is and the verdict in one line."""
+    from cr_edge.pipeline import verdict
+
     table = Table(title=f"pipeline {summary['recipe']['name']}")
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -60,8 +64,10 @@ def print_summary(summary: dict) -> None:
     for name, size in summary["files"].items():
         table.add_row(f"size {name}", f"{size:,} B")
     for artifact, per in summary["parity"].items():
-        for runtime, verdict in per.items():
-            table.add_row(escape(f"parity {artifact} [{runtime}]"), verdict)
+        for runtime, status in per.items():
+            table.add_row(escape(f"parity {artifact} [{runtime}]"), status)
     for key, us in summary["p50_latency_us"].items():
         table.add_row(escape(f"p50 {key}"), f"{us:.1f} µs")
     _stdout.print(table)
+    _stdout.print(escape(f"results: {out}"))
+    _stdout.print(escape(verdict(summary)))

@@ -24,6 +24,7 @@ from cr_edge import dreg, heads
 from cr_edge.checkpoint import save_checkpoint
 from cr_edge.data import Dataset, TargetScale, fit_normalisation, load_source, split
 from cr_edge.errors import InputError, NonFiniteError, TrainingFailed
+from cr_edge.folder_lock import holds_out
 from cr_edge.nets import CONV_RANKS, CRNet, NetConfig, build_net
 from cr_edge.poly import PolyAct
 from cr_edge.recipe import Recipe
@@ -98,6 +99,7 @@ def _cpu_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@holds_out("train")
 def train(
     recipe: Recipe,
     out: Path,

@@ -24,6 +24,7 @@ from cr_edge.export.folds import activation_stages, run_passes
 from cr_edge.export.oracle_writer import ReferenceNet, build_oracle, reference_inputs, save_oracle
 from cr_edge.export.stages import Poly, calibrate_ranges, stages_from_checkpoint
 from cr_edge.export.version_guard import FORMATS, check_model, parse_runtime_version
+from cr_edge.folder_lock import holds_out
 from cr_edge.manifest import write_manifest
 
 # What each task's model returns, named in the metadata (cr_edge.outputs) for apps.
@@ -92,6 +93,7 @@ def lower(ckpt: Checkpoint, options: ExportOptions, calib_x: np.ndarray) -> tupl
     return result.stages, result.refusals
 
 
+@holds_out("export")
 def export(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()) -> ExportResult:
     """Export ``checkpoint`` into the folder ``out``."""
     out = Path(out)

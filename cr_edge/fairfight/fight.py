@@ -11,8 +11,10 @@ import numpy as np
 from cr_edge.fairfight.ladder import ladder
 from cr_edge.fairfight.report import write_report
 from cr_edge.fairfight.runner import run_entry
+from cr_edge.folder_lock import holds_out
 
 
+@holds_out("fairfight")
 def fairfight(
     data: str,
     budget: str,

@@ -25,6 +25,7 @@ from onnx import TensorProto
 
 from cr_edge.atomic import write_bytes, write_json
 from cr_edge.errors import CheckFailed, InputError
+from cr_edge.folder_lock import holds_out
 from cr_edge.manifest import write_manifest
 from cr_edge.quantize import measure as qm
 from cr_edge.quantize.apply import apply_policy
@@ -117,6 +118,7 @@ class _Inputs:
     secant: tuple[np.ndarray, np.ndarray] | None = None  # (displacement, fp32 secant)
 
 
+@holds_out("quantize", where="config.out")
 def quantize(model: Path, config: QuantConfig) -> QuantizeResult:
     """Quantize the export ``model`` (and ``X.jvp.onnx``) into the folder ``config.out``."""
     policy, out = config.policy, config.out
