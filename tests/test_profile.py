@@ -108,7 +108,9 @@ def test_per_op_names_gemm_and_the_horner_mul_add(cli_run, models: Path, tmp_pat
         out,
     )
     assert result.exit_code == 0, result.output
-    assert "Horner chain" in result.output and "Gemm" in result.output
+    assert "horner" in result.output and "Gemm" in result.output
+    for group in ("horner", "linear", "quantize", "other"):  # the legend says what each counts
+        assert f"{group}: " in result.output, group
     fp32, int8 = json.loads(out.read_text())["results"]
     ops = {op["op_type"] for op in fp32["ops"]["top"]}
     assert {"Gemm", "Mul", "Add"} <= ops
@@ -118,6 +120,7 @@ def test_per_op_names_gemm_and_the_horner_mul_add(cli_run, models: Path, tmp_pat
         assert sum(share.values()) == pytest.approx(1.0)
     int8_ops = {op["op_type"] for op in int8["ops"]["top"]}
     assert int8_ops & {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+    assert fp32["ops"]["share"]["quantize"] == 0  # a float model converts nothing to int8
 
 
 def test_profile_runs_where_torch_cannot_be_imported(models: Path, tmp_path: Path):
@@ -252,7 +255,27 @@ def test_per_op_summary_drops_first_runs_and_groups_shares():
     ops = summarize(events, top=2)
     assert ops["runs"] == 10 and ops["nodes"] == 3
     assert [(o["node"], o["typical_us"]) for o in ops["top"]] == [("g", 6.0), ("m", 3.0)]
-    assert ops["share"] == pytest.approx({"linear": 0.6, "horner": 0.3, "other": 0.1})
+    assert ops["share"] == pytest.approx(
+        {"linear": 0.6, "horner": 0.3, "quantize": 0.0, "other": 0.1}
+    )
+
+
+def test_quantize_and_dequantize_are_a_share_of_their_own():
+    """A QDQ int8 model: converting to and from int8 is neither the layer nor the polynomial."""
+
+    def event(node: str, op: str, dur: float) -> dict:
+        return {"cat": "Node", "name": f"{node}_kernel_time", "dur": dur, "args": {"op_name": op}}
+
+    nodes = [
+        ("x_QuantizeLinear", "QuantizeLinear", 2),
+        ("x_DequantizeLinear", "DequantizeLinear", 2),
+        ("w_DequantizeLinear", "DequantizeLinear", 1),
+        ("node_linear", "Gemm", 4),
+        ("node_mul_3", "Mul", 1),
+    ]
+    events = [event(n, op, d) for _ in range(3) for n, op, d in nodes]
+    share = summarize(events, top=3)["share"]
+    assert share == pytest.approx({"linear": 0.4, "horner": 0.1, "quantize": 0.5, "other": 0.0})
 
 
 def test_a_quantized_layers_scale_mul_and_bias_add_count_as_linear_not_horner():
@@ -271,7 +294,7 @@ def test_a_quantized_layers_scale_mul_and_bias_add_count_as_linear_not_horner():
     ]
     events = [event(n, op) for _ in range(3) for n, op in nodes]
     assert summarize(events, top=3)["share"] == pytest.approx(
-        {"linear": 5 / 8, "horner": 3 / 8, "other": 0.0}
+        {"linear": 4 / 8, "horner": 3 / 8, "quantize": 1 / 8, "other": 0.0}
     )
 
 

@@ -6,12 +6,15 @@ op type and the provider. The profiler adds a few microseconds per node, so the
 absolute times are inflated on tiny models; the shares between nodes are what this
 is for. The first run of every node (allocations, kernel set-up) is dropped.
 
-Shares are grouped the way a CR net spends them: the Horner chain (the elementwise
-Mul/Add of each polynomial and the Min/Max of its domain guard) against the linear
-layers (Gemm/MatMul/Conv and their int8 forms); the rest is "other". Quantization
-splits a Gemm into DynamicQuantizeLinear, MatMulInteger, Cast, scale Mul and bias
-Add; those elementwise nodes belong to the layer, not to the polynomial, and are
-recognised by their quantizer-given names (``<layer>_MatMul_quant...``, ``<layer>_Add``).
+Shares are grouped the way a CR net spends them (``SHARES`` says what each counts):
+the Horner chain (the elementwise Mul/Add of each polynomial and the Min/Max of its
+domain guard), the linear layers (Gemm/MatMul/Conv and their int8 forms), the
+quantize/dequantize steps, and the rest. Quantization splits a Gemm into
+DynamicQuantizeLinear, MatMulInteger, Cast, scale Mul and bias Add; the elementwise
+nodes belong to the layer, not to the polynomial, and are recognised by their
+quantizer-given names (``<layer>_MatMul_quant...``, ``<layer>_Add``). Converting
+activations to and from int8 (QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear)
+is a share of its own: an int8 model whose time goes there is not "linear-bound".
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ from cr_edge.runtimes.ort import OrtRuntime
 from cr_edge.runtimes.runtime import Runtime, Unavailable
 from cr_edge.runtimes.safe_load import Artifact
 
+SHARES = {  # group -> what it counts, in the order the profile prints them
+    "horner": "polynomial Horner Mul/Add and the domain guard's Min/Max/Clip",
+    "linear": "Gemm/MatMul/Conv and their integer forms, with a quantized layer's Cast, "
+    "scale Mul and bias Add",
+    "quantize": "QuantizeLinear/DequantizeLinear/DynamicQuantizeLinear: activations to "
+    "and from int8",
+    "other": "everything else (Reshape, Flatten, Softmax, ...)",
+}
 LAYER_NAME_TOKENS = ("MatMul", "Gemm", "Conv", "QuantizeLinear")  # in quantizer-made names
 KERNEL_SUFFIX = "_kernel_time"
 
@@ -70,7 +81,7 @@ def summarize(events: list[dict], top: int) -> dict:
     total = sum(typical.values()) or 1.0
     nodes = sorted(typical, key=typical.get, reverse=True)
     stems = _layer_stems(kinds)
-    groups = {"horner": 0.0, "linear": 0.0, "other": 0.0}
+    groups = dict.fromkeys(SHARES, 0.0)
     for node in nodes:
         groups[_group(node, kinds[node][0], stems)] += typical[node] / total
     return {
@@ -109,7 +120,9 @@ def _layer_stems(kinds: dict[str, tuple[str, str]]) -> tuple[str, ...]:
 
 
 def _group(node: str, op_type: str, stems: tuple[str, ...]) -> str:
-    if op_type in ANY_LINEAR or op_type in QUANTIZE:
+    if op_type in QUANTIZE:
+        return "quantize"
+    if op_type in ANY_LINEAR:
         return "linear"
     if any(t in node for t in LAYER_NAME_TOKENS) or node.startswith(tuple(f"{s}_" for s in stems)):
         return "linear"  # a quantized layer's scale Mul, bias Add or Cast

@@ -14,11 +14,13 @@ from pathlib import Path
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cr_edge.atomic import write_bytes
 from cr_edge.errors import InputError
+from cr_edge.profile.perop import SHARES
 from cr_edge.profile.profiler import ProfileReport, Row
 
 # Piped or captured output is not wrapped at 80 columns: the tables are for reading later.
@@ -162,11 +164,13 @@ def _ops_table(row: Row) -> Table:
 
 
 def _shares(ops: dict) -> str:
+    """The group shares on one line, then a legend: what each share counts."""
     share = ops["share"]
+    line = " · ".join(f"{group} {share.get(group, 0.0):.0%}" for group in SHARES)
+    legend = "".join(f"\n  [dim]{group}: {escape(what)}[/dim]" for group, what in SHARES.items())
     return (
-        f"Horner chain (Mul/Add/Min/Max) {share['horner']:.0%} · linear (Gemm/MatMul/Conv) "
-        f"{share['linear']:.0%} · other {share['other']:.0%}  [dim]({ops['runs']} profiled "
-        "runs, 10%-trimmed mean; the profiler adds a few µs per node)[/dim]\n"
+        f"{line}  [dim]({ops['runs']} profiled runs, 10%-trimmed mean; the profiler adds a "
+        f"few µs per node)[/dim]{legend}\n"
     )
 
 
