@@ -19,22 +19,33 @@ import onnx
 
 from cr_edge.errors import InputError
 
-# onnxruntime release -> (max ONNX opset, max IR version), from the "ONNX opset support"
-# table at onnxruntime.ai/docs/reference/compatibility.html. Releases newer than the last
-# row are held to that row: a floor, never a guess above what is documented.
+# onnxruntime release -> (max ONNX opset, max IR version), each row as published in the
+# "ONNX opset support" table of ONNX Runtime's compatibility page (COMPATIBILITY), whose
+# source is docs/reference/compatibility.md on onnxruntime's gh-pages branch. Each row
+# cites the page revision it was read from (ROW_SOURCES). Checked row by row against
+# it: 1.15 is IR 8 there (the earlier table said 9), and the 1.21 row (opset 22) was
+# dropped, since no published revision available here lists 1.21. Releases newer
+# than the last row are held to that row: a floor, never a guess above what is
+# documented; cr-edge exports opset <= 21 in any case.
+COMPATIBILITY = "https://onnxruntime.ai/docs/reference/compatibility.html#onnx-opset-support"
+_PAGE_1_16 = f"{COMPATIBILITY} (gh-pages d0ea319e, table up to 1.16)"
+_PAGE_1_20 = f"{COMPATIBILITY} (gh-pages 109c0baa, table up to 1.20)"
 ORT_SUPPORT: dict[tuple[int, int], tuple[int, int]] = {
-    (1, 10): (15, 8),
-    (1, 11): (16, 8),
-    (1, 12): (17, 8),
-    (1, 13): (17, 8),
-    (1, 14): (18, 8),
-    (1, 15): (19, 9),
-    (1, 16): (19, 9),
-    (1, 17): (20, 9),
-    (1, 18): (21, 10),
-    (1, 19): (21, 10),
-    (1, 20): (21, 10),
-    (1, 21): (22, 10),
+    (1, 10): (15, 8),  # ONNX 1.10
+    (1, 11): (16, 8),  # ONNX 1.11
+    (1, 12): (17, 8),  # ONNX 1.12
+    (1, 13): (17, 8),  # ONNX 1.12
+    (1, 14): (18, 8),  # ONNX 1.13
+    (1, 15): (19, 8),  # ONNX 1.14
+    (1, 16): (19, 9),  # ONNX 1.14.1
+    (1, 17): (20, 9),  # ONNX 1.15
+    (1, 18): (21, 10),  # ONNX 1.16
+    (1, 19): (21, 10),  # ONNX 1.16.1
+    (1, 20): (21, 10),  # ONNX 1.16.1
+}
+ROW_SOURCES: dict[tuple[int, int], str] = {
+    **{(1, minor): _PAGE_1_16 for minor in range(10, 17)},
+    **{(1, minor): _PAGE_1_20 for minor in range(17, 21)},
 }
 ONNX_RUNTIMES = ("onnxruntime", "ort-mobile")
 RUNTIMES = (*ONNX_RUNTIMES, "executorch")
