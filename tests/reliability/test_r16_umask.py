@@ -39,7 +39,7 @@ def commands(work: Path, pte: bool) -> list[list[str]]:
     targets = "onnx,ort,executorch" if pte else "onnx,ort"
     return [
         ["train", "--recipe", "digits-cr", "--epochs", "1", "--out", str(ck)],
-        ["export", str(ck), "--out", str(ex), "--target", targets],
+        ["export", str(ck), "--out", str(ex), "--format", targets],
         ["quantize", str(ex / "model.onnx"), "--out", str(q), "--mode", "dynamic", "--ort"],
         ["validate", str(ex / "model.onnx"), "--runtime", "cpu", "--json", str(work / "v.json")],
         [

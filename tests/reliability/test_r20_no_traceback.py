@@ -99,7 +99,7 @@ def corpus(checkpoint: Path, exported: Path, work: Path) -> dict[str, tuple[Path
         "csv": (
             work / "data.csv",
             [
-                *("train", "--data", work / "data.csv", "--target", "label", "--epochs", "1"),
+                *("train", "--data", work / "data.csv", "--label", "label", "--epochs", "1"),
                 *("--out", out, "--force"),
             ],
         ),
