@@ -36,10 +36,10 @@ def kill_loop(args: list[object], out: Path, kills: int, seed: int) -> KillTally
     start = time.perf_counter()
     subprocess.run(cli_command(*args), cwd=REPO, capture_output=True, check=False)
     duration = time.perf_counter() - start
-    writes = _count_writes(args)
+    writes = count_writes(args)
     for k in range(kills):
         if k % 2:
-            killed = _killpoint(args, rng.randint(1, writes)) == -signal.SIGKILL
+            killed = kill_in_write(args, rng.randint(1, writes)) == -signal.SIGKILL
         else:
             killed = _timed_kill(args, duration * rng.uniform(*WINDOW))
         tally.killed += killed
@@ -61,14 +61,14 @@ def _timed_kill(args: list[object], after_s: float) -> bool:
         return True
 
 
-def _killpoint(args: list[object], kill_at: int) -> int:
+def kill_in_write(args: list[object], kill_at: int) -> int:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     command = [sys.executable, "-m", "reliability.killpoint", str(kill_at), *map(str, args)]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, check=False).returncode
 
 
-def _count_writes(args: list[object]) -> int:
+def count_writes(args: list[object]) -> int:
     """How many file writes one complete run makes (a kill point past the last never fires)."""
     probe = [sys.executable, "-c", _COUNTER, *map(str, args)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))

@@ -25,8 +25,8 @@ PER_KIND = int(os.environ.get("CR_EDGE_FUZZ20_N", "4"))
 
 # command -> (module whose work function is replaced, its name)
 WORK = {
-    "train": ("cr_edge.train", "train"),
-    "export": ("cr_edge.export.exporter", "export"),
+    "train": ("cr_edge.api", "train"),
+    "export": ("cr_edge.api", "export"),
     "quantize": ("cr_edge.quantize.quantizer", "quantize"),
     "validate": ("cr_edge.validate.validator", "validate"),
     "profile": ("cr_edge.profile.profiler", "profile"),
