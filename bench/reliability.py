@@ -1,8 +1,9 @@
 """The reliability battery's figures: one row per test module in tests/reliability/, from the tests' own loops.
 
 Rows with a loop (1 canary reads, 2 fuzzing, 3 pickle payloads, 4/5 located data
-errors, 7 kills, 9 perturbations) run it here with larger counts; the other rows
-run their test module and report its cases. Columns: cases tried, crashes (an
+errors, 7 kills, 9 perturbations, 15 races, 16 modes, 17 interrupted folders, 18
+pipeline kills, 19 concurrent readers, 20 command fuzzing) run it here with larger
+counts; the other rows run their test module and report its cases. Columns: cases tried, crashes (an
 untyped error, a traceback, a signal, a hang, or for rows 3/12/14 a guard that did
 not hold), partial files under final names, canary reads, and faults caught.
 
@@ -45,6 +46,13 @@ FAULTS = {
     12: "opset/IR newer than --runtime-version",
     13: "same seed twice",
     14: "inputs at 100x range",
+    15: "two writers, one folder",
+    16: "umask 022: modes of every file kind",
+    17: "interrupted export/quantize/train, then a reader",
+    18: "SIGKILL during pipeline",
+    19: "concurrent readers (validate+profile)",
+    20: "unexpected error / fuzz corpus, all commands",
+    21: "--target-runtime table: every row cited",
 }
 
 
@@ -177,9 +185,94 @@ def row9(ex: Path, work: Path) -> Row:
     return Row(9, tried, 0, caught=f"{caught}/{tried} caught")
 
 
-def by_pytest(number: int) -> Row:
+def row15(work: Path, races: int) -> Row:
+    from reliability.test_r15_two_writers import race
+
+    tally = race(work / "r15", races)
+    return Row(
+        15,
+        tally.races,
+        len(tally.corrupted),
+        caught=f"{tally.refused} second writers refused, {len(tally.corrupted)} corrupted folders",
+    )
+
+
+def row16(work: Path) -> Row:
+    from reliability.test_r16_umask import modes, write_everything
+
+    from cr_edge.pipeline import executorch_installed
+
+    write_everything(work / "r16", 0o022, executorch_installed())
+    found = modes(work / "r16")
+    wrong = [n for n, m in found.items() if m != 0o644]
+    kinds = sorted({Path(n).suffix for n in found})
+    return Row(
+        16,
+        len(found),
+        len(wrong),
+        caught=f"{len(found) - len(wrong)}/{len(found)} files 0644, kinds {' '.join(kinds)}",
+    )
+
+
+def row17(ck: Path, ex: Path, work: Path, kills: int) -> Row:
+    from reliability.test_r17_incomplete import interrupt_and_read, writers
+
+    quantized = work / "r17-quantized"
+    helpers.run("quantize", ex / "model.onnx", "--out", quantized, "--mode", "dynamic")
+    complete = {"train": ck, "export": ex, "quantize": quantized}
+    folder = work / "r17"
+    folder.mkdir()
+    tallies = [
+        interrupt_and_read(stage, args, complete[stage], folder, kills, seed)
+        for seed, (stage, args) in enumerate(writers(ck, ex).items())
+    ]
+    readers = sum(t.readers for t in tallies)
+    accepted = sum(len(t.accepted) for t in tallies)
+    return Row(
+        17,
+        readers,
+        accepted,
+        caught=f"{sum(t.kills for t in tallies)} interrupted folders, {accepted} readers accepted one",
+    )
+
+
+def row18(work: Path, kills: int) -> Row:
+    from reliability.test_r18_pipeline_kill import kill_pipeline
+
+    tally, changed, rerun = kill_pipeline(work / "r18", kills, seed=18)
+    return Row(
+        18,
+        tally.runs,
+        len(changed),
+        len(tally.partial),
+        caught=f"{tally.killed} killed mid-way; rerun exit {rerun.returncode}",
+    )
+
+
+def row19(ex: Path, work: Path, readers: int) -> Row:
+    from reliability.test_r19_concurrent_readers import read_concurrently
+
+    (work / "r19").mkdir()
+    failures = read_concurrently(ex, work / "r19", readers)
+    return Row(
+        19,
+        2 * readers,
+        len(failures),
+        caught=f"{readers}+{readers} at once, {len(failures)} failed",
+    )
+
+
+def row20(ck: Path, ex: Path, work: Path, per_kind: int) -> Row:
+    from reliability.test_r20_no_traceback import fuzz_commands
+
+    (work / "r20").mkdir()
+    cases, bad = fuzz_commands(ck, ex, work / "r20", per_kind)
+    return Row(20, cases, len(bad), caught=f"{cases - len(bad)}/{cases} without a traceback")
+
+
+def by_pytest(number: int, name: str = "") -> Row:
     """Rows without a loop of their own: run their test module, count its cases."""
-    module = next((REPO / "tests" / "reliability").glob(f"test_r{number:02d}_*.py"))
+    module = next((REPO / "tests" / "reliability").glob(f"test_r{number:02d}_{name or '*'}.py"))
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(module)],
         cwd=REPO,
@@ -196,21 +289,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fuzz", type=int, default=5000, help="mutated files for row 2")
     parser.add_argument("--kills", type=int, default=5, help="SIGKILLs per command for row 7")
+    parser.add_argument("--races", type=int, default=20, help="two-writer races for row 15")
+    parser.add_argument("--interrupts", type=int, default=4, help="kill points per writer, row 17")
+    parser.add_argument("--pipeline-kills", type=int, default=12, help="SIGKILLs for row 18")
+    parser.add_argument("--readers", type=int, default=8, help="concurrent readers each, row 19")
+    parser.add_argument("--fuzz20", type=int, default=12, help="mutations per file kind, row 20")
+    parser.add_argument("--rows", help="comma list of rows to run (default: all)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             ck = helpers.checkpoint(work)
             ex = helpers.exported(ck, work / "export")
-        rows = [
-            row1(work),
-            row2(ck, ex, work, args.fuzz),
-            row3(ck, ex, work),
-            row4(work),
-            row5(work),
-        ]
-        rows += [by_pytest(6), row7(ck, ex, work, args.kills), by_pytest(8), row9(ex, work)]
-        rows += [by_pytest(n) for n in (10, 11, 12, 13, 14)]
+        runs = {
+            1: lambda: row1(work),
+            2: lambda: row2(ck, ex, work, args.fuzz),
+            3: lambda: row3(ck, ex, work),
+            4: lambda: row4(work),
+            5: lambda: row5(work),
+            6: lambda: by_pytest(6),
+            7: lambda: row7(ck, ex, work, args.kills),
+            8: lambda: by_pytest(8),
+            9: lambda: row9(ex, work),
+            **{n: (lambda n=n: by_pytest(n)) for n in (10, 11, 12, 13, 14)},
+            15: lambda: row15(work, args.races),
+            16: lambda: row16(work),
+            17: lambda: row17(ck, ex, work, args.interrupts),
+            18: lambda: row18(work, args.pipeline_kills),
+            19: lambda: row19(ex, work, args.readers),
+            20: lambda: row20(ck, ex, work, args.fuzz20),
+            21: lambda: by_pytest(21, "version_table"),
+        }
+        chosen = [int(n) for n in args.rows.split(",")] if args.rows else sorted(runs)
+        rows = [runs[n]() for n in chosen]
     print("| # | fault | cases | crashes | partial files | canary reads | caught |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -1,0 +1,64 @@
+"""Row 18: SIGKILL during ``cr-edge pipeline`` leaves no partial file, and a rerun completes.
+
+The row-7 kill loop on the whole pipeline (train, export, quantize, validate,
+profile, summary): killed at seeded random times and inside random file writes,
+each time over the previous run's folder. After every kill each final file must
+parse, and each stage folder whose manifest says it is complete must match it byte
+for byte (a finished stage stays intact whatever comes after). Then the same command,
+without ``--force``, must finish the run. ``CR_EDGE_PIPELINE_KILLS`` kills here (2;
+``bench/reliability.py`` runs 12).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cr_edge.errors import InputError
+from cr_edge.manifest import MANIFEST, is_incomplete, verify
+from reliability.helpers import run_process
+from reliability.kills import kill_loop
+
+KILLS = int(os.environ.get("CR_EDGE_PIPELINE_KILLS", "2"))
+ARGS = ["pipeline", "--recipe", "digits-cr", "--epochs", "1", "--runtime", "cpu"]
+
+
+def changed_complete_folders(out: Path) -> list[str]:
+    """Stage folders that say they are complete but whose files differ from their manifest."""
+    bad = []
+    for manifest in out.rglob(MANIFEST):
+        folder = manifest.parent
+        if is_incomplete(folder):
+            continue
+        try:
+            for name in json.loads(manifest.read_text())["files"]:
+                verify(folder / name)
+        except (InputError, OSError, ValueError, KeyError) as e:
+            bad.append(f"{folder.name}: {e}")
+    return bad
+
+
+def kill_pipeline(out: Path, kills: int, seed: int):
+    """Kill the pipeline ``kills`` times; return (tally, changed complete folders, rerun)."""
+    tally = kill_loop([*ARGS, "--force", "--out", out], out, kills, seed)
+    changed = changed_complete_folders(out) if out.exists() else []
+    rerun = run_process(*ARGS, "--out", out, timeout=900)
+    return tally, changed, rerun
+
+
+@pytest.mark.slow
+def test_sigkill_during_the_pipeline_leaves_no_partial_file_and_a_rerun_completes(tmp_path):
+    out = tmp_path / "run"
+    tally, changed, rerun = kill_pipeline(out, KILLS, seed=18)
+    print(
+        f"row 18: {tally.runs} pipelines killed ({tally.killed} mid-way), "
+        f"{len(tally.partial)} partial files, rerun exit {rerun.returncode}"
+    )
+    assert not tally.partial, tally.partial
+    assert not changed, changed
+    assert rerun.returncode in (0, 1), rerun.stderr[-2000:]  # 1: a check failed, said so
+    assert (out / "summary.json").is_file() and not is_incomplete(out)
+    assert "Traceback" not in rerun.stderr
