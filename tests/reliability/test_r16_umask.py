@@ -43,7 +43,7 @@ def commands(work: Path, pte: bool) -> list[list[str]]:
         ["quantize", str(ex / "model.onnx"), "--out", str(q), "--mode", "dynamic", "--ort"],
         ["validate", str(ex / "model.onnx"), "--runtime", "cpu", "--json", str(work / "v.json")],
         [
-            *("profile", str(q / "model.int8.onnx"), "--iters", "5", "--no-memory"),
+            *("profile", str(ex / "model.onnx"), "--iters", "5", "--no-memory"),
             *("--json", str(work / "p.json"), "--plot", str(work / "p.png")),
         ],
     ]
