@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from runtime_fixtures import (
     build_model_dir,
@@ -71,7 +72,32 @@ def test_corrupted_model_and_companion_fail_through_the_companion(cli_run, model
     result = cli_run("validate", str(folder / "model.onnx"), "--runtime", "cpu")
     assert result.exit_code == 1
     assert "[cpu] derivatives: jvp (64, 4): max abs err" in result.output
-    assert "[cpu] derivatives: y (companion) (64, 4)" in result.output
+    assert "[cpu] derivatives: companion's own y (64, 4)" in result.output
+
+
+def test_a_failing_companion_y_is_named_as_such_not_shown_as_a_passing_jvp(
+    cli_run, model_dir, tmp_path
+):
+    # Issue 12: the derivative cell read "FAIL companion: rel 4e-05 cos 1.000000".
+    folder = copy_model(
+        model_dir, tmp_path / "y-only", ("model.onnx", "model.jvp.onnx", "model.ref.npz")
+    )
+    model = onnx.load(folder / "model.jvp.onnx")
+    producer = next(n for n in model.graph.node if "y" in n.output)
+    producer.output[list(producer.output).index("y")] = "y_raw"
+    shift = onnx.helper.make_tensor("y_shift", onnx.TensorProto.FLOAT, [], [1e-3])
+    model.graph.initializer.append(shift)
+    model.graph.node.append(onnx.helper.make_node("Add", ["y_raw", "y_shift"], ["y"]))
+    onnx.save(model, folder / "model.jvp.onnx")  # y moves by 1e-3; the JVP cannot
+    result = cli_run(
+        "validate", str(folder / "model.onnx"), "--runtime", "cpu", "--json", tmp_path / "r.json"
+    )
+    assert result.exit_code == 1, result.output
+    row = json.loads((tmp_path / "r.json").read_text())["results"][0]
+    assert row["outputs"]["status"] == "PASS"
+    assert row["derivatives"]["summary"].startswith("companion's own y failed; companion: rel")
+    assert "[cpu] derivatives: companion's own y (64, 4): max abs err 0.001" in result.output
+    assert "derivatives: jvp" not in result.output
 
 
 def test_tolerance_flags_are_used(cli_run, model_dir, tmp_path):

@@ -87,26 +87,41 @@ def reference_inputs(calib: dict[str, np.ndarray], seed: int = ORACLE_SEED) -> n
 
 
 def build_oracle(
-    ref_net: nn.Module, x: np.ndarray, seed: int = ORACLE_SEED
+    ref_net: ReferenceNet, x: np.ndarray, seed: int = ORACLE_SEED
 ) -> dict[str, np.ndarray]:
     """``x``, ``y``, unit directions ``v`` and autograd ``jvp = J(x) v``, all float32."""
     rng = np.random.default_rng(seed + 1)
     v = rng.standard_normal(x.shape).astype(np.float32)
     v /= np.linalg.norm(v.reshape(len(v), -1), axis=1).reshape((-1,) + (1,) * (v.ndim - 1))
     task = ref_net.task if isinstance(ref_net, ReferenceNet) else "classify"
+    # The same net in float64 (on a copy): how far a float32 oracle is from exact, which is
+    # part of what a float32 runtime may differ from it by (cr_edge.validate.tolerances).
     # A regression or ordinal head is one score: J(x) is rank one, and along a random v
     # that is nearly orthogonal to its gradient J v is a small difference of large float32
     # products. The reference must be the exact side of the comparison, so these heads
-    # are evaluated in float64 (on a copy) and rounded once at the end.
-    ref = copy.deepcopy(ref_net).double() if task != "classify" else ref_net
-    dtype = torch.float64 if task != "classify" else torch.float32
-    xs, vs = torch.from_numpy(x).to(dtype), torch.from_numpy(v).to(dtype)
-    y, jvp, jac_norm = autograd_jvp(ref.eval(), xs, vs, with_norm=True)
+    # take their oracle from the float64 copy, rounded once at the end.
+    wide = _float64(ref_net)
+    x64, v64 = torch.from_numpy(x).double(), torch.from_numpy(v).double()
+    y64, jvp64, norm64 = autograd_jvp(wide, x64, v64, with_norm=True)
+    if task == "classify":
+        y, jvp, jac_norm = autograd_jvp(
+            ref_net.eval(), torch.from_numpy(x), torch.from_numpy(v), with_norm=True
+        )
+    else:
+        y, jvp, jac_norm = y64, jvp64, norm64
     oracle = {"x": x, "y": _f32(y), "v": v, "jvp": _f32(jvp), "jac_norm": _f32(jac_norm)}
+    oracle.update(y_float64=y64.detach().numpy(), jvp_float64=jvp64.detach().numpy())
     if task == "ordinal":
         with torch.no_grad():
-            oracle["rank"] = _f32(ref.outputs(xs)[1])
+            oracle["rank"] = _f32(wide.outputs(x64)[1])
     return oracle
+
+
+def _float64(ref_net: ReferenceNet) -> ReferenceNet:
+    wide = copy.deepcopy(ref_net).double().eval()
+    if getattr(wide, "bounds", None) is not None:
+        wide.bounds = [(lo.double(), hi.double()) for lo, hi in wide.bounds]
+    return wide
 
 
 def _f32(t: Tensor) -> np.ndarray:

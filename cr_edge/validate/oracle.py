@@ -31,6 +31,21 @@ class Oracle:
     jvp: np.ndarray | None = None
     labels: np.ndarray | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # compared by output name
+    # The oracle's net evaluated in float64 (exports since issue 12): the oracle's own error.
+    y_float64: np.ndarray | None = None
+    jvp_float64: np.ndarray | None = None
+
+    def own_error(self) -> tuple[float, float | None] | None:
+        """``(max |y - y64|, max per-sample ||jvp - jvp64|| / ||jvp64||)``; None for old oracles."""
+        if self.y_float64 is None:
+            return None
+        output = float(np.max(np.abs(self.y.astype(np.float64) - self.y_float64)))
+        if self.jvp is None or self.jvp_float64 is None:
+            return output, None
+        n = self.x.shape[0]
+        diff = np.linalg.norm((self.jvp - self.jvp_float64).reshape(n, -1), axis=1)
+        size = np.linalg.norm(self.jvp_float64.reshape(n, -1), axis=1)
+        return output, float(np.max(diff / np.maximum(size, np.finfo(np.float32).eps)))
 
     @property
     def has_derivatives(self) -> bool:
@@ -89,7 +104,11 @@ def load_oracle(path: Path) -> Oracle:
         raise InputError(
             f"{path}: array 'labels' must be integers of shape ({n},), got {labels.shape}"
         )
-    return Oracle(path, x, y, v, jvp, labels, arrays)
+    wide = {k: arrays.pop(k, None) for k in ("y_float64", "jvp_float64")}
+    for name, like in (("y_float64", y), ("jvp_float64", jvp)):
+        if wide[name] is not None and (like is None or wide[name].shape != like.shape):
+            raise InputError(f"{path}: array {name!r} must have the shape of {name[:-8]!r}")
+    return Oracle(path, x, y, v, jvp, labels, arrays, wide["y_float64"], wide["jvp_float64"])
 
 
 def check_against(oracle: Oracle, inputs: list[TensorSpec], model: Path) -> np.ndarray:

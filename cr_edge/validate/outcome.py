@@ -14,6 +14,7 @@ from cr_edge.atomic import json_safe
 PASS, FAIL, UNAVAILABLE = "PASS", "FAIL", "UNAVAILABLE"
 # How derivatives are checked; named here, beside the results, so the CLI reads them light.
 COMPANION, FINITE_DIFFERENCES = "companion", "finite-differences"
+COMPANION_Y = "companion's own y"  # judged at the output tolerance, reported apart from jvp
 DERIVATIVE_METHODS = ("auto", COMPANION, FINITE_DIFFERENCES)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from cr_edge.runtimes.runtime import RunError, Session
 from cr_edge.validate.oracle import Oracle
-from cr_edge.validate.outcome import COMPANION, FINITE_DIFFERENCES, Check, Outcome
+from cr_edge.validate.outcome import COMPANION, COMPANION_Y, FINITE_DIFFERENCES, Check, Outcome
 from cr_edge.validate.tolerances import (
     MAX_UNRESOLVED,
     DerivativeTolerance,
@@ -82,7 +82,7 @@ def derivative_parity(
     try:
         if method == COMPANION:
             jvp, y = companion_jvp(companion, x, v)
-            checks.append(compare_elementwise("y (companion)", y, oracle.y, tol))
+            checks.append(compare_elementwise(COMPANION_Y, y, oracle.y, tol))
         else:
             steps = finite_difference_steps(x, v, tol.precision)
             jvp, spread = finite_difference_jvp(session, x, v, steps)
@@ -110,6 +110,9 @@ def derivative_parity(
     jvp_check = compare_directional("jvp", jvp, ref, directions, bound, tol, typical)
     checks.insert(0, jvp_check)
     summary = f"{method}: rel {jvp_check.max_rel:.2g} cos {_fmt_cos(jvp_check.min_cosine)}"
+    failed = [c.name for c in checks if not c.passed]
+    if failed:  # name what failed: a passing jvp beside a failing companion y reads as a pass
+        summary = f"{' and '.join(failed)} failed; {summary}"
     if figures.get("unresolved_samples"):
         summary += f", {figures['unresolved_samples']} sample(s) at kinks skipped"
     return Outcome.from_checks(checks, summary, figures)

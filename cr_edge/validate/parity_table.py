@@ -11,13 +11,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from cr_edge.validate.outcome import FAIL, PASS, Outcome
-from cr_edge.validate.validator import COLUMNS, ValidationReport
+from cr_edge.validate.validator import COLUMNS, RuntimeResult, ValidationReport
 
 STYLES = {PASS: "green", FAIL: "bold red"}
 
 
 def render(report: ValidationReport, console: Console) -> None:
-    """Print the table, then the failures, one per line."""
+    """Print the table, the tolerances each row used and where they came from, the failures."""
     table = Table(title="cr-edge validate", show_lines=True)
     table.add_column("artifact", overflow="fold")
     table.add_column("runtime")
@@ -27,6 +27,11 @@ def render(report: ValidationReport, console: Console) -> None:
         cells = [_cell(o) for o in r.outcomes().values()]
         table.add_row(escape(r.loaded or r.artifact), r.runtime, *cells)
     console.print(table)
+    for r in report.results:
+        if r.tolerances is not None:
+            console.print(
+                _tolerance_line(r), style="dim", markup=False, highlight=False, soft_wrap=True
+            )
     for line in report.failures():
         console.print(f"FAIL {line}", style="red", markup=False, highlight=False, soft_wrap=True)
 
@@ -34,3 +39,14 @@ def render(report: ValidationReport, console: Console) -> None:
 def _cell(outcome: Outcome) -> str:
     style = STYLES.get(outcome.status, "yellow")
     return f"[{style}]{outcome.status}[/{style}] {escape(outcome.summary)}"
+
+
+def _tolerance_line(r: RuntimeResult) -> str:
+    t = r.tolerances
+    src = t.sources
+    return (
+        f"tolerance {r.loaded or r.artifact} [{r.runtime}]: outputs atol={t.atol:.3g} "
+        f"({src.get('atol', 'policy')}), rtol={t.rtol:.3g} ({src.get('rtol', 'policy')}); "
+        f"companion derivatives rel<={t.companion.rtol:.3g}, cos>={t.companion.min_cosine:g} "
+        f"({src.get('derivatives', 'policy')})"
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 
 from cr_edge import __version__
@@ -29,7 +30,7 @@ from cr_edge.runtimes.safe_load import (
     sibling,
 )
 from cr_edge.runtimes.sandbox import sandboxed_load
-from cr_edge.validate import coverage
+from cr_edge.validate import coverage, rounding
 from cr_edge.validate.oracle import Oracle, check_against, load_oracle
 from cr_edge.validate.outcome import (
     COMPANION,
@@ -40,7 +41,8 @@ from cr_edge.validate.outcome import (
     Outcome,
 )
 from cr_edge.validate.parity import derivative_parity, output_parity
-from cr_edge.validate.tolerances import Overrides, Tolerances, tolerances_for
+from cr_edge.validate.rounding import RoundingError
+from cr_edge.validate.tolerances import Overrides, Tolerances, precision_of, tolerances_for
 
 COLUMNS = ("outputs", "derivatives", "coverage")
 
@@ -146,13 +148,43 @@ def validate(
         sandboxed_load(path)  # a crash inside onnxruntime becomes an error, not a signal
         artifact = check_artifact(path)
         oracle = load_oracle(oracle_path(path, ref))
+        rounding = fp32_rounding(artifact, oracle)
         for runtime in chosen:
-            results.append(_on_runtime(artifact, oracle, runtime, overrides, derivatives))
+            results.append(_on_runtime(artifact, oracle, runtime, overrides, derivatives, rounding))
     return ValidationReport(results)
 
 
+def fp32_rounding(artifact: Artifact, oracle: Oracle) -> RoundingError | None:
+    """The float32 rounding error of the artifact's ONNX graph (and companion) on the oracle.
+
+    ``.ort`` and ``.pte`` files are judged by the ``.onnx`` they were made from. None when
+    there is no fp32 ONNX graph beside the artifact, or its float64 copy cannot run here.
+    """
+    path = artifact.path if artifact.kind == "onnx" else sibling(artifact.path, ".onnx")
+    if not path.is_file() or oracle.x.dtype != np.float32:
+        return None
+    try:  # a damaged sibling or companion is reported by the runtimes that load it
+        graph = artifact if path == artifact.path else check_artifact(path)
+        companion = companion_of(path)
+        companion_data = check_artifact(companion).data if companion.is_file() else None
+    except InputError:
+        return None
+    metadata = {p.key: p.value for p in graph.model.metadata_props} if graph.model else {}
+    if graph.model is None or precision_of(metadata, str(path)) != "fp32":
+        return None
+    try:
+        return rounding.measure(graph.data, companion_data, oracle.x, oracle.v)
+    except Exception:  # onnxruntime's error types, as in runtimes.ort: no float64 kernel here
+        return None
+
+
 def _on_runtime(
-    artifact: Artifact, oracle: Oracle, runtime: Runtime, overrides: Overrides | None, method: str
+    artifact: Artifact,
+    oracle: Oracle,
+    runtime: Runtime,
+    overrides: Overrides | None,
+    method: str,
+    rounding_error: RoundingError | None = None,
 ) -> RuntimeResult:
     name = str(artifact.path)
     try:
@@ -166,7 +198,13 @@ def _on_runtime(
         return RuntimeResult(name, runtime.name, None, off, off, _static(artifact, runtime, off))
     x = check_against(oracle, session.inputs, loadable.path)
     tol = tolerances_for(
-        session.metadata, str(loadable.path), oracle.y, oracle.jvp_per_unit(), overrides
+        session.metadata,
+        str(loadable.path),
+        oracle.y,
+        oracle.jvp_per_unit(),
+        overrides,
+        rounding_error,
+        oracle.own_error(),
     )
     return RuntimeResult(
         name,
