@@ -1,10 +1,14 @@
 """``cr-edge quantize``: an fp32 export in, a smaller export with its oracle out. No torch.
 
-``quantizer`` is the stage; ``policy`` the validated policy dataclass; ``apply``
-runs onnxruntime's quantizers; ``calibration`` reads and checks calibration data;
-``graph`` reads the float model (refusals, the Horner chain); ``equalize`` and
-``interval`` prepare the weights and the chain's ranges; ``companion`` ties the
-derivative companion to the deployed weights; ``measure`` judges each candidate
-(parity, accuracy, latency); ``ort_copies`` writes ``.ort`` files; and
+``quantizer`` is the stage (``quantize(model, config)``); ``policy`` the validated
+policy and config dataclasses; ``apply`` the registry of policy handlers (onnxruntime's
+quantizers, ``weight_only``'s int8 weights, fp16); ``gemm_to_matmul`` the rewrite the
+dynamic quantizer needs; ``calibration`` reads and checks calibration data; ``graph``
+reads the float model (refusals, the Horner chain); ``equalize`` and ``interval``
+prepare the weights and the chain's ranges; ``companion`` ties the derivative
+companion to the deployed weights; ``judge`` measures each candidate three ways
+(onnxruntime, exact integer maths and the AVX2 u8s8 kernel, via ``integer_eval`` and
+``kernels``); ``secant`` checks the deployed primal's derivative; ``measure`` holds
+parity, accuracy and latency; ``ort_copies`` writes ``.ort`` files; and
 ``candidates_table`` prints what was tried.
 """
