@@ -527,28 +527,60 @@ def pipeline(
 @click.option("--label", help="CSV column holding the labels (CSV data only).")
 @click.option(
     "--budget",
-    type=click.Choice(["quick", "full"]),
+    type=click.Choice(["quick", "standard", "full"]),
     default="quick",
     show_default=True,
-    help="quick: a few widths and seeds in minutes; full: the whole ladder.",
+    help="quick: CI smoke run (<3 min); standard: the README's tables; full: a cluster job.",
 )
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
     help="Report folder [default: runs/fairfight-DATA].",
 )
-@click.option("--force", is_flag=True, help="Overwrite a folder that holds a report.")
-def fairfight(data: str, label: str | None, budget: str, out: Path | None, force: bool) -> None:
-    """CR nets against ReLU/GELU baselines at equal terms: accuracy, size, latency, smoothness."""
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Local worker processes [default: the usable cores].",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    metavar="ADDRESS|auto",
+    help="Run the tasks on an existing Ray cluster instead of local processes.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Rewrite a folder that holds a report (finished runs in records/ are still reused).",
+)
+def fairfight(
+    data: str,
+    label: str | None,
+    budget: str,
+    out: Path | None,
+    workers: int | None,
+    ray_address: str | None,
+    force: bool,
+) -> None:
+    """CR nets against tuned ReLU/GELU baselines: accuracy with CIs, size, latency, smoothness.
+
+    Resumable: rerun the same command after an interrupt and finished runs are not redone.
+    """
+    from cr_edge.fairfight.engine import Engine, default_workers
     from cr_edge.fairfight.fight import fairfight as run_fight
     from cr_edge.fairfight.report import markdown
-    from cr_edge.progress import console, entry_bar
+    from cr_edge.progress import console, runs_bar
 
     out = out or Path("runs") / f"fairfight-{Path(data).stem}"
     refuse_existing(out, "report.json", force)
-    with entry_bar("fairfight") as on_entry:
-        report = run_fight(data, budget, out, label, on_entry=on_entry)
+    engine = Engine(workers=workers or default_workers(), ray=ray_address)
+    with runs_bar("fairfight") as phase:
+        report = run_fight(data, budget, out, label, engine=engine, progress=phase)
     console.print(markdown(report))
+    ex = report["execution"]
+    console.print(
+        f"wall time {ex['wall_seconds']:.0f} s ({ex['ran']} runs trained, {ex['reused']} reused)"
+    )
 
 
 def main() -> None:

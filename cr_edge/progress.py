@@ -6,7 +6,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 console = Console(stderr=True)
 
@@ -73,3 +80,36 @@ def entry_bar(label: str) -> Iterator:
             progress.update(task, completed=index, total=total, entry=name)
 
         yield update
+
+
+@contextmanager
+def runs_bar(label: str) -> Iterator:
+    """Bars over a sweep's runs, one per phase: done/total, runs left, elapsed and ETA.
+
+    Yields ``phase -> callback(done, total, name)``. Runs reused from an earlier,
+    interrupted sweep start the bar part-filled and do not count towards the ETA.
+    """
+    columns = (
+        TextColumn(f"[bold]{label}" + " {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[left]} left"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+
+        def phase(name: str):
+            task = None
+
+            def update(done: int, total: int, _run: str | None) -> None:
+                nonlocal task
+                if task is None:
+                    task = progress.add_task(name, total=total, completed=done, left=total - done)
+                else:
+                    progress.update(task, completed=done, left=total - done)
+
+            return update
+
+        yield phase

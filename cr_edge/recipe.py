@@ -39,6 +39,7 @@ class Recipe:
     task: str = "classify"  # classify, regress or ordinal (see cr_edge.heads)
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    train_fraction: float = 1.0  # share of the training split kept (sample-efficiency studies)
     # net
     arch: str = "mlp"
     hidden: tuple[int, ...] = (32,)
@@ -89,6 +90,8 @@ class Recipe:
                 "recipe fields 'dreg', 'weight_decay', 'clip_grad', 'range_penalty' must be "
                 ">= 0 and 'lr' > 0"
             )
+        if not 0 < self.train_fraction <= 1:
+            raise InputError("recipe field 'train_fraction' must lie in (0, 1]")
         if not (0 < self.val_fraction < 0.5 and 0 < self.test_fraction < 0.5):
             raise InputError(
                 "recipe fields 'val_fraction' and 'test_fraction' must lie in (0, 0.5)"

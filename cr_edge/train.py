@@ -22,7 +22,14 @@ from torch import Tensor
 
 from cr_edge import dreg, heads
 from cr_edge.checkpoint import save_checkpoint
-from cr_edge.data import Dataset, TargetScale, fit_normalisation, load_source, split
+from cr_edge.data import (
+    Dataset,
+    TargetScale,
+    fit_normalisation,
+    load_source,
+    split,
+    subsample_train,
+)
 from cr_edge.errors import InputError, NonFiniteError, TrainingFailed
 from cr_edge.folder_lock import holds_out
 from cr_edge.nets import CONV_RANKS, CRNet, NetConfig, build_net
@@ -106,11 +113,13 @@ def train(
     device: str = "cpu",
     on_epoch: Callable[[EpochStats], None] | None = None,
     threads: int | None = None,
+    on_step: Callable[[CRNet], None] | None = None,
 ) -> TrainResult:
     """Train ``recipe`` and write the checkpoint folder ``out``.
 
     ``threads=None`` picks one CPU thread for small nets (``SINGLE_THREAD_BELOW``) and
     torch's default otherwise; the caller's thread setting is restored afterwards.
+    ``on_step`` sees the net after every optimiser step, its gradients still in place.
     """
     dev = resolve_device(device)
     torch.manual_seed(recipe.seed)
@@ -122,6 +131,7 @@ def train(
         recipe.val_fraction,
         recipe.test_fraction,
     )
+    data = subsample_train(data, recipe.train_fraction, recipe.seed)
     norm = fit_normalisation(data.x_train, "channel" if recipe.arch == "conv" else "feature")
     target_scale = TargetScale.fit(data.y_train) if recipe.task == "regress" else None
     tensors = {
@@ -133,7 +143,7 @@ def train(
     if threads is None and dev.type == "cpu" and net.n_parameters() < SINGLE_THREAD_BELOW:
         threads = 1
     with _cpu_threads(threads):
-        best = _fit(net, recipe, tensors, labels, on_epoch, target_scale)
+        best = _fit(net, recipe, tensors, labels, on_epoch, target_scale, on_step)
     net.load_state_dict(best)
     net.eval()
     metrics = evaluate(net, tensors["test"], labels["test"], recipe.dreg, target_scale)
@@ -158,6 +168,7 @@ def _fit(
     y: dict[str, Tensor],
     on_epoch: Callable[[EpochStats], None] | None,
     target_scale: TargetScale | None = None,
+    on_step: Callable[[CRNet], None] | None = None,
 ) -> dict[str, Tensor]:
     task = net.config.task
     metric = SELECTION_METRIC[task]
@@ -197,6 +208,8 @@ def _fit(
             loss_sum += loss * idx.numel()
             term_sum += term * idx.numel()
             step += 1
+            if on_step:
+                on_step(net)
         val_score = score(net, x["val"], y["val"], target_scale)[metric]
         info = _information(net, x["val"])
         if on_epoch:

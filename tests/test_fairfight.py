@@ -1,75 +1,274 @@
-"""`cr-edge fairfight --budget quick` runs, and its ratios follow from its own JSON."""
+"""The Fair Fight: statistics against hand-computed values, the verdict's choices, and the
+engine (process pool, Ray cluster, resume) on the quick budget."""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from cr_edge.cli import cli
-from cr_edge.fairfight.ladder import FAMILIES, ladder
-from cr_edge.fairfight.verdict import ACCURACY_SLACK, aggregate, verdict
+from cr_edge.fairfight.engine import Engine
+from cr_edge.fairfight.fight import fairfight
+from cr_edge.fairfight.ladder import BUDGETS, FAMILY_BY_NAME, choose, tuning_tasks
+from cr_edge.fairfight.runner import shifts
+from cr_edge.fairfight.stats import bootstrap, holm, mean_ci, welch
+from cr_edge.fairfight.verdict import decide, equal_accuracy, fewer_parameters_tests
+
+# ---- statistics, against values worked out by hand -----------------------------------
 
 
-def _record(family: str, width: int, seed: int, acc: float, params: int, lat: float) -> dict:
+def test_mean_ci_is_the_student_t_interval():
+    # mean 3, sd sqrt(2.5), se sqrt(2.5/5) = 0.70711, t(0.975, 4) = 2.776445
+    ci = mean_ci([1, 2, 3, 4, 5])
+    assert ci.estimate == 3.0
+    assert ci.low == pytest.approx(3 - 2.776445 * 0.707107, abs=1e-5)
+    assert ci.high == pytest.approx(3 + 2.776445 * 0.707107, abs=1e-5)
+    assert mean_ci([0.5]).low == mean_ci([0.5]).high == 0.5
+
+
+def test_welch_t_and_degrees_of_freedom():
+    # a: mean 2.5, var 5/3; b: mean 5, var 20/3; se^2 = 5/12 + 20/12 = 25/12
+    # t = -2.5 / sqrt(25/12) = -sqrt(3); df = (25/12)^2 / ((5/12)^2/3 + (20/12)^2/3) = 75/17
+    w = welch([1, 2, 3, 4], [2, 4, 6, 8])
+    assert w.difference == pytest.approx(-2.5)
+    assert w.t == pytest.approx(-math.sqrt(3))
+    assert w.df == pytest.approx(75 / 17)
+    assert w.p == pytest.approx(0.9235, abs=2e-3)  # one-sided, P(T > -1.732) with df 4.41
+    # a margin shifts the tested difference: H1 mean(a) > mean(b) - 3
+    assert welch([1, 2, 3, 4], [2, 4, 6, 8], margin=3.0).t == pytest.approx(
+        0.5 / math.sqrt(25 / 12)
+    )
+    exact = welch([1, 1], [1, 1], margin=0.1)
+    assert exact.p == 0.0 and welch([1, 1], [2, 2]).p == 1.0
+
+
+def test_holm_step_down():
+    # sorted 0.01, 0.03, 0.04 -> 3*0.01, max(0.03, 2*0.03), max(0.06, 1*0.04)
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_bootstrap_over_two_groups():
+    # resamples of [0, 1] (means): 0 w.p. 1/4, 0.5 w.p. 1/2, 1 w.p. 1/4 -> 95% interval [0, 1]
+    ci = bootstrap([0.0, 1.0], lambda gs: float(np.mean(gs)), n_boot=2000)
+    assert ci.estimate == 0.5 and (ci.low, ci.high) == (0.0, 1.0)
+    # an undefined statistic counts as below everything
+    undefined = bootstrap([0.0, 1.0], lambda gs: None if 0.0 in gs else 1.0, n_boot=2000)
+    assert undefined is None
+    lower = bootstrap([1.0, 2.0], lambda gs: None if gs.count(1.0) == 2 else 1.0, n_boot=2000)
+    assert lower.low == -math.inf and lower.high == 1.0
+
+
+def test_decide_reads_the_interval_not_the_point():
+    assert decide(16.0, 30.0, 1.0, 15.5) == "yes"
+    assert decide(1.2, 30.0, 1.0, 15.5) == "partly"
+    assert decide(0.8, 30.0, 1.0, 15.5) == "undecided"  # a point estimate of 15 would say yes
+    assert decide(0.2, 0.9, 1.0, 15.5) == "no"
+
+
+# ---- the verdict's choices, on hand-built records -------------------------------------
+
+
+def _rec(family, width, seed, acc, params, val=None, arch="depth1"):
     return {
+        "phase": "ladder",
         "family": family,
+        "arch": arch,
         "width": width,
         "seed": seed,
         "parameters": params,
         "test_accuracy": acc,
-        "tail_ratio": 1.1,
-        "peak_volatility": 2.0,
-        "fp32_latency_us": lat,
-        "int8_latency_us": lat,
+        "val_accuracy": acc if val is None else val,
     }
 
 
-def test_verdict_compares_the_smallest_nets_that_reach_the_threshold():
-    runs = [
-        _record("relu", 4, 0, 0.80, 100, 5.0),
-        _record("relu", 16, 0, 0.958, 400, 6.0),
-        _record("relu", 64, 0, 0.96, 1600, 9.0),
-        _record("cr", 4, 0, 0.955, 120, 5.5),
-        _record("cr", 16, 0, 0.97, 450, 7.0),
+def test_equal_accuracy_compares_the_smallest_points_reaching_the_threshold():
+    runs = []
+    for s, d in enumerate((-0.002, 0.0, 0.002)):
+        runs += [
+            _rec("relu", 4, s, 0.80 + d, 100),
+            _rec("relu", 16, s, 0.958 + d, 400),
+            _rec("relu", 64, s, 0.96 + d, 1600),
+            _rec("cr", 4, s, 0.955 + d, 120),
+            _rec("cr", 16, s, 0.97 + d, 450),
+        ]
+    eq = equal_accuracy(runs)
+    assert eq["threshold"] == pytest.approx(0.955)
+    assert eq["baseline"] == ("relu", "depth1", 16)
+    assert eq["cr"] == ("cr", "depth1", 4)
+    assert eq["ratio"] == pytest.approx(400 / 120)
+
+
+def test_fewer_parameters_tests_choose_on_validation_and_correct_with_holm():
+    runs = []
+    for s, d in enumerate((-0.01, 0.0, 0.01)):
+        runs += [
+            _rec("relu", 64, s, 0.90 + d, 1000),
+            # the test split favours cr w8, validation favours cr w4: w4 is tested
+            _rec("cr", 4, s, 0.91 + d, 100, val=0.99),
+            _rec("cr", 8, s, 0.99 + d, 190, val=0.50),
+        ]
+    tests = fewer_parameters_tests(runs)
+    by_k = {t["k"]: t for t in tests}
+    assert by_k[5.0]["cr"] == ["cr", "depth1", 4]
+    assert by_k[15.5]["cr"] is None and by_k[15.5]["p"] == 1.0  # no CR net is 15.5x smaller
+    # cr w4 vs relu: difference 0.01, margin 0.005, sds 0.01 -> t = 0.015/sqrt(2e-4/3)
+    assert by_k[5.0]["t"] == pytest.approx(0.015 / math.sqrt(2e-4 / 3))
+    assert [t["p_holm"] for t in tests] == pytest.approx(holm([t["p"] for t in tests]))
+
+
+def test_every_family_gets_the_same_tuning_budget_and_validation_chooses():
+    b = BUDGETS["standard"]
+    tasks = tuning_tasks("digits", b, ("depth1",))
+    per_family = {f: sum(t.family == f for t in tasks) for f in b.families}
+    assert len(set(per_family.values())) == 1, per_family
+    assert {t.dreg for t in tasks if not FAMILY_BY_NAME[t.family].dreg} == {0.0}
+    records = [
+        {
+            "family": "cr",
+            "arch": "depth1",
+            "lr": 1e-3,
+            "dreg": 1e-3,
+            "val_accuracy": 0.8,
+            "test_accuracy": 0.99,
+        },
+        {
+            "family": "cr",
+            "arch": "depth1",
+            "lr": 8e-3,
+            "dreg": 1e-2,
+            "val_accuracy": 0.9,
+            "test_accuracy": 0.10,
+        },
     ]
-    v = verdict(runs)
-    assert v["threshold"] == pytest.approx(0.96 - ACCURACY_SLACK)
-    assert v["smallest_baseline_at_threshold"]["width"] == 16
-    assert v["smallest_cr_at_threshold"]["width"] == 4
-    assert v["parameter_ratio"] == pytest.approx(400 / 120)
-    assert v["latency_ratio"] == pytest.approx(6.0 / 5.5)
-    assert v["parameter_ratio_vs_widest"] == pytest.approx(1600 / 120)
-    assert v["claims"][0]["held"] == "partly"  # fewer parameters, but 3.3x is not 15.5x
+    assert choose(records) == {("cr", "depth1"): (8e-3, 1e-2)}
 
 
-def test_every_family_shares_the_ladder():
-    specs = ladder("wine", "quick")
-    assert {s.family.name for s in specs} == {f.name for f in FAMILIES}
-    shared = {
-        (s.recipe.epochs, s.recipe.lr, s.recipe.batch_size, s.recipe.optimizer) for s in specs
-    }
-    assert len(shared) == 1, "only activation, width and DREG may differ"
+def test_shifts_move_each_spatial_axis_both_ways_with_edges_replicated():
+    x = np.arange(10, dtype=np.float32).reshape(1, 1, 10)  # one length-10 signal: k = 1
+    right, left = shifts(x)
+    assert right[0, 0].tolist() == [0, 0, 1, 2, 3, 4, 5, 6, 7, 8]
+    assert left[0, 0].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 9]
+    assert len(shifts(np.zeros((2, 1, 8, 8), np.float32))) == 4
+
+
+def test_cli_refuses_a_bad_worker_count():
+    result = CliRunner().invoke(cli, ["fairfight", "--workers", "0"])
+    assert result.exit_code == 2 and "--workers" in result.output
+
+
+# ---- the engine on the quick budget ---------------------------------------------------
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _records(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))}
+
+
+@pytest.fixture(scope="module")
+def pool_fight(tmp_path_factory) -> Path:
+    """The quick fight in a 2-process pool, interrupted after 10 runs and resumed."""
+    out = tmp_path_factory.mktemp("ff") / "pool"
+
+    def phase(name):
+        def update(done, total, run):
+            if name == "ladder" and done >= 10:
+                raise _Interrupt
+
+        return update
+
+    with pytest.raises(_Interrupt):
+        fairfight("digits", "quick", out, engine=Engine(workers=2), progress=phase)
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
+    assert not (out / "report.json").exists()
+    report = fairfight("digits", "quick", out, engine=Engine(workers=2))
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
+    assert all(after[name] == t for name, t in before.items()), "a finished run was redone"
+    assert report["execution"]["reused"] == len(before) > 10
+    assert report["execution"]["ran"] == report["execution"]["tasks"] - len(before)
+    return out
 
 
 @pytest.mark.slow
-def test_quick_fairfight_report_recomputes_from_its_json(tmp_path: Path):
-    out = tmp_path / "ff"
-    result = CliRunner().invoke(
-        cli, ["fairfight", "--data", "wine", "--budget", "quick", "--out", str(out)]
-    )
-    assert result.exit_code == 0, result.output
-    report = json.loads((out / "report.json").read_text())
-    assert len(report["runs"]) == len(ladder("wine", "quick"))
-    again = verdict(report["runs"])
-    for key in ("parameter_ratio", "latency_ratio", "parameter_ratio_vs_widest", "threshold"):
-        assert again[key] == report["verdict"][key], key
-    rows = aggregate(report["runs"])
-    best = max((r for r in rows if r["family"] in ("relu", "gelu")), key=lambda r: r["accuracy"])
-    assert report["verdict"]["best_baseline"] == best
-    for png in ("accuracy_vs_parameters.png", "accuracy_vs_latency.png", "gradient_norms.png"):
-        assert (out / png).stat().st_size > 1000, png
-    md = (out / "report.md").read_text()
+def test_an_interrupted_fight_resumes_and_reports(pool_fight: Path):
+    report = json.loads((pool_fight / "report.json").read_text())
+    assert len(_records(pool_fight)) == report["execution"]["tasks"]
+    v = report["verdict"]
+    assert v["parameter_ratio_ci"] is None or v["parameter_ratio_ci"]["high"] is not None
+    held = {c["held"] for c in v["claims"]}
+    assert held <= {"yes", "partly", "no", "undecided", "—"}
+    rows = {(r["runtime"], r["batch"]) for r in report["latency"]["rows"]}
+    assert rows == {(rt, b) for rt in ("cpu", "executorch-xnnpack") for b in (1, 64)}
+    assert all(r["p10"] <= r["ratio"] <= r["p90"] for r in report["latency"]["rows"])
+    md = (pool_fight / "report.md").read_text()
     assert "| claim | paper | measured | held |" in md
+    assert (pool_fight / "accuracy_vs_parameters.png").stat().st_size > 1000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_ray_cluster_gives_the_process_pools_records(pool_fight: Path, tmp_path: Path):
+    pytest.importorskip("ray", reason="ray is in the cluster extra, which `all` installs")
+    ray_bin = Path(sys.executable).with_name("ray")
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # --block keeps the head in the foreground; ending its process group ends our cluster only
+    head = subprocess.Popen(
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            "--object-store-memory=100000000",
+            f"--temp-dir={tmp_path / 'ray'}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        out = tmp_path / "ray-fight"
+        for _ in range(60):  # the head takes a few seconds to listen
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(1)
+        report = fairfight(
+            "digits", "quick", out, engine=Engine(ray=f"127.0.0.1:{port}"), latency=False
+        )
+        assert report["execution"]["ray"] == f"127.0.0.1:{port}"
+        ray_records, pool_records = _records(out), _records(pool_fight)
+        assert ray_records.keys() == pool_records.keys()
+        for key, rec in ray_records.items():
+            assert rec == pool_records[key], key
+    finally:
+        os.killpg(head.pid, 15)
+        head.wait(timeout=60)
+        shutil.rmtree(tmp_path / "ray", ignore_errors=True)

@@ -15,7 +15,7 @@ from cr_edge.data.normalise import PER_MODES, Normalisation, TargetScale, fit_no
 from cr_edge.data.npz_file import load_npz
 from cr_edge.data.records import Dataset, RawData
 from cr_edge.data.source import load_source
-from cr_edge.data.splits import split
+from cr_edge.data.splits import split, subsample_train
 
 __all__ = [
     "BUILTINS",
@@ -31,4 +31,5 @@ __all__ = [
     "load_npz",
     "load_source",
     "split",
+    "subsample_train",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -62,6 +63,17 @@ def _dataset(
         input_shape=tuple(int(d) for d in raw.x.shape[1:]),
         source=raw.source,
     )
+
+
+def subsample_train(data: Dataset, fraction: float, seed: int) -> Dataset:
+    """``data`` with a stratified ``fraction`` of its training part; validation and test kept,
+    so that nets trained on less data are judged on the same samples."""
+    if fraction >= 1:
+        return data
+    n = len(data.y_train)
+    keep, _ = _hold_out(np.arange(n), data.y_train, n - max(1, round(n * fraction)), seed)
+    keep = np.sort(keep)
+    return dataclasses.replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep])
 
 
 def _check_split_args(seed: int, val_fraction: float, test_fraction: float) -> None:

@@ -1,16 +1,24 @@
-"""``cr-edge fairfight``: the whole ladder, then the report."""
+"""``cr-edge fairfight``: tune, climb the ladder, probe, decide, time the equal-accuracy pair."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
-from cr_edge.fairfight.ladder import ladder
+from cr_edge.data import load_source
+from cr_edge.fairfight.engine import Engine, Progress, RecordStore, execute
+from cr_edge.fairfight.ladder import (
+    Task,
+    archs_for,
+    budget_named,
+    choose,
+    ladder_tasks,
+    tuning_tasks,
+)
 from cr_edge.fairfight.report import write_report
-from cr_edge.fairfight.runner import run_entry
+from cr_edge.fairfight.runner import latency_at_equal_accuracy
+from cr_edge.fairfight.verdict import verdict
 from cr_edge.folder_lock import holds_out
 
 
@@ -20,16 +28,63 @@ def fairfight(
     budget: str,
     out: Path,
     label: str | None = None,
-    on_entry: Callable[[str, int, int], None] | None = None,
+    engine: Engine | None = None,
+    progress: Callable[[str], Progress] | None = None,
+    latency: bool = True,
 ) -> dict:
-    """Train, export, quantize and profile every ladder entry, then write the report."""
-    specs = ladder(data, budget, label)
-    records, norms = [], defaultdict(list)
-    for i, spec in enumerate(specs):
-        if on_entry:
-            on_entry(spec.name, i, len(specs))
-        outcome = run_entry(spec, Path(out) / "runs")
-        records.append(outcome.record)
-        norms[spec.family.name].append(outcome.grad_norms)
-    pooled = {family: np.concatenate(parts) for family, parts in norms.items()}
-    return write_report(data, budget, records, pooled, Path(out))
+    """Run (or resume) the whole fight under ``out`` and write its report.
+
+    ``progress(phase)`` returns the callback for that phase's tasks. ``latency=False``
+    skips exporting and timing the equal-accuracy pair (the slowest single step).
+    """
+    out = Path(out)
+    b = budget_named(budget)
+    engine = engine or Engine()
+    store = RecordStore(out / "records")
+    archs = archs_for(b, load_source(data, label).x.shape[1:])
+    start = time.perf_counter()
+    tuned, ran_t = execute(
+        tuning_tasks(data, b, archs, label), store, engine, progress and progress("tune")
+    )
+    chosen = choose(tuned)
+    tasks = ladder_tasks(data, b, archs, chosen, label)
+    runs, ran_l = execute(tasks, store, engine, progress and progress("ladder"))
+    records = tuned + runs
+    v = verdict(records, b.bootstrap)
+    pair = None
+    if latency:
+        pair = latency_at_equal_accuracy(*_pair(v, tasks), out / "pair", b.profile_iters)
+    execution = {
+        "workers": engine.workers,
+        "ray": engine.ray,
+        "tasks": len(records),
+        "ran": ran_t + ran_l,
+        "reused": len(records) - ran_t - ran_l,
+        "wall_seconds": time.perf_counter() - start,
+    }
+    return write_report(data, budget, records, chosen, v, pair, execution, out)
+
+
+def _pair(v: dict, tasks: list[Task]) -> tuple[Task, Task]:
+    """The ladder tasks (first seed) behind the smallest baseline and CR points reaching T."""
+    cr = v["smallest_cr_at_threshold"] or _largest_cr(tasks)
+    wanted = [tuple(v["smallest_baseline_at_threshold"]), tuple(cr)]
+    found = []
+    for family, arch, width in wanted:
+        found.append(
+            min(
+                (
+                    t
+                    for t in tasks
+                    if t.phase == "ladder" and (t.family, t.arch, t.width) == (family, arch, width)
+                ),
+                key=lambda t: t.seed,
+            )
+        )
+    return found[0], found[1]
+
+
+def _largest_cr(tasks: list[Task]) -> tuple[str, str, int]:
+    """When no CR point reaches T, time the widest CR net (the closest it came)."""
+    t = max((t for t in tasks if t.family == "cr" and t.phase == "ladder"), key=lambda t: t.width)
+    return (t.family, t.arch, t.width)

@@ -1,17 +1,21 @@
-"""The Fair Fight's report: Markdown for people, JSON for machines, PNG plots.
+"""The Fair Fight's report: Markdown for people, JSON for machines, a PNG plot.
 
-Every figure in ``report.md`` is derived from ``report.json`` by ``verdict``,
-never typed in, so the Markdown and the JSON cannot disagree.
+Every figure in ``report.md`` is read from ``report.json``, never typed in, so the
+Markdown and the JSON cannot disagree.
 """
 
 from __future__ import annotations
 
+import io
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from cr_edge import atomic
-from cr_edge.fairfight.verdict import aggregate, verdict
+from cr_edge.fairfight.ladder import FAMILIES
+from cr_edge.fairfight.stats import mean_ci
+from cr_edge.fairfight.verdict import aggregate
 
 FAMILY_COLOURS = {
     "cr": "tab:red",
@@ -21,129 +25,292 @@ FAMILY_COLOURS = {
     "gelu": "tab:green",
     "gelu-dreg": "tab:olive",
 }
+ARCH_MARKERS = {"depth1": "o", "depth2": "s", "conv": "^"}
+DEFINITIONS = (
+    "Definitions. *tau* = p99 / mean and *peak volatility* = max of a set of gradient norms. "
+    "Per run they are computed twice: over the test samples' input-gradient norms "
+    "||d logit_pred / dx|| of the trained net (`tail_ratio`, `peak_volatility`), and over "
+    "the training steps' parameter-gradient norms ||d loss / d theta|| (`step_*`). "
+    "Corruptions: Gaussian noise with sigma = 0.1, 0.25, 0.5 x the training inputs' std, "
+    "and a shift by 10% of each spatial axis both ways (1 pixel on digits, 4 steps on "
+    "MNIST-1D), edges replicated. Intervals are 95%: Student-t for means over seeds, "
+    "percentile bootstrap over seeds (resampled jointly) for ratios."
+)
 
 
 def _f(value: float | None, fmt: str = ".4f") -> str:
     return "—" if value is None else format(value, fmt)
 
 
-def markdown(report: dict) -> str:
-    v = report["verdict"]
-    lines = [f"# Fair Fight on {report['dataset']} ({report['budget']} budget)", ""]
-    lines += [
-        "| family | width | params | accuracy (mean ± sd) | int8 acc | int8 latency µs "
-        "| tau | peak vol. |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in aggregate(report["runs"]):
-        lines.append(
-            f"| {r['family']} | {r['width']} | {r['parameters']} | {r['accuracy']:.4f} ± "
-            f"{r['accuracy_std']:.4f} | {_f(r['int8_accuracy'])} | {_f(r['latency_us'], '.1f')} "
-            f"| {_f(r['tail_ratio'], '.3f')} | {_f(r['peak_volatility'], '.3f')} |"
+def _short(n: int) -> str:
+    return f"{n / 1000:.1f}k" if n >= 1000 else str(n)
+
+
+def _point(p: list | None) -> str:
+    return "—" if p is None else f"{p[0]} {p[1]} w{p[2]}"
+
+
+def ladder_matrix(rows: list[dict]) -> list[str]:
+    """Accuracy mean ± CI half-width (parameters) per (family, arch) and width."""
+    widths = sorted({r["width"] for r in rows})
+    cells: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
+    for r in rows:
+        half = (r["accuracy_ci"][1] - r["accuracy_ci"][0]) / 2
+        cells[(r["family"], r["arch"])][r["width"]] = (
+            f"{r['accuracy']:.3f}±{half:.3f} ({_short(r['parameters'])})"
         )
-    base_t, cr_t = v["smallest_baseline_at_threshold"], v["smallest_cr_at_threshold"]
+    order = [f.name for f in FAMILIES]
+    lines = [
+        "| family | arch | " + " | ".join(f"w{w}" for w in widths) + " |",
+        "|---|---|" + "---|" * len(widths),
+    ]
+    for (family, arch), row in sorted(
+        cells.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])
+    ):
+        lines.append(f"| {family} | {arch} | " + " | ".join(row.get(w, "") for w in widths) + " |")
+    return lines
+
+
+def _probe_tables(report: dict) -> list[str]:
+    probe = report["verdict"]["probe"]
+    runs = [
+        r
+        for r in report["runs"]
+        if r["phase"] in ("probe", "ladder")
+        and not r.get("failed")
+        and r["arch"] == probe["arch"]
+        and r["width"] == probe["width"]
+    ]
+    fractions = sorted({r["fraction"] for r in runs})
+    lines = [
+        "",
+        f"Sample efficiency ({probe['arch']} w{probe['width']}, test accuracy mean ± CI "
+        "half-width; tau of input gradients):",
+        "",
+        "| family | " + " | ".join(f"{f:.0%}" for f in fractions) + " |",
+        "|---|" + "---|" * len(fractions),
+    ]
+    for fam in FAMILIES:
+        cells = []
+        for f in fractions:
+            rs = [r for r in runs if r["family"] == fam.name and r["fraction"] == f]
+            if not rs:
+                cells.append("")
+                continue
+            ci = mean_ci([r["test_accuracy"] for r in rs])
+            tau = [r["tail_ratio"] for r in rs if r["tail_ratio"] is not None]
+            cells.append(
+                f"{ci.estimate:.3f}±{(ci.high - ci.low) / 2:.3f} (τ {_f(np.mean(tau) if tau else None, '.2f')})"
+            )
+        lines.append(f"| {fam.name} | " + " | ".join(cells) + " |")
+    full = [r for r in runs if r["fraction"] == 1.0 and r.get("corruption")]
+    keys = sorted({k for r in full for k in r["corruption"]})
+    lines += [
+        "",
+        f"Robustness ({probe['arch']} w{probe['width']}, full training split; mean test accuracy):",
+        "",
+        "| family | clean | " + " | ".join(keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+    ]
+    for fam in FAMILIES:
+        rs = [r for r in full if r["family"] == fam.name]
+        if rs:
+            lines.append(
+                f"| {fam.name} | {np.mean([r['test_accuracy'] for r in rs]):.4f} | "
+                + " | ".join(f"{np.mean([r['corruption'][k] for r in rs]):.4f}" for k in keys)
+                + " |"
+            )
+    return lines
+
+
+def _smoothness_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "",
+        "Gradient smoothness (means over every ladder run of the family):",
+        "",
+        "| family | tau (input) | peak (input) | tau (steps) | peak (steps) |",
+        "|---|---|---|---|---|",
+    ]
+    for fam in FAMILIES:
+        rs = [r for r in rows if r["family"] == fam.name]
+        if not rs:
+            continue
+
+        def m(key: str, rs: list[dict] = rs) -> float | None:
+            vals = [r[key] for r in rs if r[key] is not None]
+            return float(np.mean(vals)) if vals else None
+
+        lines.append(
+            f"| {fam.name} | {_f(m('tail_ratio'), '.3f')} | {_f(m('peak_volatility'), '.3f')} | "
+            f"{_f(m('step_tail_ratio'), '.3f')} | {_f(m('step_peak_volatility'), '.3f')} |"
+        )
+    return lines
+
+
+def _latency_table(pair: dict | None) -> list[str]:
+    if not pair:
+        return []
+    lines = [
+        "",
+        f"Latency at equal accuracy: `{pair['baseline']}` vs `{pair['cr']}`, fp32, timed "
+        f"interleaved on {pair['device'].get('cpu', 'this CPU')}; ratio = CR / baseline per "
+        "round (median, p10-p90):",
+        "",
+        "| runtime | batch | baseline p50 µs | CR p50 µs | CR / baseline | p10-p90 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in pair["rows"]:
+        lines.append(
+            f"| {r['runtime']} | {r['batch']} | {r['baseline_p50_us']:.1f} | {r['cr_p50_us']:.1f} "
+            f"| {r['ratio']:.2f} | {r['p10']:.2f}-{r['p90']:.2f} |"
+        )
+    return lines
+
+
+def markdown(report: dict) -> str:
+    v, ex = report["verdict"], report["execution"]
+    lines = [
+        f"# Fair Fight on {report['dataset']} ({report['budget']} budget)",
+        "",
+        f"{ex['tasks']} runs ({ex['ran']} trained now, {ex['reused']} reused), "
+        f"wall time {ex['wall_seconds'] / 60:.1f} min with "
+        + (f"Ray at {ex['ray']}" if ex["ray"] else f"{ex['workers']} local worker(s)")
+        + f". Runs whose training failed (left out): {len(v['failed_runs'])}.",
+        "",
+        "Tuned on the validation split (same number of trials per family):",
+        "",
+        "| family | arch | lr | DREG lambda |",
+        "|---|---|---|---|",
+    ]
+    for t in report["tuning"]:
+        lines.append(f"| {t['family']} | {t['arch']} | {t['lr']:.3g} | {t['dreg']:.3g} |")
+    lines += ["", "Test accuracy, mean ± 95% CI half-width (parameters):", ""]
+    ladder_rows = report["rows"]
+    lines += ladder_matrix(ladder_rows)
+    ci = v["parameter_ratio_ci"]
     lines += [
         "",
         f"Threshold T = best baseline mean accuracy - 0.5 points = {v['threshold']:.4f} "
-        f"(best: {v['best_baseline']['family']} width {v['best_baseline']['width']}).",
+        f"(best: {_point(v['best_baseline'])}). Smallest baseline reaching T: "
+        f"{_point(v['smallest_baseline_at_threshold'])} ({v['parameters']['baseline']} params); "
+        f"smallest CR: {_point(v['smallest_cr_at_threshold'])} "
+        f"({v['parameters']['cr'] or '—'} params); parameter ratio "
+        f"**{_f(v['parameter_ratio'], '.2f')}x**"
+        + (f", 95% bootstrap CI [{_f(ci['low'], '.2f')}, {_f(ci['high'], '.2f')}]" if ci else "")
+        + ".",
         "",
+        "CR at least as accurate as B (margin 0.5 points) with k x fewer parameters; "
+        "points chosen on validation accuracy; Welch one-sided, Holm over all rows:",
+        "",
+        "| baseline | k | CR | difference | t | df | p | p (Holm) | held |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    if cr_t is None:
-        lines.append("No CR width reached T: there is no equal-accuracy comparison to make.")
-    else:
+    for t in v["fewer_parameters_tests"]:
         lines.append(
-            f"At equal accuracy: smallest baseline {base_t['family']} w{base_t['width']} "
-            f"({base_t['parameters']} params) vs smallest CR w{cr_t['width']} "
-            f"({cr_t['parameters']} params): parameter ratio **{_f(v['parameter_ratio'], '.2f')}x**, "
-            f"latency ratio {_f(v['latency_ratio'], '.2f')}x; against the widest baseline "
-            f"({v['widest_baseline']['parameters']} params) {_f(v['parameter_ratio_vs_widest'], '.2f')}x."
+            f"| {_point(t['baseline'])} ({t['baseline_parameters']}) | {t['k']:g} | "
+            f"{_point(t['cr'])} ({t['cr_parameters'] or '—'}) | {_f(t['difference'], '+.4f')} | "
+            f"{_f(t['t'], '.2f')} | {_f(t['df'], '.1f')} | {t['p']:.3g} | {t['p_holm']:.3g} | "
+            f"{'yes' if t['held'] else 'no'} |"
         )
-    # held: "yes" at the paper's magnitude, "partly" in its direction only, "no" otherwise
+    lines += _smoothness_table(
+        [r for r in report["runs"] if r["phase"] == "ladder" and not r.get("failed")]
+    )
+    lines += _probe_tables(report)
+    lines += _latency_table(report.get("latency"))
+    lines += anchor(report)
     lines += ["", "| claim | paper | measured | held |", "|---|---|---|---|"]
     for c in v["claims"]:
-        lines.append(f"| {c['claim']} | {c['paper']} | {c['measured'] or '—'} | {c['held']} |")
-    lines += [
-        "",
-        "Plots: `accuracy_vs_parameters.png`, `accuracy_vs_latency.png`, `gradient_norms.png`.",
-        "",
-    ]
+        lines.append(f"| {c['claim']} | {c['paper']} | {c['measured']} | {c['held']} |")
+    lines += ["", DEFINITIONS, "", "Plot: `accuracy_vs_parameters.png`.", ""]
     return "\n".join(lines)
 
 
-def plots(report: dict, grad_norms: dict[str, np.ndarray], out: Path) -> list[Path]:
-    """Accuracy vs parameters, accuracy vs int8 latency, gradient-norm distributions."""
+def anchor(report: dict) -> list[str]:
+    """On MNIST-1D, our best ReLU MLP and CNN beside the benchmark paper's figures."""
+    if report["dataset"] != "mnist1d":
+        return []
+    from cr_edge.data.mnist1d_set import PAPER_ACCURACY
+
+    relu = [r for r in report["rows"] if r["family"] == "relu"]
+    mlp = max((r["accuracy"] for r in relu if r["arch"] != "conv"), default=None)
+    cnn = max((r["accuracy"] for r in relu if r["arch"] == "conv"), default=None)
+    return [
+        "",
+        f"Sanity anchor (Greydanus & Kobak): MLP {PAPER_ACCURACY['MLP']:.0f}%, CNN "
+        f"{PAPER_ACCURACY['CNN']:.0f}%; ours (best ReLU ladder point): MLP "
+        f"{_f(mlp and mlp * 100, '.1f')}%, CNN {_f(cnn and cnn * 100, '.1f')}%.",
+    ]
+
+
+def plot(rows: list[dict], out: Path) -> Path | None:
+    """Accuracy vs parameters per (family, arch), with the 95% CI as error bars."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return []
-    rows = aggregate(report["runs"])
-    written = []
-    for key, label, name in (
-        ("parameters", "parameters", "accuracy_vs_parameters.png"),
-        ("latency_us", "int8 latency (µs, batch 1)", "accuracy_vs_latency.png"),
-    ):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for family in sorted({r["family"] for r in rows}):
-            fam = [r for r in rows if r["family"] == family and r[key] is not None]
-            if fam:
-                ax.errorbar(
-                    [r[key] for r in fam],
-                    [r["accuracy"] for r in fam],
-                    yerr=[r["accuracy_std"] for r in fam],
-                    marker="o",
-                    label=family,
-                    color=FAMILY_COLOURS.get(family),
-                )
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels collide
-        ax.set_xlabel(label)
-        ax.set_ylabel("test accuracy")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(_save(fig, out / name))
-        plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    positive = np.concatenate([n[n > 0] for n in grad_norms.values()] or [np.ones(1)])
-    # log-spaced bins: one family's long tail would otherwise squash the others into a spike
-    bins = np.geomspace(positive.min(), positive.max(), 50) if positive.size else 40
-    for family, norms in sorted(grad_norms.items()):
-        ax.hist(
-            norms[norms > 0],
-            bins=bins,
-            histtype="step",
-            density=True,
-            label=family,
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (family, arch), pts in sorted(_groups(rows).items()):
+        pts.sort(key=lambda r: r["parameters"])
+        ax.errorbar(
+            [r["parameters"] for r in pts],
+            [r["accuracy"] for r in pts],
+            yerr=[
+                [r["accuracy"] - r["accuracy_ci"][0] for r in pts],
+                [r["accuracy_ci"][1] - r["accuracy"] for r in pts],
+            ],
+            marker=ARCH_MARKERS.get(arch, "o"),
+            markersize=4,
+            label=f"{family} {arch}",
             color=FAMILY_COLOURS.get(family),
         )
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("per-sample input-gradient norm ||d logit_pred / dx||")
-    ax.set_ylabel("density")
-    ax.legend(fontsize=8)
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("test accuracy (mean, 95% CI)")
+    ax.legend(fontsize=6, ncol=3)
     fig.tight_layout()
-    written.append(_save(fig, out / "gradient_norms.png"))
-    plt.close(fig)
-    return written
-
-
-def _save(fig, path: Path) -> Path:
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    path = out / "accuracy_vs_parameters.png"
     atomic.write_bytes(path, buf.getvalue())
     return path
 
 
+def _groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["family"], r["arch"])].append(r)
+    return groups
+
+
 def write_report(
-    dataset: str, budget: str, runs: list[dict], grad_norms: dict[str, np.ndarray], out: Path
+    dataset: str,
+    budget: str,
+    runs: list[dict],
+    chosen: dict[tuple[str, str], tuple[float, float]],
+    verdict: dict,
+    latency: dict | None,
+    execution: dict,
+    out: Path,
 ) -> dict:
-    """``report.json``, ``report.md`` and the plots; returns the report."""
-    report = {"dataset": dataset, "budget": budget, "runs": runs, "verdict": verdict(runs)}
+    """``report.json``, ``report.md`` and the plot; returns the report."""
+    report = {
+        "dataset": dataset,
+        "budget": budget,
+        "execution": execution,
+        "tuning": [
+            {"family": f, "arch": a, "lr": lr, "dreg": lam} for (f, a), (lr, lam) in chosen.items()
+        ],
+        "runs": runs,
+        "rows": aggregate([r for r in runs if r["phase"] == "ladder" and not r.get("failed")]),
+        "verdict": verdict,
+        "latency": latency,
+    }
     atomic.write_json(out / "report.json", report)
     atomic.write_text(out / "report.md", markdown(report))
-    plots(report, grad_norms, out)
+    plot(report["rows"], out)
     return report

@@ -1,74 +1,187 @@
-"""Run one Fair Fight entry end to end: train, export, quantize, profile, measure gradients.
+"""One Fair Fight task end to end: train, then measure the columns the papers claim.
 
-Each entry leaves its artifacts under ``runs/<name>/`` and returns one plain
-record; the per-sample gradient norms are returned beside it for the plots.
+``run_task`` takes and returns plain dicts, so the same function runs inline, in a
+local process pool or on a Ray worker, and writes nothing outside a temporary
+folder: on a cluster, workers share no disk with the driver. It runs on one CPU
+thread, which makes its record a function of the task alone.
+
+``latency_at_equal_accuracy`` retrains the two nets the verdict names, exports them
+(ONNX and ExecuTorch) and profiles them interleaved on this machine.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cr_edge import dreg
 from cr_edge.checkpoint import load_checkpoint
-from cr_edge.errors import CheckFailed
+from cr_edge.errors import TrainingFailed
 from cr_edge.export.exporter import ExportOptions, export
-from cr_edge.fairfight.ladder import RunSpec
+from cr_edge.fairfight.ladder import Task
+from cr_edge.nets import CRNet
 from cr_edge.profile.profiler import ProfileOptions, profile
-from cr_edge.quantize.policy import QuantConfig, QuantPolicy
-from cr_edge.quantize.quantizer import quantize
 from cr_edge.train import train
 
-# The default int8 form (int8 weights, float activations: no CPU-dependent integer kernel);
-# one fixed policy keeps the families comparable and spares a ladder the auto search.
-QUANT_POLICY = QuantPolicy(mode="w8")
-PROFILE = ProfileOptions(runtimes="cpu", batches=(1,), warmup=20, iters=300, memory=False)
+# Additive Gaussian noise with sigma = level x the training inputs' std (all values pooled).
+NOISE_LEVELS = (0.1, 0.25, 0.5)
+# Structured corruption: every sample moved by +-SHIFT_SHARE of each spatial axis (at least one
+# step, edges replicated): 1 pixel on 8x8 digits, 4 steps on MNIST-1D's length-40 signals.
+SHIFT_SHARE = 0.1
+PROFILE_BATCHES = (1, 64)
+PROFILE_RUNTIMES = (("cpu", "onnx"), ("executorch-xnnpack", "pte"))
 
 
-@dataclass(frozen=True)
-class RunOutcome:
-    record: dict
-    grad_norms: np.ndarray
-
-
-def run_entry(spec: RunSpec, root: Path) -> RunOutcome:
-    """Train/export/quantize/profile ``spec`` under ``root / spec.name``."""
-    folder = root / spec.name
-    result = train(spec.recipe, folder / "checkpoint", device="cpu")
-    exported = export(folder / "checkpoint", folder / "export", ExportOptions(companion=False))
-    record = {
-        "name": spec.name,
-        "family": spec.family.name,
-        "width": spec.width,
-        "seed": spec.seed,
-        "activation": spec.family.activation,
-        "dreg_lambda": spec.family.dreg,
-        **{
-            k: result.metrics[k]
-            for k in ("parameters", "test_accuracy", "tail_ratio", "peak_volatility", "grad_mean")
-        },
-    }
-    models = [exported.files["onnx"]]
+def run_task(task_json: dict) -> dict:
+    """Train ``task_json`` (``Task.to_json()``) and return its record."""
+    task = Task.from_json(task_json)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        quantized = quantize(exported.files["onnx"], QuantConfig(folder / "int8", QUANT_POLICY))
-        record["int8_policy"] = quantized.chosen.policy.label
-        record["int8_passed"] = quantized.chosen.passed
-        record["int8_accuracy"] = quantized.chosen.accuracy
-        models.append(quantized.files["onnx"])
-    except CheckFailed as e:
-        record["int8_policy"], record["int8_error"] = None, str(e)
-    rows = profile(models, PROFILE).rows
-    record["fp32_latency_us"] = rows[0].latency["p50_ms"] * 1e3
-    if len(rows) > 1:
-        record["int8_latency_us"] = rows[1].latency["p50_ms"] * 1e3
-    return RunOutcome(record, _gradient_norms(folder / "checkpoint"))
+        step_norms: list[float] = []
+        record = {
+            "key": task.key,
+            "phase": task.phase,
+            "family": task.family,
+            "arch": task.arch,
+            "width": task.width,
+            "seed": task.seed,
+            "lr": task.lr,
+            "dreg": task.dreg,
+            "fraction": task.fraction,
+        }
+        with tempfile.TemporaryDirectory(prefix="cr-edge-fight-") as tmp:
+            try:
+                result = train(
+                    task.recipe,
+                    Path(tmp) / "checkpoint",
+                    device="cpu",
+                    threads=1,
+                    on_step=lambda net: step_norms.append(_parameter_grad_norm(net)),
+                )
+            except TrainingFailed as e:
+                # a diverged or collapsed run is a result too: counted in the report, never chosen
+                return {**record, "failed": str(e)}
+            ckpt = load_checkpoint(result.checkpoint)
+            calib = ckpt.calib()
+        net = result.net.eval()
+        m = result.metrics
+        steps = torch.tensor(step_norms, dtype=torch.float64)
+        record |= {
+            "parameters": m["parameters"],
+            "val_accuracy": m["val_accuracy"],
+            "test_accuracy": m["test_accuracy"],
+            "tail_ratio": m["tail_ratio"],
+            "peak_volatility": m["peak_volatility"],
+            "grad_mean": m["grad_mean"],
+            "steps": len(step_norms),
+            "step_tail_ratio": _tail_ratio(steps),
+            "step_peak_volatility": float(steps.max()) if steps.numel() else None,
+        }
+        if task.phase != "tune":
+            record["corruption"] = corruption_accuracies(
+                net, ckpt.normalisation.apply, calib, task.seed
+            )
+        return _finite(record)
+    finally:
+        torch.set_num_threads(before)
 
 
-def _gradient_norms(checkpoint: Path) -> np.ndarray:
-    ckpt = load_checkpoint(checkpoint)
-    calib = ckpt.calib()
-    x = torch.from_numpy(ckpt.normalisation.apply(calib["x_test"]))
-    return dreg.input_gradient_norms(ckpt.net, x).numpy()
+def _parameter_grad_norm(net: CRNet) -> float:
+    """``||d loss / d theta||`` of one training step, over every parameter."""
+    norms = [p.grad.detach().norm() for p in net.parameters() if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+def _tail_ratio(g: torch.Tensor) -> float | None:
+    """tau = p99 / mean, the definition ``dreg.gradient_metrics`` uses for per-sample norms."""
+    if g.numel() == 0 or g.mean() <= 0:
+        return None
+    return float(torch.quantile(g, 0.99) / g.mean())
+
+
+def corruption_accuracies(net: CRNet, normalise, calib: dict, seed: int) -> dict[str, float]:
+    """Test accuracy under each Gaussian noise level and under small shifts."""
+    x, y = calib["x_test"], calib["y_test"]
+    sigma = float(np.std(calib["x"]))
+    rng = np.random.default_rng(seed)
+    out = {}
+    for level in NOISE_LEVELS:
+        noisy = x + (level * sigma) * rng.standard_normal(x.shape).astype(np.float32)
+        out[f"noise_{level:g}"] = _accuracy(net, normalise(noisy), y)
+    shifted = [_accuracy(net, normalise(s), y) for s in shifts(x)]
+    if shifted:
+        out["shift"] = float(np.mean(shifted))
+    return out
+
+
+def shifts(x: np.ndarray) -> list[np.ndarray]:
+    """``x`` (n, channels, *spatial) moved both ways along each spatial axis, edges replicated."""
+    out = []
+    for axis in range(2, x.ndim):
+        k = max(1, round(SHIFT_SHARE * x.shape[axis]))
+        for step in (k, -k):
+            out.append(_shift(x, axis, step))
+    return out
+
+
+def _shift(x: np.ndarray, axis: int, step: int) -> np.ndarray:
+    n = x.shape[axis]
+    index = np.clip(np.arange(n) - step, 0, n - 1)  # out[i] = x[i - step]
+    return np.take(x, index, axis=axis)
+
+
+@torch.no_grad()
+def _accuracy(net: CRNet, x: np.ndarray, y: np.ndarray) -> float:
+    pred = net(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).argmax(dim=1)
+    return float((pred.numpy() == y).mean())
+
+
+def _finite(obj):
+    """NaN/inf (an undefined ratio) -> None: the record must be valid JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def latency_at_equal_accuracy(base: Task, cr: Task, out: Path, iters: int) -> dict:
+    """Both nets trained (seed as in the ladder), exported, and timed interleaved.
+
+    One ``profile`` call per runtime measures baseline and CR in alternating rounds at
+    each batch; the ratio is CR / baseline per round (median and p10-p90).
+    """
+    files = {}
+    for role, task in (("baseline", base), ("cr", cr)):
+        folder = out / role
+        train(task.recipe, folder / "checkpoint", device="cpu")
+        exported = export(
+            folder / "checkpoint",
+            folder / "export",
+            ExportOptions(companion=False, targets=("onnx", "executorch")),
+        )
+        files[role] = exported.files
+    rows = []
+    options = ProfileOptions(batches=PROFILE_BATCHES, warmup=50, iters=iters, memory=False)
+    for runtime, kind in PROFILE_RUNTIMES:
+        paths = [files["baseline"][kind], files["cr"][kind]]
+        report = profile(paths, dataclasses.replace(options, runtimes=runtime))
+        p50 = {(r.batch, Path(r.file).parent.parent.name): r.latency["p50_ms"] for r in report.rows}
+        for c in report.comparisons:
+            rows.append(
+                {
+                    "runtime": runtime,
+                    "batch": c["batch"],
+                    "baseline_p50_us": p50[(c["batch"], "baseline")] * 1e3,
+                    "cr_p50_us": p50[(c["batch"], "cr")] * 1e3,
+                    "ratio": c["ratio"],
+                    "p10": c["p10"],
+                    "p90": c["p90"],
+                }
+            )
+    return {"baseline": base.key, "cr": cr.key, "device": report.device, "rows": rows}

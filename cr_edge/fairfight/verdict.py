@@ -1,160 +1,361 @@
-"""From run records to the claims: ratios at equal accuracy, smoothness per family.
+"""From run records to the claims, each decided by an interval or a corrected test.
 
-Pure functions over plain records (the dicts stored in ``report.json``), so the
-test suite can recompute every ratio of a report from its own JSON.
+Pure functions over plain records (the dicts in ``report.json``). Definitions:
+
+* equal accuracy: T = the best baseline ladder point's mean test accuracy - 0.5 points;
+  the parameter ratio is params(smallest baseline point reaching T) / params(smallest
+  CR point reaching T), with a bootstrap interval over seeds (a resample where no CR
+  point reaches T counts as a ratio below every other);
+* "CR is at least as accurate as baseline B with k x fewer parameters": Welch's t,
+  one-sided, non-inferiority margin 0.5 points, B's point and CR's point chosen by
+  *validation* accuracy, Holm-corrected over every (B, k);
+* tau = p99 / mean and peak volatility = max of a set of gradient norms; per run once
+  over the test samples' input gradients ``||d logit_pred / dx||`` and once over the
+  training steps' parameter gradients ``||d loss / d theta||``.
 """
 
 from __future__ import annotations
 
-import statistics
+import math
 from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+
+from cr_edge.fairfight.stats import Interval, bootstrap, holm, mean_ci, welch
 
 BASELINES = ("relu", "gelu")  # the standard nets, trained without DREG
 CR_FAMILY = "cr"
 ACCURACY_SLACK = 0.005  # T = best baseline mean accuracy - 0.5 points
+ALPHA = 0.05
+K_FACTORS = (1.0, 2.0, 5.0, 15.5)  # "k x fewer parameters" tested at these k
 PAPER = {
     "parameter_ratio": 15.5,
     "peak_volatility_change": -0.231,
     "tail_ratio_cr": (1.01, 1.02),
     "tail_ratio_standard": (1.07, 1.09),
+    "corruption_gain": 0.0232,
 }
+Point = tuple[str, str, int]  # (family, arch, width)
 
 
-def _mean(values: list[float]) -> float | None:
+def _by_point(records: list[dict]) -> dict[Point, list[dict]]:
+    groups: dict[Point, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["family"], r["arch"], r["width"])].append(r)
+    return dict(sorted(groups.items()))
+
+
+def _mean(values: list) -> float | None:
     values = [v for v in values if v is not None]
-    return statistics.fmean(values) if values else None
+    return float(np.mean(values)) if values else None
 
 
-def _spread(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
+def corruption_mean(record: dict) -> float | None:
+    """Mean accuracy over every corruption of one run (three noise levels and the shift)."""
+    c = record.get("corruption") or {}
+    return _mean(list(c.values()))
 
 
 def aggregate(records: list[dict]) -> list[dict]:
-    """One row per (family, width): means over seeds, with the accuracy's spread."""
-    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
-    for r in records:
-        groups[(r["family"], r["width"])].append(r)
+    """One row per ladder point: accuracy mean with its 95% CI, and the per-run means."""
     rows = []
-    for (family, width), runs in sorted(groups.items()):
-        acc = [r["test_accuracy"] for r in runs]
+    for (family, arch, width), runs in _by_point(records).items():
+        acc = mean_ci([r["test_accuracy"] for r in runs])
         rows.append(
             {
                 "family": family,
+                "arch": arch,
                 "width": width,
                 "seeds": len(runs),
                 "parameters": runs[0]["parameters"],
-                "accuracy": statistics.fmean(acc),
-                "accuracy_std": _spread(acc),
-                "int8_accuracy": _mean([r.get("int8_accuracy") for r in runs]),
-                "latency_us": _mean(
-                    [r.get("int8_latency_us") or r.get("fp32_latency_us") for r in runs]
-                ),
+                "accuracy": acc.estimate,
+                "accuracy_ci": [acc.low, acc.high],
+                "val_accuracy": _mean([r["val_accuracy"] for r in runs]),
                 "tail_ratio": _mean([r["tail_ratio"] for r in runs]),
                 "peak_volatility": _mean([r["peak_volatility"] for r in runs]),
+                "step_tail_ratio": _mean([r["step_tail_ratio"] for r in runs]),
+                "step_peak_volatility": _mean([r["step_peak_volatility"] for r in runs]),
+                "corruption": _mean([corruption_mean(r) for r in runs]),
             }
         )
     return rows
 
 
-def _smallest_reaching(rows: list[dict], threshold: float) -> dict | None:
-    reaching = [r for r in rows if r["accuracy"] >= threshold]
-    return min(reaching, key=lambda r: (r["parameters"], -r["accuracy"])) if reaching else None
+def equal_accuracy(records: list[dict]) -> dict | None:
+    """T and the smallest baseline and CR points reaching it (means over the given runs)."""
+    means: dict[Point, list[float]] = defaultdict(list)
+    params: dict[Point, int] = {}
+    for r in records:
+        p = (r["family"], r["arch"], r["width"])
+        means[p].append(r["test_accuracy"])
+        params[p] = r["parameters"]
+    acc = {p: float(np.mean(v)) for p, v in means.items()}
+    base = [p for p in acc if p[0] in BASELINES]
+    if not base:
+        return None
+    best = max(base, key=lambda p: (acc[p], -params[p]))
+    threshold = acc[best] - ACCURACY_SLACK
 
+    def smallest(points: list[Point]) -> Point | None:
+        reaching = [p for p in points if acc[p] >= threshold]
+        return min(reaching, key=lambda p: (params[p], -acc[p])) if reaching else None
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def family_smoothness(records: list[dict]) -> dict[str, dict]:
-    """Mean tail ratio and peak volatility per family, over all its runs."""
-    out: dict[str, dict] = {}
-    for family in sorted({r["family"] for r in records}):
-        runs = [r for r in records if r["family"] == family]
-        out[family] = {
-            "tail_ratio": _mean([r["tail_ratio"] for r in runs]),
-            "peak_volatility": _mean([r["peak_volatility"] for r in runs]),
-            "runs": len(runs),
-        }
-    return out
-
-
-def verdict(records: list[dict]) -> dict:
-    """The Fair Fight's findings, each with the configurations it compares."""
-    rows = aggregate(records)
-    base = [r for r in rows if r["family"] in BASELINES]
-    cr = [r for r in rows if r["family"] == CR_FAMILY]
-    if not base or not cr:
-        raise ValueError("a verdict needs runs of the cr family and of a baseline family")
-    best = max(base, key=lambda r: r["accuracy"])
-    threshold = best["accuracy"] - ACCURACY_SLACK
-    base_t = _smallest_reaching(base, threshold)
-    cr_t = _smallest_reaching(cr, threshold)
-    widest_width = max(r["width"] for r in base)
-    widest = max((r for r in base if r["width"] == widest_width), key=lambda r: r["accuracy"])
-    smooth = family_smoothness(records)
-    base_family = best["family"]
-    out = {
+    base_t = smallest(base)
+    cr_t = smallest([p for p in acc if p[0] == CR_FAMILY])
+    return {
         "threshold": threshold,
         "best_baseline": best,
-        "smallest_baseline_at_threshold": base_t,
-        "smallest_cr_at_threshold": cr_t,
-        "widest_baseline": widest,
-        "parameter_ratio": _ratio(base_t["parameters"], cr_t["parameters"]) if cr_t else None,
-        "latency_ratio": _ratio(base_t["latency_us"], cr_t["latency_us"]) if cr_t else None,
-        "parameter_ratio_vs_widest": (
-            _ratio(widest["parameters"], cr_t["parameters"]) if cr_t else None
-        ),
-        "smoothness": smooth,
-        "baseline_family": base_family,
+        "baseline": base_t,
+        "cr": cr_t,
+        "parameters": {"baseline": params[base_t], "cr": params[cr_t] if cr_t else None},
+        "ratio": params[base_t] / params[cr_t] if cr_t else None,
     }
-    out["claims"] = claims(out, smooth, base_family)
+
+
+def _by_seed(records: list[dict]) -> list[list[dict]]:
+    seeds: dict[int, list[dict]] = defaultdict(list)
+    for r in records:
+        seeds[r["seed"]].append(r)
+    return [seeds[s] for s in sorted(seeds)]
+
+
+def _flat(groups: list[list[dict]]) -> list[dict]:
+    return [r for g in groups for r in g]
+
+
+def _seed_bootstrap(
+    records: list[dict], stat: Callable[[list[dict]], float | None], n_boot: int
+) -> Interval | None:
+    return bootstrap(_by_seed(records), lambda gs: stat(_flat(gs)), n_boot)
+
+
+def fewer_parameters_tests(records: list[dict]) -> list[dict]:
+    """Welch + Holm for "CR at least as accurate as B with k x fewer parameters"."""
+    groups = _by_point(records)
+    val = {p: _mean([r["val_accuracy"] for r in rs]) for p, rs in groups.items()}
+    params = {p: rs[0]["parameters"] for p, rs in groups.items()}
+    tests = []
+    for b in BASELINES:
+        b_points = [p for p in groups if p[0] == b]
+        if not b_points:
+            continue
+        bp = max(b_points, key=lambda p: val[p])  # B's best net, chosen on validation
+        for k in K_FACTORS:
+            small = [p for p in groups if p[0] == CR_FAMILY and params[p] * k <= params[bp]]
+            test = {"baseline": list(bp), "k": k, "baseline_parameters": params[bp]}
+            if small:
+                cp = max(small, key=lambda p: val[p])
+                w = welch(
+                    [r["test_accuracy"] for r in groups[cp]],
+                    [r["test_accuracy"] for r in groups[bp]],
+                    margin=ACCURACY_SLACK,
+                )
+                test.update(cr=list(cp), cr_parameters=params[cp], **w.to_json())
+            else:
+                test.update(cr=None, cr_parameters=None, difference=None, t=None, df=None, p=1.0)
+            tests.append(test)
+    for test, adj in zip(tests, holm([t["p"] for t in tests]), strict=True):
+        test["p_holm"] = adj
+        test["held"] = adj < ALPHA
+    return tests
+
+
+def _probe_comparison(
+    probe: list[dict], fractions: list[float], base_family: str, value: Callable[[dict], float]
+) -> list[dict]:
+    """CR vs ``base_family`` at each training fraction: means, Welch (superiority), Holm."""
+    out = []
+    for f in fractions:
+        cr = [value(r) for r in probe if r["family"] == CR_FAMILY and r["fraction"] == f]
+        base = [value(r) for r in probe if r["family"] == base_family and r["fraction"] == f]
+        if len(cr) < 2 or len(base) < 2:
+            continue
+        w = welch(cr, base)
+        out.append(
+            {
+                "fraction": f,
+                "cr": mean_ci(cr).to_json(),
+                "baseline": mean_ci(base).to_json(),
+                **w.to_json(),
+            }
+        )
+    for row, adj in zip(out, holm([r["p"] for r in out]), strict=True):
+        row["p_holm"] = adj
     return out
 
 
-def claims(v: dict, smooth: dict[str, dict], base_family: str) -> list[dict]:
-    """Each of the paper's claims beside what this run measured, and whether it held."""
-    cr_s, base_s = smooth.get(CR_FAMILY, {}), smooth.get(base_family, {})
-    ratio = v["parameter_ratio"]
-    peak_change = None
-    if cr_s.get("peak_volatility") is not None and base_s.get("peak_volatility"):
-        peak_change = cr_s["peak_volatility"] / base_s["peak_volatility"] - 1.0
-    tau_cr, tau_base = cr_s.get("tail_ratio"), base_s.get("tail_ratio")
-    return [
-        {
-            "claim": "parameters at equal accuracy",
-            "paper": f"{PAPER['parameter_ratio']}x fewer",
-            "measured": "CR never reached the threshold" if ratio is None else f"{ratio:.2f}x",
-            "held": _held(
-                ratio is not None and ratio >= PAPER["parameter_ratio"],
-                ratio is not None and ratio > 1.0,
+def verdict(records: list[dict], n_boot: int = 1000) -> dict:
+    """Every finding, with the configurations it compares and its interval or test.
+
+    Runs whose training failed (the training watch stopped them) are left out and counted.
+    """
+    failed = [r["key"] for r in records if r.get("failed")]
+    records = [r for r in records if not r.get("failed")]
+    ladder = [r for r in records if r["phase"] == "ladder"]
+    eq = equal_accuracy(ladder)
+    if eq is None or not any(r["family"] == CR_FAMILY for r in ladder):
+        raise ValueError("a verdict needs ladder runs of the cr family and of a baseline family")
+    base_family = eq["best_baseline"][0]
+    ratio_ci = _seed_bootstrap(ladder, lambda rs: (equal_accuracy(rs) or {}).get("ratio"), n_boot)
+
+    def family_mean(family: str, key: str) -> Callable[[list[dict]], float | None]:
+        return lambda rs: _mean([r[key] for r in rs if r["family"] == family])
+
+    smooth = {}
+    for key in ("peak_volatility", "tail_ratio", "step_peak_volatility", "step_tail_ratio"):
+        cr_ci = _seed_bootstrap(ladder, family_mean(CR_FAMILY, key), n_boot)
+        base_ci = _seed_bootstrap(ladder, family_mean(base_family, key), n_boot)
+
+        def change(rs: list[dict], key: str = key) -> float | None:
+            c, b = family_mean(CR_FAMILY, key)(rs), family_mean(base_family, key)(rs)
+            return c / b - 1.0 if c is not None and b else None
+
+        smooth[key] = {
+            "cr": cr_ci.to_json() if cr_ci else None,
+            "baseline": base_ci.to_json() if base_ci else None,
+            "change": (lambda ci: ci.to_json() if ci else None)(
+                _seed_bootstrap(ladder, change, n_boot)
             ),
-        },
-        {
-            "claim": "peak gradient volatility",
-            "paper": "-23.1% (MNIST)",
-            "measured": None if peak_change is None else f"{peak_change:+.1%} vs {base_family}",
-            "held": _held(
-                peak_change is not None and peak_change <= PAPER["peak_volatility_change"],
-                peak_change is not None and peak_change < 0,
-            ),
-        },
-        {
-            "claim": "gradient tail ratio p99/mean",
-            "paper": "1.01-1.02 (CR) vs 1.07-1.09",
-            "measured": None
-            if tau_cr is None or tau_base is None
-            else f"{tau_cr:.3f} (CR) vs {tau_base:.3f} ({base_family})",
-            "held": _held(
-                tau_cr is not None
-                and tau_base is not None
-                and tau_cr <= PAPER["tail_ratio_cr"][1]
-                and tau_base >= PAPER["tail_ratio_standard"][0],
-                tau_cr is not None and tau_base is not None and tau_cr < tau_base,
-            ),
-        },
+        }
+    probe_width = _probe_width(records)
+    probe = [r for r in records if r["phase"] == "probe"] + [
+        r for r in ladder if r["arch"] == "depth1" and r["width"] == probe_width
     ]
+    fractions = sorted({r["fraction"] for r in probe})
+    out = {
+        "failed_runs": failed,
+        "threshold": eq["threshold"],
+        "best_baseline": list(eq["best_baseline"]),
+        "baseline_family": base_family,
+        "smallest_baseline_at_threshold": list(eq["baseline"]),
+        "smallest_cr_at_threshold": list(eq["cr"]) if eq["cr"] else None,
+        "parameters": eq["parameters"],
+        "parameter_ratio": eq["ratio"],
+        "parameter_ratio_ci": ratio_ci.to_json() if ratio_ci else None,
+        "fewer_parameters_tests": fewer_parameters_tests(ladder),
+        "smoothness": smooth,
+        "probe": {"arch": "depth1", "width": probe_width},
+        "sample_efficiency": _probe_comparison(
+            probe, fractions, base_family, lambda r: r["test_accuracy"]
+        ),
+        "robustness": _probe_comparison(
+            [r for r in probe if r["fraction"] == 1.0], [1.0], base_family, corruption_mean
+        ),
+    }
+    out["claims"] = claims(out)
+    return out
 
 
-def _held(fully: bool, direction: bool) -> str:
-    """``yes`` at the paper's magnitude, ``partly`` in its direction only, else ``no``."""
-    return "yes" if fully else "partly" if direction else "no"
+def _probe_width(records: list[dict]) -> int | None:
+    widths = {r["width"] for r in records if r["phase"] == "probe"}
+    return min(widths) if widths else None
+
+
+def claims(v: dict) -> list[dict]:
+    """Each of the papers' claims beside what was measured and whether it held.
+
+    Decided on the 95% interval (or the Holm-corrected tests): ``yes`` when it clears the
+    papers' magnitude, ``partly`` when it clears "no effect" in the papers' direction only,
+    ``no`` when it lies wholly on the other side, ``undecided`` when it straddles no effect.
+    """
+    base = v["baseline_family"]
+    out = []
+    ci = v["parameter_ratio_ci"]
+    if v["parameter_ratio"] is None or not ci:
+        out.append(
+            _claim("parameters at equal accuracy", "15.5x fewer", "CR never reached T", "no")
+        )
+    else:
+        lo = -math.inf if ci["low"] is None else ci["low"]  # -inf: some resamples never reached T
+        hi = ci["high"]
+        out.append(
+            _claim(
+                "parameters at equal accuracy",
+                "15.5x fewer",
+                f"{v['parameter_ratio']:.2f}x [{_x(lo)}, {_x(hi)}]",
+                decide(lo, hi, 1.0, PAPER["parameter_ratio"]),
+            )
+        )
+    tests = v["fewer_parameters_tests"]
+    ks = [k for k in K_FACTORS if tests and all(t["held"] for t in tests if t["k"] == k)]
+    out.append(
+        _claim(
+            "CR >= every baseline with k x fewer parameters (Welch, Holm)",
+            "k = 15.5",
+            f"held for k = {', '.join(f'{k:g}' for k in ks)}" if ks else "held for no k",
+            "yes" if 15.5 in ks else "partly" if any(k > 1 for k in ks) else "no",
+        )
+    )
+    for key, name in (
+        ("peak_volatility", "peak input-gradient norm (max over test samples)"),
+        ("step_peak_volatility", "peak training-step gradient norm (max over steps)"),
+    ):
+        c = v["smoothness"][key]["change"]
+        measured, held = "—", "—"
+        if c is not None and c["low"] is not None:
+            measured = f"{c['estimate']:+.1%} [{c['low']:+.1%}, {c['high']:+.1%}] vs {base}"
+            # lower is better: decide on the negated change
+            held = decide(-c["high"], -c["low"], 0.0, -PAPER["peak_volatility_change"])
+        out.append(_claim(name, "-23.1% (MNIST)", measured, held))
+    for key, name in (
+        ("tail_ratio", "tau = p99/mean of input-gradient norms"),
+        ("step_tail_ratio", "tau = p99/mean of training-step gradient norms"),
+    ):
+        s = v["smoothness"][key]
+        cr_ci, base_ci, c = s["cr"], s["baseline"], s["change"]
+        measured, held = "—", "—"
+        if cr_ci and base_ci and c and c["low"] is not None:
+            measured = (
+                f"{cr_ci['estimate']:.3f} [{cr_ci['low']:.3f}, {cr_ci['high']:.3f}] (CR) vs "
+                f"{base_ci['estimate']:.3f} [{base_ci['low']:.3f}, {base_ci['high']:.3f}] ({base})"
+            )
+            held = decide(-c["high"], -c["low"], 0.0, None)
+            at_paper = (
+                cr_ci["high"] <= PAPER["tail_ratio_cr"][1]
+                and base_ci["low"] >= PAPER["tail_ratio_standard"][0]
+            )
+            held = "yes" if at_paper else "partly" if held == "yes" else held
+        out.append(_claim(name, "1.01-1.02 (CR) vs 1.07-1.09", measured, held))
+    se = v["sample_efficiency"]
+    wins = [r for r in se if r["p_holm"] < ALPHA]
+    out.append(
+        _claim(
+            "more accurate at every training fraction (Welch, Holm)",
+            "across every data fraction",
+            ", ".join(f"{r['fraction']:.0%}: {r['difference']:+.4f}" for r in se) or "—",
+            "yes" if se and len(wins) == len(se) else "partly" if wins else "no",
+        )
+    )
+    for r in v["robustness"]:
+        i = r["interval"]
+        out.append(
+            _claim(
+                "mean corruption accuracy (noise x3, shift)",
+                "+2.32 points (CIFAR-10-C)",
+                f"{r['difference']:+.4f} [{i['low']:+.4f}, {i['high']:+.4f}] vs {base}",
+                decide(i["low"], i["high"], 0.0, PAPER["corruption_gain"]),
+            )
+        )
+    return out
+
+
+def decide(lo: float | None, hi: float | None, null: float, paper: float | None) -> str:
+    """An interval [lo, hi] against no effect (``null``) and the papers' magnitude."""
+    if lo is None or hi is None:
+        return "no"
+    if paper is not None and lo >= paper:
+        return "yes"
+    if lo > null:
+        return "partly" if paper is not None else "yes"
+    if hi < null:
+        return "no"
+    return "undecided"
+
+
+def _claim(claim: str, paper: str, measured: str, held: str) -> dict:
+    return {"claim": claim, "paper": paper, "measured": measured, "held": held}
+
+
+def _x(v: float | None) -> str:
+    return "not reached" if v is None or not math.isfinite(v) else f"{v:.2f}x"

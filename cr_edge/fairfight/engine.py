@@ -1,0 +1,139 @@
+"""Running a fight's independent tasks: inline, in a local process pool, or on a Ray cluster.
+
+Every finished task's record is written atomically to ``records/<key>.json`` by the
+driver as soon as it arrives, so an interrupted fight loses at most the tasks that
+were running, and a rerun skips every task whose record is on disk. Workers only
+compute (``runner.run_task``): a Ray cluster needs no disk shared with the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+from cr_edge import atomic
+from cr_edge.errors import InputError
+from cr_edge.fairfight.ladder import Task
+from cr_edge.fairfight.runner import run_task
+
+# (finished so far, total, name of the task just finished or None at the start)
+Progress = Callable[[int, int, str | None], None]
+
+
+def default_workers() -> int:
+    """The cores this process may use: the embedded default for ``--workers``."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Where tasks run: ``workers`` local processes, or the Ray cluster at ``ray``."""
+
+    workers: int = 1
+    ray: str | None = None  # an address, or "auto" for the cluster this machine belongs to
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise InputError(f"--workers {self.workers}: give a positive number of processes")
+
+
+class RecordStore:
+    """One JSON file per finished task; a record counts only if it belongs to the same task."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def path(self, task: Task) -> Path:
+        return self.folder / f"{task.key}.json"
+
+    def get(self, task: Task) -> dict | None:
+        try:
+            stored = json.loads(self.path(task).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # absent, or unreadable: run it again
+        return stored["record"] if stored.get("task") == task.to_json() else None
+
+    def put(self, task: Task, record: dict) -> None:
+        atomic.write_json(self.path(task), {"task": task.to_json(), "record": record})
+
+
+def execute(
+    tasks: list[Task], store: RecordStore, engine: Engine, progress: Progress | None = None
+) -> tuple[list[dict], int]:
+    """Every task's record, in task order, and how many of them were run (not reused)."""
+    records: dict[str, dict] = {}
+    todo = []
+    for task in tasks:
+        done = store.get(task)
+        if done is None:
+            todo.append(task)
+        else:
+            records[task.key] = done
+    total = len(tasks)
+    if progress:
+        progress(len(records), total, None)
+    runs = _ray(todo, engine.ray) if engine.ray else _local(todo, engine.workers)
+    for task, record in runs:
+        store.put(task, record)
+        records[task.key] = record
+        if progress:
+            progress(len(records), total, task.key)
+    return [records[t.key] for t in tasks], len(todo)
+
+
+def _local(tasks: list[Task], workers: int) -> Iterator[tuple[Task, dict]]:
+    if workers == 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield task, run_task(task.to_json())
+        return
+    # spawn, not fork: forking a parent that already runs torch's thread pools can deadlock
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(tasks)), mp_context=get_context("spawn")
+    )
+    try:
+        pending = {pool.submit(run_task, t.to_json()): t for t in tasks}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                yield pending.pop(future), future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ray(tasks: list[Task], address: str) -> Iterator[tuple[Task, dict]]:
+    try:
+        import ray
+    except ImportError as e:
+        raise InputError(
+            f"--ray needs the ray package ({e}); pip install 'cr-edge[cluster]'"
+        ) from e
+    if not tasks:
+        return
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise InputError(
+                f"--ray {address}: cannot connect to a Ray cluster ({e}); start one with "
+                "`ray start --head` or give its address"
+            ) from e
+    remote = ray.remote(num_cpus=1)(run_task)
+    pending = {remote.remote(t.to_json()): t for t in tasks}
+    try:
+        while pending:
+            finished, _ = ray.wait(list(pending), num_returns=1)
+            for ref in finished:
+                yield pending.pop(ref), ray.get(ref)
+    finally:
+        for ref in pending:
+            ray.cancel(ref)
+        if started:
+            ray.shutdown()
