@@ -64,25 +64,6 @@ def step_bar(steps: tuple[str, ...], label: str) -> Iterator:
 
 
 @contextmanager
-def entry_bar(label: str) -> Iterator:
-    """A bar over ladder entries; the callback takes (entry name, index, total)."""
-    columns = (
-        TextColumn(f"[bold]{label}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[entry]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(label, total=None, entry="")
-
-        def update(name: str, index: int, total: int) -> None:
-            progress.update(task, completed=index, total=total, entry=name)
-
-        yield update
-
-
-@contextmanager
 def runs_bar(label: str) -> Iterator:
     """Bars over a sweep's runs, one per phase: done/total, runs left, elapsed and ETA.
 
