@@ -58,14 +58,16 @@ class RecordStore:
             stored = json.loads(self.path(task).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None  # absent, or unreadable: run it again
-        return stored["record"] if stored.get("task") == task.to_json() else None
+        # compared as JSON: the stored copy has lists where the task has tuples
+        same = stored.get("task") == json.loads(json.dumps(task.to_json()))
+        return stored["record"] if same else None
 
     def put(self, task: Task, record: dict) -> None:
         atomic.write_json(self.path(task), {"task": task.to_json(), "record": record})
 
 
 def execute(
-    tasks: list[Task], store: RecordStore, engine: Engine, progress: Progress | None = None
+    tasks: list[Task], store: RecordStore, workers: Workers, progress: Progress | None = None
 ) -> tuple[list[dict], int]:
     """Every task's record, in task order, and how many of them were run (not reused)."""
     records: dict[str, dict] = {}
@@ -79,8 +81,7 @@ def execute(
     total = len(tasks)
     if progress:
         progress(len(records), total, None)
-    runs = _ray(todo, engine.ray) if engine.ray else _local(todo, engine.workers)
-    for task, record in runs:
+    for task, record in workers.run(todo):
         store.put(task, record)
         records[task.key] = record
         if progress:
@@ -88,36 +89,72 @@ def execute(
     return [records[t.key] for t in tasks], len(todo)
 
 
-def _local(tasks: list[Task], workers: int) -> Iterator[tuple[Task, dict]]:
-    if workers == 1 or len(tasks) <= 1:
-        for task in tasks:
-            yield task, run_task(task.to_json())
-        return
-    # spawn, not fork: forking a parent that already runs torch's thread pools can deadlock
-    pool = ProcessPoolExecutor(
-        max_workers=min(workers, len(tasks)), mp_context=get_context("spawn")
-    )
-    try:
-        pending = {pool.submit(run_task, t.to_json()): t for t in tasks}
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                yield pending.pop(future), future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+class Workers:
+    """The engine's processes, started on first use and kept for every phase of a fight:
+    a spawned worker pays for importing torch once, not once per phase."""
 
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._pool: ProcessPoolExecutor | None = None
+        self._ray = None
 
-def _ray(tasks: list[Task], address: str) -> Iterator[tuple[Task, dict]]:
-    try:
-        import ray
-    except ImportError as e:
-        raise InputError(
-            f"--ray needs the ray package ({e}); pip install 'cr-edge[cluster]'"
-        ) from e
-    if not tasks:
-        return
-    started = not ray.is_initialized()
-    if started:
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._ray is not None:
+            self._ray.shutdown()
+
+    def run(self, tasks: list[Task]) -> Iterator[tuple[Task, dict]]:
+        if not tasks:
+            return iter(())
+        if self.engine.ray:
+            return self._on_ray(tasks)
+        if self.engine.workers == 1:
+            return ((t, run_task(t.to_json())) for t in tasks)
+        return self._in_pool(tasks)
+
+    def _in_pool(self, tasks: list[Task]) -> Iterator[tuple[Task, dict]]:
+        if self._pool is None:
+            # spawn, not fork: forking a parent that runs torch's thread pools can deadlock
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.engine.workers, mp_context=get_context("spawn")
+            )
+        pending = {self._pool.submit(run_task, t.to_json()): t for t in tasks}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield pending.pop(future), future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def _on_ray(self, tasks: list[Task]) -> Iterator[tuple[Task, dict]]:
+        ray = self._connect()
+        remote = ray.remote(num_cpus=1)(run_task)
+        pending = {remote.remote(t.to_json()): t for t in tasks}
+        try:
+            while pending:
+                finished, _ = ray.wait(list(pending), num_returns=1)
+                for ref in finished:
+                    yield pending.pop(ref), ray.get(ref)
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
+
+    def _connect(self):
+        if self._ray is not None:
+            return self._ray
+        try:
+            import ray
+        except ImportError as e:
+            raise InputError(
+                f"--ray needs the ray package ({e}); pip install 'cr-edge[cluster]'"
+            ) from e
+        address = self.engine.ray
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as e:
@@ -125,15 +162,5 @@ def _ray(tasks: list[Task], address: str) -> Iterator[tuple[Task, dict]]:
                 f"--ray {address}: cannot connect to a Ray cluster ({e}); start one with "
                 "`ray start --head` or give its address"
             ) from e
-    remote = ray.remote(num_cpus=1)(run_task)
-    pending = {remote.remote(t.to_json()): t for t in tasks}
-    try:
-        while pending:
-            finished, _ = ray.wait(list(pending), num_returns=1)
-            for ref in finished:
-                yield pending.pop(ref), ray.get(ref)
-    finally:
-        for ref in pending:
-            ray.cancel(ref)
-        if started:
-            ray.shutdown()
+        self._ray = ray
+        return ray

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cr_edge.data import load_source
-from cr_edge.fairfight.engine import Engine, Progress, RecordStore, execute
+from cr_edge.fairfight.engine import Engine, Progress, RecordStore, Workers, execute
 from cr_edge.fairfight.ladder import (
     Task,
     archs_for,
@@ -43,12 +43,13 @@ def fairfight(
     store = RecordStore(out / "records")
     archs = archs_for(b, load_source(data, label).x.shape[1:])
     start = time.perf_counter()
-    tuned, ran_t = execute(
-        tuning_tasks(data, b, archs, label), store, engine, progress and progress("tune")
-    )
-    chosen = choose(tuned)
-    tasks = ladder_tasks(data, b, archs, chosen, label)
-    runs, ran_l = execute(tasks, store, engine, progress and progress("ladder"))
+    with Workers(engine) as workers:
+        tuned, ran_t = execute(
+            tuning_tasks(data, b, archs, label), store, workers, progress and progress("tune")
+        )
+        chosen = choose(tuned)
+        tasks = ladder_tasks(data, b, archs, chosen, label)
+        runs, ran_l = execute(tasks, store, workers, progress and progress("ladder"))
     records = tuned + runs
     v = verdict(records, b.bootstrap)
     pair = None
