@@ -163,7 +163,7 @@ def latency_at_equal_accuracy(base: Task, cr: Task, out: Path, iters: int) -> di
         exported = export(
             folder / "checkpoint",
             folder / "export",
-            ExportOptions(companion=False, targets=("onnx", "executorch")),
+            ExportOptions(companion=False, formats=("onnx", "executorch")),
         )
         files[role] = exported.files
     rows = []
