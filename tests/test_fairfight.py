@@ -7,9 +7,11 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -230,6 +232,8 @@ def test_a_ray_cluster_gives_the_process_pools_records(pool_fight: Path, tmp_pat
     pytest.importorskip("ray", reason="ray is in the cluster extra, which `all` installs")
     ray_bin = Path(sys.executable).with_name("ray")
     port = _free_port()
+    # Ray's unix sockets live under --temp-dir, and a socket path may not exceed 107 bytes
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     # --block keeps the head in the foreground; ending its process group ends our cluster only
     head = subprocess.Popen(
@@ -245,7 +249,7 @@ def test_a_ray_cluster_gives_the_process_pools_records(pool_fight: Path, tmp_pat
             "--include-dashboard=false",
             "--disable-usage-stats",
             "--object-store-memory=100000000",
-            f"--temp-dir={tmp_path / 'ray'}",
+            f"--temp-dir={ray_tmp}",
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -255,6 +259,7 @@ def test_a_ray_cluster_gives_the_process_pools_records(pool_fight: Path, tmp_pat
     try:
         out = tmp_path / "ray-fight"
         for _ in range(60):  # the head takes a few seconds to listen
+            assert head.poll() is None, "ray start --head exited; see `ray start --head --block`"
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
@@ -269,6 +274,11 @@ def test_a_ray_cluster_gives_the_process_pools_records(pool_fight: Path, tmp_pat
         for key, rec in ray_records.items():
             assert rec == pool_records[key], key
     finally:
-        os.killpg(head.pid, 15)
-        head.wait(timeout=60)
-        shutil.rmtree(tmp_path / "ray", ignore_errors=True)
+        # Ctrl-C is what `ray start --block` stops on; whatever outlives it is killed
+        os.killpg(head.pid, signal.SIGINT)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -102,7 +102,8 @@ def _probe_tables(report: dict) -> list[str]:
             cells.append(
                 f"{ci.estimate:.3f}±{(ci.high - ci.low) / 2:.3f} (τ {_f(np.mean(tau) if tau else None, '.2f')})"
             )
-        lines.append(f"| {fam.name} | " + " | ".join(cells) + " |")
+        if any(cells):  # a family outside the budget has no probes
+            lines.append(f"| {fam.name} | " + " | ".join(cells) + " |")
     full = [r for r in runs if r["fraction"] == 1.0 and r.get("corruption")]
     keys = sorted({k for r in full for k in r["corruption"]})
     lines += [
