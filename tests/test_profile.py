@@ -80,7 +80,24 @@ def test_figures_are_internally_consistent(models: Path, name: str, runtime: str
         assert row.load_ms > 0 and row.first_ms > 0
         assert "VmHWM" in row.memory["method"] or "ru_maxrss" in row.memory["method"]
         assert 0 <= row.memory["load_kb"] <= row.memory["run_kb"]
+        lim = row.limit  # the floor was timed in the same rounds: FLOPs read from the .onnx
+        assert lim["flops_per_sample"] > 0 and lim["floor_ms"] > 0
+        assert lim["dispatch_share"] + lim["arithmetic_share"] == pytest.approx(1.0)
+        assert lim["gflops"] == pytest.approx(
+            lim["flops_per_sample"] * row.batch / (lat["p50_ms"] * 1e6), rel=1e-9
+        )
     assert report.device["onnxruntime"] and "CPUExecutionProvider" in report.device["providers"]
+
+
+def test_flops_are_counted_from_the_graph_and_the_floor_is_below_the_model(models: Path):
+    """digits-cr 64-32-10: two Gemms, a 3-node chain and a 2-node guard per hidden unit."""
+    report = profile([models / "model.onnx"], ProfileOptions(memory=False, **FAST))
+    (row,) = report.rows
+    by_hand = 2 * (64 * 32 + 32 * 10) + 32 * (3 + 2)
+    assert row.limit["flops_per_sample"] == by_hand
+    assert row.limit["floor_ms"] <= row.latency["p50_ms"]
+    no_floor = profile([models / "model.onnx"], ProfileOptions(memory=False, floor=False, **FAST))
+    assert no_floor.rows[0].limit is None
 
 
 def test_self_comparison_ratio_spread_includes_one(models: Path):

@@ -12,6 +12,7 @@ only: this runs on the edge box itself.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,10 +23,12 @@ import numpy as np
 from cr_edge import __version__
 from cr_edge.errors import InputError
 from cr_edge.profile.device import describe_device
+from cr_edge.profile.limit import floor_artifact, flops_per_sample, split
 from cr_edge.profile.memory import measure_memory
 from cr_edge.profile.perop import profile_ops
 from cr_edge.profile.timing import Runner, latency_stats, measure, ratio_stats
 from cr_edge.profile.workload import fast_call, make_feeds, preload, with_threads
+from cr_edge.runtimes.ort import OrtRuntime
 from cr_edge.runtimes.registry import ALL, parse_runtimes
 from cr_edge.runtimes.runtime import RunError, Runtime, Session, Unavailable
 from cr_edge.runtimes.safe_load import Artifact, check_artifact
@@ -47,6 +50,7 @@ class ProfileOptions:
     seconds: float | None = None  # measure for this long instead of ``iters`` runs
     per_op: bool = False
     memory: bool = True
+    floor: bool = True  # time an arithmetic-free twin of each model alongside it (``limit``)
     top: int = 10  # per-op rows shown
 
     def __post_init__(self) -> None:
@@ -75,6 +79,7 @@ class Row:
     latency: dict[str, float]
     memory: dict | None = None
     ops: dict | None = None
+    limit: dict | None = None  # FLOPs, GFLOP/s, dispatch floor and shares (``limit.split``)
     samples_ns: list[int] = field(default_factory=list, repr=False)  # for plots, not JSON
 
 
@@ -214,6 +219,24 @@ def _load(
     return _Loaded(row, session, (fn, arg), feeds, estimate)
 
 
+def _floors(
+    runtime: Runtime, loaded: list[_Loaded], batch: int, threads: int | None, options
+) -> list[_Loaded]:
+    """Per model, its arithmetic-free twin loaded by the same runtime (ONNX Runtime only).
+
+    Other runtimes would need their own compiler to build the twin (ExecuTorch: torch's
+    exporter), which ``profile`` does not carry; their rows have no floor.
+    """
+    if not isinstance(runtime, OrtRuntime):
+        return []
+    floors = []
+    with tempfile.TemporaryDirectory(prefix="cr-edge-floor-") as folder:
+        for k, m in enumerate(loaded):
+            twin = floor_artifact(m.session, m.feeds, Path(folder) / f"floor{k}.onnx")
+            floors.append(_load(runtime, twin, twin, batch, threads, options.warmup))
+    return floors
+
+
 def _measure_setting(
     report: ProfileReport,
     runtime: Runtime,
@@ -229,9 +252,10 @@ def _measure_setting(
         _load(runtime, a, f, batch, threads, options.warmup)
         for a, f in zip(given, files, strict=True)
     ]
+    floors = _floors(runtime, loaded, batch, threads, options) if options.floor else []
     label = f"{runtime.name} batch {batch} threads {threads or 'default'}"
     timings = measure(
-        [m.runner for m in loaded],
+        [m.runner for m in loaded + floors],
         options.iters,
         options.seconds,
         max(m.estimate_ns for m in loaded),
@@ -240,6 +264,10 @@ def _measure_setting(
     for k, m in enumerate(loaded):
         m.row.samples_ns = timings.samples_ns[k]
         m.row.latency = latency_stats(m.row.samples_ns, batch)
+        if floors:
+            floor_ms = float(np.median(timings.samples_ns[len(loaded) + k])) / 1e6
+            flops = flops_per_sample(files[k])
+            m.row.limit = split(m.row.latency["p50_ms"], floor_ms, flops, batch)
         if options.memory:
             m.row.memory = measure_memory(runtime.name, Path(m.row.file), batch, threads)
         if options.per_op:

@@ -59,6 +59,8 @@ def print_report(report: ProfileReport) -> None:
     if report.rows:
         _stdout.print(_latency_table(report.rows))
         _stdout.print(_cost_table(report.rows))
+        if any(r.limit for r in report.rows):
+            _stdout.print(_limit_table(report.rows))
     if report.comparisons:
         _stdout.print(_comparison_table(report.comparisons))
     for row in report.rows:
@@ -112,6 +114,29 @@ def _cost_table(rows: list[Row]) -> Table:
             _ms(r.load_ms),
             _ms(r.first_ms),
             _memory(r.memory),
+        )
+    return table
+
+
+def _limit_table(rows: list[Row]) -> Table:
+    table = _table(
+        "distance to the limit: the floor is an arithmetic-free graph with the same inputs "
+        "and outputs, timed in the same rounds"
+    )
+    for name in ("model", "runtime", "batch", "thr", "FLOPs/sample", "GFLOP/s", "floor", "split"):
+        table.add_column(name, justify="left" if name in ("model", "runtime", "split") else "right")
+    for r in rows:
+        if not r.limit:
+            continue
+        lim = r.limit
+        flops, gflops = lim["flops_per_sample"], lim["gflops"]
+        table.add_row(
+            *_setting(r),
+            "?" if flops is None else f"{flops:,}",
+            "?" if gflops is None else f"{gflops:.2f}",
+            _ms(lim["floor_ms"]),
+            f"{lim['dispatch_share']:.0%} of this call is dispatch, "
+            f"{lim['arithmetic_share']:.0%} arithmetic",
         )
     return table
 
