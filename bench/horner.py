@@ -1,13 +1,16 @@
 """What the Horner lowering buys under ONNX Runtime, and what a CR net costs against ReLU.
 
 One CR digits MLP (64-128-128-10, degree-3 per-channel polynomials) is trained briefly,
-with its ReLU twin at equal width, and exported four ways, all run by ONNX Runtime's CPU EP:
+with its ReLU twin at equal width, and exported five ways, all run by ONNX Runtime's CPU EP:
 
-  cr     ``cr-edge export --no-domain-guard``: Horner chains with the exact folds
-  pow    the same trained weights, each polynomial written ``sum(a_k * x**k)`` (Pow nodes);
-         normalisation folded into the first layer as in ``cr``, so only the polynomial differs
-  relu   the ReLU twin, ``--no-domain-guard`` (it has no polynomial to guard)
-  guard  ``cr`` with the domain guard (a Max and a Min per polynomial input)
+  cr      ``cr-edge export --no-domain-guard``: Horner chains with the exact folds
+  pow     the same trained weights, each polynomial written ``sum(a_k * x**k)`` (Pow nodes);
+          normalisation folded into the first layer as in ``cr``, so only the polynomial differs
+  relu    the ReLU twin, ``--no-domain-guard`` (it has no polynomial to guard)
+  guard   the default export: ``cr`` with the domain guard
+  linear  the floor of any activation in standard ONNX ops: ``cr``'s folded layers with no
+          activation at all (Gemm -> Gemm), what ReLU costs once onnxruntime fuses it into
+          the Gemm (FusedGemm); t(guard)/t(linear) is what the chain and guard cost on top
 
 Sides are interleaved (cr pow relu guard, cr pow ...) so that drift in the machine's speed
 hits all of them alike; each ratio is taken within a round, and the table reports its
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import statistics
 import tempfile
 import time
@@ -40,15 +44,19 @@ from cr_edge.export.exporter import ExportOptions, ExportResult, export
 from cr_edge.export.folds import fold_input_normalisation, run_passes
 from cr_edge.export.stages import Affine, Flatten, Poly, Stage, stages_from_checkpoint
 from cr_edge.poly import PolyAct
+from cr_edge.profile.device import describe_device
 from cr_edge.recipe import load_recipe
 from cr_edge.train import train
 
-SIDES = ("cr", "pow", "relu", "guard")
+SIDES = ("cr", "pow", "relu", "guard", "linear")
 # (numerator, denominator, label, target): each row is t(numerator) / t(denominator).
 RATIOS = (
     ("pow", "cr", "Horner speedup  t(Pow)/t(Horner)", ">= 5 @256"),
-    ("cr", "relu", "CR vs ReLU      t(CR)/t(ReLU)", "<= 1.3 @256"),
-    ("guard", "cr", "guard cost      t(guard)/t(no guard)", ""),
+    ("guard", "relu", "CR vs ReLU      t(default CR)/t(ReLU)", "<= 1.15"),
+    ("cr", "relu", "  without guard t(CR)/t(ReLU)", ""),
+    ("guard", "cr", "guard cost      t(guard)/t(no guard)", "<= 1.05"),
+    ("relu", "linear", "ReLU vs none    t(ReLU)/t(no activation)", ""),
+    ("guard", "linear", "CR vs none      t(default CR)/t(no act.)", ""),
 )
 BATCHES = (1, 256)
 INNER = {1: 200, 256: 20}  # calls per side per round: each side runs ~2-10 ms per round
@@ -118,6 +126,27 @@ def export_naive(checkpoint: Path, path: Path) -> None:
     program.save(str(path))
 
 
+def export_linear(cr: Path, path: Path) -> None:
+    """``cr`` with every elementwise node bypassed: its Gemms only, same weights and shapes."""
+    model = onnx.load(cr)
+    graph = model.graph
+    keep, rename = [], {}
+    for node in graph.node:
+        ins = [rename.get(i, i) for i in node.input]
+        if node.op_type in ("Mul", "Add", "Min", "Max", "Clip"):
+            rename[node.output[0]] = ins[0]
+            continue
+        del node.input[:]
+        node.input.extend(ins)
+        keep.append(node)
+    for out in graph.output:
+        if out.name in rename:
+            keep.append(onnx.helper.make_node("Identity", [rename[out.name]], [out.name]))
+    del graph.node[:]
+    graph.node.extend(keep)
+    onnx.save(model, path)
+
+
 def build(root: Path, epochs: int) -> tuple[dict[str, Path], ExportResult, Path]:
     """The four ONNX files, the CR export's result and the CR checkpoint (for the summary)."""
     ckpt = train_pair(root, epochs)
@@ -126,8 +155,10 @@ def build(root: Path, epochs: int) -> tuple[dict[str, Path], ExportResult, Path]
     export(ckpt["relu"], root / "relu", plain)
     export(ckpt["cr"], root / "guard", ExportOptions(companion=False))
     export_naive(ckpt["cr"], root / "pow.onnx")
+    export_linear(root / "cr" / "model.onnx", root / "linear.onnx")
     paths = {s: root / s / "model.onnx" for s in ("cr", "relu", "guard")}
     paths["pow"] = root / "pow.onnx"
+    paths["linear"] = root / "linear.onnx"
     return paths, cr, ckpt["cr"]
 
 
@@ -172,7 +203,7 @@ def op_counts(path: Path) -> str:
 
 
 def leading_coefficients(checkpoint: Path) -> list[str]:
-    """Per layer, the spread of |a_3|: the GELU fit starts it at 0, and the folds divide by it."""
+    """Per layer, the spread of |q_3|, the leading coefficient the monic fold takes the root of."""
     rows = []
     for block in load_checkpoint(checkpoint).net.blocks:
         if isinstance(block, PolyAct):
@@ -182,11 +213,14 @@ def leading_coefficients(checkpoint: Path) -> list[str]:
 
 
 def print_summary(paths: dict[str, Path], cr: ExportResult, checkpoint: Path, epochs: int) -> None:
+    device = describe_device()
+    print(f"{device['cpu']}, {device['usable_cores']} usable cores, {' '.join(device['isa'])}")
+    print(f"load average at start: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(f"CR digits MLP 64-128-128-10, degree 3, {epochs} epochs; ReLU twin at equal width")
     print(f"onnxruntime {ort.__version__}, CPU EP, default graph optimisation (ORT_ENABLE_ALL)")
     print(f"fold summary: Horner Mul/Add nodes per polynomial layer: {cr.horner_nodes}")
     for layer, spread in enumerate(leading_coefficients(checkpoint), start=1):
-        print(f"  layer {layer} |a_3| over channels: {spread}")
+        print(f"  layer {layer} |q_3| over channels: {spread}")
     for refusal in cr.refusals or ["none"]:
         print(f"  refused: {refusal}")
     for side in SIDES:
@@ -227,6 +261,7 @@ def main() -> None:
                 results.append((batch, label, measure(paths, x, threads, args.rounds)))
         print()
         print_table(results)
+        print(f"load average at end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from cr_edge.errors import InputError
+from cr_edge.runtimes.executorch import ExecuTorchRuntime, ExecuTorchSession
 from cr_edge.runtimes.ort import OrtRuntime, OrtSession
 from cr_edge.runtimes.runtime import Runtime, Session, Unavailable
 
@@ -38,6 +39,8 @@ def with_threads(runtime: Runtime, threads: int | None) -> Runtime:
     """
     if threads is None:
         return runtime
+    if isinstance(runtime, ExecuTorchRuntime):
+        return dataclasses.replace(runtime, threads=threads)
     if not isinstance(runtime, OrtRuntime):
         raise Unavailable(f"{runtime.name} does not take a thread count (omit --threads)")
     if XNNPACK_THREADS in runtime.provider_options:
@@ -88,6 +91,8 @@ def fast_call(session: Session, feeds: dict[str, np.ndarray]) -> tuple[Callable[
     ORT's buffers, as an app in C++/Java would run: ``InferenceSession.run`` converts
     feeds and copies outputs in Python, which took digits-cr from 5.2 to 8.2 µs here.
     """
+    if isinstance(session, ExecuTorchSession):
+        return session.bound(feeds)
     if not isinstance(session, OrtSession):
         return session.run, feeds
     raw = session.inference_session

@@ -22,6 +22,11 @@ from cr_edge.errors import InputError
 from cr_edge.runtimes.runtime import RunError, Runtime, Session, TensorSpec, Unavailable
 from cr_edge.runtimes.safe_load import Artifact, one_line
 
+# A program this small (fp32 bytes: 4 per parameter, so ~1M parameters) runs a few tiny
+# kernels per call: XNNPACK's second thread only adds a hand-off and, on a loaded machine,
+# spin-waits that cost more than the call (as ``cr_edge.train.SINGLE_THREAD_BELOW``).
+SINGLE_THREAD_BELOW_BYTES = 4_000_000
+
 # c10::ScalarType codes reported by ExecuTorch's TensorInfo.dtype()
 SCALAR_TYPES = {
     0: np.uint8,
@@ -42,6 +47,7 @@ class ExecuTorchRuntime(Runtime):
     name: str = "executorch-xnnpack"
     suffixes: tuple[str, ...] = (".pte",)
     backend: str = "XnnpackBackend"
+    threads: int | None = None  # None: one thread below SINGLE_THREAD_BELOW_BYTES, else all
 
     def available(self) -> tuple[bool, str]:
         for module in ("torch", "executorch"):
@@ -62,6 +68,7 @@ class ExecuTorchRuntime(Runtime):
         runtime = EtRuntime.get()
         if not runtime.backend_registry.is_available(self.backend):
             raise Unavailable(f"this ExecuTorch build has no {self.backend}")
+        _set_threads(self.threads, len(artifact.data))
         try:
             with _native_stderr_silenced():
                 program = runtime.load_program(
@@ -70,7 +77,21 @@ class ExecuTorchRuntime(Runtime):
                 method = program.load_method("forward")
         except (RuntimeError, ValueError) as e:
             raise InputError(f"{artifact.path}: {self.name} cannot load it ({one_line(e)})") from e
-        return ExecuTorchSession(method, torch)
+        return ExecuTorchSession(method, torch, program)
+
+
+def _set_threads(threads: int | None, program_bytes: int) -> None:
+    """Size ExecuTorch's one process-wide threadpool (XNNPACK computes on it) for this program.
+
+    The pool is global, so the last program loaded decides it; an app sets it once at start.
+    """
+    from executorch.extension.pybindings import portable_lib
+
+    if threads is None:
+        threads = 1 if program_bytes < SINGLE_THREAD_BELOW_BYTES else os.cpu_count() or 1
+    if portable_lib._threadpool_get_thread_count() != threads:
+        with _native_stderr_silenced():  # it logs every reset
+            portable_lib._unsafe_reset_threadpool(threads)
 
 
 @contextlib.contextmanager
@@ -95,7 +116,8 @@ class ExecuTorchSession(Session):
     bound; ``run_all`` therefore feeds full planned batches, padded.
     """
 
-    def __init__(self, method, torch) -> None:
+    def __init__(self, method, torch, program=None) -> None:
+        self._program = program  # the method runs from the program's memory: keep it alive
         self._method = method
         self._torch = torch
         meta = method.metadata
@@ -108,6 +130,15 @@ class ExecuTorchSession(Session):
             for i in range(meta.num_outputs())
         ]
         self.metadata = {}
+
+    def bound(self, feeds: dict[str, np.ndarray]) -> tuple:
+        """``(fn, arg)``: ``fn(arg)`` runs once on ``feeds`` converted once, outputs left in place.
+
+        The counterpart of onnxruntime's IOBinding for timing: the numpy <-> torch conversion
+        and the output copy are the Python binding's, not the program's.
+        """
+        tensors = [self._torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
+        return self._method.execute, tensors
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         tensors = [self._torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
