@@ -349,3 +349,14 @@ def test_planned_sizes_are_an_upper_bound_exact_ort_shapes_are_not(models: Path)
     assert make_feeds(fixed, 1, models / "fixed.onnx")["x"].shape == (1, 1, 8, 8)
     with pytest.raises(InputError, match="a fixed batch of 1; --batch 2"):
         make_feeds(fixed, 2, models / "fixed.onnx")
+
+
+def test_executorch_takes_a_thread_count_and_tiny_programs_default_to_one():
+    """XNNPACK's pool is ExecuTorch's one global pool: ``--threads`` sets it, else size does."""
+    from cr_edge.profile.workload import with_threads
+    from cr_edge.runtimes.executorch import SINGLE_THREAD_BELOW_BYTES, ExecuTorchRuntime
+
+    runtime = get_runtime("executorch-xnnpack")
+    assert isinstance(runtime, ExecuTorchRuntime) and runtime.threads is None
+    assert with_threads(runtime, 2).threads == 2
+    assert SINGLE_THREAD_BELOW_BYTES >= 1_000_000  # a CR edge model (~10-100 KB) gets one thread
