@@ -203,7 +203,7 @@ def op_counts(path: Path) -> str:
 
 
 def leading_coefficients(checkpoint: Path) -> list[str]:
-    """Per layer, the spread of |q_3|, the leading coefficient the monic fold takes the root of."""
+    """Per layer, the spread of |a_3|: the GELU fit starts it at 0, and the folds divide by it."""
     rows = []
     for block in load_checkpoint(checkpoint).net.blocks:
         if isinstance(block, PolyAct):
@@ -220,7 +220,7 @@ def print_summary(paths: dict[str, Path], cr: ExportResult, checkpoint: Path, ep
     print(f"onnxruntime {ort.__version__}, CPU EP, default graph optimisation (ORT_ENABLE_ALL)")
     print(f"fold summary: Horner Mul/Add nodes per polynomial layer: {cr.horner_nodes}")
     for layer, spread in enumerate(leading_coefficients(checkpoint), start=1):
-        print(f"  layer {layer} |q_3| over channels: {spread}")
+        print(f"  layer {layer} |a_3| over channels: {spread}")
     for refusal in cr.refusals or ["none"]:
         print(f"  refused: {refusal}")
     for side in SIDES:

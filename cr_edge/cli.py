@@ -354,6 +354,12 @@ def validate(
     help="Peak RSS added by load and run, measured in a child process.",
 )
 @click.option(
+    "--floor/--no-floor",
+    default=True,
+    show_default=True,
+    help="Time an arithmetic-free twin of each model alongside it: FLOPs, GFLOP/s, dispatch share.",
+)
+@click.option(
     "--json", "json_out", type=click.Path(path_type=Path), help="Write the report as JSON."
 )
 @click.option(
@@ -369,6 +375,7 @@ def profile(
     seconds: float | None,
     per_op: bool,
     memory: bool,
+    floor: bool,
     json_out: Path | None,
     plot: Path | None,
 ) -> None:
@@ -391,6 +398,7 @@ def profile(
         seconds=seconds,
         per_op=per_op,
         memory=memory,
+        floor=floor,
     )
     with profile_view.progress_bar() as on_progress:
         report = run_profile(list(artifacts), options, on_progress)
