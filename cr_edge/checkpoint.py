@@ -113,13 +113,13 @@ def load_checkpoint(path: Path) -> Checkpoint:
         target_scale = TargetScale.from_json(scale) if scale is not None else None
         if net_config.task == "regress" and target_scale is None:
             raise KeyError("target_normalisation")
+        net = build_net(net_config)  # a field only the builder checks (e.g. poly init) is input too
     except KeyError as e:
         raise InputError(
             f"{path / CONFIG}: missing field {e.args[0]!r}; re-run cr-edge train"
         ) from e
     except (TypeError, ValueError) as e:
         raise InputError(f"{path / CONFIG}: invalid field ({e}); re-run cr-edge train") from e
-    net = build_net(net_config)
     _load_weights(net, path / WEIGHTS)
     net.eval()
     metrics_path = path / METRICS
