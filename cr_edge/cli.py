@@ -87,7 +87,11 @@ def cli(debug: bool) -> None:
     "--loss", type=click.Choice(["auto", "mse", "huber"]), help="Regression loss (--task regress)."
 )
 @click.option("--arch", type=click.Choice(["mlp", "conv"]), help="Network shape.")
-@click.option("--hidden", type=IntList("64,32"), help="Comma-separated hidden widths, e.g. 64,32.")
+@click.option(
+    "--hidden",
+    type=IntList("64,32", distinct=False),
+    help="Comma-separated hidden widths, e.g. 64,32.",
+)
 @click.option(
     "--activation",
     type=click.Choice(["poly", "relu", "gelu"]),

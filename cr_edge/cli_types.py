@@ -14,12 +14,19 @@ import click
 
 
 class IntList(click.ParamType):
-    """``"1,8,64"`` -> ``(1, 8, 64)``: positive integers, repeats dropped, order kept."""
+    """``"1,8,64"`` -> ``(1, 8, 64)``: positive integers, order kept.
+
+    Repeats are dropped from a set of values (batch sizes) but kept in a sequence
+    (``distinct=False``: hidden widths, where ``64,64`` is two layers).
+    """
 
     name = "N[,N...]"
 
-    def __init__(self, example: str = "1,8,64", all_word: str | None = None) -> None:
+    def __init__(
+        self, example: str = "1,8,64", all_word: str | None = None, distinct: bool = True
+    ) -> None:
         self.example = example
+        self.distinct = distinct
         self.all_word = all_word  # a word that stands for "every value", passed through as is
 
     def convert(self, value: Any, param, ctx) -> Any:
@@ -36,7 +43,7 @@ class IntList(click.ParamType):
                 param,
                 ctx,
             )
-        return tuple(dict.fromkeys(numbers))
+        return tuple(dict.fromkeys(numbers)) if self.distinct else numbers
 
 
 class NameList(click.ParamType):

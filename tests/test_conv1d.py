@@ -59,6 +59,15 @@ def test_the_net_is_a_conv1d_net(checkpoint: Path) -> None:
     assert config["net"]["input_shape"] == [1, 40] and config["net"]["arch"] == "conv"
 
 
+def test_equal_hidden_widths_on_the_command_line_build_that_many_stages(tmp_path) -> None:
+    # "4,4" is two conv stages of 4 channels, not one: widths are a sequence, not a set
+    args = ["train", "--data", "mnist1d", "--arch", "conv", "--hidden", "4,4", "--epochs", "1"]
+    result = _cli(*args, "--device", "cpu", "--out", str(tmp_path / "ckpt"))
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["net"]["hidden"] == [4, 4]
+
+
 def test_conv1d_export_passes_validate_on_cpu_and_ort_mobile(exported: Path, tmp_path) -> None:
     ops = {n.op_type for n in onnx.load(exported / "model.onnx").graph.node}
     assert "Conv" in ops and "Pow" not in ops  # Horner chains of Mul/Add, no Pow

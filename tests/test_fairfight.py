@@ -136,6 +136,8 @@ def test_every_family_gets_the_same_tuning_budget_and_validation_chooses():
     per_family = {f: sum(t.family == f for t in tasks) for f in b.families}
     assert len(set(per_family.values())) == 1, per_family
     assert {t.dreg for t in tasks if not FAMILY_BY_NAME[t.family].dreg} == {0.0}
+    # both grids span the same learning rates (DREG's more coarsely, to pay for lambda)
+    assert min(b.lrs) <= min(b.dreg_lrs) and max(b.dreg_lrs) == max(b.lrs)
     records = [
         {
             "family": "cr",
