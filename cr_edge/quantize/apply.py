@@ -25,12 +25,13 @@ from onnxruntime.quantization import (
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from cr_edge.errors import ExportError, InputError
-from cr_edge.quantize.calibration import NpzReader, fixed_batch
+from cr_edge.quantize.calibration import NpzReader
 from cr_edge.quantize.companion import derivative_only, tie_weights_
 from cr_edge.quantize.equalize import Scales, equalize
 from cr_edge.quantize.gemm_to_matmul import gemm_to_matmul
 from cr_edge.quantize.graph import LINEAR, horner_chain
 from cr_edge.quantize.interval import overrides as interval_overrides
+from cr_edge.quantize.measure import as_session, session
 from cr_edge.quantize.policy import QuantPolicy
 from cr_edge.quantize.weight_only import WeightOnlyInt8
 from cr_edge.quiet import quiet
@@ -166,7 +167,7 @@ def _static(
     quantize_static(
         src,
         dst,
-        NpzReader(feeds, fixed_batch(model)),
+        NpzReader(feeds, as_session(session(model)).fixed_batch),
         # 8-bit activations take 7-bit weights, so u8 x s8 pair sums stay inside int16
         reduce_range=policy.poly != "int16",
         quant_format=QuantFormat.QDQ,

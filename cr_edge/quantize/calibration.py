@@ -48,12 +48,6 @@ def check_inputs(x: np.ndarray, model: onnx.ModelProto, what: str) -> None:
         raise InputError(f"{what} contains NaN or Inf; calibration needs finite samples")
 
 
-def fixed_batch(model: onnx.ModelProto) -> int | None:
-    """The batch size the model's first input fixes, or None for a dynamic batch axis."""
-    dim = model.graph.input[0].type.tensor_type.shape.dim
-    return dim[0].dim_value or None if dim else None
-
-
 def feeds_for(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
     """Inputs for ``model``: ``x``, plus fixed random directions ``v`` for a JVP companion."""
     names = [i.name for i in model.graph.input]

@@ -17,7 +17,8 @@ import onnx
 import onnxruntime as ort
 
 from cr_edge.profile.timing import measure, ratio_stats
-from cr_edge.runtimes.runtime import Session, TensorSpec
+from cr_edge.runtimes.ort import OrtSession
+from cr_edge.runtimes.runtime import Session
 from cr_edge.validate.oracle import Oracle
 from cr_edge.validate.outcome import PASS
 from cr_edge.validate.parity import COMPANION, derivative_parity, output_parity
@@ -25,6 +26,7 @@ from cr_edge.validate.tolerances import tolerances_for
 
 LATENCY_RUNS = 1000  # 100 rounds of 10 runs each: a p10-p90 over rounds
 MAX_JACOBIAN_INPUTS = 4096
+CHUNK = 256  # samples per run on a dynamic batch: bounds the memory a test set takes
 
 
 @dataclass(frozen=True)
@@ -60,30 +62,6 @@ def session(model: onnx.ModelProto | bytes, threads: int = 1) -> ort.InferenceSe
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def fixed_batch(sess: ort.InferenceSession) -> int | None:
-    """The batch size the model fixes on its first input (``export --fixed-batch N``), else None."""
-    dim = sess.get_inputs()[0].shape[0]
-    return dim if isinstance(dim, int) and dim > 0 else None
-
-
-def run_chunked(
-    sess: ort.InferenceSession,
-    outputs: list[str] | None,
-    feeds: dict[str, np.ndarray],
-    batch: int = 256,
-) -> list[np.ndarray]:
-    """Run samples on axis 0 in chunks (the model's fixed batch, padded, or ``batch``)."""
-    size = fixed_batch(sess) or batch
-    n = next(iter(feeds.values())).shape[0]
-    parts = []
-    for i in range(0, n, size):
-        chunk = {k: v[i : i + size] for k, v in feeds.items()}
-        if fixed_batch(sess) and len(next(iter(chunk.values()))) < size:
-            chunk = {k: np.resize(v, (size, *v.shape[1:])) for k, v in chunk.items()}
-        parts.append(sess.run(outputs, chunk))
-    return [np.concatenate([p[j] for p in parts])[:n] for j in range(len(parts[0]))]
-
-
 def probe(
     model: onnx.ModelProto, names: list[str], feeds: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
@@ -94,15 +72,17 @@ def probe(
     exposed.graph.output.extend(
         onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in known
     )
-    sess = session(exposed, threads=0)
-    return dict(zip(names, run_chunked(sess, names, feeds), strict=True))
+    sess = as_session(session(exposed, threads=0))
+    outputs = sess.run_all(feeds, CHUNK)
+    return {n: outputs[sess.output_names.index(n)] for n in names}
 
 
-def predict(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
-    return run_chunked(sess, None, {sess.get_inputs()[0].name: x})[0]
+def predict(sess: ort.InferenceSession | Session, x: np.ndarray) -> np.ndarray:
+    sess = as_session(sess)
+    return sess.run_all({sess.input_names[0]: x}, CHUNK)[0]
 
 
-def accuracy(sess: ort.InferenceSession, x: np.ndarray, labels: np.ndarray) -> float:
+def accuracy(sess: ort.InferenceSession | Session, x: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy as a fraction in [0, 1], the unit ``train`` reports."""
     return float(np.mean(np.argmax(predict(sess, x), axis=1) == labels))
 
@@ -144,24 +124,8 @@ def parity(
 
 
 def as_session(sess: ort.InferenceSession | Session) -> Session:
-    return sess if isinstance(sess, Session) else _Adapter(sess)
-
-
-class _Adapter(Session):
-    """An in-memory ORT session behind validate's ``Session`` interface (float I/O only)."""
-
-    def __init__(self, sess: ort.InferenceSession) -> None:
-        self._sess = sess
-        self.inputs = [
-            TensorSpec(a.name, tuple(a.shape), np.dtype(np.float32)) for a in sess.get_inputs()
-        ]
-        self.outputs = [
-            TensorSpec(a.name, tuple(a.shape), np.dtype(np.float32)) for a in sess.get_outputs()
-        ]
-        self.metadata = dict(sess.get_modelmeta().custom_metadata_map)
-
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self._sess.run(None, feeds)
+    """Validate's ``Session`` interface (and its chunked ``run_all``) over an ORT session."""
+    return sess if isinstance(sess, Session) else OrtSession(sess)
 
 
 def jacobian_bound(companion: onnx.ModelProto, x: np.ndarray) -> float | None:
@@ -174,14 +138,11 @@ def jacobian_bound(companion: onnx.ModelProto, x: np.ndarray) -> float | None:
     n, d = x.shape[0], int(np.prod(x.shape[1:]))
     if d > MAX_JACOBIAN_INPUTS:  # one run per input: leave L to the tolerance's fallback
         return None
-    sess = session(companion, threads=0)
+    sess = as_session(session(companion, threads=0))
+    jvp = sess.output_names.index("jvp")
     eye = np.eye(d, dtype=np.float32)
-    cols = [
-        run_chunked(
-            sess, ["jvp"], {"x": x, "v": np.broadcast_to(eye[i].reshape(x.shape[1:]), x.shape)}
-        )[0].reshape(n, -1)
-        for i in range(d)
-    ]
+    directions = (np.broadcast_to(e.reshape(x.shape[1:]), x.shape) for e in eye)
+    cols = [sess.run_all({"x": x, "v": v}, CHUNK)[jvp].reshape(n, -1) for v in directions]
     jac = np.stack(cols, axis=2)  # (n, outputs, inputs)
     return float(np.linalg.norm(jac, ord=2, axis=(1, 2)).max())
 

@@ -221,7 +221,8 @@ def _try(
     par = ways[0].parity if ways else None
     acc = _accuracy(sess, src.oracle)
     x = src.oracle.x if src.oracle is not None else src.calib
-    batches = [qm.fixed_batch(sess)] if qm.fixed_batch(sess) else LATENCY_BATCHES
+    fixed = qm.as_session(sess).fixed_batch
+    batches = [fixed] if fixed else LATENCY_BATCHES
     latency = {b: qm.latency_ratio(fp32, sess, np.resize(x, (b, *x.shape[1:]))) for b in batches}
     sec = None
     if src.secant is not None:

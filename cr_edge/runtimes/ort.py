@@ -148,9 +148,13 @@ class OrtRuntime(Runtime):
 
 
 class OrtSession(Session):
-    """An ``onnxruntime.InferenceSession`` behind the ``Session`` interface."""
+    """An ``onnxruntime.InferenceSession`` behind the ``Session`` interface.
 
-    def __init__(self, session: ort.InferenceSession, artifact: Artifact) -> None:
+    ``artifact`` is the checked file it was loaded from; None for a model built in
+    memory (``quantize``'s candidates), which never passed through a file.
+    """
+
+    def __init__(self, session: ort.InferenceSession, artifact: Artifact | None = None) -> None:
         self._session = session
         self._artifact = artifact  # ORT may read ORT-format bytes in place: keep them alive
         # The binding decodes names as UTF-8 and raises on anything else, which a
@@ -185,13 +189,12 @@ class OrtSession(Session):
 
 
 @contextlib.contextmanager
-def _names_decoded(artifact: Artifact) -> Iterator[None]:
+def _names_decoded(artifact: Artifact | None) -> Iterator[None]:
     try:
         yield
     except UnicodeDecodeError as e:
-        raise InputError(
-            f"{artifact.path}: holds a name that is not valid UTF-8 ({e.reason})"
-        ) from e
+        where = artifact.path if artifact is not None else "the model"
+        raise InputError(f"{where}: holds a name that is not valid UTF-8 ({e.reason})") from e
 
 
 def _spec(arg) -> TensorSpec:

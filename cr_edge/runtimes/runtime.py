@@ -71,19 +71,25 @@ class Session(ABC):
         dim = self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else None
         return dim if isinstance(dim, int) else None
 
-    def run_all(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Run samples on axis 0, in chunks of the model's batch size when that is fixed.
+    def run_all(self, feeds: dict[str, np.ndarray], batch: int | None = None) -> list[np.ndarray]:
+        """Run samples on axis 0, in chunks of the model's batch size when that is fixed,
+        else of ``batch`` (None: all at once) to bound the memory a large set takes.
 
-        The last chunk is padded by repeating its final sample, and the padding dropped
-        again, so a model exported with batch 1 still sees every oracle sample.
+        A fixed batch's last chunk is padded by repeating its final sample, and the
+        padding dropped again, so a model exported with batch 1 still sees every oracle
+        sample; a dynamic batch's last chunk is run as it is (no padding sample may
+        move a per-batch activation scale).
         """
-        batch = self.fixed_batch
+        fixed = self.fixed_batch
+        size = fixed or batch
         n = next(iter(feeds.values())).shape[0]
-        if batch is None or batch == n:
+        if size is None or size == n or (fixed is None and n <= size):
             return self.run(feeds)
         chunks = []
-        for start in range(0, n, batch):
-            part = {k: _pad(v[start : start + batch], batch) for k, v in feeds.items()}
+        for start in range(0, n, size):
+            part = {k: v[start : start + size] for k, v in feeds.items()}
+            if fixed is not None:
+                part = {k: _pad(v, size) for k, v in part.items()}
             chunks.append(self.run(part))
         return [np.concatenate([c[i] for c in chunks])[:n] for i in range(len(chunks[0]))]
 
