@@ -25,6 +25,7 @@ from cr_edge.manifest import require_complete, write_manifest
 from cr_edge.nets import CRNet, NetConfig, build_net
 from cr_edge.npz import read_npz
 from cr_edge.recipe import Recipe
+from cr_edge.tokenizer import Tokenizer
 
 FORMAT = "cr-edge-checkpoint"
 FORMAT_VERSION = 1
@@ -39,11 +40,12 @@ class Checkpoint:
     net: CRNet
     net_config: NetConfig
     recipe: Recipe
-    normalisation: Normalisation
+    normalisation: Normalisation | None  # None for text (token ids are not standardised)
     label_names: list[str]
     metrics: dict
     path: Path
     target_scale: TargetScale | None = None  # regression only
+    tokenizer: Tokenizer | None = None  # text only
 
     @property
     def task(self) -> str:
@@ -58,11 +60,12 @@ def save_checkpoint(
     out: Path,
     net: CRNet,
     recipe: Recipe,
-    normalisation: Normalisation,
+    normalisation: Normalisation | None,
     label_names: list[str],
     metrics: dict,
     calib: dict[str, np.ndarray],
     target_scale: TargetScale | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> Path:
     """Write a checkpoint folder; refuses non-finite weights so no unusable artifact is left."""
     out = Path(out)
@@ -77,11 +80,13 @@ def save_checkpoint(
         "torch_version": torch.__version__.split("+")[0],
         "net": net.config.to_json(),
         "recipe": recipe.to_json(),
-        "normalisation": normalisation.to_json(),
+        "normalisation": normalisation.to_json() if normalisation is not None else None,
         "label_names": list(label_names),
     }
     if target_scale is not None:
         config["target_normalisation"] = target_scale.to_json()
+    if tokenizer is not None:
+        config["tokenizer"] = tokenizer.to_json()
     atomic.write_bytes(out / WEIGHTS, save_safetensors(state, metadata={"format": FORMAT}))
     atomic.write_npz(out / CALIB, **calib)
     atomic.write_json(out / METRICS, metrics)
@@ -107,7 +112,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         net_config = NetConfig.from_json(config["net"])
         recipe = Recipe.from_json(config["recipe"])
-        normalisation = Normalisation.from_json(config["normalisation"])
+        text = net_config.arch == "text"
+        normalisation = None if text else Normalisation.from_json(config["normalisation"])
+        tokenizer = Tokenizer.from_json(config["tokenizer"]) if text else None
         label_names = [str(n) for n in config["label_names"]]
         scale = config.get("target_normalisation")
         target_scale = TargetScale.from_json(scale) if scale is not None else None
@@ -125,7 +132,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     metrics_path = path / METRICS
     metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
     return Checkpoint(
-        net, net_config, recipe, normalisation, label_names, metrics, path, target_scale
+        net, net_config, recipe, normalisation, label_names, metrics, path, target_scale, tokenizer
     )
 
 

@@ -9,7 +9,7 @@ never a traceback. Anything else that escapes a command is a bug, but a user sti
 gets one line, exit 1 and a hint: ``cr-edge --debug COMMAND`` shows the traceback.
 
 One word, one meaning across commands: ``--data`` a dataset, ``--label`` the CSV
-label column, ``--format`` what export writes, ``--runtime`` where a model runs,
+label column, ``--data-format`` a CSV's layout, ``--format`` what export writes, ``--runtime`` where a model runs,
 ``--batch`` batch sizes to run, ``--derivatives`` how derivatives are checked.
 """
 
@@ -78,6 +78,12 @@ def cli(debug: bool) -> None:
     "or a CSV/NPZ/IDX file.",
 )
 @click.option("--label", help="CSV column holding the labels (CSV data only).")
+@click.option("--text-column", help="Text CSV: the column holding the text (a header row).")
+@click.option(
+    "--data-format",
+    type=click.Choice(["auto", "header", "yelp"]),
+    help='CSV layout: a header row, or Yelp\'s headerless "label","text" rows [default: auto].',
+)
 @click.option(
     "--task",
     type=click.Choice(["classify", "regress", "ordinal"]),
@@ -130,6 +136,8 @@ def train(
     recipe: str | None,
     data: str | None,
     label: str | None,
+    text_column: str | None,
+    data_format: str | None,
     task: str | None,
     loss: str | None,
     arch: str | None,
@@ -160,6 +168,8 @@ def train(
     chosen = base.replace(
         data=data,
         label=label,
+        text_column=text_column,
+        data_format=data_format,
         task=task,
         loss=loss,
         arch=arch,

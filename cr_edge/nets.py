@@ -5,7 +5,8 @@ activation (and the width): ``NetConfig.activation`` picks ``poly``, ``relu`` or
 ``gelu`` and everything else is built the same way. A net is a flat list of
 blocks (Linear/Conv1d/Conv2d, activation, pooling, flatten) so that DREG, the export
 lowering and the parameter count can all walk it without special cases. ``conv`` builds
-Conv2d on images (channels, h, w) and Conv1d on sequences (channels, length).
+Conv2d on images (channels, h, w) and Conv1d on sequences (channels, length). ``text``
+starts with the masked mean of token embeddings (``MeanEmbedding``), then an MLP.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from cr_edge.poly import DEFAULT_DEGREE, PolyAct, check_degree
 from cr_edge.task_metrics import TASKS
 
 ACTIVATIONS = ("poly", "relu", "gelu")
-ARCHS = ("mlp", "conv")
+ARCHS = ("mlp", "conv", "text")
 CONV_RANKS = (2, 3)  # a sample (channels, length) gets Conv1d, (channels, h, w) Conv2d
 _CONV = {2: (nn.Conv1d, nn.AvgPool1d), 3: (nn.Conv2d, nn.AvgPool2d)}
 
@@ -42,6 +43,8 @@ class NetConfig:
     fit_range: float = 3.0  # polynomial initialised as a fit to GELU on [-fit_range, fit_range]
     init: str = "gelu"
     task: str = "classify"  # what the head means (see cr_edge.heads)
+    vocab: int = 0  # text: rows of the embedding table (hash buckets + the padding row 0)
+    embed_dim: int = 0  # text: width of the pooled embedding the CR layers see
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -59,6 +62,10 @@ class NetConfig:
             raise ValueError(
                 "conv nets need inputs shaped (channels, length) or (channels, h, w), "
                 f"got {self.input_shape}"
+            )
+        if self.arch == "text" and (self.vocab < 2 or self.embed_dim < 1):
+            raise ValueError(
+                f"text nets need vocab >= 2 and embed_dim >= 1, got {self.vocab}, {self.embed_dim}"
             )
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
         object.__setattr__(self, "hidden", tuple(int(d) for d in self.hidden))
@@ -93,6 +100,23 @@ class ClosedFormAct(nn.Module):
 
     def extra_repr(self) -> str:
         return self.kind
+
+
+class MeanEmbedding(nn.Module):
+    """Token ids ``(batch, max_len)`` -> the mean of their embeddings, padding (id 0) left out.
+
+    Written out rather than ``nn.EmbeddingBag`` so that training computes what the export
+    emits (Gather, then a masked mean); a text of padding only pools to zeros.
+    """
+
+    def __init__(self, vocab: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(vocab, dim) * dim**-0.5)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        mask = (ids != 0).to(self.weight.dtype).unsqueeze(-1)
+        summed = (F.embedding(ids, self.weight) * mask).sum(dim=1)
+        return summed / mask.sum(dim=1).clamp(min=1.0)
 
 
 class CRNet(nn.Module):
@@ -149,11 +173,11 @@ def _activation(config: NetConfig, channels: int) -> nn.Module:
 
 def _blocks(config: NetConfig) -> list[nn.Module]:
     blocks: list[nn.Module] = []
-    if config.arch == "mlp":
-        width = 1
-        for d in config.input_shape:
-            width *= d
-        if len(config.input_shape) > 1:
+    if config.arch == "text":  # the pooled embedding, then the MLP
+        blocks.append(MeanEmbedding(config.vocab, config.embed_dim))
+    if config.arch in ("mlp", "text"):
+        width = config.embed_dim if config.arch == "text" else math.prod(config.input_shape)
+        if config.arch == "mlp" and len(config.input_shape) > 1:
             blocks.append(nn.Flatten())
         for h in config.hidden:
             blocks += [nn.Linear(width, h), _activation(config, h)]

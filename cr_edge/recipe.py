@@ -17,12 +17,14 @@ if sys.version_info >= (3, 11):
 else:  # the same parser, from PyPI (a dependency on 3.10 only)
     import tomli as tomllib
 
+from cr_edge.data.text_csv import DATA_FORMATS
 from cr_edge.dreg import DEFAULT_LAMBDA
 from cr_edge.errors import InputError
 from cr_edge.heads import LOSSES
 from cr_edge.nets import ACTIVATIONS, ARCHS
 from cr_edge.poly import MAX_DEGREE, MIN_DEGREE
 from cr_edge.task_metrics import TASKS
+from cr_edge.tokenizer import Tokenizer
 
 RECIPE_VERSION = 1
 _SECTIONS = ("data", "net", "train")
@@ -37,6 +39,12 @@ class Recipe:
     data: str = "digits"  # a built-in dataset name or a file (see cr_edge.data.load_source)
     label: str | None = None  # the CSV column holding the labels
     task: str = "classify"  # classify, regress or ordinal (see cr_edge.heads)
+    text_column: str | None = None  # a text CSV's text column (header layout)
+    data_format: str = "auto"  # CSV layout: auto, header, or yelp (headerless "label","text")
+    # text: the tokenizer's hash buckets and ids per text, and the pooled embedding's width
+    buckets: int = 1 << 16
+    max_len: int = 256
+    embed_dim: int = 64
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     train_fraction: float = 1.0  # share of the training split kept (sample-efficiency studies)
@@ -70,6 +78,10 @@ class Recipe:
         _choice("activation", self.activation, ACTIVATIONS)
         _choice("optimizer", self.optimizer, ("adam", "adamw"))
         _choice("task", self.task, TASKS)
+        _choice("data_format", self.data_format, DATA_FORMATS)
+        _within("buckets", self.buckets, 2, 1 << 24)
+        _within("max_len", self.max_len, 1, 1 << 16)
+        _within("embed_dim", self.embed_dim, 1, 1 << 14)
         _choice("loss", self.loss, ("auto", *LOSSES[self.task]))
         _within("degree", self.degree, MIN_DEGREE, MAX_DEGREE)
         _within("epochs", self.epochs, 1, 100_000)
@@ -96,6 +108,10 @@ class Recipe:
             raise InputError(
                 "recipe fields 'val_fraction' and 'test_fraction' must lie in (0, 0.5)"
             )
+
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer a text source is read with (the recipe's buckets and max_len)."""
+        return Tokenizer(buckets=self.buckets, max_len=self.max_len)
 
     def replace(self, **changes: object) -> Recipe:
         """A copy with the given fields changed; ``None`` values leave a field as it is."""

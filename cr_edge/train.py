@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from cr_edge import dreg, heads
 from cr_edge.checkpoint import save_checkpoint
 from cr_edge.data import (
     Dataset,
+    Normalisation,
     TargetScale,
     fit_normalisation,
     load_source,
@@ -39,6 +40,7 @@ from cr_edge.task_metrics import SELECTION_METRIC, task_metrics
 from cr_edge.watch import FIX_DIVERGED, Watch, prediction_information, prior_entropy
 
 CALIB_SAMPLES = 512  # training inputs kept for calibration and parity oracles
+TEXT_TEST_SAMPLES = 2000  # text: test texts kept in calib.npz (accuracy checks downstream)
 # Below this many parameters a CPU step is a few small kernels: a second intra-op thread
 # only adds synchronisation, and on a busy machine its spin-waits cost several times the
 # step itself (digits, width 16: 22 s on one thread, 129 s on two, under load).
@@ -75,6 +77,13 @@ def resolve_device(device: str) -> torch.device:
 
 def net_config_for(recipe: Recipe, data: Dataset) -> NetConfig:
     input_shape = data.input_shape
+    if data.is_text and recipe.arch == "conv":
+        raise InputError(f"--arch conv: {data.source} is text; text nets are embedding + MLP")
+    if recipe.arch == "text" and not data.is_text:
+        raise InputError(
+            f"recipe field 'arch' is 'text' but {data.source} holds numbers; "
+            "name the CSV's text column with --text-column"
+        )
     if recipe.arch == "conv" and len(input_shape) not in CONV_RANKS:
         raise InputError(
             "--arch conv needs sequences shaped (channels, length) or images (channels, h, w); "
@@ -83,10 +92,12 @@ def net_config_for(recipe: Recipe, data: Dataset) -> NetConfig:
     if recipe.task == "regress" and not data.is_regression:
         raise InputError(f"--task regress: {data.source} has class labels, not numeric targets")
     return NetConfig(
-        arch=recipe.arch,
+        arch="text" if data.is_text else recipe.arch,
         input_shape=input_shape,
         n_classes=1 if recipe.task == "regress" else data.n_classes,
         task=recipe.task,
+        vocab=recipe.buckets + 1 if data.is_text else 0,
+        embed_dim=recipe.embed_dim if data.is_text else 0,
         hidden=recipe.hidden,
         activation=recipe.activation,
         degree=recipe.degree,
@@ -124,7 +135,10 @@ def train(
     dev = resolve_device(device)
     torch.manual_seed(recipe.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    raw = load_source(recipe.data, recipe.label, recipe.task)
+    tokenizer = recipe.tokenizer()
+    raw = load_source(
+        recipe.data, recipe.label, recipe.task, recipe.text_column, recipe.data_format, tokenizer
+    )
     data = split(
         raw,
         recipe.seed,
@@ -132,12 +146,14 @@ def train(
         recipe.test_fraction,
     )
     data = subsample_train(data, recipe.train_fraction, recipe.seed)
-    norm = fit_normalisation(data.x_train, "channel" if recipe.arch == "conv" else "feature")
+    # Token ids are not standardised: the embedding is the input layer.
+    norm = (
+        None
+        if data.is_text
+        else fit_normalisation(data.x_train, "channel" if recipe.arch == "conv" else "feature")
+    )
     target_scale = TargetScale.fit(data.y_train) if recipe.task == "regress" else None
-    tensors = {
-        k: torch.from_numpy(norm.apply(getattr(data, f"x_{k}"))).to(dev)
-        for k in ("train", "val", "test")
-    }
+    tensors = {k: _inputs(getattr(data, f"x_{k}"), norm, dev) for k in ("train", "val", "test")}
     labels = {k: _targets(getattr(data, f"y_{k}"), target_scale, dev) for k in tensors}
     net = build_net(net_config_for(recipe, data), seed=recipe.seed).to(dev)
     if threads is None and dev.type == "cpu" and net.n_parameters() < SINGLE_THREAD_BELOW:
@@ -150,8 +166,25 @@ def train(
     val = score(net, tensors["val"], labels["val"], target_scale)
     metrics.update({f"val_{k}": v for k, v in val.items()})
     calib = _calib_arrays(data, recipe.seed)
-    save_checkpoint(out, net.cpu(), recipe, norm, data.label_names, metrics, calib, target_scale)
+    save_checkpoint(
+        out,
+        net.cpu(),
+        recipe,
+        norm,
+        data.label_names,
+        metrics,
+        calib,
+        target_scale,
+        tokenizer if data.is_text else None,
+    )
     return TrainResult(Path(out), metrics, net, list(raw.notes))
+
+
+def _inputs(x: np.ndarray, norm: Normalisation | None, dev: torch.device) -> Tensor:
+    """Standardised float32 features, or token ids (int32 as loaded: half int64's memory)."""
+    if norm is None:
+        return torch.from_numpy(x).to(dev)
+    return torch.from_numpy(norm.apply(x)).to(dev)
 
 
 def _targets(y: np.ndarray, target_scale: TargetScale | None, dev: torch.device) -> Tensor:
@@ -352,7 +385,12 @@ def evaluate(
 ) -> dict:
     """Test metrics of a trained net: the task's metrics, size, DREG term, gradient metrics."""
     net.eval()
-    norms = dreg.input_gradient_norms(net, x)
+    if net.config.arch == "text":  # ids are discrete: gradients w.r.t. the pooled embedding
+        with torch.no_grad():
+            pooled = net.blocks[0](x)
+        norms = dreg.input_gradient_norms(nn.Sequential(*net.blocks[1:]), pooled)
+    else:
+        norms = dreg.input_gradient_norms(net, x)
     test = score(net, x, y, target_scale)
     return {
         **{f"test_{k}": v for k, v in test.items()},
@@ -370,11 +408,12 @@ def _calib_arrays(data: Dataset, seed: int) -> dict[str, np.ndarray]:
     idx = np.sort(rng.choice(data.x_train.shape[0], size=take, replace=False))
     # Regression keeps its test targets as ``t_test``: ``y_test`` means class labels to
     # the readers of calib.npz and the oracle (accuracy in quantize and validate).
+    # Text keeps its ids as int64 (what the exported graph takes), and at most
+    # TEXT_TEST_SAMPLES of its test split: Yelp's would be 100k texts x max_len ids.
+    kind, test = (np.int64, slice(TEXT_TEST_SAMPLES)) if data.is_text else (np.float32, slice(None))
     targets = (
         {"t_test": data.y_test.astype(np.float32)}
         if data.is_regression
-        else {"y_test": data.y_test.astype(np.int64)}
+        else {"y_test": data.y_test[test].astype(np.int64)}
     )
-    return {"x": data.x_train[idx].astype(np.float32), "x_test": data.x_test.astype(np.float32)} | (
-        targets
-    )
+    return {"x": data.x_train[idx].astype(kind), "x_test": data.x_test[test].astype(kind)} | targets

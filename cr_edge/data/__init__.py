@@ -1,10 +1,11 @@
-"""Training data: built-in sets and user files (CSV, NPZ, IDX), splits, normalisation.
+"""Training data: built-in sets and user files (CSV, NPZ, IDX, text CSV), splits, normalisation.
 
 Every loader returns the same ``RawData`` (float32 samples, int64 class indices 0..k-1 and
 the name of each class), so training never cares where the data came from. User files are
 untrusted: any defect becomes one ``InputError`` line naming the file, the line/column or
 header field, and what to do -- never a traceback. One module per source (``builtin``,
-``csv_file``, ``npz_file``, ``idx_file``), ``source`` to choose among them, ``splits`` and
+``csv_file``, ``npz_file``, ``idx_file``, ``text_csv``; ``review_corpus`` writes a test
+corpus), ``source`` to choose among them, ``splits`` and
 ``normalise``; ``records`` holds the types they share.
 """
 

@@ -65,7 +65,7 @@ def _parse_csv(reader: _csv.Reader, path: Path, label_column: str, task: str) ->
                 f"{where}: {len(row)} fields but the header has {len(header)}; "
                 "make every row as long as the header"
             )
-        label = _csv_label(row[t], where, label_column)
+        label = csv_label(row[t], where, label_column)
         if task == "regress":
             label = _csv_number(label, where, label_column)
         labels.append(label)
@@ -76,7 +76,7 @@ def _parse_csv(reader: _csv.Reader, path: Path, label_column: str, task: str) ->
     if task == "regress":
         return RawData(np.stack(rows), regression_targets(labels, column), [], str(path))
     notes = check_classes(labels, column) if task == "classify" else ()
-    y, label_names = _csv_encode(labels, column, ordered=task == "ordinal")
+    y, label_names = encode_csv_labels(labels, column, ordered=task == "ordinal")
     return RawData(np.stack(rows), y, label_names, str(path), notes=notes)
 
 
@@ -112,7 +112,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _csv_label(cell: str, where: str, label_column: str) -> str:
+def csv_label(cell: str, where: str, label_column: str) -> str:
     label = cell.strip()
     if not label:
         raise InputError(
@@ -147,7 +147,7 @@ def _csv_number(cell: str, where: str, name: str) -> float:
         raise InputError(f"{where}, column {show(name)}: {what}; fix or drop the row") from None
 
 
-def _csv_encode(labels: list[str], where: str, ordered: bool) -> tuple[np.ndarray, list[str]]:
+def encode_csv_labels(labels: list[str], where: str, ordered: bool) -> tuple[np.ndarray, list[str]]:
     names = _sorted_labels(set(labels))
     require_two_classes(names, where)
     if ordered and not all(_is_number(n) for n in names):

@@ -19,7 +19,8 @@ class RawData:
     validation out of ``x``/``y``. Every other source leaves ``test`` empty and is split randomly.
     """
 
-    x: np.ndarray  # float32 (n, *input_shape); images (n, channels, h, w), sequences (n, c, l)
+    x: np.ndarray  # float32 (n, *input_shape); images (n, channels, h, w), sequences (n, c, l);
+    # text: int32 token ids (n, max_len), padded with 0 (see cr_edge.tokenizer)
     y: np.ndarray  # int64 class indices 0..k-1, or float32 values for regression
     label_names: list[str]  # label_names[i] is the original label of class i; [] for regression
     source: str  # a built-in name or the file path(s), for reports and the checkpoint
@@ -53,6 +54,11 @@ class Dataset:
     @property
     def n_classes(self) -> int:
         return len(self.label_names)
+
+    @property
+    def is_text(self) -> bool:
+        """Token ids (integers) rather than float features."""
+        return self.x_train.dtype.kind in "iu"
 
     @property
     def is_regression(self) -> bool:

@@ -9,10 +9,19 @@ from cr_edge.data.csv_file import load_csv
 from cr_edge.data.idx_file import load_idx
 from cr_edge.data.npz_file import load_npz
 from cr_edge.data.records import RawData, show
+from cr_edge.data.text_csv import load_text_csv, sniff_yelp
 from cr_edge.errors import InputError
+from cr_edge.tokenizer import Tokenizer
 
 
-def load_source(source: str, label: str | None = None, task: str = "classify") -> RawData:
+def load_source(
+    source: str,
+    label: str | None = None,
+    task: str = "classify",
+    text_column: str | None = None,
+    data_format: str = "auto",
+    tokenizer: Tokenizer | None = None,
+) -> RawData:
     """Load what a user named on the command line or in a recipe.
 
     ``source`` is read as the first of these that fits:
@@ -27,12 +36,23 @@ def load_source(source: str, label: str | None = None, task: str = "classify") -
     * a single IDX images file (its name contains ``idx``): the labels file beside it is
       found by the MNIST naming convention, ``images`` -> ``labels`` and ``idx3`` -> ``idx1``.
 
+    A ``.csv`` is text when ``text_column`` names its text column, when ``data_format`` is
+    ``header`` or ``yelp``, or when it is in Yelp's headerless ``"label","text"`` layout
+    (detected when no ``label`` is given): token ids from ``tokenizer``.
+
     ``label`` is refused for anything but CSV rather than silently ignored. ``task``
     decides what labels are: class labels (``classify``), ordered numeric classes
     (``ordinal``) or float values (``regress``).
     """
     path = Path(source)
-    if source not in BUILTINS and path.suffix.lower() == ".csv":
+    is_csv = source not in BUILTINS and path.suffix.lower() == ".csv"
+    if (text_column or data_format != "auto") and not is_csv:
+        option = "--text-column" if text_column else "--data-format"
+        raise InputError(f"{source}: {option} applies only to CSV sources; remove it")
+    if is_csv and (text_column or data_format != "auto" or (not label and _yelp_layout(path))):
+        tokenizer = tokenizer or Tokenizer()
+        return load_text_csv(path, tokenizer, text_column, label, data_format, task)
+    if is_csv:
         if not label:
             raise InputError(f"{path}: a CSV source needs --label, the name of its label column")
         return load_csv(path, label, task)
@@ -62,3 +82,7 @@ def _labels_beside(images: Path) -> Path:
             f"{images}: cannot guess the labels file from this name; give both as IMAGES,LABELS"
         )
     return images.with_name(name)
+
+
+def _yelp_layout(path: Path) -> bool:
+    return path.is_file() and sniff_yelp(path)
