@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,13 +31,18 @@ def load_csv(path: Path, label_column: str, task: str = "classify") -> RawData:
 
     Parsed row by row with the ``csv`` module so that every error can name its line.
     """
-    path = Path(path)
+    return parse_csv_file(Path(path), lambda reader, p: _parse_csv(reader, p, label_column, task))
+
+
+def parse_csv_file(path: Path, parse: Callable[[_csv.Reader, Path], RawData]) -> RawData:
+    """``parse(reader, path)`` over the file's rows; unreadable files, bad encodings and
+    malformed quoting become one ``InputError`` naming the file (and line)."""
     require_file(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel writes a BOM
             reader = csv.reader(f, strict=True)  # unbalanced quotes: an error, not a guess
             try:
-                return _parse_csv(reader, path, label_column, task)
+                return parse(reader, path)
             except csv.Error as e:
                 raise InputError(
                     f"{path}:{reader.line_num}: malformed CSV ({e}); fix the quoting"

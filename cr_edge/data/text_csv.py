@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cr_edge.data.csv_file import csv_label, encode_csv_labels
-from cr_edge.data.records import RawData, require_file, show
+from cr_edge.data.csv_file import csv_label, encode_csv_labels, parse_csv_file
+from cr_edge.data.records import RawData, show
 from cr_edge.errors import InputError
 from cr_edge.tokenizer import Tokenizer
 
@@ -44,23 +44,10 @@ def load_text_csv(
     """
     if data_format not in DATA_FORMATS:
         raise InputError(f"--data-format {data_format!r}: choose {', '.join(DATA_FORMATS)}")
-    path = Path(path)
-    require_file(path)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f, strict=True)
-            try:
-                return _read(reader, path, tokenizer, text_column, label, data_format, task)
-            except csv.Error as e:
-                raise InputError(
-                    f"{path}:{reader.line_num}: malformed CSV ({e}); fix the quoting"
-                ) from e
-    except UnicodeDecodeError as e:
-        raise InputError(
-            f"{path}: not UTF-8 text (bad byte {e.object[e.start]:#04x}); save as UTF-8"
-        ) from e
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror}); check the permissions") from e
+    return parse_csv_file(
+        Path(path),
+        lambda reader, p: _read(reader, p, tokenizer, text_column, label, data_format, task),
+    )
 
 
 def sniff_yelp(path: Path) -> bool:
