@@ -6,6 +6,10 @@ and ``summary.md`` come last and say what every step measured. ``--runtime``
 decides every step: export and quantize write only the formats those runtimes run
 (.ort for ort-mobile, .pte for executorch-xnnpack), and validate and profile run only
 those runtimes; both open the models in the sandbox child first, as for the CLI.
+
+With ExecuTorch, the quantize step also writes ``quantized/model.a8w8.pte``: the PT2E
+int8 program (Linear/Conv quantized, the polynomial chain float), validated like the
+rest against the same oracle at its own (int8) tolerances.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from cr_edge import atomic
 from cr_edge.errors import CheckFailed, InputError
-from cr_edge.export.exporter import ExportOptions, export
-from cr_edge.folder_lock import holds_out
+from cr_edge.export.exporter import ExportOptions, export, export_int8_pte
+from cr_edge.folder_lock import holds_out, writing
 from cr_edge.manifest import is_incomplete, write_manifest
 from cr_edge.profile.profiler import ProfileOptions, profile
 from cr_edge.quantize.policy import QuantConfig, QuantPolicy
@@ -27,11 +33,12 @@ from cr_edge.recipe import Recipe
 from cr_edge.runtimes.registry import parse_runtimes
 from cr_edge.train import train
 from cr_edge.validate.outcome import UNAVAILABLE
-from cr_edge.validate.validator import validate
+from cr_edge.validate.validator import RuntimeResult, ValidationReport, validate
 
 # The main job's steps, in order. ("Stages" in cr_edge.export are a net's deploy-time layers.)
 STEPS = ("train", "export", "quantize", "validate", "profile")
 SUMMARY = "summary.json"
+INT8_PTE = "model.a8w8.pte"  # int8 activations (static, per tensor) and int8 weights
 
 
 @dataclass
@@ -96,22 +103,59 @@ def run_pipeline(
             }
     except CheckFailed as e:
         failures.append(f"quantize: {e}")
+    int8_pte, int8_rows = None, []
+    if "executorch" in formats:
+        int8_pte, int8_rows = _int8_program(out, exported.files["ref"])
     step("validate")
     # Each runtime runs its own sibling of a model (model.ort, model.pte): name the .onnx only.
     report = validate(models, runtimes)
+    report = ValidationReport(report.results + int8_rows)  # the int8 .pte, validated above
     atomic.write_json(out / "validate.json", report.to_json())
     failures += report.failures()
     step("profile")
     options = ProfileOptions(
         runtimes=runtimes, batches=(1,), warmup=20, iters=profile_iters, memory=False
     )
+    if int8_rows:
+        models.append(Path(int8_rows[0].artifact))
     profiles = [profile([m], options) for m in models]
     atomic.write_json(out / "profile.json", [p.to_json() for p in profiles])
     summary = _summary(recipe, trained.metrics, exported.files, quant, report, profiles, failures)
+    summary["executorch_int8"] = int8_pte
     atomic.write_text(out / "summary.md", summary_markdown(summary))
     atomic.write_json(out / SUMMARY, summary)
     write_manifest(out, ["validate.json", "profile.json", "summary.md", SUMMARY])
     return PipelineResult(out, summary, failures)
+
+
+def _int8_program(out: Path, oracle: Path) -> tuple[dict, list[RuntimeResult]]:
+    """``quantized/model.a8w8.pte`` (and sidecar), kept only if it passes its int8 validation.
+
+    Calibrated on the oracle's inputs, as ``quantize`` is without ``--calib``; the oracle
+    is the export's (``quantize`` copies it too, unless auto kept fp32). As auto does for
+    ONNX, a program that fails is not shipped: it is removed and the summary says why.
+    Returns the summary's entry and the program's validation rows.
+    """
+    folder = out / "quantized"
+    path = folder / INT8_PTE
+    with np.load(oracle) as arrays:
+        x = arrays["x"]
+    with writing(folder, "quantize"):
+        pte = export_int8_pte(out / "checkpoint", path, x)
+        ref = folder / oracle.name
+        if not ref.is_file():
+            atomic.write_bytes(ref, oracle.read_bytes())
+        write_manifest(folder, [pte.path, pte.info_path, ref])
+    checked = validate([path], "executorch-xnnpack")
+    entry = {"file": INT8_PTE, "bytes": path.stat().st_size, "kept": checked.passed}
+    if checked.passed:
+        return entry, checked.results
+    with writing(folder, "quantize"):
+        for file in (path, pte.info_path):
+            file.unlink()
+        write_manifest(folder, [])  # drops the entries of the files just removed
+    entry["note"] = f"not kept: {checked.failures()[0]}"
+    return entry, []
 
 
 def _summary(recipe, metrics, files, quant, report, profiles, failures) -> dict:
@@ -170,6 +214,13 @@ def summary_markdown(s: dict) -> str:
         )
     elif q:
         lines.append(f"- quantized: {q['note']}")
+    pte = s.get("executorch_int8")
+    if pte:
+        kept = "" if pte["kept"] else f" {pte['note']}"
+        lines.append(
+            f"- ExecuTorch int8 program {pte['file']}, {pte['bytes']:,} B (PT2E: Linear/Conv "
+            f"int8, the polynomial chain float){kept}"
+        )
     lines += ["", "| file | bytes |", "|---|---|"]
     lines += [f"| {name} | {size:,} |" for name, size in s["files"].items()]
     lines += ["", "| artifact | runtime | outputs/derivatives |", "|---|---|---|"]

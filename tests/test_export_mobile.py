@@ -24,10 +24,12 @@ import pytest
 import torch
 from trained import ATOL, RTOL, calibration_x, checkpoint, exported, oracle, run_onnx
 
-from cr_edge.errors import ExportError
-from cr_edge.export.exporter import ExportOptions, export
+from cr_edge.errors import ExportError, InputError
+from cr_edge.export.exporter import ExportOptions, export, export_int8_pte
 from cr_edge.export.mobile import convert_to_ort
 from cr_edge.export.pte import INSTALL_HINT, MAX_BATCH
+from cr_edge.validate.tolerances import INT8_OUTPUT_STEPS, OUTPUT_STEP_KEY
+from cr_edge.validate.validator import validate
 
 MOBILE = ExportOptions(formats=("onnx", "ort", "executorch"))
 NETS = ("digits-cr", "digits-conv")
@@ -133,6 +135,50 @@ def test_int8_pte_stays_within_its_quantization_step(trained_root: Path, name: s
     assert np.percentile(steps, 99) <= INT8_P99_STEPS, np.percentile(steps, 99)
     assert steps.max() <= INT8_MAX_STEPS, steps.max()
     assert (int8.argmax(1) == fp32.argmax(1)).mean() >= INT8_ARGMAX
+
+
+@pytest.fixture(scope="module")
+def int8_program(trained_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The conv net's int8 program beside its oracle, calibrated on the oracle's inputs
+    (as the pipeline's is): measured 0.5 of the 3 output steps int8 tolerates."""
+    result = exported(trained_root, "digits-conv", "mobile", MOBILE)
+    folder = tmp_path_factory.mktemp("int8-pte")
+    (folder / "model.ref.npz").write_bytes(result.files["ref"].read_bytes())
+    x = oracle(result)["x"]
+    return export_int8_pte(checkpoint(trained_root, "digits-conv"), folder / "model.pte", x).path
+
+
+def test_validate_reads_an_int8_program_s_precision_and_step_from_its_sidecar(
+    int8_program: Path,
+) -> None:
+    info = json.loads((int8_program.parent / "model.pte.json").read_text())
+    step = float(info["metadata"][OUTPUT_STEP_KEY])
+    (row,) = validate([int8_program], "executorch-xnnpack").results
+    assert row.tolerances.precision == "int8" and "metadata" in row.tolerances.sources["atol"]
+    assert row.tolerances.atol == pytest.approx(INT8_OUTPUT_STEPS * step)
+    assert row.outputs.status == "PASS", row.outputs.summary
+    assert row.derivatives.status == "UNAVAILABLE"  # int8: no finite differences, no companion
+
+
+def test_an_int8_program_off_by_more_than_its_steps_fails(int8_program: Path, tmp_path) -> None:
+    """The same program against an oracle whose one output moved by 4 int8 output steps."""
+    for name in ("model.pte", "model.pte.json"):
+        (tmp_path / name).write_bytes((int8_program.parent / name).read_bytes())
+    with np.load(int8_program.parent / "model.ref.npz") as f:
+        ref = {k: f[k] for k in f.files}
+    step = float(json.loads((tmp_path / "model.pte.json").read_text())["metadata"][OUTPUT_STEP_KEY])
+    ref["y"][5, 3] += (INT8_OUTPUT_STEPS + 1) * step
+    np.savez(tmp_path / "model.ref.npz", **ref)
+    report = validate([tmp_path / "model.pte"], "executorch-xnnpack")
+    assert not report.passed and "outputs" in report.failures()[0], report.failures()
+
+
+def test_an_unreadable_sidecar_is_an_input_error(int8_program: Path, tmp_path) -> None:
+    (tmp_path / "model.pte").write_bytes(int8_program.read_bytes())
+    (tmp_path / "model.ref.npz").write_bytes((int8_program.parent / "model.ref.npz").read_bytes())
+    (tmp_path / "model.pte.json").write_text('{"precision": ')
+    with pytest.raises(InputError, match=r"model\.pte\.json: not a readable sidecar"):
+        validate([tmp_path / "model.pte"], "executorch-xnnpack")
 
 
 def test_missing_executorch_is_one_clear_line(

@@ -51,6 +51,28 @@ def test_every_stage_leaves_its_artifacts(run_dir: Path):
     )
 
 
+@pytest.mark.skipif(not executorch_installed(), reason="the int8 .pte needs executorch")
+def test_the_int8_program_is_validated_at_int8_tolerances_and_kept_only_if_it_passes(
+    run_dir: Path,
+):
+    pte = json.loads((run_dir / "summary.json").read_text())["executorch_int8"]
+    path = run_dir / "quantized" / pte["file"]
+    manifest = json.loads((run_dir / "quantized" / "manifest.json").read_text())["files"]
+    rows = [
+        r
+        for r in json.loads((run_dir / "validate.json").read_text())["results"]
+        if Path(r["artifact"]).name == pte["file"]
+    ]
+    if not pte["kept"]:  # not shipped, and the summary names the failed check
+        assert not path.exists() and pte["file"] not in manifest and not rows
+        assert "outputs" in pte["note"], pte
+        return
+    assert path.is_file() and {pte["file"], pte["file"] + ".json"} <= set(manifest)
+    (row,) = rows
+    assert row["runtime"] == "executorch-xnnpack" and row["outputs"]["status"] == "PASS"
+    assert row["tolerances"]["precision"] == "int8"
+
+
 def test_summary_agrees_with_the_artifacts(run_dir: Path):
     summary = json.loads((run_dir / "summary.json").read_text())
     sizes = {p.name: p.stat().st_size for p in run_dir.rglob("*") if p.is_file()}

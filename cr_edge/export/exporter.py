@@ -154,24 +154,47 @@ def _mobile_formats(options, out, files, ckpt, stages, example) -> dict[str, Pat
 
         made.update(convert_to_ort(files["onnx"], files.get("jvp")))
     if "executorch" in options.formats:
-        from cr_edge.export.pte import export_pte
-
-        calibration = None
         if options.int8:
-            # Unfolded: the normalisation and leading-coefficient folds scale weight columns
-            # by up to 1/std and a_n, which per-output-channel int8 weights cannot resolve.
-            calibration = torch.from_numpy(ckpt.calib()["x"])
-            stages, _ = lower(ckpt, replace(options, fold=False), calibration.numpy())
-        pte = export_pte(
-            PrimalNet(stages),
-            example,
-            out / "model.pte",
-            options.int8,
-            options.fixed_batch,
-            calibration,
-        )
+            pte = int8_program(ckpt, options, out / "model.pte", example)
+        else:
+            from cr_edge.export.pte import export_pte
+
+            pte = export_pte(
+                PrimalNet(stages), example, out / "model.pte", False, options.fixed_batch
+            )
         made["pte"], made["pte_info"] = pte.path, pte.info_path
     return made
+
+
+def int8_program(
+    ckpt: Checkpoint,
+    options: ExportOptions,
+    path: Path,
+    example: torch.Tensor,
+    calibration: np.ndarray | None = None,
+):
+    """The PT2E int8 ExecuTorch program of ``ckpt`` at ``path`` (and its sidecar).
+
+    Unfolded: the normalisation and leading-coefficient folds scale weight columns by up
+    to 1/std and a_n, which per-output-channel int8 weights cannot resolve. Calibrated on
+    ``calibration`` (default: the checkpoint's own calibration inputs).
+    """
+    from cr_edge.export.pte import export_pte
+
+    x = ckpt.calib()["x"] if calibration is None else calibration
+    stages, _ = lower(ckpt, replace(options, fold=False), ckpt.calib()["x"])
+    samples = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return export_pte(PrimalNet(stages), example, path, True, options.fixed_batch, samples)
+
+
+def export_int8_pte(checkpoint: Path, path: Path, calibration: np.ndarray | None = None):
+    """``int8_program`` from a checkpoint folder, dynamic batch: what the pipeline ships.
+
+    The pipeline calibrates it on the oracle's inputs, as ``quantize`` does without ``--calib``.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    example = torch.from_numpy(ckpt.calib()["x"][:2].copy())
+    return int8_program(ckpt, ExportOptions(), Path(path), example, calibration)
 
 
 def metadata(

@@ -20,6 +20,12 @@ weight columns by 1/std and a_n, which per-output-channel weight scales cannot r
 Measured on digits-cr (60 epochs), 512 calibration inputs, against fp32: unfolded with
 Linear only, max error 4.5 output steps (range/255) and 99.8% argmax agreement; unfolded
 with the Horner Mul/Add quantized too, 33 steps and 98.2%; folded, 84 steps and 90.8%.
+
+A ``.pte`` has no metadata of its own, so the sidecar's ``metadata`` carries the keys
+``validate`` reads from an ONNX model's ``metadata_props``: ``cr_edge.precision`` (the
+tolerance row), and for int8 the output step an 8-bit per-tensor quantizer picks for
+the fp32 program's output range over the calibration samples (as ``cr-edge quantize``
+records it), so that an int8 program is judged by int8 tolerances, not fp32's.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from torch import Tensor, nn
 from cr_edge import atomic
 from cr_edge.errors import ExportError
 from cr_edge.quiet import quiet
+from cr_edge.runtimes.executorch import SIDECAR_FORMAT, sidecar_of
+from cr_edge.validate.tolerances import INT8_LEVELS, OUTPUT_STEP_KEY, PRECISION_KEY
 
 INSTALL_HINT = "--format executorch needs the executorch extra: pip install 'cr-edge[executorch]'"
 # The largest batch a dynamic .pte accepts: memory is planned for it ahead of time, so it
@@ -85,10 +93,13 @@ def export_pte(
         )
     dynamic = None if batch else ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
     trace = example if batch else _cycle_rows(example, MAX_BATCH)
+    samples = example if calibration is None else calibration
+    metadata = {PRECISION_KEY: "int8" if int8 else "fp32"}
     with quiet(*_NOISY_LOGGERS):
         et = _import_executorch()
         if int8:
-            module = _quantize(et, module, example if calibration is None else calibration)
+            metadata[OUTPUT_STEP_KEY] = repr(_output_step(module, samples))
+            module = _quantize(et, module, samples)
         try:
             program = torch.export.export(module, (trace,), dynamic_shapes=dynamic)
             edge = et.to_edge_transform_and_lower(program, partitioner=[et.XnnpackPartitioner()])
@@ -96,12 +107,18 @@ def export_pte(
             lowered = edge.to_executorch()
         except Exception as e:  # export and lowering raise many types; all mean the same here
             raise ExportError(f"{out_path}: ExecuTorch lowering failed: {_first_line(e)}") from e
-    result = PteResult(
-        out_path, out_path.with_name(out_path.name + ".json"), delegation, batch, _planned(lowered)
-    )
+    result = PteResult(out_path, sidecar_of(out_path), delegation, batch, _planned(lowered))
     atomic.write_bytes(out_path, lowered.buffer)
-    atomic.write_json(result.info_path, _info(result, int8, calibration, example))
+    atomic.write_json(result.info_path, _info(result, metadata, samples, example))
     return result
+
+
+def _output_step(module: nn.Module, samples: Tensor) -> float:
+    """The fp32 output range over ``samples`` in ``INT8_LEVELS`` steps (first output)."""
+    with torch.no_grad():
+        y = module(samples)
+    y = y[0] if isinstance(y, tuple) else y
+    return float(y.max() - y.min()) / INT8_LEVELS
 
 
 def _cycle_rows(x: Tensor, n: int) -> Tensor:
@@ -179,21 +196,22 @@ def _delegation(et: Any, edge: Any) -> Delegation:
 
 
 def _info(
-    result: PteResult, int8: bool, calibration: Tensor | None, example: Tensor
+    result: PteResult, meta: dict[str, str], samples: Tensor, example: Tensor
 ) -> dict[str, Any]:
     """The sidecar: what a runtime needs to know before it feeds the program."""
     batch = result.batch
+    int8 = meta[PRECISION_KEY] == "int8"
     info: dict[str, Any] = {
-        "format": "cr-edge-pte-info",
+        "format": SIDECAR_FORMAT,
         "executorch_version": metadata.version("executorch"),
-        "precision": "int8" if int8 else "fp32",
+        "precision": meta[PRECISION_KEY],
+        "metadata": meta,
         "input_shape": [batch or "batch", *example.shape[1:]],
         "batch": {"fixed": batch} if batch else {"min": 1, "max": result.max_batch},
         "delegate": "XnnpackBackend",
         "delegation": asdict(result.delegation),
     }
     if int8:
-        samples = example if calibration is None else calibration
         info["quantization"] = {
             "scheme": "PT2E XNNPACKQuantizer: symmetric int8, per-channel weights, "
             "static per-tensor activations",

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx_ir.passes.common import TopologicalSortPass
 from onnxruntime.quantization import (
     CalibrationMethod,
     QuantFormat,
@@ -81,7 +82,15 @@ def apply_policy(
 @register("fp16")
 def _fp16(model: onnx.ModelProto, policy: QuantPolicy, feeds: dict) -> onnx.ModelProto:
     # keep_io_types: fp32 in and out, so the same oracle and the same callers work.
-    return convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    # Around the ops it keeps fp32 (the domain guard's Max/Min) the converter appends its
+    # Casts out of topological order and leaves those tensors' value_info typed fp16 where
+    # a Cast now makes them fp32: onnxruntime runs it, shape inference (profile's FLOP
+    # count) refused it. So the stale types are dropped and the graph sorted again.
+    del half.graph.value_info[:]
+    irm = ir.from_proto(half)
+    TopologicalSortPass()(irm)
+    return onnx.shape_inference.infer_shapes(ir.to_proto(irm), strict_mode=True)
 
 
 @register("w8")

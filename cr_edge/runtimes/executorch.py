@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from cr_edge.errors import InputError
 from cr_edge.runtimes.runtime import RunError, Runtime, Session, TensorSpec, Unavailable
 from cr_edge.runtimes.safe_load import Artifact, one_line
+
+SIDECAR_FORMAT = "cr-edge-pte-info"
 
 # A program this small (fp32 bytes: 4 per parameter, so ~1M parameters) runs a few tiny
 # kernels per call: XNNPACK's second thread only adds a hand-off and, on a loaded machine,
@@ -77,7 +81,34 @@ class ExecuTorchRuntime(Runtime):
                 method = program.load_method("forward")
         except (RuntimeError, ValueError) as e:
             raise InputError(f"{artifact.path}: {self.name} cannot load it ({one_line(e)})") from e
-        return ExecuTorchSession(method, torch, program)
+        session = ExecuTorchSession(method, torch, program)
+        session.metadata = sidecar_metadata(artifact.path)
+        return session
+
+
+def sidecar_of(path: Path) -> Path:
+    """``model.pte.json`` for ``model.pte``: the program's batch contract and metadata."""
+    return path.with_name(path.name + ".json")
+
+
+def sidecar_metadata(path: Path) -> dict[str, str]:
+    """The sidecar's ``metadata`` (older sidecars: their ``precision``); {} without a sidecar.
+
+    A sidecar that is there but unreadable is an input error: guessing fp32 for an int8
+    program would fail it against the wrong tolerance.
+    """
+    info_path = sidecar_of(path)
+    if not info_path.is_file():
+        return {}
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{info_path}: not a readable sidecar ({one_line(e)}); re-export") from e
+    if isinstance(info, dict) and info.get("format") == SIDECAR_FORMAT:
+        meta = info.get("metadata", {"cr_edge.precision": info.get("precision", "fp32")})
+        if isinstance(meta, dict):
+            return {str(k): str(v) for k, v in meta.items()}
+    raise InputError(f"{info_path}: not a {SIDECAR_FORMAT} sidecar with 'metadata'; re-export")
 
 
 def _set_threads(threads: int | None, program_bytes: int) -> None:
