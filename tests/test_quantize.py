@@ -137,6 +137,8 @@ def test_fp16_keeps_outputs_and_derivatives(zoo, tmp_path):
     par = result.chosen.parity
     assert par.precision == "fp16" and par.outputs_ok and par.jvp_min_cos >= 0.999
     assert result.files["onnx"].name == "model.fp16.onnx"
+    for file in (result.files["onnx"], result.files["jvp"]):  # sorted, and its types agree
+        onnx.checker.check_model(onnx.load(file), full_check=True)
     assert validate([result.files["onnx"]], "cpu").passed
 
 
