@@ -19,13 +19,17 @@ PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 
 
 def run_python(
-    args: list[str], timeout_s: float, preexec: Callable[[], None] | None = None
+    args: list[str],
+    timeout_s: float,
+    preexec: Callable[[], None] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """``python *args`` (e.g. ``["-m", module, ...]``), output captured as text.
 
-    ``subprocess.TimeoutExpired`` on a hang; ``preexec`` (POSIX only) sets limits.
+    ``subprocess.TimeoutExpired`` on a hang; ``preexec`` (POSIX only) sets limits;
+    ``extra_env`` adds to this process's environment.
     """
-    env = dict(os.environ)
+    env = {**os.environ, **(extra_env or {})}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     return subprocess.run(
         [sys.executable, *args],

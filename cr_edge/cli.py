@@ -469,7 +469,7 @@ def profile(
     "--ort",
     "ort_format",
     is_flag=True,
-    help="Also write .ort copies for the onnxruntime mobile package.",
+    help="Also write .ort copies and their required_operators.config for onnxruntime mobile.",
 )
 @click.option(
     "--require",

@@ -20,13 +20,13 @@ import onnx
 import pytest
 
 from cr_edge.errors import InputError
+from cr_edge.export.mobile import convert_to_ort
 from cr_edge.profile import view as profile_view
 from cr_edge.profile.device import _cpuinfo, _isa
 from cr_edge.profile.perop import summarize
 from cr_edge.profile.profiler import ProfileOptions, profile
 from cr_edge.profile.timing import latency_stats, ratio_stats
 from cr_edge.profile.workload import make_feeds
-from cr_edge.quantize.ort_copies import write_ort
 from cr_edge.runtimes.registry import get_runtime
 from cr_edge.runtimes.runtime import Session, TensorSpec
 from cr_edge.runtimes.safe_load import check_artifact
@@ -49,8 +49,8 @@ def models(tmp_path_factory) -> Path:
     out = root / "ex"
     export(result.checkpoint, out, ExportOptions(companion=False))
     quantize_dynamic(out / "model.onnx", out / "model.int8.onnx", weight_type=QuantType.QInt8)
-    write_ort(out / "model.onnx")
-    write_ort(out / "model.int8.onnx")
+    convert_to_ort(out / "model.onnx", level="basic")  # the level quantize --ort writes
+    convert_to_ort(out / "model.int8.onnx", level="basic")
     fixed = onnx.load(out / "model.onnx")
     for value in (*fixed.graph.input, *fixed.graph.output):
         value.type.tensor_type.shape.dim[0].dim_value = 1

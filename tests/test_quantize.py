@@ -163,6 +163,7 @@ def test_cli_writes_models_oracle_and_report(cli_run, zoo, tmp_path):
         "model.w8.jvp.onnx",
         "model.w8.ort",
         "model.w8.jvp.ort",
+        "model.w8.required_operators.config",  # what a minimal onnxruntime build must carry
         "model.ref.npz",
         "quantize.json",
         "manifest.json",

@@ -9,6 +9,6 @@ prepare the weights and the chain's ranges; ``companion`` ties the derivative
 companion to the deployed weights; ``judge`` measures each candidate three ways
 (onnxruntime, exact integer maths and the AVX2 u8s8 kernel, via ``integer_eval`` and
 ``kernels``); ``secant`` checks the deployed primal's derivative; ``measure`` holds
-parity, accuracy and latency; ``ort_copies`` writes ``.ort`` files; and
-``candidates_table`` prints what was tried.
+parity, accuracy and latency; and ``candidates_table`` prints what was tried. The
+``.ort`` copies come from export's one maker (``cr_edge.export.mobile``).
 """

@@ -25,6 +25,7 @@ from onnx import TensorProto
 
 from cr_edge.atomic import write_bytes, write_json
 from cr_edge.errors import CheckFailed, InputError
+from cr_edge.export.mobile import convert_to_ort
 from cr_edge.folder_lock import holds_out
 from cr_edge.manifest import write_manifest
 from cr_edge.quantize import measure as qm
@@ -32,7 +33,6 @@ from cr_edge.quantize.apply import apply_policy
 from cr_edge.quantize.calibration import feeds_for, read_calibration
 from cr_edge.quantize.graph import horner_chain, load_float_model, set_metadata
 from cr_edge.quantize.judge import AtBatch, Way, three_ways
-from cr_edge.quantize.ort_copies import write_ort
 from cr_edge.quantize.policy import QuantConfig, QuantPolicy, auto_candidates
 from cr_edge.quantize.secant import min_cosine, secant, secant_displacement
 from cr_edge.runtimes.safe_load import companion_of, oracle_path
@@ -49,6 +49,7 @@ MAX_ACCURACY_DROP = (
     0.005  # test-split accuracy (a fraction) an int8 model may lose and still be kept
 )
 LATENCY_BATCHES = (1, 64)
+ORT_KEYS = {"ort": "onnx-ort", "jvp_ort": "jvp-ort", "ort_config": "ort-config"}
 
 
 @dataclass
@@ -320,7 +321,9 @@ def _write(src: _Inputs, out: Path, chosen: Tried, ort_format: bool) -> dict[str
         files["jvp"] = companion_of(files["onnx"])
         write_bytes(files["jvp"], chosen.companion.SerializeToString())
     if ort_format:
-        files.update({f"{k}-ort": write_ort(files[k]) for k in ("onnx", "jvp") if k in files})
+        # onnxruntime's "basic" level keeps the int8 ops the mobile package ships (mobile.py)
+        made = convert_to_ort(files["onnx"], files.get("jvp"), level="basic")
+        files.update({ORT_KEYS[k]: path for k, path in made.items()})
     if src.oracle is not None:
         files["ref"] = out / "model.ref.npz"
         write_bytes(files["ref"], src.oracle.path.read_bytes())
