@@ -40,6 +40,15 @@ def test_yelp_escaped_newlines_and_quotes(tmp_path):
     assert raw.y.tolist() == [4, 0]
 
 
+def test_yelp_train_csv_takes_the_published_test_csv_beside_it(tmp_path):
+    write_review_corpus(tmp_path / "train.csv", 60, seed=4, layout="yelp")
+    write_review_corpus(tmp_path / "test.csv", 20, seed=5, layout="yelp")
+    raw = load_source(str(tmp_path / "train.csv"), tokenizer=TOK)
+    assert raw.test is not None and raw.test[0].shape == (20, 32)
+    np.testing.assert_array_equal(raw.test[1], review_texts(20, seed=5)[1] - 1)
+    assert any("published test split" in n for n in raw.notes)
+
+
 BAD = [
     ("label,text\n3,good\n4,  \n", ["--text-column", "text"], "x.csv:3: empty text"),
     ('"3","good"\n"6","bad"\n', [], "x.csv:2: label '6' is outside 1..5"),

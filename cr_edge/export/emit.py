@@ -3,7 +3,8 @@
 ``PrimalNet`` is what ships (``model.onnx``, ``model.pte``): the Horner chain
 with folded end-points, an optional domain guard and an optional sensitivity
 output. ``JvpNet`` is the derivative companion: the same stages in forward
-mode, ``(x, v) -> (y, J(x) v)``, built from the analytic ``p'``.
+mode, ``(x, v) -> (y, J(x) v)``, built from the analytic ``p'``; for text ``x`` is the
+int64 ids and ``v`` a direction at the pooled embedding.
 """
 
 from __future__ import annotations
@@ -14,7 +15,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cr_edge import dreg
-from cr_edge.export.stages import Act, Affine, Cumulative, Flatten, InputAffine, Poly, Pool, Stage
+from cr_edge.export.stages import (
+    Act,
+    Affine,
+    Cumulative,
+    Flatten,
+    InputAffine,
+    MeanEmbed,
+    Poly,
+    Pool,
+    Stage,
+)
 from cr_edge.heads import ordinal_outputs
 from cr_edge.poly import derivative_coeffs
 
@@ -57,6 +68,25 @@ class _Affine(nn.Module):
         if self.conv:
             return self(h), self.conv(dh, self.weight, padding=self.padding)
         return self(h), F.linear(dh, self.weight)
+
+
+class _MeanEmbed(nn.Module):
+    """int64 ids -> Gather -> the mean over the ids that are not ``pad_id`` (a text of
+    padding only pools to zeros, as in ``cr_edge.nets.MeanEmbedding``)."""
+
+    def __init__(self, stage: MeanEmbed) -> None:
+        super().__init__()
+        self.pad_id = stage.pad_id
+        _buffer(self, "table", stage.table, 0)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        mask = (ids != self.pad_id).to(torch.float32).unsqueeze(-1)
+        summed = (F.embedding(ids, self.table) * mask).sum(dim=1)
+        return summed / mask.sum(dim=1).clamp(min=1.0)
+
+    def tangent(self, ids: Tensor, dpooled: Tensor) -> tuple[Tensor, Tensor]:
+        """The direction is given at the pooled embedding: it passes through unchanged."""
+        return self(ids), dpooled
 
 
 class _InputAffine(nn.Module):
@@ -193,6 +223,8 @@ def _modules(stages: list[Stage]) -> nn.ModuleList:
         if isinstance(stage, Affine):
             out.append(_Affine(stage))
             spatial = stage.spatial_dims
+        elif isinstance(stage, MeanEmbed):
+            out.append(_MeanEmbed(stage))
         elif isinstance(stage, InputAffine):
             # per-channel (C,) before a conv; per-feature, already in the sample's shape, else
             first = next(s for s in stages if isinstance(s, Affine))

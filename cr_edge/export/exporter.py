@@ -118,7 +118,7 @@ def export(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()
     polys = [s for s in stages if isinstance(s, Poly)]
     guard = [(p.lo, p.hi) for p in polys] if options.domain_guard else None
     ref_net = ReferenceNet(ckpt, guard)
-    oracle = build_oracle(ref_net, reference_inputs(calib))
+    oracle = build_oracle(ref_net, reference_inputs(calib, vocab=ckpt.net_config.vocab))
     meta = metadata(ckpt, options, stages, refusals, primal, calib["x"])
     onnx_export.replace_metadata(model, meta)
     check_model(model, options.runtime_version, options.formats)  # before anything is written
@@ -128,7 +128,7 @@ def export(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()
     if options.companion:
         jvp = onnx_export.to_onnx(
             JvpNet(stages),
-            (example, torch.ones_like(example)),
+            (example, direction_example(ckpt, example)),
             ["x", "v"],
             ["y", "jvp"],
             options.opset,
@@ -145,6 +145,14 @@ def export(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()
     return ExportResult(
         out, files, [p.horner_nodes() for p in polys], refusals, onnx_export.op_counts(model)
     )
+
+
+def direction_example(ckpt: Checkpoint, x: torch.Tensor) -> torch.Tensor:
+    """A direction ``v`` for the companion: shaped like ``x``, or for text like the pooled
+    embedding (ids are discrete; derivatives are taken where the values become continuous)."""
+    if ckpt.tokenizer is None:
+        return torch.ones_like(x)
+    return torch.ones(x.shape[0], ckpt.net_config.embed_dim)
 
 
 def _mobile_formats(options, out, files, ckpt, stages, example) -> dict[str, Path]:
@@ -217,7 +225,9 @@ def metadata(
         "cr_edge.hidden": json.dumps(list(cfg.hidden)),
         "cr_edge.dreg_lambda": repr(ckpt.recipe.dreg),
         "cr_edge.input_shape": json.dumps(list(cfg.input_shape)),
-        "cr_edge.normalisation": json.dumps(ckpt.normalisation.to_json()),
+        "cr_edge.normalisation": (
+            json.dumps(ckpt.normalisation.to_json()) if ckpt.normalisation is not None else ""
+        ),
         "cr_edge.labels": json.dumps(ckpt.label_names),
         "cr_edge.task": ckpt.task,
         "cr_edge.outputs": json.dumps(OUTPUTS[ckpt.task]),
@@ -231,6 +241,9 @@ def metadata(
         ),
         "cr_edge.fold_refusals": json.dumps(refusals),
     }
+    if ckpt.tokenizer is not None:
+        meta["cr_edge.tokenizer"] = json.dumps(ckpt.tokenizer.to_json())
+        meta["cr_edge.derivative_input"] = "pooled embedding (batch, embed_dim): v of the companion"
     if options.domain_guard:
         meta["cr_edge.domain_guard"] = json.dumps(
             [{"lo": p.lo.round(6).tolist(), "hi": p.hi.round(6).tolist()} for p in polys]

@@ -35,35 +35,35 @@ class ReferenceNet(nn.Module):
         scale = ckpt.target_scale
         self.target = (scale.mean, scale.std) if scale is not None else None
         norm = ckpt.normalisation
+        self.text = norm is None  # token ids: the first block pools them, nothing to standardise
+        self.bounds = [
+            (torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32))
+            for lo, hi in guard or []
+        ] or None
+        if self.text:
+            return
         spatial = (1,) * (len(ckpt.net_config.input_shape) - 1)  # (c, length) or (c, h, w)
         shape = (-1, *spatial) if norm.per == "channel" else tuple(norm.mean.shape)
         self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32).reshape(shape))
         self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32).reshape(shape))
-        self.bounds = (
-            [
-                (torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32))
-                for lo, hi in guard
-            ]
-            if guard
-            else None
-        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.outputs(x)[0]
 
-    def outputs(self, x: Tensor) -> tuple[Tensor, ...]:
-        """Every output the exported model has, in its order (``y``, then ``rank``)."""
-        h = self._net(x)
+    def outputs(self, x: Tensor, start: int = 0) -> tuple[Tensor, ...]:
+        """Every output the exported model has, in its order (``y``, then ``rank``); from
+        block ``start`` on (1: ``x`` is a text net's pooled embedding)."""
+        h = self._net(x, start)
         if self.task == "ordinal":
             return ordinal_outputs(h)
         if self.target is not None:
             return (h * self.target[1] + self.target[0],)
         return (h,)
 
-    def _net(self, x: Tensor) -> Tensor:
-        h = (x - self.mean) / self.std
+    def _net(self, x: Tensor, start: int = 0) -> Tensor:
+        h = x if self.text else (x - self.mean) / self.std
         polys = 0
-        for block in self.net.blocks:
+        for block in self.net.blocks[start:]:
             if self.bounds is not None and isinstance(block, PolyAct):
                 lo, hi = self.bounds[polys]
                 view = (1, -1) + (1,) * (h.dim() - 2)
@@ -73,9 +73,28 @@ class ReferenceNet(nn.Module):
         return h
 
 
-def reference_inputs(calib: dict[str, np.ndarray], seed: int = ORACLE_SEED) -> np.ndarray:
-    """Training inputs, the test split, Gaussian points and points at the edge of the data's box."""
+class FromPooled(nn.Module):
+    """A text reference net from its pooled embedding on: what the companion differentiates."""
+
+    def __init__(self, ref_net: ReferenceNet) -> None:
+        super().__init__()
+        self.ref = ref_net
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.ref.outputs(pooled, start=1)[0]
+
+
+def reference_inputs(
+    calib: dict[str, np.ndarray], seed: int = ORACLE_SEED, vocab: int = 0
+) -> np.ndarray:
+    """Training inputs, the test split, Gaussian points and points at the edge of the data's box.
+
+    Token ids (``vocab`` rows in the table) get random texts instead: random ids at random
+    lengths, among them a text of padding only and one that fills every position.
+    """
     rng = np.random.default_rng(seed)
+    if calib["x"].dtype.kind in "iu":
+        return _text_inputs(calib, rng, vocab)
     x = calib["x"].astype(np.float32)
     lo, hi = x.min(axis=0), x.max(axis=0)
     mean, std = x.mean(axis=0), x.std(axis=0)
@@ -86,12 +105,34 @@ def reference_inputs(calib: dict[str, np.ndarray], seed: int = ORACLE_SEED) -> n
     return np.concatenate([p.astype(np.float32) for p in parts])
 
 
+def _text_inputs(calib: dict[str, np.ndarray], rng: np.random.Generator, vocab: int) -> np.ndarray:
+    x = calib["x"].astype(np.int64)
+    n, max_len = RANDOM_REF + EDGE_REF, x.shape[1]
+    ids = rng.integers(1, vocab, size=(n, max_len))
+    lengths = np.concatenate([[0, max_len], rng.integers(1, max_len + 1, size=n - 2)])
+    ids[np.arange(max_len) >= lengths[:, None]] = 0
+    parts = [x[:CALIB_REF], calib.get("x_test", x[:0]), ids]
+    return np.concatenate([p.astype(np.int64) for p in parts])
+
+
+def _differentiated(ref_net: ReferenceNet, x: Tensor) -> tuple[nn.Module, Tensor]:
+    """The function the oracle's ``jvp`` is of, and its input: the net at ``x``, or for text
+    the net from the pooled embedding of the ids ``x`` on."""
+    if not getattr(ref_net, "text", False):
+        return ref_net, x
+    with torch.no_grad():
+        return FromPooled(ref_net), ref_net.net.blocks[0](x)
+
+
 def build_oracle(
     ref_net: ReferenceNet, x: np.ndarray, seed: int = ORACLE_SEED
 ) -> dict[str, np.ndarray]:
     """``x``, ``y``, unit directions ``v`` and autograd ``jvp = J(x) v``, all float32."""
     rng = np.random.default_rng(seed + 1)
-    v = rng.standard_normal(x.shape).astype(np.float32)
+    text = getattr(ref_net, "text", False)
+    ids = torch.from_numpy(x)
+    shape = (len(x), ref_net.net.config.embed_dim) if text else x.shape
+    v = rng.standard_normal(shape).astype(np.float32)
     v /= np.linalg.norm(v.reshape(len(v), -1), axis=1).reshape((-1,) + (1,) * (v.ndim - 1))
     task = ref_net.task if isinstance(ref_net, ReferenceNet) else "classify"
     # The same net in float64 (on a copy): how far a float32 oracle is from exact, which is
@@ -101,11 +142,13 @@ def build_oracle(
     # products. The reference must be the exact side of the comparison, so these heads
     # take their oracle from the float64 copy, rounded once at the end.
     wide = _float64(ref_net)
-    x64, v64 = torch.from_numpy(x).double(), torch.from_numpy(v).double()
-    y64, jvp64, norm64 = autograd_jvp(wide, x64, v64, with_norm=True)
+    x64 = ids if text else ids.double()
+    y64, jvp64, norm64 = autograd_jvp(
+        *_differentiated(wide, x64), torch.from_numpy(v).double(), with_norm=True
+    )
     if task == "classify":
         y, jvp, jac_norm = autograd_jvp(
-            ref_net.eval(), torch.from_numpy(x), torch.from_numpy(v), with_norm=True
+            *_differentiated(ref_net.eval(), ids), torch.from_numpy(v), with_norm=True
         )
     else:
         y, jvp, jac_norm = y64, jvp64, norm64

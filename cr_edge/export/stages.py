@@ -17,7 +17,7 @@ from torch import nn
 from cr_edge.checkpoint import Checkpoint
 from cr_edge.errors import ExportError
 from cr_edge.heads import OrdinalThresholds
-from cr_edge.nets import ClosedFormAct
+from cr_edge.nets import ClosedFormAct, MeanEmbedding
 from cr_edge.poly import PolyAct
 
 
@@ -34,6 +34,18 @@ class Affine:
     def spatial_dims(self) -> int:
         """0 for Linear, 1 for Conv1d (length), 2 for Conv2d (height, width)."""
         return self.weight.ndim - 2
+
+
+@dataclass
+class MeanEmbed:
+    """Text input: Gather rows of ``table`` for int64 ids, then their mean over the non-pad ids.
+
+    The derivative companion takes its direction at this stage's output (the pooled
+    embedding): ids are discrete, the pooled embedding is the first continuous value.
+    """
+
+    table: np.ndarray  # (vocab, embed_dim); row pad_id is never read by the mean
+    pad_id: int = 0
 
 
 @dataclass
@@ -117,7 +129,7 @@ class Cumulative:
     n_classes: int
 
 
-Stage = Affine | InputAffine | Poly | Act | Pool | Flatten | Cumulative
+Stage = Affine | MeanEmbed | InputAffine | Poly | Act | Pool | Flatten | Cumulative
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -125,13 +137,18 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def stages_from_checkpoint(ckpt: Checkpoint) -> list[Stage]:
-    """The trained net as stages, its normalisation still a separate ``InputAffine``."""
+    """The trained net as stages, its normalisation still a separate ``InputAffine``
+    (text has none: its first stage is the ``MeanEmbed``)."""
+    stages: list[Stage] = []
     norm = ckpt.normalisation
-    scale = 1.0 / norm.std.astype(np.float64)
-    stages: list[Stage] = [InputAffine(scale, -norm.mean.astype(np.float64) * scale)]
+    if norm is not None:
+        scale = 1.0 / norm.std.astype(np.float64)
+        stages.append(InputAffine(scale, -norm.mean.astype(np.float64) * scale))
     last_affine: Affine | None = None
     for block in ckpt.net.blocks:
-        if isinstance(block, nn.Linear):
+        if isinstance(block, MeanEmbedding):
+            stages.append(MeanEmbed(_np(block.weight)))
+        elif isinstance(block, nn.Linear):
             last_affine = Affine(_np(block.weight), _np(block.bias))
             stages.append(last_affine)
         elif isinstance(block, nn.Conv1d | nn.Conv2d):
@@ -211,7 +228,8 @@ def calibrate_ranges(ckpt: Checkpoint, x_raw: np.ndarray, stages: list[Stage]) -
     """Per-channel min/max of every polynomial's input over ``x_raw``, stored on its stage."""
     polys = [s for s in stages if isinstance(s, Poly)]
     ranges = []
-    h = torch.from_numpy(ckpt.normalisation.apply(x_raw))
+    norm = ckpt.normalisation
+    h = torch.from_numpy(x_raw if norm is None else norm.apply(x_raw))
     for block in ckpt.net.blocks:
         if isinstance(block, PolyAct):
             flat = h.movedim(1, -1).reshape(-1, h.shape[1]).double()

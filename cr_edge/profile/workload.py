@@ -18,6 +18,7 @@ from cr_edge.errors import InputError
 from cr_edge.runtimes.executorch import ExecuTorchRuntime, ExecuTorchSession
 from cr_edge.runtimes.ort import OrtRuntime, OrtSession
 from cr_edge.runtimes.runtime import Runtime, Session, Unavailable
+from cr_edge.tokenizer import Tokenizer
 
 XNNPACK_THREADS = "intra_op_num_threads"  # XNNPACK runs its own pool, set per provider
 # Libraries a runtime imports on its first load (ExecuTorch: torch, seconds and hundreds
@@ -52,12 +53,16 @@ def with_threads(runtime: Runtime, threads: int | None) -> Runtime:
 def make_feeds(session: Session, batch: int, file: Path) -> dict[str, np.ndarray]:
     """Random inputs (seeded) of ``batch`` samples; ``InputError`` if the shapes cannot take it.
 
+    A text model's ids are drawn from its vocabulary, every position filled (no padding):
+    the Gather and the mean then do their full work.
+
     onnxruntime reports the model's shapes exactly. ExecuTorch reports memory-planned
     sizes, which for a dynamic batch are its upper bound: any batch up to it may run,
     and the first run says whether it does.
     """
     exact = isinstance(session, OrtSession)
     rng = np.random.default_rng(0)
+    vocab = _vocab(session)
     feeds = {}
     for spec in session.inputs:
         if not spec.shape:
@@ -79,9 +84,22 @@ def make_feeds(session: Session, batch: int, file: Path) -> dict[str, np.ndarray
         shape = (batch, *rest)
         if spec.dtype.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype.kind in "iu" and vocab:  # token ids: every position a real id
+            feeds[spec.name] = rng.integers(1, vocab, size=shape).astype(spec.dtype)
         else:
             feeds[spec.name] = np.zeros(shape, spec.dtype)
     return feeds
+
+
+def _vocab(session: Session) -> int:
+    """Rows of a text model's embedding table (from ``cr_edge.tokenizer``); 0 otherwise."""
+    tokenizer = session.metadata.get("cr_edge.tokenizer")
+    if not tokenizer:
+        return 0
+    try:
+        return Tokenizer.from_json(tokenizer).vocab
+    except (InputError, TypeError, ValueError) as e:
+        raise InputError(f"metadata cr_edge.tokenizer {tokenizer!r}: {e}") from e
 
 
 def fast_call(session: Session, feeds: dict[str, np.ndarray]) -> tuple[Callable[[Any], Any], Any]:

@@ -53,7 +53,8 @@ class Oracle:
 
     def typical_jvp(self) -> np.ndarray | None:
         """``||J||_F ||v|| / sqrt(d)`` per sample (``jac_norm`` array; None without it): the
-        size of ``J v`` along a typical direction in ``d`` input dimensions. Along a ``v``
+        size of ``J v`` along a typical direction in ``d`` dimensions (of ``v``: for text
+        the pooled embedding's). Along a ``v``
         nearly orthogonal to a rank-one Jacobian (a regression or ordinal score) ``J v`` is
         a small difference of products this large, so float rounding is relative to this,
         not to ``||J v||``."""
@@ -62,7 +63,7 @@ class Oracle:
             return None
         n = self.x.shape[0]
         v_norm = np.linalg.norm(self.v.reshape(n, -1).astype(np.float64), axis=1)
-        return norm.astype(np.float64) * v_norm / np.sqrt(self.x[0].size)
+        return norm.astype(np.float64) * v_norm / np.sqrt(self.v[0].size)
 
     def jvp_per_unit(self) -> np.ndarray | None:
         """``||J v|| / ||v||`` per sample: how steep the model is along the oracle directions."""
@@ -95,7 +96,7 @@ def load_oracle(path: Path) -> Oracle:
     v, jvp = arrays.pop("v", None), arrays.pop("jvp", None)
     if (v is None) != (jvp is None):
         raise InputError(f"{path}: 'v' and 'jvp' come together; only one of them is present")
-    if v is not None and v.shape != x.shape:
+    if v is not None and v.shape != x.shape and not _pooled_direction(x, v):
         raise InputError(f"{path}: array 'v' has shape {v.shape}; it must match 'x' {x.shape}")
     if jvp is not None and jvp.shape != y.shape:
         raise InputError(f"{path}: array 'jvp' has shape {jvp.shape}; it must match 'y' {y.shape}")
@@ -139,6 +140,11 @@ def check_against(oracle: Oracle, inputs: list[TensorSpec], model: Path) -> np.n
         f"{oracle.path}: array 'x' is {x.dtype} but {model} input {spec.name!r} "
         f"expects {spec.dtype}"
     )
+
+
+def _pooled_direction(x: np.ndarray, v: np.ndarray) -> bool:
+    """Token ids ``x`` take their directions ``(n, embed_dim)`` at the pooled embedding."""
+    return x.dtype.kind in "iu" and v.ndim == 2 and v.shape[0] == x.shape[0]
 
 
 def _check_array(path: Path, name: str, arr: np.ndarray) -> None:

@@ -70,13 +70,18 @@ def derivative_parity(
     """JVPs from ``companion`` (method "companion") or finite differences on ``session``."""
     if not oracle.has_derivatives:
         return Outcome.unavailable(f"{oracle.path.name} has no 'v'/'jvp' arrays")
+    if method == FINITE_DIFFERENCES and x.dtype.kind != "f":
+        return Outcome.unavailable(
+            f"inputs are {x.dtype} token ids: no finite differences of discrete ids; "
+            "export the JVP companion (derivatives w.r.t. the pooled embedding)"
+        )
     bound = tol.derivative(method)
     if bound is None:
         return Outcome.unavailable(
             f"finite differences are not derivatives of a {tol.precision} model "
             "(piecewise constant); export the JVP companion"
         )
-    v = oracle.v.astype(x.dtype)
+    v = oracle.v.astype(x.dtype) if x.dtype.kind == "f" else oracle.v  # text: v is pooled-space
     figures: dict = {"method": method}
     checks: list[Check] = []
     try:
