@@ -24,7 +24,7 @@ from cr_edge.quantize.judge import three_ways
 from cr_edge.quantize.kernels import integer_matmul, saturating_matmul
 from cr_edge.quantize.measure import as_session, session
 from cr_edge.quantize.policy import QuantPolicy
-from cr_edge.quantize.secant import min_cosine, secant
+from cr_edge.quantize.secant import min_cosine, noise_floor, secant
 from cr_edge.validate.oracle import Oracle
 from cr_edge.validate.tolerances import OUTPUT_STEP_KEY, SECANT_MIN_COSINE
 
@@ -168,3 +168,15 @@ def test_the_primal_secant_sees_a_staircase_the_straight_through_view_hides(inpu
     assert min_cosine(coarse, ref) < SECANT_MIN_COSINE
     w8, _ = apply_policy(model, QuantPolicy("w8"), {"x": inputs})
     assert min_cosine(secant(as_session(session(w8)), inputs, d), ref) >= SECANT_MIN_COSINE
+
+
+def test_a_secant_below_the_output_noise_has_no_direction_but_a_large_one_keeps_its_sign():
+    """One-score heads: a scalar secant's cosine is its sign, which noise flips where the
+    fp32 secant is smaller than what two in-tolerance outputs may differ by."""
+    floor = noise_floor(output_step=0.1, outputs=1)  # 3 steps: 0.3
+    ref = np.array([[0.01], [5.0], [0.01]])
+    assert min_cosine(-ref[:1], ref[:1], floor) == 1.0  # both within the noise: passes
+    assert min_cosine(-ref[1:2], ref[1:2], floor) == -1.0  # a real slope reversed: fails
+    assert min_cosine(np.array([[2.0]]), ref[2:], floor) == 1.0  # same sign, so cos 1...
+    assert min_cosine(np.array([[-2.0]]), ref[2:], floor) == -1.0  # ...but out of the noise
+    assert min_cosine(-ref, ref) == -1.0  # without a floor every sign counts

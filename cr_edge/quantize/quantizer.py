@@ -34,7 +34,7 @@ from cr_edge.quantize.calibration import feeds_for, read_calibration
 from cr_edge.quantize.graph import horner_chain, load_float_model, set_metadata
 from cr_edge.quantize.judge import AtBatch, Way, three_ways
 from cr_edge.quantize.policy import QuantConfig, QuantPolicy, auto_candidates
-from cr_edge.quantize.secant import min_cosine, secant, secant_displacement
+from cr_edge.quantize.secant import min_cosine, noise_floor, secant, secant_displacement
 from cr_edge.runtimes.safe_load import companion_of, oracle_path
 from cr_edge.validate.oracle import Oracle, load_oracle
 from cr_edge.validate.tolerances import (
@@ -228,7 +228,9 @@ def _try(
     sec = None
     if src.secant is not None:
         d, ref = src.secant
-        sec = min_cosine(secant(AtBatch(qm.as_session(sess), 1), src.oracle.x, d), ref)
+        step = float(meta.get(OUTPUT_STEP_KEY, extra[OUTPUT_STEP_KEY]))  # fp16: int8's, a figure
+        floor = noise_floor(step, int(np.prod(ref.shape[1:])))
+        sec = min_cosine(secant(AtBatch(qm.as_session(sess), 1), src.oracle.x, d), ref, floor)
     # fp16 rounds outputs, not inputs: a secant over int8 input steps measures its output
     # rounding, not its derivative, so it is reported for fp16 but judges int8 only
     passed, why = _verdict(ways, acc, fp32_acc, sec if policy.precision == "int8" else None)
@@ -295,13 +297,13 @@ def qualifies(t: Tried, fp32_bytes: int, cap: float) -> str | None:
 def _choose(tried: list[Tried], fp32_bytes: int, cap: float) -> Tried | None:
     """Smallest qualifying candidate, then fastest at batch 1; None keeps fp32."""
     pool = [t for t in tried if qualifies(t, fp32_bytes, cap) is None]
+    for t in tried:  # also when fp32 is kept: each passing candidate says why not it
+        if t.passed and t not in pool:
+            t.why = f"passes, but {qualifies(t, fp32_bytes, cap)}"
     if not pool:
         return None
     best = min(pool, key=lambda t: (t.bytes, t.latency[min(t.latency)]["ratio"]))
     best.why = f"chosen: {best.why}"
-    for t in tried:
-        if t.passed and t not in pool:
-            t.why = f"passes, but {qualifies(t, fp32_bytes, cap)}"
     return best
 
 

@@ -6,6 +6,13 @@ moves differently. The secant ``(f(x + d) - f(x - d)) / 2`` of the primal, with
 ``d`` (along the oracle's ``v``) spanning several input quantization steps, is what the deployed model's
 outputs actually do along ``v``; it is compared per sample with the fp32 model's
 secant at the same step (cosine), at batch 1 as deployed.
+
+A one-score head (regression, ordinal) has a rank-one Jacobian: along a ``v`` nearly
+orthogonal to its gradient the fp32 secant is smaller than the output error the int8
+tolerance allows at each of its two points, so its sign is noise and the cosine of two
+such secants reads -1 for a model within tolerance. Such a sample has no direction to
+compare: it passes when the two secants differ by no more than that output error
+(``floor``), as ``validate`` holds a JVP below its error bound to the bound alone.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from cr_edge.runtimes.runtime import Session
-from cr_edge.validate.tolerances import INT8_LEVELS, SECANT_STEPS
+from cr_edge.validate.tolerances import INT8_LEVELS, INT8_OUTPUT_STEPS, SECANT_STEPS
 
 
 def secant_displacement(calib: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -36,10 +43,22 @@ def secant(session: Session, x: np.ndarray, d: np.ndarray) -> np.ndarray:
     return (plus.astype(np.float64) - minus) / 2
 
 
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Least per-sample cosine of ``a`` with ``b`` (samples on axis 0)."""
+def min_cosine(a: np.ndarray, b: np.ndarray, floor: float = 0.0) -> float:
+    """Least per-sample cosine of ``a`` with the reference ``b`` (samples on axis 0).
+
+    A sample whose ``||b||`` and ``||a - b||`` are both within ``floor`` counts as 1
+    (see the module docstring); NaN anywhere makes the result NaN.
+    """
     n = a.shape[0]
     a, b = a.reshape(n, -1), b.reshape(n, -1)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    b_norm = np.linalg.norm(b, axis=1)
+    norms = np.linalg.norm(a, axis=1) * b_norm
     cos = np.sum(a * b, axis=1) / np.maximum(norms, 1e-30)
-    return float(cos.min())
+    within = (b_norm <= floor) & (np.linalg.norm(a - b, axis=1) <= floor)
+    return float(np.where(within, 1.0, cos).min())
+
+
+def noise_floor(output_step: float, outputs: int) -> float:
+    """The secant difference two in-tolerance outputs can make: each point may be off by
+    ``INT8_OUTPUT_STEPS`` steps per element, and ``(e+ - e-) / 2`` by as much, in norm."""
+    return INT8_OUTPUT_STEPS * output_step * float(np.sqrt(outputs))
