@@ -43,6 +43,7 @@ from cr_edge.checkpoint import load_checkpoint
 from cr_edge.export.exporter import ExportOptions, ExportResult, export
 from cr_edge.export.folds import fold_input_normalisation, run_passes
 from cr_edge.export.stages import Affine, Flatten, Poly, Stage, stages_from_checkpoint
+from cr_edge.npz import read_npz
 from cr_edge.poly import PolyAct
 from cr_edge.profile.device import describe_device
 from cr_edge.recipe import load_recipe
@@ -110,7 +111,7 @@ def export_naive(checkpoint: Path, path: Path) -> None:
     """The trained CR net with its normalisation folded and each polynomial through Pow."""
     stages = stages_from_checkpoint(load_checkpoint(checkpoint))
     stages = run_passes(stages, (fold_input_normalisation,)).stages
-    example = torch.from_numpy(np.load(checkpoint / "calib.npz")["x"][:2].copy())
+    example = torch.from_numpy(read_npz(checkpoint / "calib.npz", ("x",))["x"][:2].copy())
     batch = torch.export.Dim("batch", min=1)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -252,7 +253,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cr-edge-horner-") as tmp:
         paths, cr, checkpoint = build(Path(tmp), args.epochs)
         print_summary(paths, cr, checkpoint, args.epochs)
-        x_all = np.load(Path(tmp) / "cr-checkpoint" / "calib.npz")["x"].astype(np.float32)
+        x_all = read_npz(Path(tmp) / "cr-checkpoint" / "calib.npz", ("x",))["x"].astype(np.float32)
         results = []
         for batch in BATCHES:
             x = np.ascontiguousarray(x_all[np.arange(batch) % len(x_all)])

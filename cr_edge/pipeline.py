@@ -19,13 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from cr_edge import atomic
 from cr_edge.errors import CheckFailed, InputError
 from cr_edge.export.exporter import ExportOptions, export, export_int8_pte
 from cr_edge.folder_lock import holds_out, writing
 from cr_edge.manifest import is_incomplete, write_manifest
+from cr_edge.npz import read_npz
 from cr_edge.profile.profiler import ProfileOptions, profile
 from cr_edge.quantize.policy import QuantConfig, QuantPolicy
 from cr_edge.quantize.quantizer import quantize
@@ -138,8 +137,7 @@ def _int8_program(out: Path, oracle: Path) -> tuple[dict, list[RuntimeResult]]:
     """
     folder = out / "quantized"
     path = folder / INT8_PTE
-    with np.load(oracle) as arrays:
-        x = arrays["x"]
+    x = read_npz(oracle, ("x",))["x"]
     with writing(folder, "quantize"):
         pte = export_int8_pte(out / "checkpoint", path, x)
         ref = folder / oracle.name
