@@ -198,17 +198,17 @@ def pipeline_table() -> str:
     """``cr-edge pipeline`` on digits-cr, its closing table as printed."""
     from rich.console import Console
 
-    from cr_edge import report
+    from cr_edge import terminal
     from cr_edge.pipeline import run_pipeline
 
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         result = run_pipeline(load_recipe("digits-cr"), Path(tmp) / "run")
     console = Console(width=100, record=True, file=io.StringIO())
-    previous, report._stdout = report._stdout, console
+    previous, terminal._stdout = terminal._stdout, console
     try:
-        report.print_summary(result.summary)
+        terminal.print_summary(result.summary, result.out)
     finally:
-        report._stdout = previous
+        terminal._stdout = previous
     return console.export_text().rstrip()
 
 

@@ -10,7 +10,7 @@ The stages are packages: ``data`` (sources, splits, normalisation), ``export``,
 ``poly`` (the Polynomial Engine), ``dreg``, ``nets``, ``train`` with ``watch``,
 ``recipe`` and ``checkpoint``. Shared by all: ``errors``, ``atomic`` (every write),
 ``manifest``, ``npz`` (every .npz read), ``ops`` (the op vocabulary), ``child``
-(child interpreters), ``quiet`` (silencing other tools), ``progress`` and ``report``
+(child interpreters), ``quiet`` (silencing other tools), ``progress`` and ``terminal``
 (what the commands print). ``pipeline`` is the main job, ``api`` the Python API,
 ``cli`` with ``cli_types`` the command line.
 """

@@ -1,8 +1,9 @@
 """Atomic file writes: a crash or a kill never leaves a half-written artifact.
 
-Every writer in cr-edge goes through here. Data lands in a temporary file in the
-destination folder, is fsync'ed, and is renamed over the final name with
-``os.replace`` (atomic on POSIX and Windows within one filesystem). Files that a
+Every file cr-edge leaves behind goes through here (scratch files in a temporary
+folder removed afterwards, such as the quantizers' inputs or profile's dispatch-floor
+twin, are never seen by a user and need not). Data lands in a temporary file in the
+destination folder, is fsync'ed, and is renamed over the final name with ``os.replace`` (atomic on POSIX and Windows within one filesystem). Files that a
 tool writes itself (onnxruntime's ORT converter) are built beside the destination
 and published with ``move_into_place``, the same fsync-then-rename.
 

@@ -159,7 +159,7 @@ def train(
     from cr_edge.api import train as run_training
     from cr_edge.progress import epoch_bar
     from cr_edge.recipe import Recipe, load_recipe
-    from cr_edge.report import print_metrics
+    from cr_edge.terminal import print_metrics
 
     if recipe is None and data is None:
         raise InputError("give --recipe NAME or --data SOURCE (try --recipe digits-cr)")
@@ -246,7 +246,7 @@ def export(
 ) -> None:
     """Export a checkpoint: Horner-lowered ONNX, derivative companion, parity oracle, mobile files."""
     from cr_edge.api import export as run_export
-    from cr_edge.report import print_export
+    from cr_edge.terminal import print_export
 
     result = run_export(
         checkpoint,
@@ -528,7 +528,7 @@ def pipeline(
     from cr_edge.pipeline import STEPS, raise_for_failures, run_pipeline
     from cr_edge.progress import step_bar
     from cr_edge.recipe import load_recipe
-    from cr_edge.report import print_summary
+    from cr_edge.terminal import print_summary
 
     chosen = load_recipe(recipe).replace(epochs=epochs)
     with step_bar(STEPS, f"pipeline {chosen.name}") as on_step:

@@ -19,8 +19,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 from runtime_fixtures import copy_model, to_ort
-from test_export_mobile import INT8_ARGMAX, INT8_P99_STEPS, run_pte
-from trained import run_onnx
+from trained import INT8_ARGMAX, INT8_P99_STEPS, run_onnx, run_pte
 
 from cr_edge.cli import cli
 from cr_edge.export.exporter import ExportOptions, export

@@ -21,8 +21,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from trained import ATOL, RTOL, calibration_x, checkpoint, exported, oracle, run_onnx
+from trained import (
+    ATOL,
+    INT8_ARGMAX,
+    INT8_MAX_STEPS,
+    INT8_P99_STEPS,
+    RTOL,
+    calibration_x,
+    checkpoint,
+    exported,
+    oracle,
+    run_onnx,
+    run_pte,
+)
 
 from cr_edge.errors import ExportError, InputError
 from cr_edge.export.exporter import ExportOptions, export, export_int8_pte
@@ -34,16 +45,8 @@ from cr_edge.validate.validator import validate
 MOBILE = ExportOptions(formats=("onnx", "ort", "executorch"))
 NETS = ("digits-cr", "digits-conv")
 INT8_NETS = (*NETS, "breast-cancer-cr")  # feature vectors: the unfolded normalisation differs
-INT8_P99_STEPS, INT8_MAX_STEPS, INT8_ARGMAX = 4.0, 10.0, 0.97
 # executorch.runtime announces itself as experimental on first use
 pytestmark = pytest.mark.filterwarnings("ignore:This API is experimental")
-
-
-def run_pte(path: Path, x: np.ndarray) -> np.ndarray:
-    from executorch.runtime import Runtime
-
-    method = Runtime.get().load_program(path).load_method("forward")
-    return method.execute([torch.from_numpy(np.ascontiguousarray(x))])[0].numpy()
 
 
 # ---- ORT format --------------------------------------------------------------

@@ -17,6 +17,8 @@ from cr_edge.recipe import Recipe, load_recipe, zoo_names
 from cr_edge.train import train
 
 ATOL, RTOL = 1e-5, 1e-4
+# an int8 .pte against its fp32 export, in output quantization steps, and top-1 agreement
+INT8_P99_STEPS, INT8_MAX_STEPS, INT8_ARGMAX = 4.0, 10.0, 0.97
 EPOCHS = 2
 EXPORTS = {
     "shipped": ExportOptions(sensitivity=True),
@@ -65,6 +67,15 @@ def run_onnx(path: Path, ort_format: bool = False, **feeds: np.ndarray) -> dict[
     sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(None, feeds), strict=True))
+
+
+def run_pte(path: Path, x: np.ndarray) -> np.ndarray:
+    """The first output of an ExecuTorch program on ``x`` (needs executorch)."""
+    import torch
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(path).load_method("forward")
+    return method.execute([torch.from_numpy(np.ascontiguousarray(x))])[0].numpy()
 
 
 def oracle(result: ExportResult) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Human-readable reports: rich tables on the terminal."""
+"""What the commands print on the terminal: rich tables of metrics, exports and runs."""
 
 from __future__ import annotations
 
