@@ -9,6 +9,7 @@ salted per process; its name and parameters are stored in the model's metadata
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -29,6 +30,13 @@ def fnv1a_32(data: bytes) -> int:
     for byte in data:
         h = ((h ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
     return h
+
+
+@functools.lru_cache(maxsize=1 << 20)
+def _gram_hash(gram: str) -> int:
+    """``fnv1a_32`` of an n-gram, memoised: word frequencies are Zipfian, so most n-grams of
+    a corpus were seen before (a dict lookup instead of a Python loop over their bytes)."""
+    return fnv1a_32(gram.encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -67,8 +75,7 @@ class Tokenizer:
         out: list[int] = []
         for i in range(len(words)):
             for n in range(1, min(self.ngrams, i + 1) + 1):
-                gram = " ".join(words[i - n + 1 : i + 1]).encode("utf-8")
-                out.append(1 + fnv1a_32(gram) % self.buckets)
+                out.append(1 + _gram_hash(" ".join(words[i - n + 1 : i + 1])) % self.buckets)
         return out
 
     def encode(self, texts: list[str]) -> np.ndarray:

@@ -146,6 +146,8 @@ def train(
         recipe.test_fraction,
     )
     data = subsample_train(data, recipe.train_fraction, recipe.seed)
+    notes = list(raw.notes)
+    del raw  # the splits are copies: a large text corpus is not held twice while training
     # Token ids are not standardised: the embedding is the input layer.
     norm = (
         None
@@ -177,7 +179,7 @@ def train(
         target_scale,
         tokenizer if data.is_text else None,
     )
-    return TrainResult(Path(out), metrics, net, list(raw.notes))
+    return TrainResult(Path(out), metrics, net, notes)
 
 
 def _inputs(x: np.ndarray, norm: Normalisation | None, dev: torch.device) -> Tensor:

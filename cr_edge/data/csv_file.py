@@ -6,7 +6,7 @@ import csv
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -24,6 +24,8 @@ from cr_edge.data.records import (
 )
 from cr_edge.data.target_kind import check_classes
 
+T = TypeVar("T")
+
 
 def load_csv(path: Path, label_column: str, task: str = "classify") -> RawData:
     """A CSV with a header row; the ``label_column`` column holds labels (numbers for
@@ -34,7 +36,7 @@ def load_csv(path: Path, label_column: str, task: str = "classify") -> RawData:
     return parse_csv_file(Path(path), lambda reader, p: _parse_csv(reader, p, label_column, task))
 
 
-def parse_csv_file(path: Path, parse: Callable[[_csv.Reader, Path], RawData]) -> RawData:
+def parse_csv_file(path: Path, parse: Callable[[_csv.Reader, Path], T]) -> T:
     """``parse(reader, path)`` over the file's rows; unreadable files, bad encodings and
     malformed quoting become one ``InputError`` naming the file (and line)."""
     require_file(path)

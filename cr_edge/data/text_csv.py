@@ -4,7 +4,8 @@ Yelp Full (``yelp_review_full_csv``) has no header: every row is ``"label","text
 stars 1..5 and newlines escaped as backslash-n. ``auto`` tells the two apart from the
 first row: a header names its columns; a Yelp row is two fields, a whole number first.
 Rows are read and tokenized a block at a time (the ``csv`` module streams), so the file
-is never held in memory, only the ids: ``max_len`` int32 per review.
+is never held in memory, only the ids: ``max_len`` int32 per review, in one array sized by
+a first counting pass.
 """
 
 from __future__ import annotations
@@ -48,8 +49,12 @@ def load_text_csv(
     if data_format not in DATA_FORMATS:
         raise InputError(f"--data-format {data_format!r}: choose {', '.join(DATA_FORMATS)}")
     path = Path(path)
+    # A first pass counts the records (the C parser, no tokenizing) so that the ids go
+    # into one array allocated once: peak memory is the ids plus one block, not twice them.
+    rows = parse_csv_file(path, lambda reader, _: sum(1 for row in reader if row))
     raw = parse_csv_file(
-        path, lambda reader, p: _read(reader, p, tokenizer, text_column, label, data_format, task)
+        path,
+        lambda reader, p: _read(reader, p, tokenizer, text_column, label, data_format, task, rows),
     )
     test = path.with_name("test.csv")
     yelp = data_format == "yelp" or (data_format == "auto" and sniff_yelp(path))
@@ -86,6 +91,7 @@ def _read(
     label: str | None,
     data_format: str,
     task: str,
+    rows: int,
 ) -> RawData:
     first = next(reader, None)
     if not first:
@@ -99,7 +105,7 @@ def _read(
                 f"{path}:1: {named} names a column, but the file is in Yelp's headerless "
                 '"label","text" layout; drop it (or add a header row)'
             )
-        rows = _yelp_rows(reader, path, first)
+        records = _yelp_rows(reader, path, first)
         column = "label"
     else:
         header = [c.strip() for c in first]
@@ -113,9 +119,9 @@ def _read(
         if text_column == label:
             raise InputError(f"{path}:1: --text-column and --label both name {show(label)}")
         t, lab = header.index(text_column), header.index(label)
-        rows = _header_rows(reader, path, len(header), t, lab)
+        records = _header_rows(reader, path, len(header), t, lab)
         column = label
-    labels, ids = _tokenized(rows, path, tokenizer, column)
+    labels, ids = _tokenized(records, path, tokenizer, column, rows)
     where = f"{path}, column {show(column)}"
     if data_format == "yelp":  # the classes are 1..5 whatever a file holds
         y = np.array([int(v) - 1 for v in labels], dtype=np.int64)
@@ -126,24 +132,31 @@ def _read(
 
 
 def _tokenized(
-    rows: Iterator[tuple[int, str, str]], path: Path, tokenizer: Tokenizer, column: str
+    records: Iterator[tuple[int, str, str]],
+    path: Path,
+    tokenizer: Tokenizer,
+    column: str,
+    capacity: int,
 ) -> tuple[list[str], np.ndarray]:
+    """Labels and ids of every record; ``capacity`` bounds their number (the row count)."""
     labels: list[str] = []
-    chunks: list[np.ndarray] = []
+    ids = np.zeros((capacity, tokenizer.max_len), dtype=np.int32)
     block: list[str] = []
-    for line, text, lab in rows:
+    for line, text, lab in records:
         if not text.strip():
             raise InputError(f"{path}:{line}: empty text; fill it in or drop the row")
+        if len(labels) == capacity:
+            raise InputError(f"{path}:{line}: the file grew while it was read; read it again")
         labels.append(csv_label(lab, f"{path}:{line}", column))
         block.append(text)
         if len(block) == BLOCK:
-            chunks.append(tokenizer.encode(block).astype(np.int32))
+            ids[len(labels) - BLOCK : len(labels)] = tokenizer.encode(block)
             block = []
     if block:
-        chunks.append(tokenizer.encode(block).astype(np.int32))
+        ids[len(labels) - len(block) : len(labels)] = tokenizer.encode(block)
     if not labels:
         raise InputError(f"{path}: no rows of text; add rows of label and text")
-    return labels, np.concatenate(chunks)
+    return labels, ids[: len(labels)]
 
 
 def _yelp_rows(reader: _csv.Reader, path: Path, first: list[str]) -> Iterator[tuple[int, str, str]]:
