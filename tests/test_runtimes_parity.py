@@ -24,6 +24,7 @@ from cr_edge.validate.tolerances import (
     POLICY,
     Overrides,
     finite_difference_steps,
+    input_scale,
     tolerances_for,
 )
 from cr_edge.validate.validator import validate
@@ -139,6 +140,20 @@ def test_finite_difference_step_rule():
     assert h == pytest.approx(np.finfo(np.float32).eps ** (1 / 3) * 6 / 2)
 
 
+def test_finite_difference_steps_are_measured_in_each_feature_s_spread():
+    """Features of scale 0.05 (diabetes) step 0.05x what unit-scale features do."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 10))
+    v = rng.standard_normal((200, 10))
+    small = finite_difference_steps(0.05 * x, v, "fp32", input_scale(0.05 * x))
+    unit = finite_difference_steps(x, v, "fp32", input_scale(x))
+    np.testing.assert_allclose(small, 0.05 * unit, rtol=1e-9)
+    constant = np.c_[x[:, :9], np.zeros(200)]  # a pixel that never moves
+    scale = input_scale(constant)
+    assert scale[-1] == pytest.approx(0.1 * np.median(scale[:9]))
+    assert (input_scale(x[:1]) == 1).all()  # one sample: no spread to measure
+
+
 def _relu_model(folder: Path, near_kink: int) -> Path:
     """y = relu(x), with ``near_kink`` of 40 oracle samples 1e-3 from the kink in one coordinate."""
     folder.mkdir()
@@ -166,8 +181,8 @@ def test_finite_differences_skip_samples_at_kinks(tmp_path):
     assert row.derivatives.checks[0].shape == (37, 4)
     many = _relu_model(tmp_path / "many", near_kink=20)
     (row,) = validate([many], "cpu", derivatives="finite-differences").results
-    assert row.derivatives.status == UNAVAILABLE  # 17 of them: the rest step short of the kink
-    assert "17/40 samples (kinks" in row.derivatives.summary
+    assert row.derivatives.status == UNAVAILABLE  # 18 of them: the rest step short of the kink
+    assert "18/40 samples (kinks" in row.derivatives.summary
 
 
 def test_int8_without_companion_has_no_finite_differences(model_dir, tmp_path):

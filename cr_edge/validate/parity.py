@@ -22,6 +22,7 @@ from cr_edge.validate.tolerances import (
     DerivativeTolerance,
     Tolerances,
     finite_difference_steps,
+    input_scale,
 )
 
 _TINY = np.finfo(np.float32).eps
@@ -89,10 +90,11 @@ def derivative_parity(
             jvp, y = companion_jvp(companion, x, v)
             checks.append(compare_elementwise(COMPANION_Y, y, oracle.y, tol))
         else:
-            steps = finite_difference_steps(x, v, tol.precision)
+            steps = finite_difference_steps(x, v, tol.precision, input_scale(oracle.x))
             jvp, spread = finite_difference_jvp(session, x, v, steps)
             figures["step_rule"] = (
-                "h = eps**(1/3) * (1 + ||x||) / ||v||; central differences at h, h/2, h/4, "
+                "h = eps**(1/3) * (1 + ||x/s||) / ||v/s||, s each feature's spread; central "
+                "differences at h, h/2, h/4, "
                 "Richardson-combined"
             )
             figures["median_step"] = float(np.median(steps))
