@@ -20,12 +20,14 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-
-import onnx
-from onnx import TensorProto
+from typing import TYPE_CHECKING
 
 from cr_edge.errors import InputError
 from cr_edge.manifest import verify
+
+if TYPE_CHECKING:  # onnx is imported where an ONNX file is parsed: importing it is most of
+    import onnx  # the start-up of a sandboxed child, and an .ort or .pte never needs it
+    from onnx import TensorProto
 
 KINDS = {".onnx": "onnx", ".ort": "ort", ".pte": "pte"}
 ORT_IDENTIFIER = b"ORTM"  # flatbuffer file identifier of ORT-format models, bytes 4..8
@@ -116,6 +118,8 @@ def _read_regular_file(path: Path) -> bytes:
 
 
 def _parse_onnx(path: Path, data: bytes) -> onnx.ModelProto:
+    import onnx
+
     try:
         model = onnx.load_model_from_string(data)
     # protobuf's decoder reports garbage with several exception types (DecodeError,
@@ -131,6 +135,8 @@ def _parse_onnx(path: Path, data: bytes) -> onnx.ModelProto:
 
 
 def _check_external_data(path: Path, model: onnx.ModelProto) -> None:
+    from onnx import TensorProto
+
     folder = path.parent.resolve()
     for tensor in _tensors(model.graph):
         if tensor.data_location != TensorProto.EXTERNAL:
