@@ -26,7 +26,10 @@ from cr_edge.task_metrics import TASKS
 ACTIVATIONS = ("poly", "relu", "gelu")
 ARCHS = ("mlp", "conv", "text")
 CONV_RANKS = (2, 3)  # a sample (channels, length) gets Conv1d, (channels, h, w) Conv2d
-_CONV = {2: (nn.Conv1d, nn.AvgPool1d), 3: (nn.Conv2d, nn.AvgPool2d)}
+# (conv, pool, taps): a 1-D signal needs the wider kernel (on MNIST-1D, two 5-tap stages of 16
+# channels reach ~92% in 15 epochs, 3-tap ones ~90% with 10x the spread over seeds); an
+# 8x8 image keeps 3x3
+_CONV = {2: (nn.Conv1d, nn.AvgPool1d, 5), 3: (nn.Conv2d, nn.AvgPool2d, 3)}
 
 
 @dataclass(frozen=True)
@@ -184,10 +187,11 @@ def _blocks(config: NetConfig) -> list[nn.Module]:
             width = h
         blocks.append(nn.Linear(width, config.n_outputs))
         return blocks + _head(config)
-    conv, pool = _CONV[len(config.input_shape)]
+    conv, pool, taps = _CONV[len(config.input_shape)]
     channels, *size = config.input_shape
     for c in config.hidden:
-        blocks += [conv(channels, c, kernel_size=3, padding=1), _activation(config, c)]
+        # "same" padding: a stage keeps the map's size, the pool halves it
+        blocks += [conv(channels, c, kernel_size=taps, padding=taps // 2), _activation(config, c)]
         channels = c
         if min(size) >= 4:  # pool while the map is large enough to keep 2 (or 2x2) positions
             blocks.append(pool(2))
