@@ -7,7 +7,7 @@ the row norms of ``W``. No double backward, no Jacobian is ever materialised.
 
 For ``Conv1d`` and ``Conv2d`` alike each output position is a row of the unrolled
 convolution; its norm is ``||W_o||^2`` whenever the whole kernel lies inside the
-input. At a zero-padded border (the first and last position of a padded Conv1d,
+input. At a zero-padded border (the first and last positions of a padded Conv1d,
 the frame of a padded Conv2d) some taps fall on padding, the true row norm is
 smaller, and the value computed here is an upper bound of ``||J||_F^2`` rather
 than equal to it.

@@ -1,6 +1,6 @@
 """Conv1d end to end on MNIST-1D sequences (n, 1, 40): train, export, validate, quantize.
 
-A tiny CR Conv1d net is trained for one epoch once per module (parity does not need
+A tiny CR Conv1d net is trained for three epochs once per module (parity does not need
 accuracy) and exported with its derivative companion and ``.ort`` copies. Everything
 after that goes through the CLI, as a user would run it: ``cr-edge validate`` must pass
 outputs and derivatives on cpu and ort-mobile at the fp32 policy, fail (exit 1) once a
@@ -26,7 +26,7 @@ from cr_edge.export.exporter import ExportOptions, export
 from cr_edge.recipe import Recipe
 from cr_edge.train import train
 
-RECIPE = Recipe(name="mnist1d-conv1d", data="mnist1d", arch="conv", hidden=(4, 4), epochs=1)
+RECIPE = Recipe(name="mnist1d-conv1d", data="mnist1d", arch="conv", hidden=(4, 4), epochs=3)
 RUNTIMES = "cpu,ort-mobile"
 # executorch.runtime announces itself as experimental on first use
 pytestmark = pytest.mark.filterwarnings("ignore:This API is experimental")
@@ -144,6 +144,12 @@ def test_conv1d_int8_executorch_program_stays_within_its_step(
     assert per_channel == 3  # int8 weights: both Conv1d layers and the classifier
     x = np.load(checkpoint / "calib.npz")["x"]
     want, got = run_onnx(exported / "model.onnx", x=x)["y"], run_pte(int8.files["pte"], x)
-    steps = np.abs(got - want) / (np.ptp(want) / 255)
+    step = np.ptp(want) / 255
+    steps = np.abs(got - want) / step
     assert np.percentile(steps, 99) <= INT8_P99_STEPS, np.percentile(steps, 99)
-    assert (got.argmax(1) == want.argmax(1)).mean() >= INT8_ARGMAX
+    # the barely trained net has many near-ties; a top-2 gap under one int8 step is below what
+    # int8 resolves, so the class must agree wherever the fp32 gap is wider than that
+    top2 = np.sort(want, axis=1)[:, -2:]
+    decisive = top2[:, 1] - top2[:, 0] > step
+    assert decisive.mean() >= 0.5, decisive.mean()
+    assert (got.argmax(1) == want.argmax(1))[decisive].mean() >= INT8_ARGMAX
