@@ -20,22 +20,24 @@ from pathlib import Path
 
 from cr_edge.data.review_corpus import write_review_corpus
 
+# VmHWM, not ru_maxrss: the latter survives exec, so it would count the parent's corpus.
 CHILD = """
-import json, resource, sys, time
+import json, re, sys, time
 import sklearn.model_selection  # what split imports: libraries are not the data's memory
 from cr_edge.data import load_source, split
 from cr_edge.tokenizer import Tokenizer
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def hwm():
+    status = open("/proc/self/status").read()
+    return int(re.search(r"VmHWM:\\s+(\\d+)", status).group(1))
+base = hwm()
 t0 = time.perf_counter()
 raw = load_source(sys.argv[1], tokenizer=Tokenizer(max_len=int(sys.argv[2])))
-loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-read_s = time.perf_counter() - t0
-ids_bytes = raw.x.nbytes
+loaded, read_s, ids_bytes = hwm(), time.perf_counter() - t0, raw.x.nbytes
 data = split(raw, 0)
 del raw
+n = len(data.y_train) + len(data.y_val) + len(data.y_test)
 print(json.dumps({"base_kib": base, "after_read_kib": loaded, "read_s": read_s,
-                  "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  "ids_bytes": ids_bytes, "n": len(data.y_train) + len(data.y_val) + len(data.y_test)}))
+                  "peak_kib": hwm(), "ids_bytes": ids_bytes, "n": n}))
 """
 
 

@@ -130,8 +130,18 @@ def cli(debug: bool) -> None:
     show_default=True,
     help="auto: cuda when available.",
 )
+@click.option(
+    "--nproc",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Processes for DistributedDataParallel (torch.distributed.run); at most the cores "
+    "unless --force.",
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint folder.")
-@click.option("--force", is_flag=True, help="Overwrite a checkpoint already in --out.")
+@click.option(
+    "--force", is_flag=True, help="Overwrite a checkpoint already in --out; allow --nproc > cores."
+)
 def train(
     recipe: str | None,
     data: str | None,
@@ -152,6 +162,7 @@ def train(
     clip_grad: float | None,
     range_penalty: float | None,
     device: str,
+    nproc: int,
     out: Path,
     force: bool,
 ) -> None:
@@ -184,8 +195,15 @@ def train(
         clip_grad=clip_grad,
         range_penalty=range_penalty,
     )
-    with epoch_bar(chosen.epochs, f"train {chosen.name}") as on_epoch:
-        result = run_training(chosen, out, device, force=force, on_epoch=on_epoch)
+    if nproc > 1:
+        from cr_edge.distributed import check_nproc, train_distributed
+
+        check_nproc(nproc, force)
+        click.echo(f"train {chosen.name}: {nproc} processes (torch.distributed.run)", err=True)
+        result = train_distributed(chosen, out, nproc, device)
+    else:
+        with epoch_bar(chosen.epochs, f"train {chosen.name}") as on_epoch:
+            result = run_training(chosen, out, device, force=force, on_epoch=on_epoch)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     print_metrics(f"{chosen.name} -> {result.checkpoint}", result.metrics)

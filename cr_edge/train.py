@@ -31,6 +31,7 @@ from cr_edge.data import (
     split,
     subsample_train,
 )
+from cr_edge.distributed import Rank, ddp_forward
 from cr_edge.errors import InputError, NonFiniteError, TrainingFailed
 from cr_edge.folder_lock import holds_out
 from cr_edge.nets import CONV_RANKS, CRNet, NetConfig, build_net
@@ -132,6 +133,21 @@ def train(
     torch's default otherwise; the caller's thread setting is restored afterwards.
     ``on_step`` sees the net after every optimiser step, its gradients still in place.
     """
+    return train_unlocked(recipe, out, device, on_epoch, threads, on_step)
+
+
+def train_unlocked(
+    recipe: Recipe,
+    out: Path,
+    device: str = "cpu",
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    threads: int | None = None,
+    on_step: Callable[[CRNet], None] | None = None,
+    rank: Rank | None = None,
+) -> TrainResult:
+    """``train`` without taking the folder's lock: the ranks of a distributed run
+    (``cr_edge.distributed``), whose launcher holds it. Every rank trains its shard under
+    DistributedDataParallel; only rank 0 writes the checkpoint."""
     dev = resolve_device(device)
     torch.manual_seed(recipe.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -161,12 +177,14 @@ def train(
     if threads is None and dev.type == "cpu" and net.n_parameters() < SINGLE_THREAD_BELOW:
         threads = 1
     with _cpu_threads(threads):
-        best = _fit(net, recipe, tensors, labels, on_epoch, target_scale, on_step)
+        best = _fit(net, recipe, tensors, labels, on_epoch, target_scale, on_step, rank)
     net.load_state_dict(best)
     net.eval()
     metrics = evaluate(net, tensors["test"], labels["test"], recipe.dreg, target_scale)
     val = score(net, tensors["val"], labels["val"], target_scale)
     metrics.update({f"val_{k}": v for k, v in val.items()})
+    if rank is not None and rank.rank != 0:
+        return TrainResult(Path(out), metrics, net, notes)  # rank 0 writes the one checkpoint
     calib = _calib_arrays(data, recipe.seed)
     save_checkpoint(
         out,
@@ -204,8 +222,10 @@ def _fit(
     on_epoch: Callable[[EpochStats], None] | None,
     target_scale: TargetScale | None = None,
     on_step: Callable[[CRNet], None] | None = None,
+    rank: Rank | None = None,
 ) -> dict[str, Tensor]:
     task = net.config.task
+    forward = net.forward_with_terms if rank is None else ddp_forward(net)
     metric = SELECTION_METRIC[task]
     kind = heads.default_loss(task) if recipe.loss == "auto" else recipe.loss
     opt_cls = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
@@ -220,10 +240,9 @@ def _fit(
     best_score, best_state, stale, step = -np.inf, copy.deepcopy(net.state_dict()), 0, 0
     for epoch in range(1, recipe.epochs + 1):
         net.train()
-        order = torch.randperm(n, generator=gen).to(x["train"].device)
         loss_sum = term_sum = 0.0
-        for start in range(0, n, recipe.batch_size):
-            idx = order[start : start + recipe.batch_size]
+        seen = 0  # n in one process; this rank's shard in a distributed run
+        for idx in _batches(n, recipe, gen, epoch, rank, x["train"].device):
             try:
                 loss, term = _step(
                     net,
@@ -235,6 +254,7 @@ def _fit(
                     recipe.clip_grad,
                     recipe.range_penalty,
                     kind,
+                    forward,
                 )
             except NonFiniteError as e:
                 raise TrainingFailed(
@@ -242,15 +262,18 @@ def _fit(
                 ) from e
             loss_sum += loss * idx.numel()
             term_sum += term * idx.numel()
+            seen += idx.numel()
             step += 1
             if on_step:
                 on_step(net)
         val_score = score(net, x["val"], y["val"], target_scale)[metric]
+        if rank is not None:  # every rank stops at the same epoch: rank 0's score decides
+            val_score = rank.from_rank0(val_score)
         info = _information(net, x["val"])
         if on_epoch:
-            dreg_mean = recipe.dreg * term_sum / n
-            on_epoch(EpochStats(epoch, loss_sum / n, dreg_mean, val_score, metric))
-        watch.check_epoch(epoch, loss_sum / n, term_sum / n, info, _coefficients(net))
+            dreg_mean = recipe.dreg * term_sum / seen
+            on_epoch(EpochStats(epoch, loss_sum / seen, dreg_mean, val_score, metric))
+        watch.check_epoch(epoch, loss_sum / seen, term_sum / seen, info, _coefficients(net))
         if val_score > best_score:
             best_score, best_state, stale = val_score, copy.deepcopy(net.state_dict()), 0
         else:
@@ -258,6 +281,27 @@ def _fit(
             if stale >= recipe.patience:
                 break
     return best_state
+
+
+def _batches(
+    n: int,
+    recipe: Recipe,
+    gen: torch.Generator,
+    epoch: int,
+    rank: Rank | None,
+    device: torch.device,
+) -> Iterator[Tensor]:
+    """One epoch's mini-batches of training indices: a seeded permutation, or this rank's
+    ``DistributedSampler`` shard in batches of ``batch_size / world`` (the same global batch,
+    so the same learning rate applies; every rank takes the same number of steps)."""
+    if rank is None:
+        order = torch.randperm(n, generator=gen).to(device)
+        size = recipe.batch_size
+    else:
+        order = torch.tensor(rank.shard(n, recipe.seed, epoch), device=device)
+        size = max(1, recipe.batch_size // rank.world)
+    for start in range(0, len(order), size):
+        yield order[start : start + size]
 
 
 def _step(
@@ -270,13 +314,16 @@ def _step(
     clip: float = 0.0,
     bound: float = 0.0,
     kind: str = "cross-entropy",
+    forward: Callable | None = None,
 ) -> tuple[float, float]:
     """One optimiser step; returns the task's loss (``kind``) and the unweighted DREG term.
 
     ``clip`` is the gradient-norm limit and ``bound`` the weight of the range penalty
-    (``Recipe.clip_grad``, ``Recipe.range_penalty``); 0 turns either off.
+    (``Recipe.clip_grad``, ``Recipe.range_penalty``); 0 turns either off. ``forward`` is
+    ``net.forward_with_terms``, or its DistributedDataParallel wrapper (gradients averaged
+    over the ranks in the backward pass).
     """
-    logits, terms, excess = net.forward_with_terms(xb)
+    logits, terms, excess = (forward or net.forward_with_terms)(xb)
     term = dreg.penalty(terms, 1.0)
     penalty = lam * term if lam > 0 else torch.zeros((), device=xb.device)
     ce = heads.loss(net.config.task, kind, logits, yb)
