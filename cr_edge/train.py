@@ -118,24 +118,6 @@ def _cpu_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@holds_out("train")
-def train(
-    recipe: Recipe,
-    out: Path,
-    device: str = "cpu",
-    on_epoch: Callable[[EpochStats], None] | None = None,
-    threads: int | None = None,
-    on_step: Callable[[CRNet], None] | None = None,
-) -> TrainResult:
-    """Train ``recipe`` and write the checkpoint folder ``out``.
-
-    ``threads=None`` picks one CPU thread for small nets (``SINGLE_THREAD_BELOW``) and
-    torch's default otherwise; the caller's thread setting is restored afterwards.
-    ``on_step`` sees the net after every optimiser step, its gradients still in place.
-    """
-    return train_unlocked(recipe, out, device, on_epoch, threads, on_step)
-
-
 def train_unlocked(
     recipe: Recipe,
     out: Path,
@@ -145,9 +127,15 @@ def train_unlocked(
     on_step: Callable[[CRNet], None] | None = None,
     rank: Rank | None = None,
 ) -> TrainResult:
-    """``train`` without taking the folder's lock: the ranks of a distributed run
-    (``cr_edge.distributed``), whose launcher holds it. Every rank trains its shard under
-    DistributedDataParallel; only rank 0 writes the checkpoint."""
+    """Train ``recipe`` and write the checkpoint folder ``out`` (``train`` holds its lock).
+
+    ``threads=None`` picks one CPU thread for small nets (``SINGLE_THREAD_BELOW``) and
+    torch's default otherwise; the caller's thread setting is restored afterwards.
+    ``on_step`` sees the net after every optimiser step, its gradients still in place.
+    ``rank``: one process of a distributed run (``cr_edge.distributed``, whose launcher
+    holds the lock and calls this unlocked): it trains its shard under
+    DistributedDataParallel, and only rank 0 writes the checkpoint.
+    """
     dev = resolve_device(device)
     torch.manual_seed(recipe.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -198,6 +186,10 @@ def train_unlocked(
         tokenizer if data.is_text else None,
     )
     return TrainResult(Path(out), metrics, net, notes)
+
+
+# The entry point: the same function, holding the output folder's lock while it writes.
+train = holds_out("train")(train_unlocked)
 
 
 def _inputs(x: np.ndarray, norm: Normalisation | None, dev: torch.device) -> Tensor:
