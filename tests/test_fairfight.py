@@ -25,7 +25,12 @@ from cr_edge.fairfight.fight import fairfight
 from cr_edge.fairfight.ladder import BUDGETS, FAMILY_BY_NAME, choose, tuning_tasks
 from cr_edge.fairfight.runner import shifts
 from cr_edge.fairfight.stats import bootstrap, holm, mean_ci, welch
-from cr_edge.fairfight.verdict import decide, equal_accuracy, fewer_parameters_tests
+from cr_edge.fairfight.verdict import (
+    decide,
+    equal_accuracy,
+    fewer_parameters_tests,
+    latency_target,
+)
 
 # ---- statistics, against values worked out by hand -----------------------------------
 
@@ -93,6 +98,28 @@ def _rec(family, width, seed, acc, params, val=None, arch="depth1"):
         "test_accuracy": acc,
         "val_accuracy": acc if val is None else val,
     }
+
+
+def test_latency_target_reads_the_batch_64_spread_where_the_ratio_reaches_5x():
+    def row(runtime, batch, p10, p90):
+        return {
+            "runtime": runtime,
+            "batch": batch,
+            "ratio": (p10 + p90) / 2,
+            "p10": p10,
+            "p90": p90,
+        }
+
+    rows = [
+        row("cpu", 1, 0.01, 0.02),  # batch 1 is reported, not judged
+        row("cpu", 64, 0.20, 0.30),
+        row("pte", 64, 0.30, 0.40),
+        row("ort", 64, 0.34, 0.50),
+    ]
+    held = [v["held"] for v in latency_target(6.0, rows)]
+    assert held == ["yes", "undecided", "no"]
+    assert {v["held"] for v in latency_target(4.9, rows)} == {"not tested"}
+    assert {v["held"] for v in latency_target(None, rows)} == {"not tested"}
 
 
 def test_equal_accuracy_compares_the_smallest_points_reaching_the_threshold():

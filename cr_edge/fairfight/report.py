@@ -15,7 +15,13 @@ import numpy as np
 from cr_edge import atomic
 from cr_edge.fairfight.ladder import FAMILIES
 from cr_edge.fairfight.stats import mean_ci
-from cr_edge.fairfight.verdict import aggregate
+from cr_edge.fairfight.verdict import (
+    LATENCY_BATCH,
+    LATENCY_MIN_RATIO,
+    LATENCY_TARGET,
+    aggregate,
+    latency_target,
+)
 
 FAMILY_COLOURS = {
     "cr": "tab:red",
@@ -148,7 +154,7 @@ def _smoothness_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _latency_table(pair: dict | None) -> list[str]:
+def _latency_table(pair: dict | None, parameter_ratio: float | None) -> list[str]:
     if not pair:
         return []
     lines = [
@@ -165,6 +171,15 @@ def _latency_table(pair: dict | None) -> list[str]:
             f"| {r['runtime']} | {r['batch']} | {r['baseline_p50_us']:.1f} | {r['cr_p50_us']:.1f} "
             f"| {r['ratio']:.2f} | {r['p10']:.2f}-{r['p90']:.2f} |"
         )
+    verdicts = latency_target(parameter_ratio, pair["rows"])
+    lines += [
+        "",
+        f"Target: wherever the parameter ratio is at least {LATENCY_MIN_RATIO:g}x, CR / baseline "
+        f"<= 1/3 at batch {LATENCY_BATCH} (held: the whole p10-p90 spread at or under "
+        f"{LATENCY_TARGET:.2f}). Parameter ratio {_f(parameter_ratio, '.2f')}x: "
+        + "; ".join(f"{v['runtime']} {v['ratio']:.2f} ({v['held']})" for v in verdicts)
+        + ".",
+    ]
     return lines
 
 
@@ -217,7 +232,7 @@ def markdown(report: dict) -> str:
         [r for r in report["runs"] if r["phase"] == "ladder" and not r.get("failed")]
     )
     lines += _probe_tables(report)
-    lines += _latency_table(report.get("latency"))
+    lines += _latency_table(report.get("latency"), v["parameter_ratio"])
     lines += anchor(report)
     lines += ["", "| claim | paper | measured | held |", "|---|---|---|---|"]
     for c in v["claims"]:
@@ -235,11 +250,12 @@ def anchor(report: dict) -> list[str]:
     relu = [r for r in report["rows"] if r["family"] == "relu"]
     mlp = max((r["accuracy"] for r in relu if r["arch"] != "conv"), default=None)
     cnn = max((r["accuracy"] for r in relu if r["arch"] == "conv"), default=None)
+    paper = ", ".join(f"{name} {acc:.0f}%" for name, acc in PAPER_ACCURACY.items())
     return [
         "",
-        f"Sanity anchor (Greydanus & Kobak): MLP {PAPER_ACCURACY['MLP']:.0f}%, CNN "
-        f"{PAPER_ACCURACY['CNN']:.0f}%; ours (best ReLU ladder point): MLP "
-        f"{_f(mlp and mlp * 100, '.1f')}%, CNN {_f(cnn and cnn * 100, '.1f')}%.",
+        f"Sanity anchor (Greydanus & Kobak): {paper}; ours (best ReLU ladder point, "
+        f"this budget's epochs): MLP {_f(mlp and mlp * 100, '.1f')}%, CNN "
+        f"{_f(cnn and cnn * 100, '.1f')}%.",
     ]
 
 

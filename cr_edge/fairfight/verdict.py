@@ -37,6 +37,10 @@ PAPER = {
     "corruption_gain": 0.0232,
 }
 Point = tuple[str, str, int]  # (family, arch, width)
+# The hardware-efficiency target: wherever CR needs at least LATENCY_MIN_RATIO x fewer
+# parameters at equal accuracy, its batch-LATENCY_BATCH latency is at most LATENCY_TARGET x the
+# baseline's.
+LATENCY_MIN_RATIO, LATENCY_BATCH, LATENCY_TARGET = 5.0, 64, 1 / 3
 
 
 def _by_point(records: list[dict]) -> dict[Point, list[dict]]:
@@ -351,6 +355,30 @@ def decide(lo: float | None, hi: float | None, null: float, paper: float | None)
     if hi < null:
         return "no"
     return "undecided"
+
+
+def latency_target(parameter_ratio: float | None, rows: list[dict]) -> list[dict]:
+    """Per runtime, the batch-64 CR/baseline latency against 1/3, read from its spread.
+
+    ``held`` is *yes* when the whole p10-p90 spread lies at or under the target, *no* when
+    it lies above, *undecided* otherwise, and *not tested* where the parameter ratio is
+    under 5x (the target makes no claim there; the ratio is still shown).
+    """
+    applies = parameter_ratio is not None and parameter_ratio >= LATENCY_MIN_RATIO
+    out = []
+    for r in rows:
+        if r["batch"] != LATENCY_BATCH:
+            continue
+        if not applies:
+            held = "not tested"
+        elif r["p90"] <= LATENCY_TARGET:
+            held = "yes"
+        elif r["p10"] > LATENCY_TARGET:
+            held = "no"
+        else:
+            held = "undecided"
+        out.append({"runtime": r["runtime"], "ratio": r["ratio"], "held": held})
+    return out
 
 
 def _claim(claim: str, paper: str, measured: str, held: str) -> dict:
