@@ -158,17 +158,8 @@ def test_fp16_keeps_outputs_and_derivatives(zoo, tmp_path):
 def test_cli_writes_models_oracle_and_report(cli_run, zoo, tmp_path):
     ck, ex = zoo["digits-cr"]
     out = tmp_path / "q"
-    got = cli_run(
-        "quantize",
-        ex / "model.onnx",
-        "--out",
-        out,
-        "--mode",
-        "w8",
-        "--calib",
-        ck / "calib.npz",
-        "--ort",
-    )
+    args = ("--mode", "w8", "--calib", ck / "calib.npz", "--ort")
+    got = cli_run("quantize", ex / "model.onnx", "--out", out, *args)
     assert got.exit_code == 0, got.output
     assert "w8" in got.output and "Horner chain" in got.output
     assert {p.name for p in out.iterdir()} == {
@@ -233,16 +224,8 @@ def test_bad_calibration_is_one_line_exit_2_nothing_written(cli_run, zoo, tmp_pa
     ck, ex = zoo["digits-cr"]
     x = np.load(ck / "calib.npz")["x"]
     out = tmp_path / "q"
-    got = cli_run(
-        "quantize",
-        ex / "model.onnx",
-        "--out",
-        out,
-        "--mode",
-        "static",
-        "--calib",
-        _bad_calib(tmp_path, make(x)),
-    )
+    bad = ("--calib", _bad_calib(tmp_path, make(x)))
+    got = cli_run("quantize", ex / "model.onnx", "--out", out, "--mode", "static", *bad)
     assert got.exit_code == 2 and words in got.output
     assert len(got.output.strip().splitlines()) == 1
     assert not out.exists() or not any(out.iterdir())

@@ -18,6 +18,13 @@ from cr_edge.export.version_guard import ORT_SUPPORT, check_model
 from reliability.helpers import one_line_error, run
 
 
+def export_for(checkpoint, out, opset: int, runtime_version: str):
+    """``cr-edge export`` at ``opset`` for the declared ``--runtime-version``."""
+    return run(
+        "export", checkpoint, "--out", out, "--opset", opset, "--runtime-version", runtime_version
+    )
+
+
 def stamped(opset: int, ir: int) -> onnx.ModelProto:
     model = helper.make_model(
         helper.make_graph([], "g", [], []), opset_imports=[helper.make_opsetid("", opset)]
@@ -45,16 +52,7 @@ def test_guard_follows_the_table(release, runtime):
 
 def test_too_new_opset_is_refused_before_writing(checkpoint, tmp_path):
     out = tmp_path / "ex"
-    result = run(
-        "export",
-        checkpoint,
-        "--out",
-        out,
-        "--opset",
-        "21",
-        "--runtime-version",
-        "onnxruntime==1.16",
-    )
+    result = export_for(checkpoint, out, 21, "onnxruntime==1.16")
     assert result.exit_code == 2
     line = one_line_error(result)
     assert (
@@ -69,16 +67,7 @@ def test_too_new_opset_is_refused_before_writing(checkpoint, tmp_path):
 def test_an_accepted_export_loads_on_the_declared_target(checkpoint, tmp_path, opset):
     here = ".".join(ort.__version__.split(".")[:2])
     out = tmp_path / "ex"
-    result = run(
-        "export",
-        checkpoint,
-        "--out",
-        out,
-        "--opset",
-        opset,
-        "--runtime-version",
-        f"onnxruntime=={here}",
-    )
+    result = export_for(checkpoint, out, opset, f"onnxruntime=={here}")
     assert result.exit_code == 0, result.output
     for name in ("model.onnx", "model.jvp.onnx"):
         ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
