@@ -180,3 +180,101 @@ def test_a_secant_below_the_output_noise_has_no_direction_but_a_large_one_keeps_
     assert min_cosine(np.array([[2.0]]), ref[2:], floor) == 1.0  # same sign, so cos 1...
     assert min_cosine(np.array([[-2.0]]), ref[2:], floor) == -1.0  # ...but out of the noise
     assert min_cosine(-ref, ref) == -1.0  # without a floor every sign counts
+
+
+# ---- integer convolutions: the same kernel over im2col columns -----------------------
+
+C, L = 8, 12  # Conv1d channels and length: each output sums C * 3 = 24 products
+
+
+def _conv_integer(**attrs) -> onnx.ModelProto:
+    """One ConvInteger (u8 x, s8 w with zero points), the op onnxruntime's dynamic mode writes."""
+    graph = helper.make_graph(
+        [helper.make_node("ConvInteger", ["x", "w", "xz", "wz"], ["y"], name="conv", **attrs)],
+        "conv_integer",
+        [
+            helper.make_tensor_value_info("x", TensorProto.UINT8, None),
+            helper.make_tensor_value_info("w", TensorProto.INT8, None),
+            helper.make_tensor_value_info("xz", TensorProto.UINT8, []),
+            helper.make_tensor_value_info("wz", TensorProto.INT8, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"pads": [1, 1]},
+        {"pads": [2, 0], "strides": [2], "dilations": [2]},
+        {"pads": [1, 1, 0, 1], "strides": [1, 2], "group": 2},
+    ],
+)
+def test_conv_emulation_is_exact_where_no_pair_sum_can_saturate(attrs):
+    rng = np.random.default_rng(3)
+    two_d = "group" in attrs
+    x = rng.integers(0, 256, (2, C, *((5, 6) if two_d else (L,)))).astype(np.uint8)
+    w_shape = (6, C // attrs.get("group", 1), *((2, 3) if two_d else (3,)))
+    w = rng.integers(-60, 61, w_shape).astype(np.int8)  # 2 * 255 * 60 < 32767
+    feeds = {"x": x, "w": w, "xz": np.array(7, np.uint8), "wz": np.array(0, np.int8)}
+    model = _conv_integer(**attrs)
+    emulated = ReferenceSession(model, avx2=True)
+    exact = ReferenceSession(model).run(feeds)[0]
+    np.testing.assert_array_equal(emulated.run(feeds)[0], exact)
+    assert emulated.saturated == 0
+
+
+def _one_conv() -> onnx.ModelProto:
+    """Conv1d with every weight near +1: the pair sums of codes near 255 overflow int16."""
+    rng = np.random.default_rng(0)
+    w = rng.uniform(0.9, 1.0, (4, C, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", pads=[1, 1])],
+        "one_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", C, L])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, L])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(4, np.float32), "b")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "static-qdq"])
+def test_the_emulation_catches_a_conv_overflow_that_exact_maths_does_not(kind):
+    x = np.random.default_rng(1).uniform(0.5, 1.0, (16, C, L)).astype(np.float32)
+    x[:, 0, 0] = -0.01  # the zero point sits at code 1 or 2, not 0
+    model = _one_conv()
+    quantized = _ort_defaults(model, x, kind)
+    ops = {n.op_type for n in quantized.graph.node}
+    assert ("ConvInteger" in ops) == (kind == "dynamic") and integer_kernel_nodes(quantized)
+    ways, notes = three_ways(quantized, None, META_CONV, _oracle(model, x))
+    by_name = {w.name.split()[0]: w for w in ways if w.name.split()[-1] != "b1"}
+    assert "avx2" in by_name and not any("unavailable" in n for n in notes), notes
+    assert by_name["exact"].parity.outputs_ok, by_name["exact"].parity
+    avx2 = by_name["avx2"]
+    assert not avx2.parity.outputs_ok and avx2.saturated > 0
+    assert "overflows in u8s8 kernels without VNNI" in avx2.failure
+
+
+# Outputs reach ~24 (24 products of ~1): a step of 0.1 (atol 0.3) holds exact maths.
+META_CONV = {"cr_edge.precision": "int8", OUTPUT_STEP_KEY: "0.1"}
+
+
+@pytest.mark.parametrize(
+    ("kernel", "strides", "pads"), [((2, 3), (2, 1), (0, 0, 0, 0)), ((2, 2), (2, 2), (1, 0, 1, 0))]
+)
+def test_the_vectorised_average_pool_is_onnx_s_own(kernel, strides, pads):
+    node = helper.make_node(
+        "AveragePool", ["x"], ["y"], kernel_shape=kernel, strides=strides, pads=pads
+    )
+    graph = helper.make_graph(
+        [node],
+        "pool",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(4).standard_normal((3, 4, 9, 8)).astype(np.float32)
+    want = onnx.reference.ReferenceEvaluator(model).run(None, {"x": x})[0]
+    got = ReferenceSession(model).run({"x": x})[0]  # float64 sums: within float32 rounding
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

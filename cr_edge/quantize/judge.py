@@ -62,7 +62,7 @@ class Way:
             return None
         p, parts = self.parity, []
         if self.name == "avx2 unjudged":
-            return f"{MEANING[self.name]}: integer convolutions are not emulated"
+            return f"{MEANING[self.name]}: a QLinearConv is not emulated"
         if not p.outputs_ok:
             parts.append(f"output err {p.max_abs_err:.3g} > atol {p.atol:.3g}")
         if p.derivatives_ok is False and not np.isfinite(p.jvp_max_err):

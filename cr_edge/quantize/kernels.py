@@ -9,6 +9,11 @@ cross-layer equalization) against activations near 255 reach ``2 * 255 * 127 = 6
 twice the int16 limit. The zero points are applied afterwards from exact row and
 column sums, so the saturation acts on the raw codes, as here.
 
+An integer convolution runs on the same kernel: MLAS unrolls the input into columns
+(im2col, K ordered channel-major then kernel position, as the weight's own layout) and
+multiplies them by the weight matrix, so ``integer_conv`` is ``integer_matmul`` over
+those columns, the padding filled with the activation zero point (ConvInteger's rule).
+
 Signed activations are shifted to unsigned (``a + 128``, zero point + 128) as MLAS does
 on x86; ``u8 x u8`` uses a widening kernel that does not saturate; 7-bit weights
 (``reduce_range``) keep every pair sum below ``2 * 255 * 64 = 32640`` and never saturate.
@@ -75,3 +80,47 @@ def can_saturate(a_dtype: np.dtype, b: np.ndarray) -> bool:
     top = 255 if np.dtype(a_dtype) in (np.uint8, np.int8) else 0
     w = np.abs(b.astype(np.int32))
     return bool(top * 2 * int(w.max(initial=0)) > INT16_MAX)
+
+
+def integer_conv(
+    x: np.ndarray,
+    x_zero: np.ndarray | int,
+    w: np.ndarray,
+    w_zero: np.ndarray | int,
+    conv: dict,
+) -> tuple[np.ndarray, int]:
+    """ConvInteger as the AVX2 kernel computes it: ``(N, M, *out)`` int64 and the saturations.
+
+    ``x`` is (N, C, *spatial) codes, ``w`` (M, C / group, *kernel); ``conv`` holds the
+    ONNX attributes ``strides``, ``dilations``, ``pads`` and ``group`` (defaults as in ONNX).
+    """
+    nd = x.ndim - 2
+    kernel = w.shape[2:]
+    strides = conv.get("strides") or [1] * nd
+    dilations = conv.get("dilations") or [1] * nd
+    pads = conv.get("pads") or [0] * (2 * nd)
+    group = int(conv.get("group") or 1)
+    fill = int(np.asarray(x_zero).reshape(-1)[0]) if np.size(x_zero) else 0
+    padded = np.pad(
+        x, [(0, 0), (0, 0), *[(pads[i], pads[i + nd]) for i in range(nd)]], constant_values=fill
+    )
+    extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    windows = np.lib.stride_tricks.sliding_window_view(padded, extent, axis=range(2, 2 + nd))
+    picks = [slice(None, None, s) for s in strides] + [slice(None, None, d) for d in dilations]
+    windows = windows[(slice(None), slice(None), *picks)]  # (N, C, *out, *kernel)
+    out_shape = windows.shape[2 : 2 + nd]
+    cols = windows.transpose(0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
+    cols = cols.reshape(x.shape[0] * int(np.prod(out_shape)), x.shape[1], -1)
+    w_zero = np.broadcast_to(np.asarray(w_zero).reshape(-1), (w.shape[0],))
+    c_in, m_out = x.shape[1] // group, w.shape[0] // group
+    parts, saturated = [], 0
+    for g in range(group):
+        a = cols[:, g * c_in : (g + 1) * c_in].reshape(cols.shape[0], -1)
+        b = w[g * m_out : (g + 1) * m_out].reshape(m_out, -1).T
+        acc, sat = integer_matmul(
+            np.ascontiguousarray(a), x_zero, b, w_zero[g * m_out : (g + 1) * m_out]
+        )
+        parts.append(acc)
+        saturated += sat
+    out = np.concatenate(parts, axis=1).reshape(x.shape[0], *out_shape, w.shape[0])
+    return out.transpose(0, nd + 1, *range(1, nd + 1)), saturated
