@@ -75,6 +75,28 @@ def test_fixed_batch_models_run_every_sample(model_dir, tmp_path, batch):
     assert row.outputs.checks[0].shape == (64, 4)
 
 
+@pytest.mark.parametrize(
+    ("fixed", "batch", "sizes"),
+    [(None, None, [64]), (None, 24, [24, 24, 16]), (24, None, [24, 24, 24])],
+)
+def test_run_all_chunks_and_pads_only_a_fixed_batch(model_dir, tmp_path, fixed, batch, sizes):
+    # a dynamic batch is cut into chunks of ``batch`` as they come (a padding sample would
+    # move a per-batch activation scale); a fixed batch pads its last chunk, drops the padding
+    x = np.load(model_dir / "model.ref.npz")["x"]
+    model = onnx.load(model_dir / "model.onnx")
+    if fixed:
+        for value in (*model.graph.input, *model.graph.output):
+            value.type.tensor_type.shape.dim[0].dim_value = fixed
+    onnx.save(model, tmp_path / "model.onnx")
+    session = get_runtime("cpu").load(check_artifact(tmp_path / "model.onnx"))
+    ran, run = [], session.run
+    session.run = lambda feeds: ran.append(len(feeds["x"])) or run(feeds)
+    (y,) = session.run_all({"x": x}, batch)
+    assert ran == sizes
+    whole = get_runtime("cpu").load(check_artifact(model_dir / "model.onnx")).run({"x": x})[0]
+    np.testing.assert_allclose(y, whole, rtol=1e-6, atol=1e-6)
+
+
 def test_output_comparison_figures():
     tol = POLICY["fp32"]
     ref = np.array([[1.0, -2.0], [0.5, 0.0]], np.float32)
