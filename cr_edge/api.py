@@ -3,7 +3,8 @@
 Each function takes paths and plain values and returns the result object of its
 stage, exactly what the matching ``cr-edge`` command prints. The checks the commands
 make are made here too: a folder that already holds a result is refused unless
-``force=True``; ``validate`` and ``profile`` (``cr_edge.validate.validator``,
+``force=True``; so is an export that failed its own cpu parity check, by ``validate``
+and ``quantize``; ``validate`` and ``profile`` (``cr_edge.validate.validator``,
 ``cr_edge.profile.profiler``) open untrusted models in a sandboxed child first.
 """
 
@@ -15,9 +16,16 @@ from pathlib import Path
 from cr_edge.atomic import refuse_existing
 from cr_edge.export.exporter import ExportOptions, ExportResult
 from cr_edge.export.exporter import export as _export
+from cr_edge.manifest import refuse_failed_export
+from cr_edge.quantize.policy import QuantConfig
+from cr_edge.quantize.quantizer import QuantizeResult
+from cr_edge.quantize.quantizer import quantize as _quantize
 from cr_edge.recipe import Recipe, load_recipe
 from cr_edge.train import EpochStats, TrainResult
 from cr_edge.train import train as _train
+from cr_edge.validate.tolerances import Overrides
+from cr_edge.validate.validator import ValidationReport
+from cr_edge.validate.validator import validate as _validate
 
 
 def train(
@@ -43,3 +51,26 @@ def export(
     """Export a checkpoint folder; keywords are ``ExportOptions`` fields (``formats=("onnx", "ort")``)."""
     refuse_existing(Path(out), "model.onnx", force)
     return _export(Path(checkpoint), Path(out), ExportOptions(**options))
+
+
+def quantize(model: str | Path, config: QuantConfig, force: bool = False) -> QuantizeResult:
+    """Quantize an export; ``force`` overwrites ``config.out`` and takes a failed export too."""
+    refuse_existing(config.out, "quantize.json", force)
+    refuse_failed_export(Path(model), force)
+    return _quantize(Path(model), config)
+
+
+def validate(
+    artifacts: list[str | Path],
+    runtimes: list[str] | str = "all",
+    ref: str | Path | None = None,
+    overrides: Overrides | None = None,
+    derivatives: str = "auto",
+    force: bool = False,
+) -> ValidationReport:
+    """Validate artifacts; an export that failed its own cpu check needs ``force=True``."""
+    for artifact in artifacts:
+        refuse_failed_export(Path(artifact), force)
+    return _validate(
+        [Path(a) for a in artifacts], runtimes, ref and Path(ref), overrides, derivatives
+    )

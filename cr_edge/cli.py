@@ -263,22 +263,31 @@ def export(
     force: bool,
 ) -> None:
     """Export a checkpoint: Horner-lowered ONNX, derivative companion, parity oracle, mobile files."""
-    from cr_edge.api import export as run_export
-    from cr_edge.terminal import print_export
+    from rich.console import Console
 
-    result = run_export(
-        checkpoint,
-        out,
-        force=force,
-        opset=opset,
-        fixed_batch=fixed_batch,
-        companion=companion,
-        sensitivity=sensitivity,
-        domain_guard=domain_guard,
-        formats=("onnx", *[f for f in formats if f != "onnx"]),
-        int8=int8,
-        runtime_version=runtime_version,
-    )
+    from cr_edge.api import export as run_export
+    from cr_edge.export.self_check import SelfCheckFailed
+    from cr_edge.terminal import print_export
+    from cr_edge.validate.parity_table import render
+
+    try:
+        result = run_export(
+            checkpoint,
+            out,
+            force=force,
+            opset=opset,
+            fixed_batch=fixed_batch,
+            companion=companion,
+            sensitivity=sensitivity,
+            domain_guard=domain_guard,
+            formats=("onnx", *[f for f in formats if f != "onnx"]),
+            int8=int8,
+            runtime_version=runtime_version,
+        )
+    except SelfCheckFailed as e:  # written, kept, and failed: show what was checked
+        print_export(e.result)
+        render(e.result.check, Console())
+        raise
     print_export(result)
 
 
@@ -323,6 +332,11 @@ def export(
     type=click.FloatRange(-1, 1),
     help="Least cosine between a JVP and the oracle's.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Validate an export that failed its own cpu parity check (to see every failure).",
+)
 def validate(
     artifacts: tuple[Path, ...],
     runtime: tuple[str, ...],
@@ -333,16 +347,20 @@ def validate(
     rtol: float | None,
     deriv_rtol: float | None,
     min_cosine: float | None,
+    force: bool,
 ) -> None:
     """Check outputs and derivatives of artifacts against the PyTorch oracle, per runtime."""
     from rich.console import Console
 
     from cr_edge.atomic import write_json
+    from cr_edge.manifest import refuse_failed_export
     from cr_edge.validate.parity_table import render
     from cr_edge.validate.tolerances import Overrides
     from cr_edge.validate.validator import validate as run_validate
 
     overrides = Overrides(atol=atol, rtol=rtol, deriv_rtol=deriv_rtol, min_cosine=min_cosine)
+    for artifact in artifacts:  # torch-free here, as cr_edge.api.validate does it
+        refuse_failed_export(artifact, force)
     report = run_validate(list(artifacts), list(runtime), ref, overrides, derivatives)
     render(report, Console())
     if json_out is not None:
@@ -494,7 +512,11 @@ def profile(
     is_flag=True,
     help="Exit 1 when --mode auto keeps fp32 (no candidate qualified).",
 )
-@click.option("--force", is_flag=True, help="Overwrite a quantization already in --out.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Overwrite a quantization already in --out; take an export that failed its own check.",
+)
 def quantize(
     model: Path,
     out: Path,
@@ -509,6 +531,7 @@ def quantize(
     force: bool,
 ) -> None:
     """Quantize an export (and its derivative companion) to int8 or fp16, with a parity report."""
+    from cr_edge.manifest import refuse_failed_export
     from cr_edge.quantize.candidates_table import print_quantize
     from cr_edge.quantize.policy import QuantConfig, QuantPolicy
     from cr_edge.quantize.quantizer import quantize as run_quantize
@@ -516,6 +539,7 @@ def quantize(
     policy = QuantPolicy(mode, poly, method, per_channel, equalize)
     config = QuantConfig(out, policy, calib, ort_format, require)
     refuse_existing(out, "quantize.json", force)
+    refuse_failed_export(model, force)  # torch-free here, as cr_edge.api.quantize does it
     result = run_quantize(model, config)
     print_quantize(result)
     if result.chosen is not None and not result.chosen.passed:  # explicit policy, kept to inspect

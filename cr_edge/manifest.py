@@ -13,13 +13,21 @@ command that write it (``mark_writing``); the writer's last act, ``write_manifes
 drops that state. A folder interrupted at any moment in between, or one being
 written right now, is refused by every reader as incomplete, naming the command
 that rewrites it.
+
+An export folder also records whether the export passed its own cpu parity check
+(``cr_edge.export.self_check``), under ``"export_check"``: ``passed``, or ``failed``
+with the failing checks. The check reads the folder back before its manifest is
+written (``reading_back``), so an export killed during it is incomplete like any
+other. ``validate`` and ``quantize`` refuse a failed export unless forced
+(``refuse_failed_export``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from cr_edge import atomic
@@ -28,10 +36,18 @@ from cr_edge.errors import InputError
 MANIFEST = "manifest.json"
 FORMAT = "cr-edge-manifest"
 WRITING = "writing"
+EXPORT_CHECK = "export_check"
+CHECK_PASSED, CHECK_FAILED = "passed", "failed"
+_reading_back: set[Path] = set()  # folders this process writes and reads back before finishing
 
 
-def write_manifest(folder: Path, files: Iterable[Path | str]) -> Path:
-    """Add ``files`` (paths inside ``folder``) to ``folder/manifest.json``; entries still on disk stay."""
+def write_manifest(
+    folder: Path, files: Iterable[Path | str], export_check: dict | None = None
+) -> Path:
+    """Add ``files`` (paths inside ``folder``) to ``folder/manifest.json``; entries still on disk stay.
+
+    ``export_check``: the export's own parity verdict, ``{"state": ..., "failed": [...]}``.
+    """
     folder = Path(folder)
     entries = {
         name: entry
@@ -46,6 +62,8 @@ def write_manifest(folder: Path, files: Iterable[Path | str]) -> Path:
             "sha256": hashlib.sha256(data).hexdigest(),
         }
     doc = {"format": FORMAT, "files": dict(sorted(entries.items()))}
+    if export_check is not None:
+        doc[EXPORT_CHECK] = export_check
     atomic.write_json(folder / MANIFEST, doc)
     return folder / MANIFEST
 
@@ -74,6 +92,41 @@ def is_incomplete(folder: Path) -> bool:
     return _writing(folder) is not None
 
 
+@contextlib.contextmanager
+def reading_back(folder: Path) -> Iterator[None]:
+    """Let this process read the files it has just written into ``folder``, before the
+    manifest that makes the folder complete (and lists their hashes) is written."""
+    key = Path(folder).resolve()
+    _reading_back.add(key)
+    try:
+        yield
+    finally:
+        _reading_back.discard(key)
+
+
+def refuse_failed_export(artifact: Path, force: bool = False) -> None:
+    """``InputError`` if ``artifact``'s export failed its own cpu parity check.
+
+    What ``validate`` and ``quantize`` ask before working on an export; ``force`` runs
+    them anyway (to look at the failure in detail, or on purpose).
+    """
+    folder = Path(artifact).parent
+    check = _export_check(folder)
+    if force or check.get("state") != CHECK_FAILED:
+        return
+    failed = ", ".join(str(name) for name in check.get("failed") or []) or "parity"
+    raise InputError(
+        f"{folder}: the export failed its own cpu parity check ({failed}): fix the model "
+        "or pass --force"
+    )
+
+
+def _export_check(folder: Path) -> dict:
+    doc = _load(Path(folder) / MANIFEST)
+    check = doc.get(EXPORT_CHECK) if isinstance(doc, dict) else None
+    return check if isinstance(check, dict) else {}
+
+
 def _writing(folder: Path) -> dict | None:
     doc = _load(Path(folder) / MANIFEST)
     return doc if isinstance(doc, dict) and doc.get("state") == WRITING else None
@@ -82,6 +135,8 @@ def _writing(folder: Path) -> dict | None:
 def verify(path: Path, data: bytes | None = None) -> None:
     """Refuse ``path`` if its folder is incomplete or its manifest lists other bytes; no manifest, no check."""
     path = Path(path)
+    if path.parent.resolve() in _reading_back:
+        return  # its writer reading it back: the manifest still lists the earlier files
     require_complete(path.parent)
     entry = _read(path.parent / MANIFEST, strict=True).get(path.name)
     if entry is None:

@@ -2,7 +2,8 @@
 
 Every step writes its own sub-folder with atomic files, so an interrupted run
 leaves the finished steps complete and nothing half-written; ``summary.json``
-and ``summary.md`` come last and say what every step measured. ``--runtime``
+and ``summary.md`` come last and say what every step measured. An export that fails its
+own cpu parity check stops the run there (exit 1), the summary saying so. ``--runtime``
 decides every step: export and quantize write only the formats those runtimes run
 (.ort for ort-mobile, .pte for executorch-xnnpack), and validate and profile run only
 those runtimes; both open the models in the sandbox child first, as for the CLI.
@@ -22,6 +23,7 @@ from pathlib import Path
 from cr_edge import atomic
 from cr_edge.errors import CheckFailed, InputError
 from cr_edge.export.exporter import ExportOptions, export, export_int8_pte
+from cr_edge.export.self_check import SelfCheckFailed
 from cr_edge.folder_lock import holds_out, writing
 from cr_edge.manifest import is_incomplete, write_manifest
 from cr_edge.npz import read_npz
@@ -80,7 +82,10 @@ def run_pipeline(
     trained = train(recipe, out / "checkpoint", device="cpu")
     step("export")
     formats = export_formats(runtimes)
-    exported = export(out / "checkpoint", out / "export", ExportOptions(formats=formats))
+    try:
+        exported = export(out / "checkpoint", out / "export", ExportOptions(formats=formats))
+    except SelfCheckFailed as e:  # nothing downstream of a wrong model is worth measuring
+        return _stopped(recipe, out, trained.metrics, e)
     step("quantize")
     failures: list[str] = []
     models = [exported.files["onnx"]]
@@ -154,6 +159,17 @@ def _int8_program(out: Path, oracle: Path) -> tuple[dict, list[RuntimeResult]]:
         write_manifest(folder, [])  # drops the entries of the files just removed
     entry["note"] = f"not kept: {checked.failures()[0]}"
     return entry, []
+
+
+def _stopped(recipe: Recipe, out: Path, metrics: dict, failed: SelfCheckFailed) -> PipelineResult:
+    """The run after an export that failed its own check: summary and verdict, no later step."""
+    failures = [f"export: {failed}; stopped before quantize, validate and profile"]
+    result = failed.result
+    summary = _summary(recipe, metrics, result.files, {}, result.check, [], failures)
+    atomic.write_text(out / "summary.md", summary_markdown(summary))
+    atomic.write_json(out / SUMMARY, summary)
+    write_manifest(out, ["summary.md", SUMMARY])
+    return PipelineResult(out, summary, failures)
 
 
 def _summary(recipe, metrics, files, quant, report, profiles, failures) -> dict:

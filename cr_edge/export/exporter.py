@@ -3,7 +3,9 @@
 Writes ``model.onnx`` (Horner-lowered, folded), optionally ``model.jvp.onnx``
 (the derivative companion), ``model.ref.npz`` (the parity oracle), and the
 mobile formats asked for. Each file is written atomically; the oracle last,
-so a folder with an oracle has the models it describes.
+so a folder with an oracle has the models it describes. The last step checks the
+model against that oracle on the CPU (``self_check``): an export that fails it
+raises ``SelfCheckFailed`` (exit 1), its files kept and its manifest saying so.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from cr_edge.export import onnx as onnx_export
 from cr_edge.export.emit import JvpNet, PrimalNet
 from cr_edge.export.folds import activation_stages, run_passes
 from cr_edge.export.oracle_writer import ReferenceNet, build_oracle, reference_inputs, save_oracle
+from cr_edge.export.self_check import SelfCheckFailed, check_export, failure_message
 from cr_edge.export.stages import Poly, calibrate_ranges, stages_from_checkpoint
 from cr_edge.export.version_guard import FORMATS, check_model, parse_runtime_version
 from cr_edge.folder_lock import holds_out
-from cr_edge.manifest import write_manifest
+from cr_edge.validate.validator import ValidationReport
 
 # What each task's model returns, named in the metadata (cr_edge.outputs) for apps.
 OUTPUTS = {
@@ -71,6 +74,7 @@ class ExportResult:
     refusals: list[str]
     op_counts: dict[str, int]
     notes: dict[str, str] = field(default_factory=dict)
+    check: ValidationReport | None = None  # the export's own cpu parity check (self_check)
 
 
 def _guard(poly: Poly) -> None:
@@ -141,10 +145,18 @@ def export(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()
     files.update(_mobile_formats(options, out, files, ckpt, stages, example))
     files["ref"] = out / "model.ref.npz"
     save_oracle(files["ref"], oracle, calib)
-    write_manifest(out, files.values())
-    return ExportResult(
-        out, files, [p.horner_nodes() for p in polys], refusals, onnx_export.op_counts(model)
+    report, failed = check_export(out, files)
+    result = ExportResult(
+        out,
+        files,
+        [p.horner_nodes() for p in polys],
+        refusals,
+        onnx_export.op_counts(model),
+        check=report,
     )
+    if failed:
+        raise SelfCheckFailed(failure_message(out, report, failed), result)
+    return result
 
 
 def direction_example(ckpt: Checkpoint, x: torch.Tensor) -> torch.Tensor:

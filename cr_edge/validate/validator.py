@@ -34,6 +34,7 @@ from cr_edge.validate import coverage, rounding
 from cr_edge.validate.oracle import Oracle, check_against, load_oracle
 from cr_edge.validate.outcome import (
     COMPANION,
+    COMPANION_Y,
     DERIVATIVE_METHODS,
     FAIL,
     FINITE_DIFFERENCES,
@@ -61,6 +62,18 @@ class RuntimeResult:
 
     def outcomes(self) -> dict[str, Outcome]:
         return {c: getattr(self, c) for c in COLUMNS}
+
+    def failed_parity(self) -> list[str]:
+        """The parity checks that failed, as messages name them: outputs, derivatives, or
+        the companion's own y (judged at the output tolerance, beside the JVPs)."""
+        names = ["outputs"] if self.outputs.status == FAIL else []
+        if self.derivatives.status == FAIL:
+            failed = {c.name for c in self.derivatives.checks if not c.passed}
+            if failed - {COMPANION_Y} or not failed:
+                names.append("derivatives")
+            if COMPANION_Y in failed:
+                names.append(COMPANION_Y)
+        return names
 
     def to_json(self) -> dict:
         return {
@@ -146,12 +159,35 @@ def validate(
         if is_companion(path):
             raise InputError(f"{path}: a derivative companion; validate its primal model instead")
         sandboxed_load(path)  # a crash inside onnxruntime becomes an error, not a signal
-        artifact = check_artifact(path)
-        oracle = load_oracle(oracle_path(path, ref))
-        rounding = fp32_rounding(artifact, oracle)
-        for runtime in chosen:
-            results.append(_on_runtime(artifact, oracle, runtime, overrides, derivatives, rounding))
+        results += _rows(path, chosen, ref, overrides, derivatives)
     return ValidationReport(results)
+
+
+def cpu_parity(model: Path) -> ValidationReport:
+    """Outputs and derivatives of a model this process has just written, on the CPU EP.
+
+    Export's last step (``cr_edge.export.self_check``): the same rows ``validate`` makes
+    for ``--runtime cpu``, without the sandboxed child, which guards against untrusted
+    files and costs a Python start-up (~0.8 s) on every export; this file is the
+    exporter's own, already checked by ``onnx.checker``.
+    """
+    return ValidationReport(_rows(Path(model), parse_runtimes("cpu"), None, None, "auto"))
+
+
+def _rows(
+    path: Path,
+    runtimes: list[Runtime],
+    ref: Path | None,
+    overrides: Overrides | None,
+    derivatives: str,
+) -> list[RuntimeResult]:
+    artifact = check_artifact(path)
+    oracle = load_oracle(oracle_path(path, ref))
+    rounding = fp32_rounding(artifact, oracle)
+    return [
+        _on_runtime(artifact, oracle, runtime, overrides, derivatives, rounding)
+        for runtime in runtimes
+    ]
 
 
 def fp32_rounding(artifact: Artifact, oracle: Oracle) -> RoundingError | None:
