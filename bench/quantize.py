@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import quantize_dynamic
 
+from cr_edge.data import BUILTINS
 from cr_edge.export.exporter import export
 from cr_edge.quantize import measure as qm
 from cr_edge.quantize.gemm_to_matmul import gemm_to_matmul
@@ -228,7 +229,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="Shorten training (default: the recipe's).")
     parser.add_argument(
         "--recipes",
-        default=",".join([*zoo_names(), *SEEDS, WIDE]),
+        default=",".join(
+            [*(n for n in zoo_names() if load_recipe(n).data in BUILTINS), *SEEDS, WIDE]
+        ),
         help="Zoo names; NAME@AxB overrides the hidden widths, NAME#S the seed.",
     )
     parser.add_argument("--readme", type=Path, help="Rewrite this README's tables.")

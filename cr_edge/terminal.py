@@ -61,6 +61,10 @@ def print_summary(summary: dict, out: Path) -> None:
         )
     elif quant:
         table.add_row("quantized", "kept fp32 (no candidate qualified)")
+    pte = summary.get("executorch_int8")
+    if pte:
+        kept = "kept" if pte["kept"] else "not kept (fails its int8 validation)"
+        table.add_row(escape(f"ExecuTorch int8 {pte['file']}"), kept)
     for name, size in summary["files"].items():
         table.add_row(f"size {name}", f"{size:,} B")
     for artifact, per in summary["parity"].items():

@@ -22,7 +22,7 @@ from runtime_fixtures import copy_model, to_ort
 from trained import INT8_ARGMAX, INT8_P99_STEPS, run_onnx, run_pte
 
 from cr_edge.cli import cli
-from cr_edge.export.exporter import ExportOptions, export
+from cr_edge.export.exporter import ExportOptions, export, export_int8_pte
 from cr_edge.recipe import Recipe
 from cr_edge.train import train
 
@@ -137,13 +137,12 @@ def test_conv1d_int8_executorch_program_stays_within_its_step(
 ) -> None:
     """The .pte lowering with Conv1d quantized by PT2E, held to its quantization step against
     the fp32 ONNX model (one ExecuTorch export: lowering is the slowest thing here)."""
-    options = ExportOptions(formats=("executorch",), int8=True, companion=False)
-    int8 = export(checkpoint, tmp_path / "int8", options)
-    ops = json.loads(int8.files["pte_info"].read_text())["delegation"]["ops"]
+    int8 = export_int8_pte(checkpoint, tmp_path / "model.pte")  # the program alone
+    ops = json.loads(int8.info_path.read_text())["delegation"]["ops"]
     per_channel = ops["quantized_decomposed_dequantize_per_channel_default"]["delegated"]
     assert per_channel == 3  # int8 weights: both Conv1d layers and the classifier
     x = np.load(checkpoint / "calib.npz")["x"]
-    want, got = run_onnx(exported / "model.onnx", x=x)["y"], run_pte(int8.files["pte"], x)
+    want, got = run_onnx(exported / "model.onnx", x=x)["y"], run_pte(int8.path, x)
     step = np.ptp(want) / 255
     steps = np.abs(got - want) / step
     assert np.percentile(steps, 99) <= INT8_P99_STEPS, np.percentile(steps, 99)
