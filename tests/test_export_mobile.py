@@ -143,7 +143,7 @@ def test_int8_pte_stays_within_its_quantization_step(trained_root: Path, name: s
 @pytest.fixture(scope="module")
 def int8_program(trained_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The conv net's int8 program beside its oracle, calibrated on the oracle's inputs
-    (as the pipeline's is): measured 0.5 of the 3 output steps int8 tolerates."""
+    (as the pipeline's is): measured 1.6 of the 3 output steps int8 tolerates."""
     result = exported(trained_root, "digits-conv", "mobile", MOBILE)
     folder = tmp_path_factory.mktemp("int8-pte")
     (folder / "model.ref.npz").write_bytes(result.files["ref"].read_bytes())
