@@ -10,7 +10,8 @@ from __future__ import annotations
 # What cr-edge's exporter writes.
 LINEAR = ("Gemm", "MatMul", "Conv")  # the layers between activations
 HORNER = frozenset({"Mul", "Add"})  # a polynomial in Horner form: ((a3 z + a2) z + a1) z + a0
-GUARD = frozenset({"Min", "Max"})  # the domain guard's clamp of each polynomial's input
+# the domain guard's clamp of each polynomial's input: one scalar Clip, or Max/Min per channel
+GUARD = frozenset({"Clip", "Min", "Max"})
 SHAPE = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity")
 
 # What onnxruntime makes of them: its fusions, and its quantizers' ops.

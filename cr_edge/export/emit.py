@@ -125,21 +125,31 @@ class _Poly(nn.Module):
     def __init__(self, stage: Poly, spatial: int) -> None:
         super().__init__()
         self.degree, self.monic, self.guard = stage.degree, stage.monic, stage.guard
+        self.unit = stage.guard and stage.unit
         self.used = [k for k in range(stage.degree) if not stage.skipped(k)]
         for k in self.used:
             _buffer(self, f"c{k}", stage.coeffs[k], spatial)
         if not stage.monic:
             _buffer(self, f"c{stage.degree}", stage.coeffs[-1], spatial)
         _buffer(self, "dm", derivative_coeffs(torch.from_numpy(stage.coeffs)).numpy(), spatial)
-        true_deriv = derivative_coeffs(torch.from_numpy(stage.coeffs)).numpy() * stage.scale
-        _buffer(self, "dp", true_deriv, spatial)
+        # dp/dz = scale * m'(t) * gain, with t = gain * (z + shift) the chain's input
+        m_deriv = derivative_coeffs(torch.from_numpy(stage.coeffs)).numpy()
+        _buffer(self, "dp", m_deriv * stage.scale * stage.gain, spatial)
         _buffer(self, "rownorm", stage.rownorm_sq, 0)
-        if stage.guard:
-            _buffer(self, "lo", stage.lo + stage.shift, spatial)
-            _buffer(self, "hi", stage.hi + stage.shift, spatial)
+        if stage.guard and not self.unit:
+            _buffer(self, "lo", (stage.lo + stage.shift) * stage.gain, spatial)
+            _buffer(self, "hi", (stage.hi + stage.shift) * stage.gain, spatial)
 
     def _clip(self, t: Tensor) -> Tensor:
+        """One scalar ``Clip`` when the folds mapped every channel onto ``[-1, 1]``."""
+        if self.unit:
+            return torch.clamp(t, -1.0, 1.0)
         return torch.minimum(torch.maximum(t, self.lo), self.hi) if self.guard else t
+
+    def _inside(self, t: Tensor) -> Tensor:
+        if self.unit:
+            return ((t >= -1.0) & (t <= 1.0)).to(t.dtype)
+        return ((t >= self.lo) & (t <= self.hi)).to(t.dtype)
 
     def forward(self, t: Tensor) -> Tensor:
         t = self._clip(t)
@@ -155,7 +165,7 @@ class _Poly(nn.Module):
         tc = self._clip(t)
         slope = _horner(self.dm, tc)
         if self.guard:  # the clip's derivative: zero where the guard holds the input
-            slope = slope * ((t >= self.lo) & (t <= self.hi)).to(t.dtype)
+            slope = slope * self._inside(t)
         return self(t), slope * dt
 
     def sensitivity(self, t: Tensor) -> Tensor:

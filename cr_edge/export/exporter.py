@@ -22,7 +22,12 @@ from cr_edge.checkpoint import Checkpoint, load_checkpoint
 from cr_edge.errors import InputError, NonFiniteError
 from cr_edge.export import onnx as onnx_export
 from cr_edge.export.emit import JvpNet, PrimalNet
-from cr_edge.export.folds import activation_stages, run_passes
+from cr_edge.export.folds import (
+    CLIP_GUARD_PASSES,
+    DEFAULT_PASSES,
+    activation_stages,
+    run_passes,
+)
 from cr_edge.export.oracle_writer import ReferenceNet, build_oracle, reference_inputs, save_oracle
 from cr_edge.export.self_check import SelfCheckFailed, check_export, failure_message
 from cr_edge.export.stages import Poly, calibrate_ranges, stages_from_checkpoint
@@ -51,6 +56,11 @@ class ExportOptions:
     companion: bool = True  # also write the derivative companion model.jvp.onnx
     sensitivity: bool = False
     domain_guard: bool = True
+    # The guard as one scalar Clip per polynomial (each channel's range rescaled onto [-1, 1]
+    # in the previous layer) instead of a per-channel Max/Min pair. Off by default: the
+    # rescaled rows move int8 weight codes, and quantize's candidate checks do not yet skip
+    # samples whose guard flips between the float and the int8 model (a kink, as ReLU's).
+    clip_guard: bool = False
     fold: bool = True
     formats: tuple[str, ...] = ("onnx",)
     int8: bool = False  # ExecuTorch only: PT2E int8 with the XNNPACK quantizer
@@ -93,7 +103,7 @@ def lower(ckpt: Checkpoint, options: ExportOptions, calib_x: np.ndarray) -> tupl
                 _guard(poly)
     if not options.fold:
         return stages, []
-    result = run_passes(stages)
+    result = run_passes(stages, CLIP_GUARD_PASSES if options.clip_guard else DEFAULT_PASSES)
     return result.stages, result.refusals
 
 
@@ -249,7 +259,15 @@ def metadata(
         "cr_edge.export_options": json.dumps(asdict(options)),
         "cr_edge.horner_nodes": json.dumps([p.horner_nodes() for p in polys]),
         "cr_edge.folds": json.dumps(
-            [{"monic": p.monic, "constant": p.constant_folded, "shift": p.shifted} for p in polys]
+            [
+                {
+                    "monic": p.monic,
+                    "constant": p.constant_folded,
+                    "shift": p.shifted,
+                    "unit_guard": p.unit,
+                }
+                for p in polys
+            ]
         ),
         "cr_edge.fold_refusals": json.dumps(refusals),
     }

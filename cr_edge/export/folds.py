@@ -65,6 +65,8 @@ def _input_constant(affine: Affine, constant: np.ndarray) -> None:
 
 
 def _range(poly: Poly) -> np.ndarray:
+    if poly.unit:  # the chain's input lies in [-1, 1] for every channel
+        return np.ones(poly.coeffs.shape[1])
     if poly.lo is None or poly.hi is None:
         return np.ones(poly.coeffs.shape[1])
     r = np.maximum(np.abs(poly.lo), np.abs(poly.hi))
@@ -103,11 +105,52 @@ def fold_input_normalisation(stages: list[Stage]) -> PassResult:
     return PassResult(stages[1:], True)
 
 
+def _substitute(a: np.ndarray, offset: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """Coefficients of ``p(offset + factor * t)`` in ``t``, per channel (columns of ``a``)."""
+    n = a.shape[0] - 1
+    q = np.zeros_like(a)
+    for j in range(n + 1):
+        for k in range(j, n + 1):
+            q[j] += a[k] * comb(k, j) * offset ** (k - j)
+        q[j] *= factor**j
+    return q
+
+
+def unit_range_guard(stages: list[Stage]) -> PassResult:
+    """Map every channel's guarded range onto ``[-1, 1]`` through the previous layer's rows.
+
+    ``t = (z - mid) / half`` per channel goes into the previous layer's weights and bias, and
+    ``p(mid + half * t)`` into the chain, so the guard becomes one ``Clip(t, -1, 1)`` with
+    scalar bounds instead of a ``Max``/``Min`` pair with per-channel bounds. It fixes the
+    chain's origin, so ``shift_to_depressed`` leaves these polynomials alone; the node count
+    is the same (the shift saves one Add, the Clip one node of the pair), and centred
+    coordinates suit float32 Horner.
+    """
+    modified, refusals = False, []
+    for i, poly in enumerate(stages):
+        if not isinstance(poly, Poly) or not poly.guard or poly.unit:
+            continue
+        prev = stages[i - 1]
+        if not isinstance(prev, Affine) or prev.bias.shape != poly.lo.shape:
+            refusals.append(f"stage {i}: guard kept per channel: no linear layer right before it")
+            continue
+        mid, half = (poly.hi + poly.lo) / 2, np.maximum((poly.hi - poly.lo) / 2, 1e-6)
+        coeffs = np.broadcast_to(poly.coeffs, (poly.degree + 1, mid.shape[0]))
+        poly.coeffs = _substitute(coeffs, mid, half)
+        poly.scale = np.broadcast_to(poly.scale, mid.shape).copy()
+        poly.gain, poly.shift, poly.unit = 1.0 / half, -mid, True
+        shape = (-1,) + (1,) * (prev.weight.ndim - 1)
+        prev.weight = prev.weight / half.reshape(shape)
+        prev.bias = (prev.bias - mid) / half
+        modified = True
+    return PassResult(stages, modified, refusals)
+
+
 def shift_to_depressed(stages: list[Stage]) -> PassResult:
     """Remove the ``z**(n-1)`` term by shifting ``z`` through the previous layer's bias."""
     modified, refusals = False, []
     for i, poly in enumerate(stages):
-        if not isinstance(poly, Poly) or poly.degree < 2 or poly.lo is None:
+        if not isinstance(poly, Poly) or poly.degree < 2 or poly.lo is None or poly.unit:
             continue
         prev = stages[i - 1]
         share = leading_share(poly)
@@ -128,11 +171,7 @@ def shift_to_depressed(stages: list[Stage]) -> PassResult:
                 f"{MAX_SHIFT_RANGES:g} input ranges; kept the unshifted chain"
             )
             continue
-        # q(t) = p(t - s): q_j = sum_{k >= j} a_k C(k, j) (-s)^(k - j)
-        q = np.zeros_like(a)
-        for j in range(n + 1):
-            for k in range(j, n + 1):
-                q[j] += a[k] * comb(k, j) * (-s) ** (k - j)
+        q = _substitute(a, -s, np.ones_like(s))  # q(t) = p(t - s)
         q[n - 1] = 0.0
         poly.coeffs, poly.shift, poly.shifted = q, poly.shift + s, True
         prev.bias = prev.bias + (s if s.shape[0] == prev.bias.shape[0] else s[0])
@@ -194,6 +233,12 @@ DEFAULT_PASSES: tuple[FoldPass, ...] = (
     shift_to_depressed,
     fold_leading_coefficient,
     fold_constant_term,
+)
+# ExportOptions.clip_guard: the guard's rescale first, as it also fixes the chain's origin.
+CLIP_GUARD_PASSES: tuple[FoldPass, ...] = (
+    fold_input_normalisation,
+    unit_range_guard,
+    *DEFAULT_PASSES[1:],
 )
 
 

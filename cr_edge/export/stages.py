@@ -60,21 +60,25 @@ class InputAffine:
 class Poly:
     """A polynomial activation in Horner form, with what the folds did to it.
 
-    The true activation of the trained net is ``p(z) = scale * m(z + shift) + folded_constant``,
-    where ``m`` has ``coeffs`` (ascending); ``scale`` went into the next layer's weights,
-    ``folded_constant`` into its bias and ``shift`` into the previous layer's bias.
+    The true activation of the trained net is
+    ``p(z) = scale * m(gain * (z + shift)) + folded_constant``, where ``m`` has ``coeffs``
+    (ascending); ``scale`` went into the next layer's weights, ``folded_constant`` into its
+    bias, ``gain`` and ``shift`` into the previous layer's rows and bias. ``unit``: the guard's
+    range is ``[-1, 1]`` for every channel in ``m``'s coordinates (one scalar Clip).
     """
 
     coeffs: np.ndarray  # (degree + 1, channels or 1)
     rownorm_sq: np.ndarray  # ||W_i||^2 of the trained layer before it (for sensitivity)
     scale: np.ndarray = None  # type: ignore[assignment]
     shift: np.ndarray = None  # type: ignore[assignment]
+    gain: np.ndarray = None  # type: ignore[assignment]
     lo: np.ndarray | None = None  # calibrated input range, in z coordinates
     hi: np.ndarray | None = None
     guard: bool = False
     monic: bool = False
     constant_folded: bool = False
     shifted: bool = False
+    unit: bool = False
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -83,6 +87,8 @@ class Poly:
             self.scale = np.ones(width)
         if self.shift is None:
             self.shift = np.zeros(width)
+        if self.gain is None:
+            self.gain = np.ones(width)
 
     @property
     def degree(self) -> int:

@@ -1,6 +1,7 @@
 """Data-free ranges for the Horner chain: exact bounds of each intermediate polynomial.
 
-Behind the domain guard ``z = min(max(a, lo), hi)`` every Horner intermediate is a
+Behind the domain guard ``z = min(max(a, lo), hi)`` (per-channel bounds) or
+``z = clip(a, lo, hi)`` (scalar bounds) every Horner intermediate is a
 polynomial in ``z`` per channel, with coefficients read from the initializers. Its
 range over ``[lo, hi]`` is exact from the endpoints and the real roots of its
 derivative, which is tighter than plain interval arithmetic (that would treat the
@@ -31,11 +32,16 @@ class Chan:
 
     def combine(self, other: Chan | np.ndarray, op: str) -> Chan:
         if isinstance(other, np.ndarray):  # a per-channel (or scalar) constant
-            k = np.broadcast_to(other, self.lo.shape)
+            if other.size > self.lo.size:  # a scalar-bounded guard meets its channels
+                return self._widened(other.size).combine(other, op)
+            k = np.broadcast_to(other.reshape(-1), self.lo.shape)
             coef = self.coef * k[:, None] if op == "Mul" else self.coef.copy()
             if op != "Mul":
                 coef[:, 0] += k if op == "Add" else -k
             return Chan(coef, self.lo, self.hi)
+        if self.lo.size != other.lo.size:
+            width = max(self.lo.size, other.lo.size)
+            return self._widened(width).combine(other._widened(width), op)
         if op == "Mul":
             coef = np.stack([P.polymul(a, b) for a, b in zip(self.coef, other.coef, strict=True)])
         else:
@@ -43,6 +49,13 @@ class Chan:
             a, b = (np.pad(c, ((0, 0), (0, width - c.shape[1]))) for c in (self.coef, other.coef))
             coef = a + b if op == "Add" else a - b
         return Chan(coef, self.lo, self.hi)
+
+    def _widened(self, channels: int) -> Chan:
+        """The same polynomial repeated over ``channels`` (from one shared channel)."""
+        rep = channels // self.lo.size
+        return Chan(
+            np.repeat(self.coef, rep, axis=0), np.repeat(self.lo, rep), np.repeat(self.hi, rep)
+        )
 
     def bounds(self) -> tuple[float, float]:
         """Exact ``min`` and ``max`` over all channels and all ``z`` in ``[lo, hi]``."""
@@ -58,6 +71,12 @@ class Chan:
         return float(min(lows)), float(max(highs))
 
 
+def _identity(lo: np.ndarray, hi: np.ndarray) -> Chan:
+    """``z`` itself on ``[lo, hi]``, one row per channel."""
+    lo, hi = lo.reshape(-1), hi.reshape(-1)
+    return Chan(np.tile([0.0, 1.0], (lo.size, 1)), lo, hi)
+
+
 def chain_ranges(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
     """``tensor -> (rmin, rmax)`` for every chain tensor that is a polynomial of a guarded input."""
     consts = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
@@ -69,7 +88,9 @@ def chain_ranges(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
             lower[node.output[0]] = consts[ins[1]]
         elif node.op_type == "Min" and len(ins) == 2 and ins[0] in lower and ins[1] in consts:
             lo, hi = lower[ins[0]], consts[ins[1]]
-            polys[node.output[0]] = Chan(np.tile([0.0, 1.0], (lo.size, 1)), lo, hi)
+            polys[node.output[0]] = _identity(lo, hi)
+        elif node.op_type == "Clip" and len(ins) == 3 and ins[1] in consts and ins[2] in consts:
+            polys[node.output[0]] = _identity(consts[ins[1]], consts[ins[2]])
         elif node.op_type in ("Add", "Sub", "Mul") and len(ins) == 2:
             a, b = (polys.get(n, consts.get(n)) for n in ins)
             if isinstance(a, Chan) and b is not None:
