@@ -38,6 +38,7 @@ from cr_edge.validate.validator import RuntimeResult, ValidationReport, validate
 
 # The main job's steps, in order. ("Stages" in cr_edge.export are a net's deploy-time layers.)
 STEPS = ("train", "export", "quantize", "validate", "profile")
+TEXT_KEPT_FP32 = "kept fp32: a text model takes int64 token ids; quantize calibrates float inputs"
 SUMMARY = "summary.json"
 INT8_PTE = "model.a8w8.pte"  # int8 activations (static, per tensor) and int8 weights
 
@@ -89,26 +90,13 @@ def run_pipeline(
     step("quantize")
     failures: list[str] = []
     models = [exported.files["onnx"]]
-    quant: dict = {}
-    try:
-        config = QuantConfig(
-            out / "quantized", QuantPolicy(mode="auto"), ort_format="ort" in formats
-        )
-        q = quantize(exported.files["onnx"], config)
-        quant = {"precision": "fp32", "policy": None, "note": q.notes[-1]}
-        if q.chosen is not None:
-            models.append(q.files["onnx"])
-            quant = {
-                "precision": q.chosen.policy.tag,
-                "policy": q.chosen.policy.label,
-                "accuracy": q.chosen.accuracy,
-                "fp32_accuracy": q.fp32_accuracy,
-                "file": q.files["onnx"].name,
-            }
-    except CheckFailed as e:
-        failures.append(f"quantize: {e}")
+    text = trained.net.config.arch == "text"
+    if text:  # int64 ids in: quantize calibrates on float inputs, and there are none
+        quant = {"precision": "fp32", "policy": None, "note": TEXT_KEPT_FP32, "skipped": True}
+    else:
+        quant = _quantized(exported.files["onnx"], out, formats, models, failures)
     int8_pte, int8_rows = None, []
-    if "executorch" in formats:
+    if "executorch" in formats and not text:
         int8_pte, int8_rows = _int8_program(out, exported.files["ref"])
     step("validate")
     # Each runtime runs its own sibling of a model (model.ort, model.pte): name the .onnx only.
@@ -130,6 +118,31 @@ def run_pipeline(
     atomic.write_json(out / SUMMARY, summary)
     write_manifest(out, ["validate.json", "profile.json", "summary.md", SUMMARY])
     return PipelineResult(out, summary, failures)
+
+
+def _quantized(
+    model: Path, out: Path, formats: tuple[str, ...], models: list[Path], failures: list[str]
+) -> dict:
+    """The quantize step: auto's choice (appended to ``models``) or why fp32 stays."""
+    quant: dict = {}
+    try:
+        config = QuantConfig(
+            out / "quantized", QuantPolicy(mode="auto"), ort_format="ort" in formats
+        )
+        q = quantize(model, config)
+        quant = {"precision": "fp32", "policy": None, "note": q.notes[-1]}
+        if q.chosen is not None:
+            models.append(q.files["onnx"])
+            quant = {
+                "precision": q.chosen.policy.tag,
+                "policy": q.chosen.policy.label,
+                "accuracy": q.chosen.accuracy,
+                "fp32_accuracy": q.fp32_accuracy,
+                "file": q.files["onnx"].name,
+            }
+    except CheckFailed as e:
+        failures.append(f"quantize: {e}")
+    return quant
 
 
 def _int8_program(out: Path, oracle: Path) -> tuple[dict, list[RuntimeResult]]:

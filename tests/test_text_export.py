@@ -127,3 +127,17 @@ def test_profile_feeds_ids_from_the_vocabulary(exported):
     (ids,) = make_feeds(session, 3, model).values()
     assert ids.dtype == np.int64 and ids.shape == (3, 24)
     assert ids.min() >= 1 and ids.max() <= 512  # real ids, no padding
+
+
+@pytest.mark.slow
+def test_pipeline_on_text_keeps_fp32_and_passes(tmp_path):
+    from cr_edge.pipeline import run_pipeline
+
+    data = write_review_corpus(tmp_path / "reviews.csv", 300, seed=2)
+    recipe = Recipe(
+        data=str(data), text_column="text", buckets=256, max_len=16, embed_dim=8, hidden=(8,)
+    )
+    result = run_pipeline(recipe.replace(epochs=2), tmp_path / "run", "cpu", profile_iters=20)
+    assert result.failures == []
+    quant = result.summary["quantized"]
+    assert quant["precision"] == "fp32" and quant["skipped"] is True
