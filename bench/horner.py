@@ -7,12 +7,14 @@ with its ReLU twin at equal width, and exported five ways, all run by ONNX Runti
   pow     the same trained weights, each polynomial written ``sum(a_k * x**k)`` (Pow nodes);
           normalisation folded into the first layer as in ``cr``, so only the polynomial differs
   relu    the ReLU twin, ``--no-domain-guard`` (it has no polynomial to guard)
-  guard   the default export: ``cr`` with the domain guard
+  guard   the default export: ``cr`` with the domain guard (a Max/Min pair per polynomial)
+  clip    ``ExportOptions(clip_guard=True)``: the guard as one scalar Clip per polynomial,
+          each channel's range rescaled onto [-1, 1] in the previous layer
   linear  the floor of any activation in standard ONNX ops: ``cr``'s folded layers with no
           activation at all (Gemm -> Gemm), what ReLU costs once onnxruntime fuses it into
           the Gemm (FusedGemm); t(guard)/t(linear) is what the chain and guard cost on top
 
-Sides are interleaved (cr pow relu guard, cr pow ...) so that drift in the machine's speed
+Sides are interleaved (cr pow relu guard clip linear, cr pow ...) so that drift in the machine's speed
 hits all of them alike; each ratio is taken within a round, and the table reports its
 median and p10-p90 over the rounds, at batch 1 and 256, with 1 intra-op thread and with
 ONNX Runtime's default thread count.
@@ -40,8 +42,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cr_edge.checkpoint import load_checkpoint
-from cr_edge.export.exporter import ExportOptions, ExportResult, export
-from cr_edge.export.folds import fold_input_normalisation, run_passes
+from cr_edge.export.exporter import ExportOptions, ExportResult, export, lower
+from cr_edge.export.folds import (
+    MAX_SHIFT_RANGES,
+    MIN_LEADING_SHARE,
+    fold_input_normalisation,
+    leading_share,
+    run_passes,
+)
 from cr_edge.export.stages import Affine, Flatten, Poly, Stage, stages_from_checkpoint
 from cr_edge.npz import read_npz
 from cr_edge.poly import PolyAct
@@ -49,13 +57,15 @@ from cr_edge.profile.device import describe_device
 from cr_edge.recipe import load_recipe
 from cr_edge.train import train
 
-SIDES = ("cr", "pow", "relu", "guard", "linear")
+SIDES = ("cr", "pow", "relu", "guard", "clip", "linear")
 # (numerator, denominator, label, target): each row is t(numerator) / t(denominator).
 RATIOS = (
     ("pow", "cr", "Horner speedup  t(Pow)/t(Horner)", ">= 5 @256"),
     ("guard", "relu", "CR vs ReLU      t(default CR)/t(ReLU)", "<= 1.15"),
     ("cr", "relu", "  without guard t(CR)/t(ReLU)", ""),
     ("guard", "cr", "guard cost      t(guard)/t(no guard)", "<= 1.05"),
+    ("clip", "relu", "CR, Clip guard  t(clip)/t(ReLU)", "<= 1.15"),
+    ("clip", "cr", "Clip guard cost t(clip)/t(no guard)", "<= 1.05"),
     ("relu", "linear", "ReLU vs none    t(ReLU)/t(no activation)", ""),
     ("guard", "linear", "CR vs none      t(default CR)/t(no act.)", ""),
 )
@@ -149,15 +159,16 @@ def export_linear(cr: Path, path: Path) -> None:
 
 
 def build(root: Path, epochs: int) -> tuple[dict[str, Path], ExportResult, Path]:
-    """The four ONNX files, the CR export's result and the CR checkpoint (for the summary)."""
+    """The six ONNX files, the CR export's result and the CR checkpoint (for the summary)."""
     ckpt = train_pair(root, epochs)
     plain = ExportOptions(domain_guard=False, companion=False)
     cr = export(ckpt["cr"], root / "cr", plain)
     export(ckpt["relu"], root / "relu", plain)
     export(ckpt["cr"], root / "guard", ExportOptions(companion=False))
+    export(ckpt["cr"], root / "clip", ExportOptions(companion=False, clip_guard=True))
     export_naive(ckpt["cr"], root / "pow.onnx")
     export_linear(root / "cr" / "model.onnx", root / "linear.onnx")
-    paths = {s: root / s / "model.onnx" for s in ("cr", "relu", "guard")}
+    paths = {s: root / s / "model.onnx" for s in ("cr", "relu", "guard", "clip")}
     paths["pow"] = root / "pow.onnx"
     paths["linear"] = root / "linear.onnx"
     return paths, cr, ckpt["cr"]
@@ -213,6 +224,21 @@ def leading_coefficients(checkpoint: Path) -> list[str]:
     return rows
 
 
+def shift_blockers(checkpoint: Path) -> list[str]:
+    """Per layer, the channels that refuse the depressed shift, for either reason the fold
+    gives: ``|a_3|`` is dust over the range, or the shift ``a_2 / 3 a_3`` is too far away.
+    One such channel keeps the layer's ``a_2`` Add, so the count says how far the fold is."""
+    ckpt = load_checkpoint(checkpoint)
+    options = ExportOptions(domain_guard=False, fold=False)
+    rows = []
+    for poly in (s for s in lower(ckpt, options, ckpt.calib()["x"])[0] if isinstance(s, Poly)):
+        a, r = poly.coeffs, np.maximum(np.abs(poly.lo), np.abs(poly.hi))
+        dust = leading_share(poly) < MIN_LEADING_SHARE
+        far = ~dust & (np.abs(a[-2] / (poly.degree * a[-1])) > MAX_SHIFT_RANGES * r)
+        rows.append(f"{dust.sum()} of {dust.size} |a_3| too small, {far.sum()} shift too far")
+    return rows
+
+
 def print_summary(paths: dict[str, Path], cr: ExportResult, checkpoint: Path, epochs: int) -> None:
     device = describe_device()
     print(f"{device['cpu']}, {device['usable_cores']} usable cores, {' '.join(device['isa'])}")
@@ -220,8 +246,9 @@ def print_summary(paths: dict[str, Path], cr: ExportResult, checkpoint: Path, ep
     print(f"CR digits MLP 64-128-128-10, degree 3, {epochs} epochs; ReLU twin at equal width")
     print(f"onnxruntime {ort.__version__}, CPU EP, default graph optimisation (ORT_ENABLE_ALL)")
     print(f"fold summary: Horner Mul/Add nodes per polynomial layer: {cr.horner_nodes}")
+    blockers = shift_blockers(checkpoint)
     for layer, spread in enumerate(leading_coefficients(checkpoint), start=1):
-        print(f"  layer {layer} |a_3| over channels: {spread}")
+        print(f"  layer {layer} |a_3| over channels: {spread}; shift: {blockers[layer - 1]}")
     for refusal in cr.refusals or ["none"]:
         print(f"  refused: {refusal}")
     for side in SIDES:
