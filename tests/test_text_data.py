@@ -87,3 +87,17 @@ def test_train_on_the_review_corpus_learns_the_planted_signal(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     # 5 balanced classes: the middle class for all scores MAE 1.2 and QWK 0
     assert metrics["test_mae"] < 0.8 and metrics["test_qwk"] > 0.6
+
+
+def test_the_yelp_recipe_trains_as_its_readme_entry_says(tmp_path):
+    """``cr-edge train --recipe yelp-full-cr --data path/train.csv``, on a Yelp-shaped stand-in."""
+    write_review_corpus(tmp_path / "train.csv", 300, seed=6, layout="yelp")
+    write_review_corpus(tmp_path / "test.csv", 50, seed=7, layout="yelp")
+    out = tmp_path / "ck"
+    args = ["--recipe", "yelp-full-cr", "--data", str(tmp_path / "train.csv"), "--epochs", "1"]
+    result = CliRunner().invoke(cli, ["train", *args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "published test split" in result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["net"]["task"] == "ordinal" and config["net"]["vocab"] == 65537
+    assert len(np.load(out / "calib.npz")["y_test"]) == 50  # Yelp's test.csv, not a split
