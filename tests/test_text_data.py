@@ -101,3 +101,11 @@ def test_the_yelp_recipe_trains_as_its_readme_entry_says(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["net"]["task"] == "ordinal" and config["net"]["vocab"] == 65537
     assert len(np.load(out / "calib.npz")["y_test"]) == 50  # Yelp's test.csv, not a split
+
+
+def test_fairfight_refuses_text_data_in_one_line(tmp_path):
+    data = write_review_corpus(tmp_path / "y.csv", 20, seed=8, layout="yelp")
+    result = CliRunner().invoke(
+        cli, ["fairfight", "--data", str(data), "--out", str(tmp_path / "f")]
+    )
+    assert result.exit_code == 2 and "does not take text data yet" in result.output

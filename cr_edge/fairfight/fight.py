@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cr_edge.data import load_source
+from cr_edge.errors import InputError
 from cr_edge.fairfight.engine import Engine, Progress, RecordStore, Workers, execute
 from cr_edge.fairfight.ladder import (
     Task,
@@ -41,7 +42,13 @@ def fairfight(
     b = budget_named(budget)
     engine = engine or Engine()
     store = RecordStore(out / "records")
-    archs = archs_for(b, load_source(data, label).x.shape[1:])
+    x = load_source(data, label).x
+    if x.dtype.kind in "iu":  # detected as text (Yelp's layout): its ladder is not built
+        raise InputError(
+            f"{data}: text (token ids); the Fair Fight's ladders are MLP and conv nets on "
+            "numeric features, so it does not take text data yet"
+        )
+    archs = archs_for(b, x.shape[1:])
     start = time.perf_counter()
     with Workers(engine) as workers:
         tuned, ran_t = execute(
