@@ -115,7 +115,8 @@ def _ort_default(name: str, ex: Path, result: QuantizeResult, calib: np.ndarray)
     f, s = qm.session(model), qm.session(q)
     x, d = oracle.x, secant_displacement(calib, oracle.v)
     ref = secant(AtBatch(qm.as_session(f), 1), x, d)
-    floor = noise_floor(float(meta[OUTPUT_STEP_KEY]), int(np.prod(ref.shape[1:])))
+    task = {p.key: p.value for p in model.metadata_props}
+    floor = noise_floor(task, float(meta[OUTPUT_STEP_KEY]), int(np.prod(ref.shape[1:])))
     sec = min_cosine(secant(AtBatch(qm.as_session(s), 1), x, d), ref, floor)
     lat = {b: qm.latency_ratio(f, s, np.resize(x, (b, *x.shape[1:]))) for b in (1, 64)}
     acc = None

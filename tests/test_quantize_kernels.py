@@ -173,7 +173,8 @@ def test_the_primal_secant_sees_a_staircase_the_straight_through_view_hides(inpu
 def test_a_secant_below_the_output_noise_has_no_direction_but_a_large_one_keeps_its_sign():
     """One-score heads: a scalar secant's cosine is its sign, which noise flips where the
     fp32 secant is smaller than what two in-tolerance outputs may differ by."""
-    floor = noise_floor(output_step=0.1, outputs=1)  # 3 steps: 0.3
+    floor = noise_floor({"cr_edge.task": "regress"}, output_step=0.1, outputs=1)  # 3 steps
+    assert noise_floor({"cr_edge.task": "classify"}, 0.1, 10) == 0.0  # logits: cosine only
     ref = np.array([[0.01], [5.0], [0.01]])
     assert min_cosine(-ref[:1], ref[:1], floor) == 1.0  # both within the noise: passes
     assert min_cosine(-ref[1:2], ref[1:2], floor) == -1.0  # a real slope reversed: fails

@@ -229,7 +229,8 @@ def _try(
     if src.secant is not None:
         d, ref = src.secant
         step = float(meta.get(OUTPUT_STEP_KEY, extra[OUTPUT_STEP_KEY]))  # fp16: int8's, a figure
-        floor = noise_floor(step, int(np.prod(ref.shape[1:])))
+        task = {p.key: p.value for p in src.model.metadata_props}
+        floor = noise_floor(task, step, int(np.prod(ref.shape[1:])))
         sec = min_cosine(secant(AtBatch(qm.as_session(sess), 1), src.oracle.x, d), ref, floor)
     # fp16 rounds outputs, not inputs: a secant over int8 input steps measures its output
     # rounding, not its derivative, so it is reported for fp16 but judges int8 only

@@ -22,6 +22,9 @@ import numpy as np
 from cr_edge.runtimes.runtime import Session
 from cr_edge.validate.tolerances import INT8_LEVELS, INT8_OUTPUT_STEPS, SECANT_STEPS
 
+TASK_KEY = "cr_edge.task"
+ONE_SCORE_TASKS = ("regress", "ordinal")  # one score behind every output: J is rank one
+
 
 def secant_displacement(calib: np.ndarray, v: np.ndarray) -> np.ndarray:
     """``d = s * v`` with ``s`` per input feature ``SECANT_STEPS`` steps of an 8-bit quantizer
@@ -58,7 +61,15 @@ def min_cosine(a: np.ndarray, b: np.ndarray, floor: float = 0.0) -> float:
     return float(np.where(within, 1.0, cos).min())
 
 
-def noise_floor(output_step: float, outputs: int) -> float:
-    """The secant difference two in-tolerance outputs can make: each point may be off by
-    ``INT8_OUTPUT_STEPS`` steps per element, and ``(e+ - e-) / 2`` by as much, in norm."""
+def noise_floor(metadata: dict[str, str], output_step: float, outputs: int) -> float:
+    """The secant difference two in-tolerance outputs can make, for a one-score head (the
+    model's ``cr_edge.task`` is regress or ordinal): each point may be off by
+    ``INT8_OUTPUT_STEPS`` steps per element, and ``(e+ - e-) / 2`` by as much, in norm.
+
+    0 for any other model: a classifier's logits move in many directions, its secant has
+    a direction wherever it is not zero, and the cosine stays the whole check (measured:
+    under the 3-step floor the naive int8 policy's secant passed on digits-cr).
+    """
+    if metadata.get(TASK_KEY) not in ONE_SCORE_TASKS:
+        return 0.0
     return INT8_OUTPUT_STEPS * output_step * float(np.sqrt(outputs))
