@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from cr_edge.cli import cli
 from cr_edge.fairfight.engine import Engine
-from cr_edge.fairfight.fight import fairfight
+from cr_edge.fairfight.fight import _closest_cr, fairfight
 from cr_edge.fairfight.ladder import BUDGETS, FAMILY_BY_NAME, choose, tuning_tasks
 from cr_edge.fairfight.runner import shifts
 from cr_edge.fairfight.stats import bootstrap, holm, mean_ci, welch
@@ -120,6 +120,15 @@ def test_latency_target_reads_the_batch_64_spread_where_the_ratio_reaches_5x():
     assert held == ["yes", "undecided", "no"]
     assert {v["held"] for v in latency_target(4.9, rows)} == {"not tested"}
     assert {v["held"] for v in latency_target(None, rows)} == {"not tested"}
+
+
+def test_without_a_cr_point_at_the_threshold_the_pair_times_the_closest_one():
+    rows = [
+        {"family": "cr", "arch": "depth1", "width": 512, "val_accuracy": 0.59},
+        {"family": "cr", "arch": "conv", "width": 16, "val_accuracy": 0.87},
+        {"family": "gelu", "arch": "conv", "width": 16, "val_accuracy": 0.93},
+    ]
+    assert _closest_cr(rows) == ("cr", "conv", 16)  # not the widest CR net
 
 
 def test_equal_accuracy_compares_the_smallest_points_reaching_the_threshold():

@@ -19,7 +19,7 @@ from cr_edge.fairfight.ladder import (
 )
 from cr_edge.fairfight.report import write_report
 from cr_edge.fairfight.runner import latency_at_equal_accuracy
-from cr_edge.fairfight.verdict import verdict
+from cr_edge.fairfight.verdict import CR_FAMILY, aggregate, verdict
 from cr_edge.folder_lock import holds_out
 
 
@@ -61,7 +61,10 @@ def fairfight(
     v = verdict(records, b.bootstrap)
     pair = None
     if latency:
-        pair = latency_at_equal_accuracy(*_pair(v, tasks), out / "pair", b.profile_iters)
+        ladder = [r for r in runs if r["phase"] == "ladder" and not r.get("failed")]
+        pair = latency_at_equal_accuracy(
+            *_pair(v, tasks, aggregate(ladder)), out / "pair", b.profile_iters
+        )
     execution = {
         "workers": engine.workers,
         "ray": engine.ray,
@@ -73,9 +76,9 @@ def fairfight(
     return write_report(data, budget, records, chosen, v, pair, execution, out)
 
 
-def _pair(v: dict, tasks: list[Task]) -> tuple[Task, Task]:
+def _pair(v: dict, tasks: list[Task], rows: list[dict]) -> tuple[Task, Task]:
     """The ladder tasks (first seed) behind the smallest baseline and CR points reaching T."""
-    cr = v["smallest_cr_at_threshold"] or _largest_cr(tasks)
+    cr = v["smallest_cr_at_threshold"] or _closest_cr(rows)
     wanted = [tuple(v["smallest_baseline_at_threshold"]), tuple(cr)]
     found = []
     for family, arch, width in wanted:
@@ -92,7 +95,8 @@ def _pair(v: dict, tasks: list[Task]) -> tuple[Task, Task]:
     return found[0], found[1]
 
 
-def _largest_cr(tasks: list[Task]) -> tuple[str, str, int]:
-    """When no CR point reaches T, time the widest CR net (the closest it came)."""
-    t = max((t for t in tasks if t.family == "cr" and t.phase == "ladder"), key=lambda t: t.width)
-    return (t.family, t.arch, t.width)
+def _closest_cr(rows: list[dict]) -> tuple[str, str, int]:
+    """When no CR point reaches T, time the one that came closest: the best mean validation
+    accuracy (the widest net is not it when a small conv beats every MLP)."""
+    r = max((r for r in rows if r["family"] == CR_FAMILY), key=lambda r: r["val_accuracy"])
+    return (r["family"], r["arch"], r["width"])
