@@ -2,7 +2,7 @@
 
 Writes ``--reviews`` generated reviews in Yelp's headerless layout, then, in a fresh child
 process (so nothing else is counted), reads them as ``cr-edge train`` does (``load_source``
-then ``split``, the raw ids released) and prints the child's peak RSS beside the file's size
+then ``split`` in place) and prints the child's peak RSS beside the file's size
 and the ids' own size (``n x max_len`` int32). The generated reviews are shorter than
 Yelp's (8-30 words against ~130), which changes the file size and the tokenizing time,
 not the ids' size: every text takes ``max_len`` ids.
@@ -33,7 +33,7 @@ base = hwm()
 t0 = time.perf_counter()
 raw = load_source(sys.argv[1], tokenizer=Tokenizer(max_len=int(sys.argv[2])))
 loaded, read_s, ids_bytes = hwm(), time.perf_counter() - t0, raw.x.nbytes
-data = split(raw, 0)
+data = split(raw, 0, in_place=True)  # as train does for text
 del raw
 n = len(data.y_train) + len(data.y_val) + len(data.y_test)
 print(json.dumps({"base_kib": base, "after_read_kib": loaded, "read_s": read_s,

@@ -143,15 +143,12 @@ def train_unlocked(
     raw = load_source(
         recipe.data, recipe.label, recipe.task, recipe.text_column, recipe.data_format, tokenizer
     )
-    data = split(
-        raw,
-        recipe.seed,
-        recipe.val_fraction,
-        recipe.test_fraction,
-    )
+    # Text ids are reordered in place (no second copy of a large corpus); raw is not reused.
+    text = raw.x.dtype.kind in "iu"
+    data = split(raw, recipe.seed, recipe.val_fraction, recipe.test_fraction, in_place=text)
     data = subsample_train(data, recipe.train_fraction, recipe.seed)
     notes = list(raw.notes)
-    del raw  # the splits are copies: a large text corpus is not held twice while training
+    del raw  # the splits are copies (or, for text, views): raw's own arrays can go
     # Token ids are not standardised: the embedding is the input layer.
     norm = (
         None

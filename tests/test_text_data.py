@@ -109,3 +109,24 @@ def test_fairfight_refuses_text_data_in_one_line(tmp_path):
         cli, ["fairfight", "--data", str(data), "--out", str(tmp_path / "f")]
     )
     assert result.exit_code == 2 and "does not take text data yet" in result.output
+
+
+def test_split_in_place_gives_the_copying_split_without_a_second_copy(tmp_path):
+    from cr_edge.data import split
+
+    for layout, name in (("header", "r.csv"), ("yelp", "train.csv")):
+        data = write_review_corpus(tmp_path / name, 200, seed=9, layout=layout)
+        if layout == "yelp":
+            write_review_corpus(tmp_path / "test.csv", 30, seed=10, layout="yelp")
+        args = ("label", "ordinal", "text") if layout == "header" else (None, "ordinal")
+        copied = split(load_source(str(data), *args, tokenizer=TOK), 3)
+        raw = load_source(str(data), *args, tokenizer=TOK)
+        viewed = split(raw, 3, in_place=True)
+        for part in ("train", "val", "test"):
+            np.testing.assert_array_equal(
+                getattr(copied, f"x_{part}"), getattr(viewed, f"x_{part}")
+            )
+            np.testing.assert_array_equal(
+                getattr(copied, f"y_{part}"), getattr(viewed, f"y_{part}")
+            )
+        assert np.shares_memory(viewed.x_train, raw.x) and np.shares_memory(viewed.x_val, raw.x)
