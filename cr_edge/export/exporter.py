@@ -60,6 +60,7 @@ class ExportOptions:
     # in the previous layer) instead of a per-channel Max/Min pair. Off by default: the
     # rescaled rows move int8 weight codes, and quantize's candidate checks do not yet skip
     # samples whose guard flips between the float and the int8 model (a kink, as ReLU's).
+    # A fold pass: with fold=False the guard stays Max/Min.
     clip_guard: bool = False
     fold: bool = True
     formats: tuple[str, ...] = ("onnx",)
