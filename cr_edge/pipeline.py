@@ -20,8 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from cr_edge import atomic
-from cr_edge.errors import CheckFailed, InputError
+from cr_edge.errors import CheckFailed, ExportError, InputError
 from cr_edge.export.exporter import ExportOptions, export, export_int8_pte
 from cr_edge.export.self_check import SelfCheckFailed
 from cr_edge.folder_lock import holds_out, writing
@@ -31,6 +33,7 @@ from cr_edge.profile.profiler import ProfileOptions, profile
 from cr_edge.quantize.policy import QuantConfig, QuantPolicy
 from cr_edge.quantize.quantizer import quantize
 from cr_edge.recipe import Recipe
+from cr_edge.runtimes.executorch import sidecar_of
 from cr_edge.runtimes.registry import parse_runtimes
 from cr_edge.train import train
 from cr_edge.validate.outcome import UNAVAILABLE
@@ -156,8 +159,15 @@ def _int8_program(out: Path, oracle: Path) -> tuple[dict, list[RuntimeResult]]:
     folder = out / "quantized"
     path = folder / INT8_PTE
     x = read_npz(oracle, ("x",))["x"]
+    if not np.issubdtype(x.dtype, np.floating):
+        note = "not written: PT2E int8 calibrates float inputs; this model takes token ids"
+        return {"file": INT8_PTE, "bytes": None, "kept": False, "note": note}, []
     with writing(folder, "quantize"):
-        pte = export_int8_pte(out / "checkpoint", path, x)
+        try:
+            pte = export_int8_pte(out / "checkpoint", path, x)
+        except ExportError as e:  # the fp32 program stands; say why there is no int8 one
+            _remove(folder, [path, sidecar_of(path)])
+            return {"file": INT8_PTE, "bytes": None, "kept": False, "note": f"not written: {e}"}, []
         ref = folder / oracle.name
         if not ref.is_file():
             atomic.write_bytes(ref, oracle.read_bytes())
@@ -167,11 +177,16 @@ def _int8_program(out: Path, oracle: Path) -> tuple[dict, list[RuntimeResult]]:
     if checked.passed:
         return entry, checked.results
     with writing(folder, "quantize"):
-        for file in (path, pte.info_path):
-            file.unlink()
-        write_manifest(folder, [])  # drops the entries of the files just removed
+        _remove(folder, [path, pte.info_path])
     entry["note"] = f"not kept: {checked.failures()[0]}"
     return entry, []
+
+
+def _remove(folder: Path, files: list[Path]) -> None:
+    """Delete ``files`` and drop their manifest entries (the caller holds the folder's lock)."""
+    for file in files:
+        file.unlink(missing_ok=True)
+    write_manifest(folder, [])
 
 
 def _stopped(recipe: Recipe, out: Path, metrics: dict, failed: SelfCheckFailed) -> PipelineResult:
@@ -243,9 +258,10 @@ def summary_markdown(s: dict) -> str:
         lines.append(f"- quantized: {q['note']}")
     pte = s.get("executorch_int8")
     if pte:
+        size = "" if pte["bytes"] is None else f", {pte['bytes']:,} B"
         kept = "" if pte["kept"] else f" {pte['note']}"
         lines.append(
-            f"- ExecuTorch int8 program {pte['file']}, {pte['bytes']:,} B (PT2E: Linear/Conv "
+            f"- ExecuTorch int8 program {pte['file']}{size} (PT2E: Linear/Conv "
             f"int8, the polynomial chain float){kept}"
         )
     lines += ["", "| file | bytes |", "|---|---|"]

@@ -214,7 +214,7 @@ def int8_program(
 
     x = ckpt.calib()["x"] if calibration is None else calibration
     stages, _ = lower(ckpt, replace(options, fold=False), ckpt.calib()["x"])
-    samples = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    samples = torch.from_numpy(np.ascontiguousarray(x))
     return export_pte(PrimalNet(stages), example, path, True, options.fixed_batch, samples)
 
 
