@@ -21,8 +21,14 @@ from click.testing import CliRunner
 
 from cr_edge.cli import cli
 from cr_edge.fairfight.engine import Engine
-from cr_edge.fairfight.fight import _closest_cr, fairfight
-from cr_edge.fairfight.ladder import BUDGETS, FAMILY_BY_NAME, choose, tuning_tasks
+from cr_edge.fairfight.fight import _closest_cr, _pair, fairfight
+from cr_edge.fairfight.ladder import (
+    BUDGETS,
+    FAMILY_BY_NAME,
+    choose,
+    ladder_tasks,
+    tuning_tasks,
+)
 from cr_edge.fairfight.runner import shifts
 from cr_edge.fairfight.stats import bootstrap, holm, mean_ci, welch
 from cr_edge.fairfight.verdict import (
@@ -129,6 +135,16 @@ def test_without_a_cr_point_at_the_threshold_the_pair_times_the_closest_one():
         {"family": "gelu", "arch": "conv", "width": 16, "val_accuracy": 0.93},
     ]
     assert _closest_cr(rows) == ("cr", "conv", 16)  # not the widest CR net
+
+
+def test_the_pair_skips_a_seed_whose_ladder_run_diverged():
+    tasks = ladder_tasks("digits", BUDGETS["quick"], ("depth1",), {})
+    v = {"smallest_cr_at_threshold": None, "smallest_baseline_at_threshold": ["relu", "depth1", 4]}
+    rows = [{"family": "cr", "arch": "depth1", "width": w, "val_accuracy": w} for w in (4, 16)]
+    diverged = next(t for t in tasks if t.key.startswith("ladder-cr-depth1-w16-s0-"))
+    base, cr = _pair(v, tasks, rows, {diverged.key})
+    assert (base.family, base.width, base.seed) == ("relu", 4, 0)
+    assert (cr.family, cr.width, cr.seed) == ("cr", 16, 1)
 
 
 def test_equal_accuracy_compares_the_smallest_points_reaching_the_threshold():

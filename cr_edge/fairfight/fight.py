@@ -63,7 +63,9 @@ def fairfight(
     if latency:
         ladder = [r for r in runs if r["phase"] == "ladder" and not r.get("failed")]
         pair = latency_at_equal_accuracy(
-            *_pair(v, tasks, aggregate(ladder)), out / "pair", b.profile_iters
+            *_pair(v, tasks, aggregate(ladder), {r["key"] for r in runs if r.get("failed")}),
+            out / "pair",
+            b.profile_iters,
         )
     execution = {
         "workers": engine.workers,
@@ -76,8 +78,9 @@ def fairfight(
     return write_report(data, budget, records, chosen, v, pair, execution, out)
 
 
-def _pair(v: dict, tasks: list[Task], rows: list[dict]) -> tuple[Task, Task]:
-    """The ladder tasks (first seed) behind the smallest baseline and CR points reaching T."""
+def _pair(v: dict, tasks: list[Task], rows: list[dict], failed: set[str]) -> tuple[Task, Task]:
+    """The ladder tasks behind the smallest baseline and CR points reaching T, each at its
+    first seed whose run finished (retraining a diverged seed diverges again)."""
     cr = v["smallest_cr_at_threshold"] or _closest_cr(rows)
     wanted = [tuple(v["smallest_baseline_at_threshold"]), tuple(cr)]
     found = []
@@ -87,7 +90,9 @@ def _pair(v: dict, tasks: list[Task], rows: list[dict]) -> tuple[Task, Task]:
                 (
                     t
                     for t in tasks
-                    if t.phase == "ladder" and (t.family, t.arch, t.width) == (family, arch, width)
+                    if t.phase == "ladder"
+                    and t.key not in failed
+                    and (t.family, t.arch, t.width) == (family, arch, width)
                 ),
                 key=lambda t: t.seed,
             )
