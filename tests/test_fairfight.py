@@ -3,6 +3,7 @@ engine (process pool, Ray cluster, resume) on the quick budget."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -20,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from cr_edge.cli import cli
-from cr_edge.fairfight.engine import Engine
+from cr_edge.fairfight.engine import Engine, RecordStore
 from cr_edge.fairfight.fight import _closest_cr, _pair, fairfight
 from cr_edge.fairfight.ladder import (
     BUDGETS,
@@ -145,6 +146,21 @@ def test_the_pair_skips_a_seed_whose_ladder_run_diverged():
     base, cr = _pair(v, tasks, rows, {diverged.key})
     assert (base.family, base.width, base.seed) == ("relu", 4, 0)
     assert (cr.family, cr.width, cr.seed) == ("cr", 16, 1)
+
+
+def test_a_record_from_before_a_recipe_field_existed_is_reused(tmp_path: Path):
+    task = tuning_tasks("digits", BUDGETS["quick"], ("depth1",))[0]
+    store = RecordStore(tmp_path)
+    store.put(task, {"val_accuracy": 0.5})
+    stored = json.loads(store.path(task).read_text())
+    del stored["task"]["recipe"]["embed_dim"]  # as an older version wrote it
+    store.path(task).write_text(json.dumps(stored))
+    assert store.get(task) == {"val_accuracy": 0.5}
+    stored["task"]["recipe"]["lr"] *= 2  # other settings: trained again
+    store.path(task).write_text(json.dumps(stored))
+    assert store.get(task) is None
+    changed = dataclasses.replace(task, recipe=dataclasses.replace(task.recipe, embed_dim=8))
+    assert changed.key != task.key  # a field away from its default is part of the key
 
 
 def test_equal_accuracy_compares_the_smallest_points_reaching_the_threshold():

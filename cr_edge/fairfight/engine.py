@@ -56,10 +56,10 @@ class RecordStore:
     def get(self, task: Task) -> dict | None:
         try:
             stored = json.loads(self.path(task).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None  # absent, or unreadable: run it again
-        # compared as JSON: the stored copy has lists where the task has tuples
-        same = stored.get("task") == json.loads(json.dumps(task.to_json()))
+            # read back as a Task: a recipe field added since takes its default
+            same = Task.from_json(stored["task"]) == task
+        except (OSError, ValueError, KeyError, TypeError, InputError):
+            return None  # absent, unreadable, or of a recipe this version cannot read: rerun
         return stored["record"] if same else None
 
     def put(self, task: Task, record: dict) -> None:

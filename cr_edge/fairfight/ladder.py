@@ -170,9 +170,9 @@ class Task:
 
     @property
     def key(self) -> str:
-        """A file-safe name, unique within a fight, with a digest of the full recipe so that a
-        changed budget never reuses a record trained under other settings."""
-        blob = json.dumps(self.recipe.to_json(), sort_keys=True).encode()
+        """A file-safe name, unique within a fight, with a digest of the recipe's settings so
+        that a changed budget never reuses a record trained under other settings."""
+        blob = json.dumps(_settings(self.recipe), sort_keys=True).encode()
         digest = hashlib.sha256(blob).hexdigest()[:10]
         f = "" if self.fraction == 1.0 else f"-f{self.fraction:g}"
         return f"{self.phase}-{self.family}-{self.arch}-w{self.width}-s{self.seed}{f}-{digest}"
@@ -185,6 +185,14 @@ class Task:
     @classmethod
     def from_json(cls, d: dict) -> Task:
         return cls(**{**d, "recipe": Recipe.from_json(d["recipe"])})
+
+
+def _settings(recipe: Recipe) -> dict:
+    """The recipe's JSON without the fields left at their defaults: a field that a later
+    version adds, at a default that trains as before, keeps every task's key (and its
+    finished record) as it was."""
+    default = Recipe().to_json()
+    return {k: v for k, v in recipe.to_json().items() if v != default.get(k)}
 
 
 def archs_for(budget: Budget, input_shape: tuple[int, ...]) -> tuple[str, ...]:
