@@ -6,6 +6,11 @@ harness lands one inside a write: every file opened for writing (``open`` and
 disk and then kills the process. An atomic writer leaves only a temporary file; a
 writer that opens the final name directly leaves it half-written.
 
+With ``CR_EDGE_KILL_UNDER=FOLDER`` only writes into files under that folder count:
+the writes of the command's own artifacts (their temporary files, or without the
+atomic writer their final names), not a library's caches, whose number can differ
+from one run to the next. ``written`` lists the file of every counted write.
+
 ``python -m reliability.killpoint N cr-edge-args...`` (with ``tests`` on the path).
 """
 
@@ -17,17 +22,20 @@ import signal
 import sys
 
 _count = 0
+written: list[str] = []  # the file of each counted write, in order
+UNDER = os.environ.get("CR_EDGE_KILL_UNDER")
 
 
 class _Dying:
     """A writable file whose ``kill_at``-th write (counted process-wide) is cut in half."""
 
-    def __init__(self, f, kill_at: int) -> None:
-        self._f, self._kill_at = f, kill_at
+    def __init__(self, f, kill_at: int, path: str) -> None:
+        self._f, self._kill_at, self._path = f, kill_at, path
 
     def write(self, data):
         global _count
         _count += 1
+        written.append(self._path)
         if _count == self._kill_at:
             self._f.write(data[: len(data) // 2])
             self._f.flush()
@@ -51,9 +59,23 @@ class _Dying:
 def _wrapping(opener, kill_at: int):
     def wrapped(file, mode="r", *args, **kwargs):
         f = opener(file, mode, *args, **kwargs)
-        return _Dying(f, kill_at) if any(c in mode for c in "wax+") else f
+        if not any(c in mode for c in "wax+"):
+            return f
+        path = _path_of(file)
+        counted = UNDER is None or path.startswith(os.path.realpath(UNDER) + os.sep)
+        return _Dying(f, kill_at, path) if counted else f
 
     return wrapped
+
+
+def _path_of(file) -> str:
+    """The real path of what is opened: a name, or (``os.fdopen``) a descriptor's file."""
+    if isinstance(file, int):
+        try:
+            return os.readlink(f"/proc/self/fd/{file}")
+        except OSError:
+            return f"<fd {file}>"
+    return os.path.realpath(os.fspath(file))
 
 
 def main() -> None:

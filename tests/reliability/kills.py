@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from reliability.helpers import REPO, cli_command, partial_files
@@ -61,28 +63,51 @@ def _timed_kill(args: list[object], after_s: float) -> bool:
         return True
 
 
-def kill_in_write(args: list[object], kill_at: int) -> int:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
+def kill_in_write(args: list[object], kill_at: int, under: Path | None = None) -> int:
+    """Run ``cr-edge ARGS``, killed in its ``kill_at``-th write (into ``under`` only, if given)."""
     command = [sys.executable, "-m", "reliability.killpoint", str(kill_at), *map(str, args)]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, check=False).returncode
+    return subprocess.run(
+        command, cwd=REPO, env=_env(under), capture_output=True, check=False
+    ).returncode
 
 
 def count_writes(args: list[object]) -> int:
     """How many file writes one complete run makes (a kill point past the last never fires)."""
+    return max(len(written_files(args)), 1)
+
+
+def written_files(args: list[object], under: Path | None = None) -> list[str]:
+    """The file of each write one complete run makes, in order (into ``under`` only, if given)."""
     probe = [sys.executable, "-c", _COUNTER, *map(str, args)]
+    done = subprocess.run(
+        probe, cwd=REPO, env=_env(under), capture_output=True, text=True, check=False
+    )
+    return json.loads(done.stderr.strip().splitlines()[-1])
+
+
+def spread_points(count: int, kills: int, seed: int) -> list[int]:
+    """``kills`` write numbers in 1..count, one drawn from each of ``kills`` equal stretches,
+    so that the kills reach every stage of a long command rather than bunching."""
+    rng = random.Random(seed)
+    edges = [round(count * k / kills) for k in range(kills + 1)]
+    return [min(rng.randint(lo + 1, max(hi, lo + 1)), count) for lo, hi in pairwise(edges)]
+
+
+def _env(under: Path | None) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    done = subprocess.run(probe, cwd=REPO, env=env, capture_output=True, text=True, check=False)
-    return max(int(done.stderr.strip().splitlines()[-1]), 1)
+    env.pop("CR_EDGE_KILL_UNDER", None)
+    if under is not None:
+        env["CR_EDGE_KILL_UNDER"] = str(under)
+    return env
 
 
 _COUNTER = """
-import sys
+import json, sys
 from reliability import killpoint
 sys.argv = ["killpoint", "0", *sys.argv[1:]]
 try:
     killpoint.main()
 finally:
-    print(killpoint._count, file=sys.stderr)
+    print(json.dumps(killpoint.written), file=sys.stderr)
 """

@@ -1,11 +1,15 @@
 """Row 18: SIGKILL during ``cr-edge pipeline`` leaves no partial file, and a rerun completes.
 
-The row-7 kill loop on the whole pipeline (train, export, quantize, validate,
-profile, summary): killed at seeded random times and inside random file writes,
-each time over the previous run's folder. After every kill each final file must
-parse, and each stage folder whose manifest says it is complete must match it byte
-for byte (a finished stage stays intact whatever comes after). Then the same command,
-without ``--force``, must finish the run. ``CR_EDGE_PIPELINE_KILLS`` kills here (2;
+The pipeline (train, export, quantize, validate, profile, summary) is run once to the
+end with every file write into its folder recorded, then SIGKILLed inside such writes
+(``killpoint``: half the bytes on disk, then the signal), each time over the previous
+run's folder with ``--force``; the kill points are spread over the run, one from each
+stretch of its writes, so they reach every stage. Each of them is a write that lands
+under a final name unless the atomic writer moves it there only once complete. After
+every kill each final file must parse, and each stage folder whose manifest says it is
+complete must match it byte for byte (a finished stage stays intact whatever comes
+after). Then the same command, without ``--force``, must finish the run: the killed
+run marked its folder incomplete. ``CR_EDGE_PIPELINE_KILLS`` kills here (2;
 ``bench/reliability.py`` runs 12).
 """
 
@@ -13,14 +17,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from cr_edge.errors import InputError
 from cr_edge.manifest import MANIFEST, is_incomplete, verify
-from reliability.helpers import run_process
-from reliability.kills import kill_loop
+from reliability.helpers import partial_files, run_process
+from reliability.kills import KillTally, kill_in_write, spread_points, written_files
 
 KILLS = int(os.environ.get("CR_EDGE_PIPELINE_KILLS", "2"))
 ARGS = ["pipeline", "--recipe", "digits-cr", "--epochs", "1", "--runtime", "cpu"]
@@ -43,8 +48,14 @@ def changed_complete_folders(out: Path) -> list[str]:
 
 def kill_pipeline(out: Path, kills: int, seed: int):
     """Kill the pipeline ``kills`` times; return (tally, changed complete folders, rerun)."""
-    tally = kill_loop([*ARGS, "--force", "--out", out], out, kills, seed)
-    changed = changed_complete_folders(out) if out.exists() else []
+    args = [*ARGS, "--force", "--out", out]
+    writes = written_files(args, under=out)  # the complete run; its writes into ``out``
+    tally, changed = KillTally(), []
+    for kill_at in spread_points(len(writes), kills, seed):
+        tally.runs += 1
+        tally.killed += kill_in_write(args, kill_at, under=out) == -signal.SIGKILL
+        tally.partial += [f"{out.name}/{p}" for p in partial_files(out)]
+        changed += changed_complete_folders(out)
     rerun = run_process(*ARGS, "--out", out, timeout=900)
     return tally, changed, rerun
 
@@ -57,6 +68,7 @@ def test_sigkill_during_the_pipeline_leaves_no_partial_file_and_a_rerun_complete
         f"row 18: {tally.runs} pipelines killed ({tally.killed} mid-way), "
         f"{len(tally.partial)} partial files, rerun exit {rerun.returncode}"
     )
+    assert tally.killed == tally.runs == KILLS  # every kill point is a write the run makes
     assert not tally.partial, tally.partial
     assert not changed, changed
     assert rerun.returncode in (0, 1), rerun.stderr[-2000:]  # 1: a check failed, said so
