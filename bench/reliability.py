@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import pickle
 import re
 import subprocess
@@ -296,6 +297,7 @@ def main() -> None:
     parser.add_argument("--fuzz20", type=int, default=12, help="mutations per file kind, row 20")
     parser.add_argument("--rows", help="comma list of rows to run (default: all)")
     args = parser.parse_args()
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())  # a shared machine says so
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -322,6 +324,13 @@ def main() -> None:
         }
         chosen = [int(n) for n in args.rows.split(",")] if args.rows else sorted(runs)
         rows = [runs[n]() for n in chosen]
+    from cr_edge.profile.device import describe_device
+
+    d = describe_device()
+    print(
+        f"CPU: {d['cpu']} ({d['usable_cores']} usable cores), ISA: {', '.join(d['isa'])}; "
+        f"onnxruntime {d['onnxruntime']}; load average at start {load}"
+    )
     print("| # | fault | cases | crashes | partial files | canary reads | caught |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

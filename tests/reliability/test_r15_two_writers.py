@@ -5,7 +5,8 @@ inputs, other weights) start at the same moment into one ``--out``. Whatever the
 timing, the folder must afterwards be one complete, consistent checkpoint: it loads,
 every file matches its manifest entry, and it is the recipe of a run that succeeded.
 A run that lost the race exits 2 with one line naming the holder's pid and command.
-``CR_EDGE_RACES`` races here (3 by default; ``bench/reliability.py`` runs 20).
+``CR_EDGE_RACES`` races here (2 by default, one in each start order;
+``bench/reliability.py`` runs 20).
 
 The lock itself is checked without timing: a folder held by this process refuses a
 writer, and the lock of a writer killed by SIGKILL is taken over by the next one.
@@ -30,7 +31,7 @@ from cr_edge.folder_lock import LOCK_NAME, writing
 from cr_edge.manifest import MANIFEST, verify
 from reliability.helpers import REPO, cli_command, one_line_error, run_process
 
-RACES = int(os.environ.get("CR_EDGE_RACES", "3"))
+RACES = int(os.environ.get("CR_EDGE_RACES", "2"))
 RECIPES = ("digits-cr", "breast-cancer-cr")
 HOLDER = re.compile(r"is being written by pid \d+ \(cr-edge train, started [^)]+\)")
 
