@@ -586,9 +586,17 @@ def pipeline(
     "--data",
     default="digits",
     show_default=True,
-    help="Built-in dataset (digits, breast-cancer, wine, mnist1d) or a CSV/NPZ/IDX file.",
+    help="Built-in dataset (digits, breast-cancer, wine, mnist1d, diabetes, anes96) or a "
+    "CSV/NPZ/IDX file.",
 )
 @click.option("--label", help="CSV column holding the labels (CSV data only).")
+@click.option(
+    "--task",
+    type=click.Choice(["classify", "regress", "ordinal"]),
+    default="classify",
+    show_default=True,
+    help="What the label is; nets are compared on accuracy, MAE (regress) or ordinal accuracy.",
+)
 @click.option(
     "--budget",
     type=click.Choice(["quick", "standard", "full"]),
@@ -620,6 +628,7 @@ def pipeline(
 def fairfight(
     data: str,
     label: str | None,
+    task: str,
     budget: str,
     out: Path | None,
     workers: int | None,
@@ -639,7 +648,7 @@ def fairfight(
     refuse_existing(out, "report.json", force)
     engine = Engine(workers=workers or default_workers(), ray=ray_address)
     with runs_bar("fairfight") as phase:
-        report = run_fight(data, budget, out, label, engine=engine, progress=phase)
+        report = run_fight(data, budget, out, label, engine=engine, progress=phase, task=task)
     console.print(markdown(report))
     ex = report["execution"]
     console.print(

@@ -17,6 +17,7 @@ from cr_edge.fairfight.ladder import (
     ladder_tasks,
     tuning_tasks,
 )
+from cr_edge.fairfight.metric import ACCURACY, Metric, metric_for
 from cr_edge.fairfight.report import write_report
 from cr_edge.fairfight.runner import latency_at_equal_accuracy
 from cr_edge.fairfight.verdict import CR_FAMILY, aggregate, verdict
@@ -32,17 +33,21 @@ def fairfight(
     engine: Engine | None = None,
     progress: Callable[[str], Progress] | None = None,
     latency: bool = True,
+    task: str = "classify",
 ) -> dict:
     """Run (or resume) the whole fight under ``out`` and write its report.
 
     ``progress(phase)`` returns the callback for that phase's tasks. ``latency=False``
-    skips exporting and timing the equal-accuracy pair (the slowest single step).
+    skips exporting and timing the equal-accuracy pair (the slowest single step). ``task``
+    is the recipes' ``--task``; it names the metric every net is compared on.
     """
     out = Path(out)
     b = budget_named(budget)
+    metric = metric_for(task)
     engine = engine or Engine()
     store = RecordStore(out / "records")
-    x = load_source(data, label).x
+    # a task the data cannot have (regression on a class-only built-in) is refused here
+    x = load_source(data, label, task).x
     if x.dtype.kind in "iu":  # detected as text (Yelp's layout): its ladder is not built
         raise InputError(
             f"{data}: text (token ids); the Fair Fight's ladders are MLP and conv nets on "
@@ -52,18 +57,27 @@ def fairfight(
     start = time.perf_counter()
     with Workers(engine) as workers:
         tuned, ran_t = execute(
-            tuning_tasks(data, b, archs, label), store, workers, progress and progress("tune")
+            tuning_tasks(data, b, archs, label, task),
+            store,
+            workers,
+            progress and progress("tune"),
         )
-        chosen = choose(tuned)
-        tasks = ladder_tasks(data, b, archs, chosen, label)
+        chosen = choose(tuned, metric)
+        tasks = ladder_tasks(data, b, archs, chosen, label, task)
         runs, ran_l = execute(tasks, store, workers, progress and progress("ladder"))
     records = tuned + runs
-    v = verdict(records, b.bootstrap)
+    v = verdict(records, b.bootstrap, metric)
     pair = None
     if latency:
         ladder = [r for r in runs if r["phase"] == "ladder" and not r.get("failed")]
         pair = latency_at_equal_accuracy(
-            *_pair(v, tasks, aggregate(ladder), {r["key"] for r in runs if r.get("failed")}),
+            *_pair(
+                v,
+                tasks,
+                aggregate(ladder, metric),
+                {r["key"] for r in runs if r.get("failed")},
+                metric,
+            ),
             out / "pair",
             b.profile_iters,
         )
@@ -75,13 +89,15 @@ def fairfight(
         "reused": len(records) - ran_t - ran_l,
         "wall_seconds": time.perf_counter() - start,
     }
-    return write_report(data, budget, records, chosen, v, pair, execution, out)
+    return write_report(data, budget, records, chosen, v, pair, execution, out, task)
 
 
-def _pair(v: dict, tasks: list[Task], rows: list[dict], failed: set[str]) -> tuple[Task, Task]:
+def _pair(
+    v: dict, tasks: list[Task], rows: list[dict], failed: set[str], metric: Metric = ACCURACY
+) -> tuple[Task, Task]:
     """The ladder tasks behind the smallest baseline and CR points reaching T, each at its
     first seed whose run finished (retraining a diverged seed diverges again)."""
-    cr = v["smallest_cr_at_threshold"] or _closest_cr(rows)
+    cr = v["smallest_cr_at_threshold"] or _closest_cr(rows, metric)
     wanted = [tuple(v["smallest_baseline_at_threshold"]), tuple(cr)]
     found = []
     for family, arch, width in wanted:
@@ -100,8 +116,11 @@ def _pair(v: dict, tasks: list[Task], rows: list[dict], failed: set[str]) -> tup
     return found[0], found[1]
 
 
-def _closest_cr(rows: list[dict]) -> tuple[str, str, int]:
+def _closest_cr(rows: list[dict], metric: Metric = ACCURACY) -> tuple[str, str, int]:
     """When no CR point reaches T, time the one that came closest: the best mean validation
-    accuracy (the widest net is not it when a small conv beats every MLP)."""
-    r = max((r for r in rows if r["family"] == CR_FAMILY), key=lambda r: r["val_accuracy"])
+    metric (the widest net is not it when a small conv beats every MLP)."""
+    r = max(
+        (r for r in rows if r["family"] == CR_FAMILY),
+        key=lambda r: metric.score(r[f"val_{metric.key}"]),
+    )
     return (r["family"], r["arch"], r["width"])

@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 
 from cr_edge.errors import InputError
+from cr_edge.fairfight.metric import ACCURACY, Metric
 from cr_edge.nets import NetConfig
 from cr_edge.recipe import Recipe
 
@@ -216,12 +217,14 @@ def _task(
     data: str,
     label: str | None,
     fraction: float = 1.0,
+    task: str = "classify",
 ) -> Task:
     hidden = (width, width) if arch in ("depth2", "conv") else (width,)
     recipe = Recipe(
         name=f"{family.name}-{arch}-w{width}",
         data=data,
         label=label,
+        task=task,
         arch="conv" if arch == "conv" else "mlp",
         hidden=hidden,
         activation=family.activation,
@@ -240,7 +243,11 @@ def _task(
 
 
 def tuning_tasks(
-    data: str, budget: Budget, archs: tuple[str, ...], label: str | None = None
+    data: str,
+    budget: Budget,
+    archs: tuple[str, ...],
+    label: str | None = None,
+    task: str = "classify",
 ) -> list[Task]:
     """Every grid point of every (family, architecture), at the tuning width, first seed."""
     return [
@@ -255,6 +262,7 @@ def tuning_tasks(
             budget,
             data,
             label,
+            task=task,
         )
         for fam in budget.family_list
         for arch in archs
@@ -267,8 +275,10 @@ def _tune_width(budget: Budget, arch: str, data: str) -> int:
     return min(widths, key=lambda w: abs(w - budget.tune_width))
 
 
-def choose(tune_records: list[dict]) -> dict[tuple[str, str], tuple[float, float]]:
-    """Per (family, arch): the (lr, lambda) with the best validation accuracy.
+def choose(
+    tune_records: list[dict], metric: Metric = ACCURACY
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """Per (family, arch): the (lr, lambda) with the best validation metric.
 
     Ties go to the earlier grid point (records arrive in grid order), never to the test split;
     a trial whose training failed (diverged or collapsed) is never chosen.
@@ -278,8 +288,9 @@ def choose(tune_records: list[dict]) -> dict[tuple[str, str], tuple[float, float
         if r.get("failed"):
             continue
         key = (r["family"], r["arch"])
-        if key not in best or r["val_accuracy"] > best[key][0]:
-            best[key] = (r["val_accuracy"], (r["lr"], r["dreg"]))
+        val = metric.score(r[f"val_{metric.key}"])
+        if key not in best or val > best[key][0]:
+            best[key] = (val, (r["lr"], r["dreg"]))
     return {k: v[1] for k, v in best.items()}
 
 
@@ -289,6 +300,7 @@ def ladder_tasks(
     archs: tuple[str, ...],
     chosen: dict[tuple[str, str], tuple[float, float]],
     label: str | None = None,
+    task: str = "classify",
 ) -> list[Task]:
     """The ladder (every width and seed) and the sample-efficiency probes (depth 1 at the
     tuning width, every seed and fraction), each with its family's tuned settings."""
@@ -299,7 +311,19 @@ def ladder_tasks(
             for width in budget.widths_for(arch, data):
                 for seed in budget.seeds:
                     tasks.append(
-                        _task("ladder", fam, arch, width, seed, lr, lam, budget, data, label)
+                        _task(
+                            "ladder",
+                            fam,
+                            arch,
+                            width,
+                            seed,
+                            lr,
+                            lam,
+                            budget,
+                            data,
+                            label,
+                            task=task,
+                        )
                     )
         lr, lam = chosen.get((fam.name, PROBE_ARCH), budget.grid(fam)[0])
         width = probe_width(budget, data)
@@ -318,6 +342,7 @@ def ladder_tasks(
                         data,
                         label,
                         fraction,
+                        task,
                     )
                 )
     return tasks

@@ -14,6 +14,7 @@ import numpy as np
 
 from cr_edge import atomic
 from cr_edge.fairfight.ladder import FAMILIES
+from cr_edge.fairfight.metric import ACCURACY, METRICS, Metric
 from cr_edge.fairfight.stats import mean_ci
 from cr_edge.fairfight.verdict import (
     LATENCY_BATCH,
@@ -56,14 +57,19 @@ def _point(p: list | None) -> str:
     return "—" if p is None else f"{p[0]} {p[1]} w{p[2]}"
 
 
-def ladder_matrix(rows: list[dict]) -> list[str]:
-    """Accuracy mean ± CI half-width (parameters) per (family, arch) and width."""
+def _metric(report: dict) -> Metric:
+    return METRICS[report.get("task", "classify")]  # reports written before tasks classified
+
+
+def ladder_matrix(rows: list[dict], metric: Metric = ACCURACY) -> list[str]:
+    """The metric's mean ± CI half-width (parameters) per (family, arch) and width."""
     widths = sorted({r["width"] for r in rows})
     cells: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
+    k = metric.key
     for r in rows:
-        half = (r["accuracy_ci"][1] - r["accuracy_ci"][0]) / 2
+        half = (r[f"{k}_ci"][1] - r[f"{k}_ci"][0]) / 2
         cells[(r["family"], r["arch"])][r["width"]] = (
-            f"{r['accuracy']:.3f}±{half:.3f} ({_short(r['parameters'])})"
+            f"{r[k]:.3f}±{half:.3f} ({_short(r['parameters'])})"
         )
     order = [f.name for f in FAMILIES]
     lines = [
@@ -79,6 +85,8 @@ def ladder_matrix(rows: list[dict]) -> list[str]:
 
 def _probe_tables(report: dict) -> list[str]:
     probe = report["verdict"]["probe"]
+    metric = _metric(report)
+    test = f"test_{metric.key}"
     runs = [
         r
         for r in report["runs"]
@@ -90,7 +98,7 @@ def _probe_tables(report: dict) -> list[str]:
     fractions = sorted({r["fraction"] for r in runs})
     lines = [
         "",
-        f"Sample efficiency ({probe['arch']} w{probe['width']}, test accuracy mean ± CI "
+        f"Sample efficiency ({probe['arch']} w{probe['width']}, test {metric.name} mean ± CI "
         "half-width; tau of input gradients):",
         "",
         "| family | " + " | ".join(f"{f:.0%}" for f in fractions) + " |",
@@ -103,7 +111,7 @@ def _probe_tables(report: dict) -> list[str]:
             if not rs:
                 cells.append("")
                 continue
-            ci = mean_ci([r["test_accuracy"] for r in rs])
+            ci = mean_ci([r[test] for r in rs])
             tau = [r["tail_ratio"] for r in rs if r["tail_ratio"] is not None]
             cells.append(
                 f"{ci.estimate:.3f}±{(ci.high - ci.low) / 2:.3f} (τ {_f(np.mean(tau) if tau else None, '.2f')})"
@@ -114,7 +122,8 @@ def _probe_tables(report: dict) -> list[str]:
     keys = sorted({k for r in full for k in r["corruption"]})
     lines += [
         "",
-        f"Robustness ({probe['arch']} w{probe['width']}, full training split; mean test accuracy):",
+        f"Robustness ({probe['arch']} w{probe['width']}, full training split; "
+        f"mean test {metric.name}):",
         "",
         "| family | clean | " + " | ".join(keys) + " |",
         "|---|---|" + "---|" * len(keys),
@@ -123,7 +132,7 @@ def _probe_tables(report: dict) -> list[str]:
         rs = [r for r in full if r["family"] == fam.name]
         if rs:
             lines.append(
-                f"| {fam.name} | {np.mean([r['test_accuracy'] for r in rs]):.4f} | "
+                f"| {fam.name} | {np.mean([r[test] for r in rs]):.4f} | "
                 + " | ".join(f"{np.mean([r['corruption'][k] for r in rs]):.4f}" for k in keys)
                 + " |"
             )
@@ -154,12 +163,14 @@ def _smoothness_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _latency_table(pair: dict | None, parameter_ratio: float | None) -> list[str]:
+def _latency_table(
+    pair: dict | None, parameter_ratio: float | None, metric: Metric = ACCURACY
+) -> list[str]:
     if not pair:
         return []
     lines = [
         "",
-        f"Latency at equal accuracy: `{pair['baseline']}` vs `{pair['cr']}`, fp32, timed "
+        f"Latency at equal {metric.name}: `{pair['baseline']}` vs `{pair['cr']}`, fp32, timed "
         f"interleaved on {pair['device'].get('cpu', 'this CPU')}; ratio = CR / baseline per "
         "round (median, p10-p90):",
         "",
@@ -185,6 +196,8 @@ def _latency_table(pair: dict | None, parameter_ratio: float | None) -> list[str
 
 def markdown(report: dict) -> str:
     v, ex = report["verdict"], report["execution"]
+    metric = _metric(report)
+    sign = "-" if metric.higher_is_better else "+"
     lines = [
         f"# Fair Fight on {report['dataset']} ({report['budget']} budget)",
         "",
@@ -200,13 +213,14 @@ def markdown(report: dict) -> str:
     ]
     for t in report["tuning"]:
         lines.append(f"| {t['family']} | {t['arch']} | {t['lr']:.3g} | {t['dreg']:.3g} |")
-    lines += ["", "Test accuracy, mean ± 95% CI half-width (parameters):", ""]
+    lines += ["", f"Test {metric.name}, mean ± 95% CI half-width (parameters):", ""]
     ladder_rows = report["rows"]
-    lines += ladder_matrix(ladder_rows)
+    lines += ladder_matrix(ladder_rows, metric)
     ci = v["parameter_ratio_ci"]
     lines += [
         "",
-        f"Threshold T = best baseline mean accuracy - 0.5 points = {v['threshold']:.4f} "
+        f"Threshold T = best baseline mean {metric.name} {sign} {metric.slack_text()} "
+        f"= {v['threshold']:.4f} "
         f"(best: {_point(v['best_baseline'])}). Smallest baseline reaching T: "
         f"{_point(v['smallest_baseline_at_threshold'])} ({v['parameters']['baseline']} params); "
         f"smallest CR: {_point(v['smallest_cr_at_threshold'])} "
@@ -215,8 +229,13 @@ def markdown(report: dict) -> str:
         + (f", 95% bootstrap CI [{_f(ci['low'], '.2f')}, {_f(ci['high'], '.2f')}]" if ci else "")
         + ".",
         "",
-        "CR at least as accurate as B (margin 0.5 points) with k x fewer parameters; "
-        "points chosen on validation accuracy; Welch one-sided, Holm over all rows:",
+        (
+            "CR at least as accurate as B"
+            if metric.higher_is_better
+            else f"CR's {metric.name} at most B's"
+        )
+        + f" (margin {metric.slack_text()}) with k x fewer parameters; "
+        f"points chosen on validation {metric.name}; Welch one-sided, Holm over all rows:",
         "",
         "| baseline | k | CR | difference | t | df | p | p (Holm) | held |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -232,18 +251,18 @@ def markdown(report: dict) -> str:
         [r for r in report["runs"] if r["phase"] == "ladder" and not r.get("failed")]
     )
     lines += _probe_tables(report)
-    lines += _latency_table(report.get("latency"), v["parameter_ratio"])
+    lines += _latency_table(report.get("latency"), v["parameter_ratio"], metric)
     lines += anchor(report)
     lines += ["", "| claim | paper | measured | held |", "|---|---|---|---|"]
     for c in v["claims"]:
         lines.append(f"| {c['claim']} | {c['paper']} | {c['measured']} | {c['held']} |")
-    lines += ["", DEFINITIONS, "", "Plot: `accuracy_vs_parameters.png`.", ""]
+    lines += ["", DEFINITIONS, "", f"Plot: `{metric.key}_vs_parameters.png`.", ""]
     return "\n".join(lines)
 
 
 def anchor(report: dict) -> list[str]:
     """On MNIST-1D, our best ReLU MLP and CNN beside the benchmark paper's figures."""
-    if report["dataset"] != "mnist1d":
+    if report["dataset"] != "mnist1d" or _metric(report) is not ACCURACY:
         return []
     from cr_edge.data.mnist1d_set import PAPER_ACCURACY
 
@@ -259,8 +278,8 @@ def anchor(report: dict) -> list[str]:
     ]
 
 
-def plot(rows: list[dict], out: Path) -> Path | None:
-    """Accuracy vs parameters per (family, arch), with the 95% CI as error bars."""
+def plot(rows: list[dict], out: Path, metric: Metric = ACCURACY) -> Path | None:
+    """The metric vs parameters per (family, arch), with the 95% CI as error bars."""
     try:
         import matplotlib
 
@@ -268,15 +287,16 @@ def plot(rows: list[dict], out: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    k = metric.key
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (family, arch), pts in sorted(_groups(rows).items()):
         pts.sort(key=lambda r: r["parameters"])
         ax.errorbar(
             [r["parameters"] for r in pts],
-            [r["accuracy"] for r in pts],
+            [r[k] for r in pts],
             yerr=[
-                [r["accuracy"] - r["accuracy_ci"][0] for r in pts],
-                [r["accuracy_ci"][1] - r["accuracy"] for r in pts],
+                [r[k] - r[f"{k}_ci"][0] for r in pts],
+                [r[f"{k}_ci"][1] - r[k] for r in pts],
             ],
             marker=ARCH_MARKERS.get(arch, "o"),
             markersize=4,
@@ -286,13 +306,13 @@ def plot(rows: list[dict], out: Path) -> Path | None:
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("parameters")
-    ax.set_ylabel("test accuracy (mean, 95% CI)")
+    ax.set_ylabel(f"test {metric.name} (mean, 95% CI)")
     ax.legend(fontsize=6, ncol=3)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    path = out / "accuracy_vs_parameters.png"
+    path = out / f"{k}_vs_parameters.png"
     atomic.write_bytes(path, buf.getvalue())
     return path
 
@@ -313,21 +333,25 @@ def write_report(
     latency: dict | None,
     execution: dict,
     out: Path,
+    task: str = "classify",
 ) -> dict:
     """``report.json``, ``report.md`` and the plot; returns the report."""
     report = {
         "dataset": dataset,
         "budget": budget,
+        "task": task,
         "execution": execution,
         "tuning": [
             {"family": f, "arch": a, "lr": lr, "dreg": lam} for (f, a), (lr, lam) in chosen.items()
         ],
         "runs": runs,
-        "rows": aggregate([r for r in runs if r["phase"] == "ladder" and not r.get("failed")]),
+        "rows": aggregate(
+            [r for r in runs if r["phase"] == "ladder" and not r.get("failed")], METRICS[task]
+        ),
         "verdict": verdict,
         "latency": latency,
     }
     atomic.write_json(out / "report.json", report)
     atomic.write_text(out / "report.md", markdown(report))
-    plot(report["rows"], out)
+    plot(report["rows"], out, METRICS[task])
     return report

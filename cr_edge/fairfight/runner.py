@@ -19,12 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cr_edge import heads
 from cr_edge.checkpoint import load_checkpoint
 from cr_edge.errors import TrainingFailed
 from cr_edge.export.exporter import ExportOptions, export
 from cr_edge.fairfight.ladder import Task
+from cr_edge.fairfight.metric import METRICS
 from cr_edge.nets import CRNet
 from cr_edge.profile.profiler import ProfileOptions, profile
+from cr_edge.task_metrics import task_metrics
 from cr_edge.train import train
 
 # Additive Gaussian noise with sigma = level x the training inputs' std (all values pooled).
@@ -70,11 +73,12 @@ def run_task(task_json: dict) -> dict:
             calib = ckpt.calib()
         net = result.net.eval()
         m = result.metrics
+        k = METRICS[task.recipe.task].key
         steps = torch.tensor(step_norms, dtype=torch.float64)
         record |= {
             "parameters": m["parameters"],
-            "val_accuracy": m["val_accuracy"],
-            "test_accuracy": m["test_accuracy"],
+            f"val_{k}": m[f"val_{k}"],
+            f"test_{k}": m[f"test_{k}"],
             "tail_ratio": m["tail_ratio"],
             "peak_volatility": m["peak_volatility"],
             "grad_mean": m["grad_mean"],
@@ -83,9 +87,7 @@ def run_task(task_json: dict) -> dict:
             "step_peak_volatility": float(steps.max()) if steps.numel() else None,
         }
         if task.phase != "tune":
-            record["corruption"] = corruption_accuracies(
-                net, ckpt.normalisation.apply, calib, task.seed
-            )
+            record["corruption"] = corruption_scores(net, ckpt, calib, task.seed)
         return _finite(record)
     finally:
         torch.set_num_threads(before)
@@ -104,16 +106,21 @@ def _tail_ratio(g: torch.Tensor) -> float | None:
     return float(torch.quantile(g, 0.99) / g.mean())
 
 
-def corruption_accuracies(net: CRNet, normalise, calib: dict, seed: int) -> dict[str, float]:
-    """Test accuracy under each Gaussian noise level and under small shifts."""
-    x, y = calib["x_test"], calib["y_test"]
+def corruption_scores(net: CRNet, ckpt, calib: dict, seed: int) -> dict[str, float]:
+    """The task's fight metric (``metric.METRICS``) on the test split under each Gaussian
+    noise level and under small shifts."""
+    x = calib["x_test"]
     sigma = float(np.std(calib["x"]))
     rng = np.random.default_rng(seed)
+
+    def measure(corrupted: np.ndarray) -> float:
+        return _metric(net, ckpt, ckpt.normalisation.apply(corrupted), calib)
+
     out = {}
     for level in NOISE_LEVELS:
         noisy = x + (level * sigma) * rng.standard_normal(x.shape).astype(np.float32)
-        out[f"noise_{level:g}"] = _accuracy(net, normalise(noisy), y)
-    shifted = [_accuracy(net, normalise(s), y) for s in shifts(x)]
+        out[f"noise_{level:g}"] = measure(noisy)
+    shifted = [measure(s) for s in shifts(x)]
     if shifted:
         out["shift"] = float(np.mean(shifted))
     return out
@@ -136,9 +143,17 @@ def _shift(x: np.ndarray, axis: int, step: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def _accuracy(net: CRNet, x: np.ndarray, y: np.ndarray) -> float:
-    pred = net(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).argmax(dim=1)
-    return float((pred.numpy() == y).mean())
+def _metric(net: CRNet, ckpt, x: np.ndarray, calib: dict) -> float:
+    """The fight metric of ``net`` on inputs ``x`` against the test targets (a regression's
+    predictions in the target's own units, as its training metrics are)."""
+    task = ckpt.task
+    out = net(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+    pred = heads.predictions(task, out).numpy()
+    if task == "regress":
+        pred, target = ckpt.target_scale.undo(pred), calib["t_test"]
+    else:
+        target = calib["y_test"]
+    return task_metrics(task, pred, target, net.config.n_classes)[METRICS[task].key]
 
 
 def _finite(obj):

@@ -1,9 +1,12 @@
 """From run records to the claims, each decided by an interval or a corrected test.
 
-Pure functions over plain records (the dicts in ``report.json``). Definitions:
+Pure functions over plain records (the dicts in ``report.json``). The figure compared is
+the task's (``metric.Metric``): accuracy, or MAE for regression, read as a score where
+higher is better, so "reaching T", "at least as good" and every difference's sign mean
+the same for every task (a positive difference favours CR). Definitions, for accuracy:
 
-* equal accuracy: T = the best baseline ladder point's mean test accuracy - 0.5 points;
-  the parameter ratio is params(smallest baseline point reaching T) / params(smallest
+* equal accuracy: T = the best baseline ladder point's mean test accuracy - 0.5 points
+  (for MAE: the best baseline MAE + 1%); the parameter ratio is params(smallest baseline point reaching T) / params(smallest
   CR point reaching T), with a bootstrap interval over seeds (a resample where no CR
   point reaches T counts as a ratio below every other);
 * "CR is at least as accurate as baseline B with k x fewer parameters": Welch's t,
@@ -22,11 +25,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from cr_edge.fairfight.metric import ACCURACY, Metric
 from cr_edge.fairfight.stats import Interval, bootstrap, holm, mean_ci, welch
 
 BASELINES = ("relu", "gelu")  # the standard nets, trained without DREG
 CR_FAMILY = "cr"
-ACCURACY_SLACK = 0.005  # T = best baseline mean accuracy - 0.5 points
 ALPHA = 0.05
 K_FACTORS = (1.0, 2.0, 5.0, 15.5)  # "k x fewer parameters" tested at these k
 PAPER = {
@@ -61,11 +64,12 @@ def corruption_mean(record: dict) -> float | None:
     return _mean(list(c.values()))
 
 
-def aggregate(records: list[dict]) -> list[dict]:
-    """One row per ladder point: accuracy mean with its 95% CI, and the per-run means."""
+def aggregate(records: list[dict], metric: Metric = ACCURACY) -> list[dict]:
+    """One row per ladder point: the metric's mean with its 95% CI, and the per-run means."""
     rows = []
+    k = metric.key
     for (family, arch, width), runs in _by_point(records).items():
-        acc = mean_ci([r["test_accuracy"] for r in runs])
+        acc = mean_ci([r[f"test_{k}"] for r in runs])
         rows.append(
             {
                 "family": family,
@@ -73,9 +77,9 @@ def aggregate(records: list[dict]) -> list[dict]:
                 "width": width,
                 "seeds": len(runs),
                 "parameters": runs[0]["parameters"],
-                "accuracy": acc.estimate,
-                "accuracy_ci": [acc.low, acc.high],
-                "val_accuracy": _mean([r["val_accuracy"] for r in runs]),
+                k: acc.estimate,
+                f"{k}_ci": [acc.low, acc.high],
+                f"val_{k}": _mean([r[f"val_{k}"] for r in runs]),
                 "tail_ratio": _mean([r["tail_ratio"] for r in runs]),
                 "peak_volatility": _mean([r["peak_volatility"] for r in runs]),
                 "step_tail_ratio": _mean([r["step_tail_ratio"] for r in runs]),
@@ -86,20 +90,20 @@ def aggregate(records: list[dict]) -> list[dict]:
     return rows
 
 
-def equal_accuracy(records: list[dict]) -> dict | None:
+def equal_accuracy(records: list[dict], metric: Metric = ACCURACY) -> dict | None:
     """T and the smallest baseline and CR points reaching it (means over the given runs)."""
     means: dict[Point, list[float]] = defaultdict(list)
     params: dict[Point, int] = {}
     for r in records:
         p = (r["family"], r["arch"], r["width"])
-        means[p].append(r["test_accuracy"])
+        means[p].append(metric.score(r[f"test_{metric.key}"]))
         params[p] = r["parameters"]
     acc = {p: float(np.mean(v)) for p, v in means.items()}
     base = [p for p in acc if p[0] in BASELINES]
     if not base:
         return None
     best = max(base, key=lambda p: (acc[p], -params[p]))
-    threshold = acc[best] - ACCURACY_SLACK
+    threshold = acc[best] - metric.slack(acc[best])  # a score; reported as the metric's value
 
     def smallest(points: list[Point]) -> Point | None:
         reaching = [p for p in points if acc[p] >= threshold]
@@ -108,7 +112,7 @@ def equal_accuracy(records: list[dict]) -> dict | None:
     base_t = smallest(base)
     cr_t = smallest([p for p in acc if p[0] == CR_FAMILY])
     return {
-        "threshold": threshold,
+        "threshold": metric.score(threshold),
         "best_baseline": best,
         "baseline": base_t,
         "cr": cr_t,
@@ -134,10 +138,15 @@ def _seed_bootstrap(
     return bootstrap(_by_seed(records), lambda gs: stat(_flat(gs)), n_boot)
 
 
-def fewer_parameters_tests(records: list[dict]) -> list[dict]:
+def fewer_parameters_tests(records: list[dict], metric: Metric = ACCURACY) -> list[dict]:
     """Welch + Holm for "CR at least as accurate as B with k x fewer parameters"."""
     groups = _by_point(records)
-    val = {p: _mean([r["val_accuracy"] for r in rs]) for p, rs in groups.items()}
+    k = metric.key
+
+    def scores(p: Point, split: str = "test") -> list[float]:
+        return [metric.score(r[f"{split}_{k}"]) for r in groups[p]]
+
+    val = {p: _mean(scores(p, "val")) for p in groups}
     params = {p: rs[0]["parameters"] for p, rs in groups.items()}
     tests = []
     for b in BASELINES:
@@ -145,16 +154,12 @@ def fewer_parameters_tests(records: list[dict]) -> list[dict]:
         if not b_points:
             continue
         bp = max(b_points, key=lambda p: val[p])  # B's best net, chosen on validation
-        for k in K_FACTORS:
-            small = [p for p in groups if p[0] == CR_FAMILY and params[p] * k <= params[bp]]
-            test = {"baseline": list(bp), "k": k, "baseline_parameters": params[bp]}
+        for factor in K_FACTORS:
+            small = [p for p in groups if p[0] == CR_FAMILY and params[p] * factor <= params[bp]]
+            test = {"baseline": list(bp), "k": factor, "baseline_parameters": params[bp]}
             if small:
                 cp = max(small, key=lambda p: val[p])
-                w = welch(
-                    [r["test_accuracy"] for r in groups[cp]],
-                    [r["test_accuracy"] for r in groups[bp]],
-                    margin=ACCURACY_SLACK,
-                )
+                w = welch(scores(cp), scores(bp), margin=metric.slack(_mean(scores(bp))))
                 test.update(cr=list(cp), cr_parameters=params[cp], **w.to_json())
             else:
                 test.update(cr=None, cr_parameters=None, difference=None, t=None, df=None, p=1.0)
@@ -189,7 +194,7 @@ def _probe_comparison(
     return out
 
 
-def verdict(records: list[dict], n_boot: int = 1000) -> dict:
+def verdict(records: list[dict], n_boot: int = 1000, metric: Metric = ACCURACY) -> dict:
     """Every finding, with the configurations it compares and its interval or test.
 
     Runs whose training failed (the training watch stopped them) are left out and counted.
@@ -197,11 +202,13 @@ def verdict(records: list[dict], n_boot: int = 1000) -> dict:
     failed = [r["key"] for r in records if r.get("failed")]
     records = [r for r in records if not r.get("failed")]
     ladder = [r for r in records if r["phase"] == "ladder"]
-    eq = equal_accuracy(ladder)
+    eq = equal_accuracy(ladder, metric)
     if eq is None or not any(r["family"] == CR_FAMILY for r in ladder):
         raise ValueError("a verdict needs ladder runs of the cr family and of a baseline family")
     base_family = eq["best_baseline"][0]
-    ratio_ci = _seed_bootstrap(ladder, lambda rs: (equal_accuracy(rs) or {}).get("ratio"), n_boot)
+    ratio_ci = _seed_bootstrap(
+        ladder, lambda rs: (equal_accuracy(rs, metric) or {}).get("ratio"), n_boot
+    )
 
     def family_mean(family: str, key: str) -> Callable[[list[dict]], float | None]:
         return lambda rs: _mean([r[key] for r in rs if r["family"] == family])
@@ -237,17 +244,20 @@ def verdict(records: list[dict], n_boot: int = 1000) -> dict:
         "parameters": eq["parameters"],
         "parameter_ratio": eq["ratio"],
         "parameter_ratio_ci": ratio_ci.to_json() if ratio_ci else None,
-        "fewer_parameters_tests": fewer_parameters_tests(ladder),
+        "fewer_parameters_tests": fewer_parameters_tests(ladder, metric),
         "smoothness": smooth,
         "probe": {"arch": "depth1", "width": probe_width},
         "sample_efficiency": _probe_comparison(
-            probe, fractions, base_family, lambda r: r["test_accuracy"]
+            probe, fractions, base_family, lambda r: metric.score(r[f"test_{metric.key}"])
         ),
         "robustness": _probe_comparison(
-            [r for r in probe if r["fraction"] == 1.0], [1.0], base_family, corruption_mean
+            [r for r in probe if r["fraction"] == 1.0],
+            [1.0],
+            base_family,
+            lambda r: metric.score(corruption_mean(r)),
         ),
     }
-    out["claims"] = claims(out)
+    out["claims"] = claims(out, metric)
     return out
 
 
@@ -256,7 +266,7 @@ def _probe_width(records: list[dict]) -> int | None:
     return min(widths) if widths else None
 
 
-def claims(v: dict) -> list[dict]:
+def claims(v: dict, metric: Metric = ACCURACY) -> list[dict]:
     """Each of the papers' claims beside what was measured and whether it held.
 
     Decided on the 95% interval (or the Holm-corrected tests): ``yes`` when it clears the
@@ -268,14 +278,14 @@ def claims(v: dict) -> list[dict]:
     ci = v["parameter_ratio_ci"]
     if v["parameter_ratio"] is None or not ci:
         out.append(
-            _claim("parameters at equal accuracy", "15.5x fewer", "CR never reached T", "no")
+            _claim(f"parameters at equal {metric.name}", "15.5x fewer", "CR never reached T", "no")
         )
     else:
         lo = -math.inf if ci["low"] is None else ci["low"]  # -inf: some resamples never reached T
         hi = ci["high"]
         out.append(
             _claim(
-                "parameters at equal accuracy",
+                f"parameters at equal {metric.name}",
                 "15.5x fewer",
                 f"{v['parameter_ratio']:.2f}x [{_x(lo)}, {_x(hi)}]",
                 decide(lo, hi, 1.0, PAPER["parameter_ratio"]),
@@ -325,20 +335,23 @@ def claims(v: dict) -> list[dict]:
     wins = [r for r in se if r["p_holm"] < ALPHA]
     out.append(
         _claim(
-            "more accurate at every training fraction (Welch, Holm)",
+            ("more accurate" if metric.higher_is_better else f"lower {metric.name}")
+            + " at every training fraction (Welch, Holm)",
             "across every data fraction",
             ", ".join(f"{r['fraction']:.0%}: {r['difference']:+.4f}" for r in se) or "—",
             "yes" if se and len(wins) == len(se) else "partly" if wins else "no",
         )
     )
+    paper_gain = PAPER["corruption_gain"] if metric.key == "accuracy" else None
     for r in v["robustness"]:
         i = r["interval"]
         out.append(
             _claim(
-                "mean corruption accuracy (noise x3, shift)",
+                f"mean corruption {metric.name} (noise x3, shift)",
                 "+2.32 points (CIFAR-10-C)",
                 f"{r['difference']:+.4f} [{i['low']:+.4f}, {i['high']:+.4f}] vs {base}",
-                decide(i["low"], i["high"], 0.0, PAPER["corruption_gain"]),
+                # the papers' gain is in accuracy points; an MAE gain is only tested against 0
+                decide(i["low"], i["high"], 0.0, paper_gain),
             )
         )
     return out
