@@ -13,6 +13,7 @@ the test split never chooses anything.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -304,46 +305,20 @@ def ladder_tasks(
 ) -> list[Task]:
     """The ladder (every width and seed) and the sample-efficiency probes (depth 1 at the
     tuning width, every seed and fraction), each with its family's tuned settings."""
+    make = functools.partial(_task, budget=budget, data=data, label=label, task=task)
     tasks = []
     for fam in budget.family_list:
         for arch in archs:
             lr, lam = chosen.get((fam.name, arch), budget.grid(fam)[0])
             for width in budget.widths_for(arch, data):
                 for seed in budget.seeds:
-                    tasks.append(
-                        _task(
-                            "ladder",
-                            fam,
-                            arch,
-                            width,
-                            seed,
-                            lr,
-                            lam,
-                            budget,
-                            data,
-                            label,
-                            task=task,
-                        )
-                    )
+                    tasks.append(make("ladder", fam, arch, width, seed, lr, lam))
         lr, lam = chosen.get((fam.name, PROBE_ARCH), budget.grid(fam)[0])
         width = probe_width(budget, data)
         for fraction in budget.fractions:
             for seed in budget.seeds:
                 tasks.append(
-                    _task(
-                        "probe",
-                        fam,
-                        PROBE_ARCH,
-                        width,
-                        seed,
-                        lr,
-                        lam,
-                        budget,
-                        data,
-                        label,
-                        fraction,
-                        task,
-                    )
+                    make("probe", fam, PROBE_ARCH, width, seed, lr, lam, fraction=fraction)
                 )
     return tasks
 
