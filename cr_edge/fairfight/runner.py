@@ -12,7 +12,6 @@ thread, which makes its record a function of the task alone.
 from __future__ import annotations
 
 import dataclasses
-import math
 import tempfile
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from cr_edge.errors import TrainingFailed
 from cr_edge.export.exporter import ExportOptions, export
 from cr_edge.fairfight.ladder import Task
 from cr_edge.fairfight.metric import METRICS
+from cr_edge.fairfight.stats import undefined_as_none
 from cr_edge.nets import CRNet
 from cr_edge.profile.profiler import ProfileOptions, profile
 from cr_edge.task_metrics import task_metrics
@@ -88,7 +88,7 @@ def run_task(task_json: dict) -> dict:
         }
         if task.phase != "tune":
             record["corruption"] = corruption_scores(net, ckpt, calib, task.seed)
-        return _finite(record)
+        return undefined_as_none(record)
     finally:
         torch.set_num_threads(before)
 
@@ -154,15 +154,6 @@ def _metric(net: CRNet, ckpt, x: np.ndarray, calib: dict) -> float:
     else:
         target = calib["y_test"]
     return task_metrics(task, pred, target, net.config.n_classes)[METRICS[task].key]
-
-
-def _finite(obj):
-    """NaN/inf (an undefined ratio) -> None: the record must be valid JSON."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def latency_at_equal_accuracy(base: Task, cr: Task, out: Path, iters: int) -> dict:

@@ -28,7 +28,7 @@ class Interval:
 
     def to_json(self) -> dict:
         """Non-finite bounds (an undefined resample) become ``null``: JSON has no infinity."""
-        return {k: _finite(getattr(self, k)) for k in ("estimate", "low", "high")}
+        return {k: undefined_as_none(getattr(self, k)) for k in ("estimate", "low", "high")}
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,23 @@ class Welch:
         return Interval(self.difference, self.difference - half, self.difference + half)
 
     def to_json(self) -> dict:
-        out = {k: _finite(getattr(self, k)) for k in ("difference", "se", "t", "df", "p")}
+        out = {k: undefined_as_none(getattr(self, k)) for k in ("difference", "se", "t", "df", "p")}
         return {**out, "interval": self.interval().to_json()}
 
 
-def _finite(v: float) -> float | None:
-    return v if math.isfinite(v) else None
+def undefined_as_none(obj):
+    """Each non-finite float (an undefined ratio or a resample without spread) -> ``None``.
+
+    A fight's figures are read back as numbers, so "undefined" is JSON's ``null`` before
+    ``atomic.write_json`` ever sees the value; the one place this happens for records and
+    statistics alike."""
+    if isinstance(obj, dict):
+        return {k: undefined_as_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [undefined_as_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def mean_ci(values: Sequence[float], level: float = LEVEL) -> Interval:
