@@ -1,9 +1,11 @@
 """The measuring loop: interleaved rounds, ``perf_counter_ns`` around the run call only.
 
 Several models measured at one setting share the loop: each round runs every model
-``chunk`` times in turn (A B A B ...), so that a slow spell on a noisy machine (a
-thermal throttle, a background job) hits all of them alike, and the per-round ratio
-of their medians cancels it. One model is simply the one-model case of the same loop.
+``chunk`` times in turn, so that a slow spell on a noisy machine (a thermal
+throttle, a background job) hits all of them alike, and the per-round ratio of their
+medians cancels it. The order alternates between rounds (A B, B A, ...): the side
+that runs first after the other one's calls pays for cold caches and branch
+predictors, and a fixed order would charge that to one side every round. One model is simply the one-model case of the same loop.
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ def measure(
     done = 0
     while True:
         n = chunk if seconds is not None else min(chunk, iters - done)
-        for k, (fn, arg) in enumerate(runners):
+        order = range(len(runners)) if len(sizes) % 2 == 0 else reversed(range(len(runners)))
+        for k in order:
+            fn, arg = runners[k]
             samples[k] += _timed(fn, arg, n)
         sizes.append(n)
         done += n
