@@ -120,8 +120,8 @@ def _set_threads(threads: int | None, program_bytes: int) -> None:
 
     if threads is None:
         threads = 1 if program_bytes < SINGLE_THREAD_BELOW_BYTES else os.cpu_count() or 1
-    if portable_lib._threadpool_get_thread_count() != threads:
-        with _native_stderr_silenced():  # it logs every reset
+    with _native_stderr_silenced():  # the pool's creation probes cpuinfo; every reset logs
+        if portable_lib._threadpool_get_thread_count() != threads:
             portable_lib._unsafe_reset_threadpool(threads)
 
 
