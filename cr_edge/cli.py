@@ -25,6 +25,7 @@ from cr_edge.atomic import refuse_existing
 from cr_edge.cli_types import IntList, NameList
 from cr_edge.errors import CheckFailed, CrEdgeError, InputError
 from cr_edge.quantize.policy import METHODS, MODES, POLYS
+from cr_edge.task_metrics import TASKS
 from cr_edge.validate.outcome import DERIVATIVE_METHODS
 
 RUNTIMES = NameList("cr_edge.runtimes.registry:RUNTIME_NAMES", "runtime", all_word="all")
@@ -86,7 +87,7 @@ def cli(debug: bool) -> None:
 )
 @click.option(
     "--task",
-    type=click.Choice(["classify", "regress", "ordinal"]),
+    type=click.Choice(TASKS),
     help="What the label is: classes, a number, or ordered classes (e.g. 1-5 stars).",
 )
 @click.option(
@@ -592,7 +593,7 @@ def pipeline(
 @click.option("--label", help="CSV column holding the labels (CSV data only).")
 @click.option(
     "--task",
-    type=click.Choice(["classify", "regress", "ordinal"]),
+    type=click.Choice(TASKS),
     default="classify",
     show_default=True,
     help="What the label is; nets are compared on accuracy, MAE (regress) or ordinal accuracy.",
