@@ -1,46 +1,55 @@
-"""What the Horner lowering buys under ONNX Runtime, and what a CR net costs against ReLU.
+"""What the Horner lowering buys, what a CR net costs against ReLU, and where the floor is.
 
 One CR digits MLP (64-128-128-10, degree-3 per-channel polynomials) is trained briefly,
-with its ReLU twin at equal width, and exported five ways, all run by ONNX Runtime's CPU EP:
+with its ReLU twin at equal width, and run as these sides, all in one interleaved loop.
 
-  cr      ``cr-edge export --no-domain-guard``: Horner chains with the exact folds
-  pow     the same trained weights, each polynomial written ``sum(a_k * x**k)`` (Pow nodes);
-          normalisation folded into the first layer as in ``cr``, so only the polynomial differs
-  relu    the ReLU twin, ``--no-domain-guard`` (it has no polynomial to guard)
-  guard   the default export: ``cr`` with the domain guard (a Max/Min pair per polynomial)
-  clip    ``ExportOptions(clip_guard=True)``: the guard as one scalar Clip per polynomial,
-          each channel's range rescaled onto [-1, 1] in the previous layer
-  linear  the floor of any activation in standard ONNX ops: ``cr``'s folded layers with no
-          activation at all (Gemm -> Gemm), what ReLU costs once onnxruntime fuses it into
-          the Gemm (FusedGemm); t(guard)/t(linear) is what the chain and guard cost on top
+onnxruntime, CPU EP (ORT_ENABLE_ALL, so ReLU is fused into its Gemm as FusedGemm):
 
-Sides are interleaved (cr pow relu guard clip linear, cr pow ...) so that drift in the machine's speed
-hits all of them alike; each ratio is taken within a round, and the table reports its
-median and p10-p90 over the rounds, at batch 1 and 256, with 1 intra-op thread and with
-ONNX Runtime's default thread count.
+  cr        ``cr-edge export --no-domain-guard``: Horner chains with the exact folds
+  pow       the same trained weights, each polynomial ``sum(a_k * x**k)`` (Pow nodes);
+            normalisation folded into the first layer as in ``cr``, so only the polynomial differs
+  relu      the ReLU twin, ``--no-domain-guard`` (it has no polynomial to guard)
+  guard     the default export, with its domain guard
+  clip      ``ExportOptions(clip_guard=True)``: the guard as one scalar Clip per polynomial
+  linear    the Gemms alone, no activation: the floor of any activation
+  proxy     the Gemms with one ``Mul(z, z)`` per layer, which onnxruntime does not fuse (the
+            summary prints the graph it runs): what a fused polynomial kernel in an EP would
+            cost, one dispatch and the same tensor traffic; not the trained function
+  min3      the fewest standard ops a cubic allows, ``(t * t + b) * t``, built from the trained
+            weights (``bench.floor_nets``; the summary prints its parity against PyTorch)
+  min3clip  ``min3`` behind one scalar ``Clip(t, -1, 1)``, its guard
 
-Run from the repository root: ``python -m bench.horner [--epochs N] [--rounds N]``.
+ExecuTorch ``.pte``, XNNPACK delegate (cr-edge's own export, dynamic batch): ``pte-relu``,
+``pte-cr``, ``pte-guard`` (``formats=("executorch",)`` of the three exports above) and
+``pte-proxy``, ``pte-min3``, ``pte-min3clip``, ``pte-linear`` (the same modules as the ONNX
+sides of those names). XNNPACK can fuse a clamp into the fully-connected op before it, and runs the
+delegated graph in one call (each op an XNNPACK operator, not an onnxruntime kernel dispatch),
+so this is where an EP may break the floor.
+
+Each round runs every side ``--calls`` times (a tenth of that at batch 256), the order
+alternating between rounds (``cr_edge.profile.timing``), so drift in the machine's speed hits
+all sides alike; each ratio is taken per round, and the table gives its median and p10-p90
+over the rounds, at batch 1 and 256, with 1 thread and with each runtime's default.
+
+Run from the repository root: ``python -m bench.horner [--epochs N] [--calls N]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
+import json
 import os
-import statistics
 import tempfile
-import time
-import warnings
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
+from bench.floor_nets import depressed_stages, export_onnx, export_program
 from cr_edge.checkpoint import load_checkpoint
 from cr_edge.export.exporter import ExportOptions, ExportResult, export, lower
 from cr_edge.export.folds import (
@@ -50,14 +59,30 @@ from cr_edge.export.folds import (
     leading_share,
     run_passes,
 )
-from cr_edge.export.stages import Affine, Flatten, Poly, Stage, stages_from_checkpoint
+from cr_edge.export.pte import Delegation
+from cr_edge.export.stages import Poly
 from cr_edge.npz import read_npz
 from cr_edge.poly import PolyAct
 from cr_edge.profile.device import describe_device
+from cr_edge.profile.timing import ROUNDS, Timings, latency_stats, measure, ratio_stats
+from cr_edge.profile.workload import fast_call, preload, with_threads
 from cr_edge.recipe import load_recipe
+from cr_edge.runtimes.executorch import sidecar_of
+from cr_edge.runtimes.registry import get_runtime
+from cr_edge.runtimes.safe_load import check_artifact
 from cr_edge.train import train
 
-SIDES = ("cr", "pow", "relu", "guard", "clip", "linear")
+ORT_SIDES = ("cr", "pow", "relu", "guard", "clip", "linear", "proxy", "min3", "min3clip")
+PTE_SIDES = (
+    "pte-relu",
+    "pte-cr",
+    "pte-guard",
+    "pte-proxy",
+    "pte-min3",
+    "pte-min3clip",
+    "pte-linear",
+)
+SIDES = ORT_SIDES + PTE_SIDES
 # (numerator, denominator, label, target): each row is t(numerator) / t(denominator).
 RATIOS = (
     ("pow", "cr", "Horner speedup  t(Pow)/t(Horner)", ">= 5 @256"),
@@ -68,43 +93,34 @@ RATIOS = (
     ("clip", "cr", "Clip guard cost t(clip)/t(no guard)", "<= 1.05"),
     ("relu", "linear", "ReLU vs none    t(ReLU)/t(no activation)", ""),
     ("guard", "linear", "CR vs none      t(default CR)/t(no act.)", ""),
+    ("proxy", "relu", "floor: 1 node/layer t(proxy)/t(ReLU)", "<= 1.15"),
+    ("min3", "relu", "floor: 3 nodes  t(min3)/t(ReLU)", ""),
+    ("min3clip", "relu", "floor: 3 + Clip t(min3clip)/t(ReLU)", "<= 1.15"),
+    ("min3clip", "min3", "  its Clip      t(min3clip)/t(min3)", "<= 1.05"),
+    ("pte-guard", "pte-relu", "XNNPACK CR/ReLU t(default CR)/t(ReLU)", "<= 1.15"),
+    ("pte-cr", "pte-relu", "  without guard t(CR)/t(ReLU)", ""),
+    ("pte-guard", "pte-cr", "  guard cost    t(guard)/t(no guard)", "<= 1.05"),
+    ("pte-proxy", "pte-relu", "  1 node/layer  t(proxy)/t(ReLU)", "<= 1.15"),
+    ("pte-min3", "pte-relu", "  3 nodes       t(min3)/t(ReLU)", ""),
+    ("pte-min3clip", "pte-relu", "  3 + Clip      t(min3clip)/t(ReLU)", "<= 1.15"),
+    ("pte-min3clip", "pte-min3", "  its Clip      t(min3clip)/t(min3)", "<= 1.05"),
+    ("pte-relu", "pte-linear", "  ReLU vs none  t(ReLU)/t(no act.)", ""),
+    ("pte-relu", "relu", "XNNPACK vs ORT  t(.pte ReLU)/t(ORT ReLU)", ""),
+    ("pte-guard", "guard", "XNNPACK vs ORT  t(.pte CR)/t(ORT CR)", ""),
 )
 BATCHES = (1, 256)
-INNER = {1: 200, 256: 20}  # calls per side per round: each side runs ~2-10 ms per round
 
 
-class NaivePolyNet(nn.Module):
-    """Linear layers and ``sum_k a_k * x**k``: the polynomial as a user would first write it."""
+@dataclass
+class Built:
+    """The sides' files and what the summary reports about them."""
 
-    def __init__(self, stages: list[Stage]) -> None:
-        super().__init__()
-        self.ops: list[tuple[str, int]] = []
-        for i, stage in enumerate(stages):
-            if isinstance(stage, Affine):
-                self._buffers_from(i, weight=stage.weight, bias=stage.bias)
-                self.ops.append(("linear", i))
-            elif isinstance(stage, Poly):
-                self._buffers_from(i, coeffs=stage.coeffs)
-                self.ops.append(("poly", i))
-            elif isinstance(stage, Flatten):
-                self.ops.append(("flatten", i))
-            else:
-                raise TypeError(f"stage {i} ({type(stage).__name__}) is not in an MLP")
-
-    def _buffers_from(self, i: int, **arrays: np.ndarray) -> None:
-        for name, value in arrays.items():
-            self.register_buffer(f"{name}{i}", torch.tensor(value, dtype=torch.float32))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for op, i in self.ops:
-            if op == "flatten":
-                x = torch.flatten(x, 1)
-            elif op == "linear":
-                x = F.linear(x, getattr(self, f"weight{i}"), getattr(self, f"bias{i}"))
-            else:
-                a = getattr(self, f"coeffs{i}")
-                x = sum(a[k] * x**k for k in range(a.shape[0]))
-        return x
+    paths: dict[str, Path]
+    cr: ExportResult
+    guard: ExportResult
+    checkpoint: Path
+    programs: dict[str, Delegation]
+    centre_notes: list[str]
 
 
 def train_pair(root: Path, epochs: int) -> dict[str, Path]:
@@ -117,94 +133,85 @@ def train_pair(root: Path, epochs: int) -> dict[str, Path]:
     }
 
 
-def export_naive(checkpoint: Path, path: Path) -> None:
-    """The trained CR net with its normalisation folded and each polynomial through Pow."""
-    stages = stages_from_checkpoint(load_checkpoint(checkpoint))
-    stages = run_passes(stages, (fold_input_normalisation,)).stages
-    example = torch.from_numpy(read_npz(checkpoint / "calib.npz", ("x",))["x"][:2].copy())
-    batch = torch.export.Dim("batch", min=1)
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            NaivePolyNet(stages).eval(),
-            (example,),
-            dynamo=True,
-            opset_version=17,
-            dynamic_shapes=({0: batch},),
-            input_names=["x"],
-            output_names=["y"],
-        )
-    program.save(str(path))
-
-
-def export_linear(cr: Path, path: Path) -> None:
-    """``cr`` with every elementwise node bypassed: its Gemms only, same weights and shapes."""
-    model = onnx.load(cr)
-    graph = model.graph
-    keep, rename = [], {}
-    for node in graph.node:
-        ins = [rename.get(i, i) for i in node.input]
-        if node.op_type in ("Mul", "Add", "Min", "Max", "Clip"):
-            rename[node.output[0]] = ins[0]
-            continue
-        del node.input[:]
-        node.input.extend(ins)
-        keep.append(node)
-    for out in graph.output:
-        if out.name in rename:
-            keep.append(onnx.helper.make_node("Identity", [rename[out.name]], [out.name]))
-    del graph.node[:]
-    graph.node.extend(keep)
-    onnx.save(model, path)
-
-
-def build(root: Path, epochs: int) -> tuple[dict[str, Path], ExportResult, Path]:
-    """The six ONNX files, the CR export's result and the CR checkpoint (for the summary)."""
+def build(root: Path, epochs: int) -> Built:
+    """Every side's ONNX file or ``.pte`` program, exported from one trained pair."""
     ckpt = train_pair(root, epochs)
-    plain = ExportOptions(domain_guard=False, companion=False)
+    both = ("onnx", "executorch")
+    plain = ExportOptions(domain_guard=False, companion=False, formats=both)
     cr = export(ckpt["cr"], root / "cr", plain)
-    export(ckpt["relu"], root / "relu", plain)
-    export(ckpt["cr"], root / "guard", ExportOptions(companion=False))
-    export(ckpt["cr"], root / "clip", ExportOptions(companion=False, clip_guard=True))
-    export_naive(ckpt["cr"], root / "pow.onnx")
-    export_linear(root / "cr" / "model.onnx", root / "linear.onnx")
-    paths = {s: root / s / "model.onnx" for s in ("cr", "relu", "guard", "clip")}
-    paths["pow"] = root / "pow.onnx"
-    paths["linear"] = root / "linear.onnx"
-    return paths, cr, ckpt["cr"]
+    relu = export(ckpt["relu"], root / "relu", plain)
+    guard = export(ckpt["cr"], root / "guard", ExportOptions(companion=False, formats=both))
+    clip = export(ckpt["cr"], root / "clip", ExportOptions(companion=False, clip_guard=True))
+    paths = {
+        "cr": cr.files["onnx"],
+        "relu": relu.files["onnx"],
+        "guard": guard.files["onnx"],
+        "clip": clip.files["onnx"],
+        "pte-cr": cr.files["pte"],
+        "pte-relu": relu.files["pte"],
+        "pte-guard": guard.files["pte"],
+    }
+    loaded = load_checkpoint(ckpt["cr"])
+    calib_x = loaded.calib()["x"]
+    example = torch.from_numpy(calib_x[:2].copy())
+    unfolded, _ = lower(loaded, ExportOptions(fold=False), calib_x)  # guarded, in z
+    unfolded = run_passes(unfolded, (fold_input_normalisation,)).stages
+    minimal, notes = depressed_stages(unfolded)
+    onnx_kinds = {
+        "pow": (unfolded, "pow"),
+        "linear": (minimal, "none"),
+        "proxy": (minimal, "square"),
+        "min3": (minimal, "depressed"),
+        "min3clip": (minimal, "depressed-clip"),
+    }
+    for side, (stages, kind) in onnx_kinds.items():
+        paths[side] = export_onnx(stages, kind, example, root / f"{side}.onnx")
+    programs = {s: _sidecar_delegation(paths[s]) for s in ("pte-cr", "pte-relu", "pte-guard")}
+    for side in ("pte-proxy", "pte-min3", "pte-min3clip", "pte-linear"):
+        stages, kind = onnx_kinds[side.removeprefix("pte-")]
+        program = export_program(stages, kind, example, root / f"{side}.pte")
+        paths[side], programs[side] = program.path, program.delegation
+    return Built(paths, cr, guard, ckpt["cr"], programs, notes)
 
 
-def session(path: Path, threads: int) -> ort.InferenceSession:
-    """Default graph optimisation (all levels); ``threads=0`` is ONNX Runtime's default."""
+def _sidecar_delegation(pte: Path) -> Delegation:
+    info = json.loads(sidecar_of(pte).read_text())["delegation"]
+    return Delegation(**info)
+
+
+def runners(paths: dict[str, Path], x: np.ndarray, threads: int, warmup: int) -> tuple[list, list]:
+    """``(fn, arg)`` per side in ``SIDES`` order, and the sessions (alive while timed).
+
+    onnxruntime runs through IOBinding and ExecuTorch on inputs converted once
+    (``cr_edge.profile.workload.fast_call``), as ``cr-edge profile`` times them; ``threads=0``
+    is each runtime's default (ExecuTorch: one thread for programs this small).
+    """
+    count = threads or None
+    ort_rt = with_threads(get_runtime("cpu"), count)
+    et_rt = with_threads(get_runtime("executorch-xnnpack"), count)
+    preload(et_rt)
+    sessions = [(et_rt if s in PTE_SIDES else ort_rt).load(check_artifact(paths[s])) for s in SIDES]
+    fns = [fast_call(s, {"x": x}) for s in sessions]
+    for fn, arg in fns:  # warm up: first runs allocate and pick kernels
+        for _ in range(warmup):
+            fn(arg)
+    return fns, sessions
+
+
+def time_sides(paths: dict[str, Path], x: np.ndarray, threads: int, calls: int) -> Timings:
+    """Every side ``calls`` times in each of ``ROUNDS`` rounds, interleaved, order alternating."""
+    fns, _sessions = runners(paths, x, threads, calls)
+    return measure(fns, calls * ROUNDS, None, 1.0)
+
+
+def optimized_op_counts(path: Path, root: Path) -> str:
+    """The graph as onnxruntime runs it (ORT_ENABLE_ALL, CPU EP): which nodes it fused."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def measure(
-    paths: dict[str, Path], x: np.ndarray, threads: int, rounds: int
-) -> dict[str, list[float]]:
-    """Seconds per call of every side, one value per round, sides interleaved within a round."""
-    sessions = {side: session(paths[side], threads) for side in SIDES}
-    feed, inner = {"x": x}, INNER[x.shape[0]]
-    for sess in sessions.values():  # warm up: first runs allocate and pick kernels
-        for _ in range(5):
-            sess.run(None, feed)
-    times: dict[str, list[float]] = {side: [] for side in SIDES}
-    for _ in range(rounds):
-        for side in SIDES:
-            run = sessions[side].run
-            start = time.perf_counter()
-            for _ in range(inner):
-                run(None, feed)
-            times[side].append((time.perf_counter() - start) / inner)
-    return times
-
-
-def ratio_row(times: dict[str, list[float]], num: str, den: str) -> tuple[float, float, float]:
-    per_round = [a / b for a, b in zip(times[num], times[den], strict=True)]
-    p10, p90 = np.percentile(per_round, [10, 90])
-    return statistics.median(per_round), float(p10), float(p90)
+    options.log_severity_level = 3  # not the warning that an ENABLE_ALL graph is CPU-specific
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(root / f"{path.stem}.{path.parent.name}.opt.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return op_counts(Path(options.optimized_model_filepath))
 
 
 def op_counts(path: Path) -> str:
@@ -212,6 +219,16 @@ def op_counts(path: Path) -> str:
     for node in onnx.load(path).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return ", ".join(f"{op} {n}" for op, n in sorted(counts.items()))
+
+
+def parity(path: Path, reference: Path) -> str:
+    """``path`` against PyTorch's outputs in an export's oracle: how exact the refold is."""
+    ref = read_npz(reference, ("x", "y"))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": ref["x"]})[0]
+    err = np.abs(y - ref["y"]).max() / np.abs(ref["y"]).max()
+    agree = (y.argmax(1) == ref["y"].argmax(1)).mean()
+    return f"max |dy| / max |y| {err:.1e}, argmax agreement {agree:.1%}"
 
 
 def leading_coefficients(checkpoint: Path) -> list[str]:
@@ -239,55 +256,89 @@ def shift_blockers(checkpoint: Path) -> list[str]:
     return rows
 
 
-def print_summary(paths: dict[str, Path], cr: ExportResult, checkpoint: Path, epochs: int) -> None:
+def print_summary(built: Built, root: Path, epochs: int) -> None:
     device = describe_device()
     print(f"{device['cpu']}, {device['usable_cores']} usable cores, {' '.join(device['isa'])}")
     print(f"load average at start: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(f"CR digits MLP 64-128-128-10, degree 3, {epochs} epochs; ReLU twin at equal width")
-    print(f"onnxruntime {ort.__version__}, CPU EP, default graph optimisation (ORT_ENABLE_ALL)")
-    print(f"fold summary: Horner Mul/Add nodes per polynomial layer: {cr.horner_nodes}")
-    blockers = shift_blockers(checkpoint)
-    for layer, spread in enumerate(leading_coefficients(checkpoint), start=1):
+    print(
+        f"onnxruntime {ort.__version__}, CPU EP, ORT_ENABLE_ALL, IOBinding; "
+        f"executorch {metadata.version('executorch')}, XNNPACK, inputs converted once"
+    )
+    print(f"fold summary: Horner Mul/Add nodes per polynomial layer: {built.cr.horner_nodes}")
+    print(f"  default export (guard side): {built.guard.horner_nodes} nodes + its guard")
+    blockers = shift_blockers(built.checkpoint)
+    for layer, spread in enumerate(leading_coefficients(built.checkpoint), start=1):
         print(f"  layer {layer} |a_3| over channels: {spread}; shift: {blockers[layer - 1]}")
-    for refusal in cr.refusals or ["none"]:
+    for refusal in built.cr.refusals + built.guard.refusals or ["none"]:
         print(f"  refused: {refusal}")
-    for side in SIDES:
-        print(f"  {side:5s} graph: {op_counts(paths[side])}")
+    print("the 3-node form built from the trained weights (min3, min3clip):")
+    for note in built.centre_notes:
+        print(f"  {note}")
+    cr_ref, guard_ref = (r.files["ref"] for r in (built.cr, built.guard))
+    print(f"  min3     vs PyTorch (no guard): {parity(built.paths['min3'], cr_ref)}")
+    print(f"  min3clip vs PyTorch (guarded):  {parity(built.paths['min3clip'], guard_ref)}")
+    print("graphs: as exported -> as onnxruntime runs them (ORT_ENABLE_ALL)")
+    for side in ORT_SIDES:
+        path = built.paths[side]
+        print(f"  {side:8s} {op_counts(path)}  ->  {optimized_op_counts(path, root)}")
+    print("programs: nodes inside XNNPACK / left to portable kernels, per op")
+    for side in PTE_SIDES:
+        d = built.programs[side]
+        ops = ", ".join(
+            f"{op.removeprefix('aten_').removesuffix('_default')} {v['delegated']}"
+            + (f"+{v['portable']}p" if v["portable"] else "")
+            for op, v in d.ops.items()
+        )
+        print(f"  {side:12s} {d.subgraphs} subgraph(s), {d.delegated} / {d.portable}: {ops}")
 
 
-def print_table(results: list[tuple[int, str, dict[str, list[float]]]]) -> None:
-    header = f"{'ratio':38s} {'batch':>5s} {'threads':>7s} {'median':>7s} {'p10-p90':>13s}  target"
+def print_table(results: list[tuple[int, str, Timings]]) -> None:
+    header = f"{'ratio':40s} {'batch':>5s} {'threads':>7s} {'median':>7s} {'p10-p90':>13s}  target"
     print(header)
     print("-" * len(header))
+    medians = [
+        (b, t, [timings.round_medians(k) for k in range(len(SIDES))]) for b, t, timings in results
+    ]
     for num, den, label, target in RATIOS:
-        for batch, threads, times in results:
-            med, p10, p90 = ratio_row(times, num, den)
+        for batch, threads, per_side in medians:
+            r = ratio_stats(per_side[SIDES.index(den)], per_side[SIDES.index(num)])
             print(
-                f"{label:38s} {batch:5d} {threads:>7s} {med:7.2f} {p10:6.2f}-{p90:<6.2f}  {target}"
+                f"{label:40s} {batch:5d} {threads:>7s} {r['ratio']:7.2f} "
+                f"{r['p10']:6.2f}-{r['p90']:<6.2f}  {target}"
             )
     print()
-    print(f"{'median time per call (us)':38s} {'batch':>5s} {'threads':>7s}  " + "  ".join(SIDES))
-    for batch, threads, times in results:
-        cells = "  ".join(f"{statistics.median(times[s]) * 1e6:.1f}" for s in SIDES)
-        print(f"{'':38s} {batch:5d} {threads:>7s}  {cells}")
+    settings = "  ".join(f"b{b:<3d} {t:>7s}" for b, t, _ in results)
+    print(f"{'p50 per call (us)':13s} {settings}")
+    for k, side in enumerate(SIDES):
+        cells = "  ".join(
+            f"{latency_stats(timings.samples_ns[k], b)['p50_ms'] * 1e3:12.1f}"
+            for b, _, timings in results
+        )
+        print(f"{side:13s} {cells}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=15, help="training epochs per net")
-    parser.add_argument("--rounds", type=int, default=40, help="interleaved rounds per setting")
+    parser.add_argument(
+        "--calls", type=int, default=200, help="calls per side per round at batch 1 (256: a tenth)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cr-edge-horner-") as tmp:
-        paths, cr, checkpoint = build(Path(tmp), args.epochs)
-        print_summary(paths, cr, checkpoint, args.epochs)
-        x_all = read_npz(Path(tmp) / "cr-checkpoint" / "calib.npz", ("x",))["x"].astype(np.float32)
+        root = Path(tmp)
+        built = build(root, args.epochs)
+        print_summary(built, root, args.epochs)
+        x_all = read_npz(built.checkpoint / "calib.npz", ("x",))["x"].astype(np.float32)
         results = []
         for batch in BATCHES:
             x = np.ascontiguousarray(x_all[np.arange(batch) % len(x_all)])
+            calls = max(1, args.calls // (10 if batch > 1 else 1))
             for threads in (1, 0):
                 label = "1" if threads else "default"
-                results.append((batch, label, measure(paths, x, threads, args.rounds)))
+                results.append((batch, label, time_sides(built.paths, x, threads, calls)))
         print()
+        print(f"{ROUNDS} interleaved rounds per setting, order alternating; ratios per round")
         print_table(results)
         print(f"load average at end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
