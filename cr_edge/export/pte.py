@@ -104,13 +104,25 @@ def export_pte(
             program = torch.export.export(module, (trace,), dynamic_shapes=dynamic)
             edge = et.to_edge_transform_and_lower(program, partitioner=[et.XnnpackPartitioner()])
             delegation = _delegation(et, edge)
-            lowered = edge.to_executorch()
+            lowered = edge.to_executorch(_backend_config(et))
         except Exception as e:  # export and lowering raise many types; all mean the same here
             raise ExportError(f"{out_path}: ExecuTorch lowering failed: {_first_line(e)}") from e
     result = PteResult(out_path, sidecar_of(out_path), delegation, batch, _planned(lowered))
     atomic.write_bytes(out_path, lowered.buffer)
     atomic.write_json(result.info_path, _info(result, metadata, samples, example))
     return result
+
+
+def _backend_config(et: Any) -> Any:
+    """Inputs left to the caller, not planned into the program's arena.
+
+    A planned input is copied in on every call; an unplanned one is the caller's buffer,
+    bound once (as onnxruntime's IOBinding binds one) and read by every execute after.
+    Outputs stay planned: the runtime hands back views of them.
+    """
+    return et.ExecutorchBackendConfig(
+        memory_planning_pass=et.MemoryPlanningPass(alloc_graph_input=False)
+    )
 
 
 def _output_step(module: nn.Module, samples: Tensor) -> float:
@@ -144,7 +156,8 @@ def _import_executorch() -> Any:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.backends.xnnpack.quantizer import xnnpack_quantizer
         from executorch.devtools.backend_debug import get_delegation_info
-        from executorch.exir import to_edge_transform_and_lower
+        from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+        from executorch.exir.passes import MemoryPlanningPass
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     except ImportError as e:
         raise ExportError(INSTALL_HINT) from e
@@ -154,6 +167,8 @@ def _import_executorch() -> Any:
         quant_config=xnnpack_quantizer.get_symmetric_quantization_config,
         get_delegation_info=get_delegation_info,
         to_edge_transform_and_lower=to_edge_transform_and_lower,
+        ExecutorchBackendConfig=ExecutorchBackendConfig,
+        MemoryPlanningPass=MemoryPlanningPass,
         prepare_pt2e=prepare_pt2e,
         convert_pt2e=convert_pt2e,
     )

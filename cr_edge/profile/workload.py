@@ -23,7 +23,7 @@ from cr_edge.tokenizer import Tokenizer
 XNNPACK_THREADS = "intra_op_num_threads"  # XNNPACK runs its own pool, set per provider
 # Libraries a runtime imports on its first load (ExecuTorch: torch, seconds and hundreds
 # of MiB): imported before anything is measured, as an app has them loaded at start-up.
-PRELOAD = {"executorch-xnnpack": ("torch", "executorch.runtime")}
+PRELOAD = {"executorch-xnnpack": ("torch", "executorch.extension.pybindings.portable_lib")}
 
 
 def preload(runtime: Runtime) -> None:

@@ -65,23 +65,22 @@ class ExecuTorchRuntime(Runtime):
             raise Unavailable(why)
         try:
             import torch
-            from executorch.runtime import Runtime as EtRuntime
-            from executorch.runtime import Verification
+            from executorch.extension.pybindings import portable_lib
         except ImportError as e:
             raise Unavailable(f"ExecuTorch cannot be imported ({one_line(e)})") from e
-        runtime = EtRuntime.get()
-        if not runtime.backend_registry.is_available(self.backend):
+        if not portable_lib._is_available(self.backend):
             raise Unavailable(f"this ExecuTorch build has no {self.backend}")
         _set_threads(self.threads, len(artifact.data))
         try:
             with _native_stderr_silenced():
-                program = runtime.load_program(
-                    artifact.data, verification=Verification.InternalConsistency
+                program = portable_lib._load_program_from_buffer(
+                    artifact.data,
+                    program_verification=portable_lib.Verification.InternalConsistency,
                 )
                 method = program.load_method("forward")
         except (RuntimeError, ValueError) as e:
             raise InputError(f"{artifact.path}: {self.name} cannot load it ({one_line(e)})") from e
-        session = ExecuTorchSession(method, torch, program)
+        session = ExecuTorchSession(method, torch, (artifact.data, program))
         session.metadata = sidecar_metadata(artifact.path)
         return session
 
@@ -143,15 +142,24 @@ def _native_stderr_silenced() -> Iterator[None]:
 class ExecuTorchSession(Session):
     """A loaded ``forward`` method; inputs are named ``x``... and outputs ``y``... by position.
 
+    It drives ExecuTorch's own method binding (``portable_lib``), not the
+    ``executorch.runtime`` wrapper, whose ``execute`` always clones the outputs: here
+    each output is copied once, into the numpy array the caller gets. Programs from
+    ``cr_edge.export.pte`` leave the inputs to the caller (not memory-planned), so
+    setting an input binds the caller's buffer rather than copying it; the method then
+    reads that buffer on every execute, and the session keeps it alive until the next
+    call binds another.
+
     ExecuTorch reports memory-planned sizes, which for a dynamic batch are its upper
     bound; ``run_all`` therefore feeds full planned batches, padded.
     """
 
-    def __init__(self, method, torch, program=None) -> None:
-        self._program = program  # the method runs from the program's memory: keep it alive
+    def __init__(self, method, torch, owner=None) -> None:
+        self._owner = owner  # the method runs from the program and its bytes: keep them alive
         self._method = method
         self._torch = torch
-        meta = method.metadata
+        self._inputs: list = []  # what the method is bound to now
+        meta = method.method_meta()
         self.inputs = [
             _spec("x" if i == 0 else f"input{i}", meta.input_tensor_meta(i))
             for i in range(meta.num_inputs())
@@ -163,22 +171,39 @@ class ExecuTorchSession(Session):
         self.metadata = {}
 
     def bound(self, feeds: dict[str, np.ndarray]) -> tuple:
-        """``(fn, arg)``: ``fn(arg)`` runs once on ``feeds`` converted once, outputs left in place.
+        """``(fn, arg)``: ``fn(arg)`` runs once on ``feeds`` bound once, outputs left in place.
 
-        The counterpart of onnxruntime's IOBinding for timing: the numpy <-> torch conversion
-        and the output copy are the Python binding's, not the program's.
+        The counterpart of onnxruntime's IOBinding, for timing: the inputs are bound once
+        (the caller's buffers, as ``bind_cpu_input``), and the outputs stay in the
+        method's planned buffers, reused by every call (as IOBinding's are). A ``run`` in
+        between binds other inputs, so ``fn`` binds its own again when it finds them gone.
         """
-        tensors = [self._torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
-        return self._method.execute, tensors
+        tensors = self._tensors(feeds)
+        self._bind(tensors)
+        execute = self._method.execute
+
+        def run_bound(_: object) -> None:
+            if self._inputs is not tensors:
+                self._bind(tensors)
+            execute()
+
+        return run_bound, None
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        tensors = [self._torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
+        tensors = self._inputs = self._tensors(feeds)  # alive while the method points at them
         try:
-            outputs = self._method.execute(tensors)
+            outputs = self._method.call(tensors, False)  # not cloned: copied below, once
         except RuntimeError as e:
             raise RunError(one_line(e)) from e
-        # Outputs may live in memory-planned buffers that the next execute overwrites.
-        return [o.detach().numpy().copy() for o in outputs]
+        # Outputs live in memory-planned buffers that the next execute overwrites.
+        return [o.numpy().copy() for o in outputs]
+
+    def _tensors(self, feeds: dict[str, np.ndarray]) -> list:
+        return [self._torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
+
+    def _bind(self, tensors: list) -> None:
+        self._method.set_inputs(tensors)
+        self._inputs = tensors
 
 
 def _spec(name: str, info) -> TensorSpec:
