@@ -10,7 +10,8 @@ Dynamic batch: XNNPACK executes dynamic shapes, but ExecuTorch plans memory ahea
 time for the largest shape, so the batch axis needs an upper bound (``MAX_BATCH``); an
 unbounded axis is planned at the example's size and refuses anything larger at run time.
 The program is traced at that bound (see ``_cycle_rows``), and the sidecar records the
-bound its memory plan actually has.
+bound its memory plan actually has. Inputs are not planned: a runtime binds the
+caller's buffers (which must outlive the call), as onnxruntime's IOBinding does.
 
 int8: PT2E with the XNNPACK quantizer, symmetric, per-channel weights and static
 per-tensor activations, calibrated on the given samples. Only Linear/Conv are quantized:
