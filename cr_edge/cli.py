@@ -106,6 +106,12 @@ def cli(debug: bool) -> None:
 )
 @click.option("--degree", type=click.IntRange(1, 8), help="Polynomial degree (1..8).")
 @click.option(
+    "--poly-form",
+    type=click.Choice(["monomial", "depressed"]),
+    help="depressed: learn p(z) = P(z + s) without the z**(n-1) term, the form export lowers "
+    "to in 2n-3 nodes; monomial: learn the coefficients of z**k.",
+)
+@click.option(
     "--dreg", "dreg_lambda", type=click.FloatRange(min=0), help="DREG lambda; 0 disables."
 )
 @click.option(
@@ -155,6 +161,7 @@ def train(
     hidden: tuple[int, ...] | None,
     activation: str | None,
     degree: int | None,
+    poly_form: str | None,
     dreg_lambda: float | None,
     epochs: int | None,
     batch_size: int | None,
@@ -188,6 +195,7 @@ def train(
         hidden=hidden,
         activation=activation,
         degree=degree,
+        poly_form=poly_form,
         dreg=dreg_lambda,
         epochs=epochs,
         batch_size=batch_size,

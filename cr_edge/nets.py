@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from cr_edge import dreg
 from cr_edge.heads import OrdinalThresholds
-from cr_edge.poly import DEFAULT_DEGREE, PolyAct, check_degree
+from cr_edge.poly import DEFAULT_DEGREE, DEFAULT_FORM, FORMS, PolyAct, check_degree
 from cr_edge.task_metrics import TASKS
 
 ACTIVATIONS = ("poly", "relu", "gelu")
@@ -48,6 +48,7 @@ class NetConfig:
     task: str = "classify"  # what the head means (see cr_edge.heads)
     vocab: int = 0  # text: rows of the embedding table (hash buckets + the padding row 0)
     embed_dim: int = 0  # text: width of the pooled embedding the CR layers see
+    poly_form: str = DEFAULT_FORM  # cr_edge.poly.FORMS
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -59,6 +60,8 @@ class NetConfig:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         check_degree(self.degree)
+        if self.poly_form not in FORMS:
+            raise ValueError(f"poly_form must be one of {FORMS}, got {self.poly_form!r}")
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"hidden widths must be positive integers, got {list(self.hidden)}")
         if self.arch == "conv" and len(self.input_shape) not in CONV_RANKS:
@@ -83,6 +86,8 @@ class NetConfig:
 
     @classmethod
     def from_json(cls, d: dict) -> NetConfig:
+        # checkpoints written before the depressed form trained the monomial one
+        d = {"poly_form": "monomial", **d}
         return cls(**{**d, "input_shape": tuple(d["input_shape"]), "hidden": tuple(d["hidden"])})
 
 
@@ -170,7 +175,9 @@ def is_activation(block: nn.Module) -> bool:
 
 def _activation(config: NetConfig, channels: int) -> nn.Module:
     if config.activation == "poly":
-        return PolyAct(channels, config.degree, config.shared, config.init, config.fit_range)
+        return PolyAct(
+            channels, config.degree, config.shared, config.init, config.fit_range, config.poly_form
+        )
     return ClosedFormAct(config.activation)
 
 

@@ -9,6 +9,13 @@ second traversal or autograd, is what keeps the penalty cheap.
 The forward and backward passes are written as one ``autograd.Function``:
 autograd would otherwise record every Horner step (two nodes per degree, for
 ``p`` and again for ``p'``) and replay them all in the backward pass.
+
+Two parametrisations (``FORMS``). ``monomial`` learns ``a[k]`` of ``z**k``. ``depressed``
+learns a shift ``s`` and the coefficients of ``P(u)``, ``u = z + s``, with the ``u**(n-1)``
+term held at zero: the form export lowers to (``s`` goes into the previous layer's bias, the
+leading coefficient into the next layer's weights, the constant into its bias), so a
+degree-``n`` chain costs ``2n - 3`` elementwise nodes by construction, and no shift has to be
+derived, or refused, from trained coefficients at export.
 """
 
 from __future__ import annotations
@@ -18,11 +25,19 @@ import numbers
 
 import numpy as np
 import torch
+from scipy.optimize import minimize_scalar
 from torch import Tensor, nn
 
 MIN_DEGREE, MAX_DEGREE = 1, 8
 DEFAULT_DEGREE = 3
 DEFAULT_FIT_RANGE = 3.0
+FORMS = ("monomial", "depressed")
+DEFAULT_FORM = "depressed"
+# How far the depressed fit may place its centre -s, in fit ranges. GELU (and SiLU, softplus)
+# minus a line is nearly even, so their best degree-3 depressed fit runs off to an infinite
+# shift (a parabola); the centre is kept on the fitted interval instead, where export's
+# symmetric Clip guard needs it (cr_edge.export.folds.centred_range_guard).
+MAX_INIT_SHIFT = 1.0
 
 
 def horner(coeffs: Tensor, x: Tensor) -> Tensor:
@@ -68,13 +83,51 @@ def fit_coefficients(
     Returns ``a[0..degree]`` in ascending powers, float64.
     """
     check_degree(degree)
-    if fn not in _SMOOTH:
-        raise ValueError(f"fn must be one of {sorted(_SMOOTH)}, got {fn!r}")
     xs = np.linspace(-fit_range, fit_range, 2001)
-    ys = _SMOOTH[fn](xs)
+    ys = _smooth(fn)(xs)
     vander = np.vander(xs, degree + 1, increasing=True)
     coeffs, *_ = np.linalg.lstsq(vander, ys, rcond=None)
     return coeffs
+
+
+def fit_depressed(
+    fn: str = "gelu", degree: int = DEFAULT_DEGREE, fit_range: float = DEFAULT_FIT_RANGE
+) -> tuple[float, np.ndarray]:
+    """Least-squares fit of ``P(z + s)`` with no ``u**(n-1)`` term; returns ``(s, P)``.
+
+    For each ``s`` the fit is linear in ``P``; ``s`` itself is searched on a grid over
+    ``|s| <= MAX_INIT_SHIFT * fit_range`` and refined between the grid's neighbours, so the fit
+    is the monomial one wherever the optimum lies inside, and otherwise the best one with its
+    centre on the interval. Degree 1 has no term to
+    remove: ``s = 0`` and the monomial fit.
+    """
+    check_degree(degree)
+    if degree == 1:
+        return 0.0, fit_coefficients(fn, degree, fit_range)
+    xs = np.linspace(-fit_range, fit_range, 2001)
+    ys = _smooth(fn)(xs)
+    powers = [k for k in range(degree + 1) if k != degree - 1]
+
+    def fit(s: float) -> tuple[float, np.ndarray]:
+        basis = np.stack([(xs + s) ** k for k in powers], axis=1)
+        sol, *_ = np.linalg.lstsq(basis, ys, rcond=None)
+        return float(np.sum((basis @ sol - ys) ** 2)), sol
+
+    limit = MAX_INIT_SHIFT * fit_range
+    grid = np.linspace(-limit, limit, 121)
+    start = grid[int(np.argmin([fit(s)[0] for s in grid]))]
+    step = grid[1] - grid[0]
+    bounds = (max(start - step, -limit), min(start + step, limit))
+    shift = float(minimize_scalar(lambda s: fit(s)[0], bounds=bounds, method="bounded").x)
+    coeffs = np.zeros(degree + 1)
+    coeffs[powers] = fit(shift)[1]
+    return shift, coeffs
+
+
+def _smooth(fn: str):
+    if fn not in _SMOOTH:
+        raise ValueError(f"fn must be one of {sorted(_SMOOTH)}, got {fn!r}")
+    return _SMOOTH[fn]
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
@@ -210,10 +263,13 @@ def _coeff_grad(a: Tensor, x: Tensor, gy: Tensor | None, gd: Tensor | None) -> T
 
 
 class PolyAct(nn.Module):
-    """Learnable polynomial activation ``p(x) = sum_k a[k, c] x**k``, channel axis 1.
+    """Learnable polynomial activation, one polynomial per channel (axis 1) or ``shared``.
 
-    ``shared=True`` uses one polynomial for every channel. Coefficients start as a
-    least-squares fit of ``init`` (GELU by default) on ``[-fit_range, fit_range]``.
+    ``form="monomial"``: ``p(z) = sum_k coeffs[k] z**k``. ``form="depressed"``:
+    ``p(z) = sum_j coeffs[j] (z + shift)**powers[j]``, ``powers`` skipping ``degree - 1``, so
+    the parameters are exactly the form's degrees of freedom (as many as the monomial's).
+    Either starts as a least-squares fit of ``init`` (GELU by default) on
+    ``[-fit_range, fit_range]``.
     """
 
     def __init__(
@@ -223,27 +279,79 @@ class PolyAct(nn.Module):
         shared: bool = False,
         init: str = "gelu",
         fit_range: float = DEFAULT_FIT_RANGE,
+        form: str = "monomial",
     ) -> None:
         super().__init__()
         check_degree(degree)
         if init not in _SMOOTH:
             raise ValueError(f"init must be one of {sorted(_SMOOTH)}, got {init!r}")
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
         self.channels, self.degree, self.shared = channels, degree, shared
-        fit = torch.tensor(fit_coefficients(init, degree, fit_range), dtype=torch.float32)
+        self.form = "depressed" if form == "depressed" and degree >= 2 else "monomial"
         width = 1 if shared else channels
+        self.powers = tuple(
+            k for k in range(degree + 1) if self.form == "monomial" or k != degree - 1
+        )
+        if self.form == "depressed":
+            shift, fit = fit_depressed(init, degree, fit_range)
+            self.shift = nn.Parameter(torch.full((width,), shift))
+        else:
+            fit = fit_coefficients(init, degree, fit_range)
+        fit = torch.tensor(fit[list(self.powers)], dtype=torch.float32)
         self.coeffs = nn.Parameter(fit.view(-1, 1).repeat(1, width))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_with_derivative(x)[0]
 
     def forward_with_derivative(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(p(x), p'(x))`` from one Horner pass."""
+        """``(p(x), p'(x))`` from one Horner pass (in ``u = x + shift`` when depressed)."""
         if x.dim() < 2 or not (self.shared or x.shape[1] == self.channels):
             raise ValueError(
                 f"PolyAct(channels={self.channels}) needs input shaped "
                 f"(batch, {self.channels}, ...), got {tuple(x.shape)}"
             )
-        return _apply(x, self.coeffs)
+        if self.form == "monomial":
+            return _apply(x, self.coeffs)
+        shift = self.shift if x.dim() == 2 else self.shift.view(-1, *([1] * (x.dim() - 2)))
+        return _apply(x + shift, self._full(self.coeffs))
+
+    def _full(self, coeffs: Tensor) -> Tensor:
+        """All ``degree + 1`` rows, the one the depressed form leaves out as zeros."""
+        if self.form == "monomial":
+            return coeffs
+        n = self.degree
+        return torch.cat([coeffs[: n - 1], coeffs.new_zeros(1, coeffs.shape[1]), coeffs[n - 1 :]])
+
+    def centred(self) -> np.ndarray:
+        """The coefficients in powers of ``z + shift`` (float64, ``(degree + 1, width)``)."""
+        return self._full(self.coeffs.detach().cpu().double()).numpy()
+
+    def monomial(self) -> np.ndarray:
+        """The coefficients of ``p`` in powers of ``z`` (float64, ``(degree + 1, width)``)."""
+        return substitute(self.centred(), self.shift_values())
+
+    def shift_values(self) -> np.ndarray:
+        """``s`` per channel (float64); zeros for the monomial form."""
+        if self.form == "monomial":
+            return np.zeros(self.coeffs.shape[1])
+        return self.shift.detach().cpu().double().numpy()
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, degree={self.degree}, shared={self.shared}"
+        return (
+            f"channels={self.channels}, degree={self.degree}, shared={self.shared}, "
+            f"form={self.form}"
+        )
+
+
+def substitute(
+    a: np.ndarray, offset: np.ndarray | float, factor: np.ndarray | float = 1.0
+) -> np.ndarray:
+    """Coefficients of ``t -> p(offset + factor * t)`` per channel (columns of ``a``), float64."""
+    n = a.shape[0] - 1
+    q = np.zeros(a.shape, dtype=np.float64)
+    for j in range(n + 1):
+        for k in range(j, n + 1):
+            q[j] += a[k] * math.comb(k, j) * offset ** (k - j)
+        q[j] *= factor**j
+    return q

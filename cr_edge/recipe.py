@@ -22,7 +22,7 @@ from cr_edge.dreg import DEFAULT_LAMBDA
 from cr_edge.errors import InputError
 from cr_edge.heads import LOSSES
 from cr_edge.nets import ACTIVATIONS, ARCHS
-from cr_edge.poly import MAX_DEGREE, MIN_DEGREE
+from cr_edge.poly import DEFAULT_FORM, FORMS, MAX_DEGREE, MIN_DEGREE
 from cr_edge.task_metrics import TASKS
 from cr_edge.tokenizer import Tokenizer
 
@@ -54,6 +54,7 @@ class Recipe:
     activation: str = "poly"
     degree: int = 3
     shared: bool = False
+    poly_form: str = DEFAULT_FORM  # see cr_edge.poly: the form export lowers, or monomial
     # train
     dreg: float = DEFAULT_LAMBDA  # 0 disables the penalty
     epochs: int = 60
@@ -76,6 +77,7 @@ class Recipe:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         _choice("arch", self.arch, ARCHS)
         _choice("activation", self.activation, ACTIVATIONS)
+        _choice("poly_form", self.poly_form, FORMS)
         _choice("optimizer", self.optimizer, ("adam", "adamw"))
         _choice("task", self.task, TASKS)
         _choice("data_format", self.data_format, DATA_FORMATS)
@@ -125,6 +127,7 @@ class Recipe:
         d = {k: v for k, v in d.items() if k != "recipe_version"}
         if "target" in d:  # checkpoints written before the field was named for what it holds
             d["label"] = d.pop("target")
+        d.setdefault("poly_form", "monomial")  # checkpoints written before the depressed form
         return cls(**d)
 
 

@@ -103,6 +103,7 @@ def net_config_for(recipe: Recipe, data: Dataset) -> NetConfig:
         activation=recipe.activation,
         degree=recipe.degree,
         shared=recipe.shared,
+        poly_form=recipe.poly_form,
     )
 
 
@@ -349,12 +350,13 @@ def _scaled_step(net: CRNet, opt: torch.optim.Optimizer) -> None:
     decay included, are elementwise and linear in ``lr``), the same as training the
     polynomial in ``z / R``, where every coefficient moves ``p`` alike.
     """
-    polys = [b.coeffs for b in net.blocks if isinstance(b, PolyAct)]
-    before = [c.detach().clone() for c in polys]
+    polys = [b for b in net.blocks if isinstance(b, PolyAct)]
+    before = [b.coeffs.detach().clone() for b in polys]
     opt.step()
     with torch.no_grad():
-        for c, old in zip(polys, before, strict=True):
-            k = torch.arange(c.shape[0], dtype=c.dtype, device=c.device).view(-1, 1)
+        for b, old in zip(polys, before, strict=True):
+            c = b.coeffs
+            k = torch.tensor(b.powers, dtype=c.dtype, device=c.device).view(-1, 1)
             c.copy_(old + (c - old) / net.config.fit_range**k)
 
 
@@ -392,7 +394,7 @@ def _prior_loss(task: str, y: Tensor, n_classes: int) -> float:
 
 
 def _coefficients(net: CRNet) -> list[np.ndarray]:
-    return [b.coeffs.detach().cpu().double().numpy() for b in net.blocks if isinstance(b, PolyAct)]
+    return [b.monomial() for b in net.blocks if isinstance(b, PolyAct)]
 
 
 @torch.no_grad()

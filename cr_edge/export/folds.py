@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from math import comb
 
 import numpy as np
 
 from cr_edge.export.stages import Act, Affine, Flatten, InputAffine, Poly, Pool, Stage
+from cr_edge.poly import substitute
 
 # The leading term |a_n| R^n must be at least this share of the largest term over the
 # calibrated input range |z| <= R. Below it a_n is numerical dust: dividing by it would
@@ -21,6 +21,9 @@ from cr_edge.export.stages import Act, Affine, Flatten, InputAffine, Poly, Pool,
 MIN_LEADING_SHARE = 1e-4
 # A shift larger than this many input ranges would make z + shift lose z's low bits.
 MAX_SHIFT_RANGES = 4.0
+# The symmetric Clip of a depressed chain guards [centre - R, centre + R]; it may span at most
+# this many times the calibrated guard's span, or the chain takes the unit-range Clip instead.
+MAX_GUARD_WIDENING = 3.0
 
 
 @dataclass
@@ -65,11 +68,13 @@ def _input_constant(affine: Affine, constant: np.ndarray) -> None:
 
 
 def _range(poly: Poly) -> np.ndarray:
+    """Per channel, the largest ``|t|`` the chain sees, in its own (shifted, scaled) input."""
     if poly.unit:  # the chain's input lies in [-1, 1] for every channel
         return np.ones(poly.coeffs.shape[1])
     if poly.lo is None or poly.hi is None:
         return np.ones(poly.coeffs.shape[1])
-    r = np.maximum(np.abs(poly.lo), np.abs(poly.hi))
+    ends = [np.abs((end + poly.shift) * poly.gain) for end in (poly.lo, poly.hi)]
+    r = np.maximum(*ends)
     r = np.maximum(r, 1e-6)
     return r if poly.coeffs.shape[1] > 1 else np.array([r.max()])
 
@@ -105,15 +110,59 @@ def fold_input_normalisation(stages: list[Stage]) -> PassResult:
     return PassResult(stages[1:], True)
 
 
-def _substitute(a: np.ndarray, offset: np.ndarray, factor: np.ndarray) -> np.ndarray:
-    """Coefficients of ``p(offset + factor * t)`` in ``t``, per channel (columns of ``a``)."""
-    n = a.shape[0] - 1
-    q = np.zeros_like(a)
-    for j in range(n + 1):
-        for k in range(j, n + 1):
-            q[j] += a[k] * comb(k, j) * offset ** (k - j)
-        q[j] *= factor**j
-    return q
+def _onto_unit(poly: Poly, prev: Affine, offset: np.ndarray, half: np.ndarray) -> None:
+    """``t = (u - offset) / half`` through ``prev``'s rows, ``m(offset + half t)`` into the chain.
+
+    ``u = z + shift`` is the chain's input before (``prev``'s bias already holds the shift).
+    """
+    coeffs = np.broadcast_to(poly.coeffs, (poly.degree + 1, half.shape[0]))
+    poly.coeffs = substitute(coeffs, offset, half)
+    poly.scale = np.broadcast_to(poly.scale, half.shape).copy()
+    poly.shift = np.broadcast_to(poly.shift, half.shape) - offset
+    poly.gain, poly.unit = 1.0 / half, True
+    shape = (-1,) + (1,) * (prev.weight.ndim - 1)
+    prev.weight = prev.weight / half.reshape(shape)
+    prev.bias = (prev.bias - offset) / half
+
+
+def _guarded_after_affine(stages: list[Stage], i: int) -> tuple[Poly, Affine] | None:
+    poly, prev = stages[i], stages[i - 1]
+    if not isinstance(poly, Poly) or not poly.guard or poly.unit:
+        return None
+    if not isinstance(prev, Affine) or prev.bias.shape != poly.lo.shape:
+        return None
+    return poly, prev
+
+
+def centred_range_guard(stages: list[Stage]) -> PassResult:
+    """A depressed chain's guard as one ``Clip(t, -1, 1)`` that keeps it depressed.
+
+    Scaling ``u = z + s`` by ``1 / R`` adds no ``t**(n-1)`` term (a shift would), so each
+    channel's guard is widened to ``[-s - R, -s + R]``, symmetric about the chain's centre
+    ``-s`` and covering the calibrated guard, and ``t = u / R`` goes into the previous layer:
+    one Clip and ``2n - 3`` nodes. Declined where a centre lies so far out that the symmetric
+    range would span over ``MAX_GUARD_WIDENING`` times the guard's own.
+    """
+    modified, refusals = False, []
+    for i in range(1, len(stages)):
+        found = _guarded_after_affine(stages, i)
+        if found is None or not found[0].shifted:
+            continue
+        poly, prev = found
+        centre = -np.broadcast_to(poly.shift, poly.lo.shape)
+        radius = np.maximum(np.maximum(centre - poly.lo, poly.hi - centre), 1e-6)
+        widening = (2 * radius / np.maximum(poly.hi - poly.lo, 1e-6)).max()
+        if widening > MAX_GUARD_WIDENING:
+            refusals.append(
+                f"stage {i}: a chain's centre lies outside its guard (the symmetric range "
+                f"would span {widening:.3g}x the guard's, over {MAX_GUARD_WIDENING:g}x); "
+                "the guard maps the range onto [-1, 1] instead"
+            )
+            continue
+        _onto_unit(poly, prev, np.zeros_like(radius), radius)
+        poly.lo, poly.hi = centre - radius, centre + radius
+        modified = True
+    return PassResult(stages, modified, refusals)
 
 
 def unit_range_guard(stages: list[Stage]) -> PassResult:
@@ -122,41 +171,44 @@ def unit_range_guard(stages: list[Stage]) -> PassResult:
     ``t = (z - mid) / half`` per channel goes into the previous layer's weights and bias, and
     ``p(mid + half * t)`` into the chain, so the guard becomes one ``Clip(t, -1, 1)`` with
     scalar bounds instead of a ``Max``/``Min`` pair with per-channel bounds. It fixes the
-    chain's origin, so ``shift_to_depressed`` leaves these polynomials alone; the node count
-    is the same (the shift saves one Add, the Clip one node of the pair), and centred
-    coordinates suit float32 Horner.
+    chain's origin, so a depressed chain here gets its ``t**(n-1)`` term back (one Add);
+    ``centred_range_guard`` keeps those depressed where it can.
     """
     modified, refusals = False, []
-    for i, poly in enumerate(stages):
-        if not isinstance(poly, Poly) or not poly.guard or poly.unit:
+    for i in range(1, len(stages)):
+        found = _guarded_after_affine(stages, i)
+        if found is None:
+            if isinstance(stages[i], Poly) and stages[i].guard and not stages[i].unit:
+                refusals.append(f"stage {i}: guard kept per channel: no linear layer before it")
             continue
-        prev = stages[i - 1]
-        if not isinstance(prev, Affine) or prev.bias.shape != poly.lo.shape:
-            refusals.append(f"stage {i}: guard kept per channel: no linear layer right before it")
-            continue
+        poly, prev = found
         mid, half = (poly.hi + poly.lo) / 2, np.maximum((poly.hi - poly.lo) / 2, 1e-6)
-        coeffs = np.broadcast_to(poly.coeffs, (poly.degree + 1, mid.shape[0]))
-        poly.coeffs = _substitute(coeffs, mid, half)
-        poly.scale = np.broadcast_to(poly.scale, mid.shape).copy()
-        poly.gain, poly.shift, poly.unit = 1.0 / half, -mid, True
-        shape = (-1,) + (1,) * (prev.weight.ndim - 1)
-        prev.weight = prev.weight / half.reshape(shape)
-        prev.bias = (prev.bias - mid) / half
-        modified = True
+        _onto_unit(poly, prev, mid + poly.shift, half)
+        poly.shifted, modified = False, True
     return PassResult(stages, modified, refusals)
 
 
 def shift_to_depressed(stages: list[Stage]) -> PassResult:
-    """Remove the ``z**(n-1)`` term by shifting ``z`` through the previous layer's bias."""
+    """Remove the ``z**(n-1)`` term by shifting ``z`` through the previous layer's bias.
+
+    A net trained in the depressed form brings its shift along (``Poly.trained``): it is folded
+    as it is, since the net itself evaluates at ``z + s`` in float32. Otherwise the shift is
+    derived from the coefficients and refused where that would cost float32 bits.
+    """
     modified, refusals = False, []
     for i, poly in enumerate(stages):
         if not isinstance(poly, Poly) or poly.degree < 2 or poly.lo is None or poly.unit:
             continue
         prev = stages[i - 1]
-        share = leading_share(poly)
         if not isinstance(prev, Affine):
             refusals.append(f"stage {i}: no linear layer right before the polynomial to shift into")
             continue
+        if poly.trained is not None:
+            s, q = poly.trained
+            _shift_into(poly, prev, s, q)
+            modified = True
+            continue
+        share = leading_share(poly)
         if share.min() < MIN_LEADING_SHARE:
             refusals.append(
                 f"stage {i}: leading coefficient too small to shift "
@@ -171,12 +223,17 @@ def shift_to_depressed(stages: list[Stage]) -> PassResult:
                 f"{MAX_SHIFT_RANGES:g} input ranges; kept the unshifted chain"
             )
             continue
-        q = _substitute(a, -s, np.ones_like(s))  # q(t) = p(t - s)
+        q = substitute(a, -s)  # q(t) = p(t - s)
         q[n - 1] = 0.0
-        poly.coeffs, poly.shift, poly.shifted = q, poly.shift + s, True
-        prev.bias = prev.bias + (s if s.shape[0] == prev.bias.shape[0] else s[0])
+        _shift_into(poly, prev, s, q)
         modified = True
     return PassResult(stages, modified, refusals)
+
+
+def _shift_into(poly: Poly, prev: Affine, s: np.ndarray, q: np.ndarray) -> None:
+    """The chain becomes ``q(z + s)``, its ``z + s`` computed by ``prev``'s bias."""
+    poly.coeffs, poly.shift, poly.shifted = q, poly.shift + s, True
+    prev.bias = prev.bias + (s if s.shape[0] == prev.bias.shape[0] else s[0])
 
 
 def fold_leading_coefficient(stages: list[Stage]) -> PassResult:
@@ -234,11 +291,14 @@ DEFAULT_PASSES: tuple[FoldPass, ...] = (
     fold_leading_coefficient,
     fold_constant_term,
 )
-# ExportOptions.clip_guard: the guard's rescale first, as it also fixes the chain's origin.
+# ExportOptions.clip_guard: after the shift, the depressed chains take the symmetric Clip and
+# the others the unit-range one; both rescale the chain before its end-points fold.
 CLIP_GUARD_PASSES: tuple[FoldPass, ...] = (
     fold_input_normalisation,
+    shift_to_depressed,
+    centred_range_guard,
     unit_range_guard,
-    *DEFAULT_PASSES[1:],
+    *DEFAULT_PASSES[2:],
 )
 
 

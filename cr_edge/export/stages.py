@@ -79,6 +79,9 @@ class Poly:
     constant_folded: bool = False
     shifted: bool = False
     unit: bool = False
+    # The net's own depressed form (shift s, coefficients of P in u = z + s), when it trained
+    # one: the shift fold takes it as it is instead of deriving a shift from ``coeffs``.
+    trained: tuple[np.ndarray, np.ndarray] | None = None
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -166,7 +169,7 @@ def stages_from_checkpoint(ckpt: Checkpoint) -> list[Stage]:
             w = last_affine.weight
             rn = (w.reshape(w.shape[0], -1) ** 2).sum(axis=1)
             if isinstance(block, PolyAct):
-                stages.append(Poly(_np(block.coeffs), rn))
+                stages.append(_poly(block, rn))
             else:
                 stages.append(Act(block.kind, rn))
         elif isinstance(block, nn.AvgPool1d | nn.AvgPool2d):
@@ -183,6 +186,13 @@ def stages_from_checkpoint(ckpt: Checkpoint) -> list[Stage]:
         last_affine.weight = last_affine.weight * ckpt.target_scale.std
         last_affine.bias = last_affine.bias * ckpt.target_scale.std + ckpt.target_scale.mean
     return stages
+
+
+def _poly(block: PolyAct, rownorm_sq: np.ndarray) -> Poly:
+    """The activation in powers of ``z``; a depressed one also keeps its trained form."""
+    if block.form == "monomial":
+        return Poly(block.monomial(), rownorm_sq)
+    return Poly(block.monomial(), rownorm_sq, trained=(block.shift_values(), block.centred()))
 
 
 def _conv_padding(block: nn.Conv1d | nn.Conv2d) -> int:
