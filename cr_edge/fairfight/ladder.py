@@ -193,8 +193,13 @@ def _settings(recipe: Recipe) -> dict:
     """The recipe's JSON without the fields left at their defaults: a field that a later
     version adds, at a default that trains as before, keeps every task's key (and its
     finished record) as it was."""
-    default = Recipe().to_json()
-    return {k: v for k, v in recipe.to_json().items() if v != default.get(k)}
+    # poly_form did change training: records from before it trained the monomial form, so
+    # that is the default a key leaves out; a baseline has no polynomial to form.
+    default = {**Recipe().to_json(), "poly_form": "monomial"}
+    settings = {k: v for k, v in recipe.to_json().items() if v != default.get(k)}
+    if recipe.activation != "poly":
+        settings.pop("poly_form", None)
+    return settings
 
 
 def archs_for(budget: Budget, input_shape: tuple[int, ...]) -> tuple[str, ...]:
