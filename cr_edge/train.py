@@ -348,7 +348,9 @@ def _scaled_step(net: CRNet, opt: torch.optim.Optimizer) -> None:
     ``--degree 5 --hidden 32,32`` diverged in its first epoch. Scaling each row's update is
     exactly a per-power learning rate ``lr / R**k`` (Adam's and AdamW's updates, weight
     decay included, are elementwise and linear in ``lr``), the same as training the
-    polynomial in ``z / R``, where every coefficient moves ``p`` alike.
+    polynomial in ``z / R``, where every coefficient moves ``p`` alike. A depressed
+    polynomial's rows are its ``powers``; its shift moves ``p`` by ``p'`` times the step,
+    about as far as the constant does, and keeps Adam's step.
     """
     polys = [b for b in net.blocks if isinstance(b, PolyAct)]
     before = [b.coeffs.detach().clone() for b in polys]
