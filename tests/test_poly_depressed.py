@@ -186,3 +186,13 @@ def test_a_far_centre_takes_the_unit_clip_and_both_guards_agree_in_range() -> No
     assert not np.allclose(
         _evaluate(bad.stages, x)[inside], _evaluate(plain.stages, x)[inside], rtol=1e-3
     )
+
+
+@pytest.mark.parametrize(
+    "flag, guard_ops", [("--clip-guard", {"Clip"}), ("--minmax-guard", {"Max", "Min"})]
+)
+def test_cli_picks_the_guard_form(depressed_nets, cli_run, tmp_path: Path, flag, guard_ops) -> None:
+    result = cli_run("export", depressed_nets["mlp", 3], "--out", tmp_path / "out", flag)
+    assert result.exit_code == 0, result.output
+    ops = _chain_ops(tmp_path / "out" / "model.onnx")
+    assert guard_ops <= set(ops) and not ({"Clip", "Max", "Min"} - guard_ops) & set(ops), ops
