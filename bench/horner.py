@@ -107,7 +107,7 @@ RATIOS = (
     ("pte-relu", "pte-linear", "  ReLU vs none  t(ReLU)/t(no act.)", ""),
     ("pte-relu", "relu", "XNNPACK vs ORT  t(.pte ReLU)/t(ORT ReLU)", ""),
     ("pte-guard", "guard", "XNNPACK vs ORT  t(.pte CR)/t(ORT CR)", ""),
-    ("pte-guard", "relu", "best of each?  t(.pte CR)/t(ORT ReLU)", ""),
+    ("pte-guard", "relu", "CR .pte vs ORT ReLU t(.pte CR)/t(ReLU)", ""),
 )
 BATCHES = (1, 256)
 
@@ -286,7 +286,7 @@ def print_summary(built: Built, root: Path, epochs: int) -> None:
     blockers = shift_blockers(built.checkpoint)
     for layer, spread in enumerate(leading_coefficients(built.checkpoint), start=1):
         print(f"  layer {layer} |a_3| over channels: {spread}; shift: {blockers[layer - 1]}")
-    for refusal in built.cr.refusals + built.guard.refusals or ["none"]:
+    for refusal in dict.fromkeys(built.cr.refusals + built.guard.refusals) or ["none"]:
         print(f"  refused: {refusal}")
     print("the 3-node form built from the trained weights (min3, min3clip):")
     for note in built.centre_notes:
