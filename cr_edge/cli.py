@@ -244,11 +244,10 @@ def train(
 )
 @click.option(
     "--clip-guard/--minmax-guard",
-    default=False,
+    default=True,
     show_default=True,
     help="The guard as one scalar Clip per polynomial (its range rescaled in the previous "
-    "layer; one node, and CoreML can run it), or as a per-channel Max/Min pair. Not yet the "
-    "default: quantize's derivative checks do not skip samples at the guard's edge.",
+    "layer; one node, and CoreML can run it), or as a per-channel Max/Min pair.",
 )
 @click.option(
     "--format",

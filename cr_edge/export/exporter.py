@@ -57,11 +57,11 @@ class ExportOptions:
     sensitivity: bool = False
     domain_guard: bool = True
     # The guard as one scalar Clip per polynomial (each channel's range rescaled onto [-1, 1]
-    # in the previous layer) instead of a per-channel Max/Min pair. Off by default: the
-    # rescaled rows move int8 weight codes, and quantize's candidate checks do not yet skip
-    # samples whose guard flips between the float and the int8 model (a kink, as ReLU's).
-    # A fold pass: with fold=False the guard stays Max/Min.
-    clip_guard: bool = False
+    # in the previous layer) instead of a per-channel Max/Min pair: one node fewer per
+    # guard, and a guard CoreML's MLProgram runs. The rescaled rows move int8 weight codes,
+    # so quantize skips and counts the samples at the guard's edge (cr_edge.validate.kinks).
+    # A fold pass: with fold=False (or clip_guard=False) the guard is Max/Min.
+    clip_guard: bool = True
     fold: bool = True
     formats: tuple[str, ...] = ("onnx",)
     int8: bool = False  # ExecuTorch only: PT2E int8 with the XNNPACK quantizer

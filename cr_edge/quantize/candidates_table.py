@@ -9,8 +9,8 @@ from rich.table import Table
 from cr_edge.quantize.quantizer import QuantizeResult, Tried
 
 _console = Console()
-# The table is ~130 columns; narrower (non-tty, CI) consoles would elide its figures.
-_stdout = Console(width=max(_console.width, 140))
+# The table is ~150 columns; narrower (non-tty, CI) consoles would elide its figures.
+_stdout = Console(width=max(_console.width, 160))
 
 
 def _num(value: float | None, spec: str) -> str:
@@ -26,6 +26,7 @@ def _row(t: Tried, fp32_bytes: int, chosen: bool) -> list[str]:
         "-" if p is None else f"{p.max_abs_err:.2g}/{p.atol:.2g}",
         "-" if p is None or p.argmax_agree is None else f"{p.argmax_agree:.3f}",
         "-" if p is None else _num(p.jvp_min_cos, ".4f"),
+        "-" if p is None or p.kinks is None else str(p.kinks),
         _num(t.secant_cos, ".4f"),
         *(f"{v['ratio']:.2f}x" for v in t.latency.values()),
         ",".join(w.name.replace("onnxruntime", "ort") for w in t.ways if not w.parity.ok) or "-",
@@ -39,7 +40,9 @@ def print_quantize(result: QuantizeResult) -> None:
     Latency is the median per-round ratio to fp32 (interleaved runs, one thread);
     quantize.json has the p10-p90 spread and every figure unrounded. "failed ways"
     names the parity checks that failed: ort (this CPU), ort b1 (batch 1), exact
-    (integer maths), avx2 (the u8s8 kernel of x86 without VNNI).
+    (integer maths), avx2 (the u8s8 kernel of x86 without VNNI). "kinks" counts the
+    oracle samples left out of "jvp cos" and "secant cos" because they lie at a guard or
+    ReLU kink of the candidate (``cr_edge.validate.kinks``): skipped, not passed.
     """
     acc = "" if result.fp32_accuracy is None else f", fp32 accuracy {result.fp32_accuracy:.4f}"
     table = Table(
@@ -53,6 +56,7 @@ def print_quantize(result: QuantizeResult) -> None:
         "err/atol",
         "argmax",
         "jvp cos",
+        "kinks",
         "secant cos",
         *(f"t b{b}" for b in batches),
         "failed ways",

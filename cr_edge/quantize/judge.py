@@ -73,6 +73,8 @@ class Way:
             parts.append(f"jvp err {p.jvp_max_err:.3g} (need <= {p.jvp_rtol:g})")
         elif p.derivatives_ok is False:
             parts.append("the companion's y is off (its jvp is within tolerance)")
+        if p.derivatives_ok is False and p.kinks_too_many:
+            parts.append(p.kinks_too_many)
         if self.saturated:
             parts.append(f"{self.saturated} pair sums saturated")
         fp16 = p.precision == "fp16" and self.name.startswith("exact")

@@ -44,6 +44,8 @@ class Parity:
     jvp_rtol: float | None = None
     jvp_min_cos_required: float | None = None
     derivatives_ok: bool | None = None
+    kinks: int | None = None  # oracle samples skipped at guard/ReLU kinks (validate.kinks)
+    kinks_too_many: str | None = None  # too many to skip, and the check on all samples failed
 
     @property
     def ok(self) -> bool:
@@ -120,6 +122,8 @@ def parity(
         jvp_rtol=tol.companion.rtol,
         jvp_min_cos_required=tol.companion.min_cosine,
         derivatives_ok=der.status == PASS,
+        kinks=der.figures.get("kink_samples"),
+        kinks_too_many=der.figures.get("kinks_too_many"),
     )
 
 

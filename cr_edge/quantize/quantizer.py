@@ -33,9 +33,11 @@ from cr_edge.quantize.apply import apply_policy
 from cr_edge.quantize.calibration import feeds_for, read_calibration
 from cr_edge.quantize.graph import horner_chain, load_float_model, set_metadata
 from cr_edge.quantize.judge import AtBatch, Way, three_ways
+from cr_edge.quantize.kinks import RULE, kink_samples
 from cr_edge.quantize.policy import QuantConfig, QuantPolicy, auto_candidates
 from cr_edge.quantize.secant import min_cosine, noise_floor, secant, secant_displacement
 from cr_edge.runtimes.safe_load import companion_of, oracle_path
+from cr_edge.validate.kinks import kinks_metadata, too_many
 from cr_edge.validate.oracle import Oracle, load_oracle
 from cr_edge.validate.tolerances import (
     INT8_LEVELS,
@@ -208,6 +210,9 @@ def _try(
     }
     model, scales = apply_policy(src.model, policy, feeds_for(src.model, src.calib))
     meta.update(_output_step(model))
+    kinks = _kinks(src, model)
+    if kinks is not None:
+        meta.update(kinks_metadata(kinks, src.oracle, RULE))
     set_metadata(model, meta)
     companion = None
     if src.companion is not None:
@@ -231,12 +236,21 @@ def _try(
         step = float(meta.get(OUTPUT_STEP_KEY, extra[OUTPUT_STEP_KEY]))  # fp16: int8's, a figure
         task = {p.key: p.value for p in src.model.metadata_props}
         floor = noise_floor(task, step, int(np.prod(ref.shape[1:])))
-        sec = min_cosine(secant(AtBatch(qm.as_session(sess), 1), src.oracle.x, d), ref, floor)
+        skip = kinks if kinks is not None and too_many(kinks) is None else None
+        sec = min_cosine(secant(AtBatch(qm.as_session(sess), 1), src.oracle.x, d), ref, floor, skip)
     # fp16 rounds outputs, not inputs: a secant over int8 input steps measures its output
     # rounding, not its derivative, so it is reported for fp16 but judges int8 only
     passed, why = _verdict(ways, acc, fp32_acc, sec if policy.precision == "int8" else None)
     size = len(model.SerializeToString())
     return Tried(policy, size, par, acc, latency, passed, why, model, companion, ways, sec)
+
+
+def _kinks(src: _Inputs, model: onnx.ModelProto) -> np.ndarray | None:
+    """The oracle samples at a guard or ReLU kink of ``model`` (None: no oracle, no kinks)."""
+    if src.oracle is None or not src.oracle.has_derivatives:
+        return None
+    mask, compared = kink_samples(src.model, model, src.oracle.x)
+    return mask if compared else None
 
 
 def _fp32_secant(src: _Inputs, fp32: ort.InferenceSession) -> None:

@@ -46,12 +46,17 @@ def secant(session: Session, x: np.ndarray, d: np.ndarray) -> np.ndarray:
     return (plus.astype(np.float64) - minus) / 2
 
 
-def min_cosine(a: np.ndarray, b: np.ndarray, floor: float = 0.0) -> float:
+def min_cosine(
+    a: np.ndarray, b: np.ndarray, floor: float = 0.0, skip: np.ndarray | None = None
+) -> float:
     """Least per-sample cosine of ``a`` with the reference ``b`` (samples on axis 0).
 
     A sample whose ``||b||`` and ``||a - b||`` are both within ``floor`` counts as 1
-    (see the module docstring); NaN anywhere makes the result NaN.
+    (see the module docstring); samples in ``skip`` (at a kink, ``quantize.kinks``) are
+    left out; NaN anywhere else makes the result NaN.
     """
+    if skip is not None:
+        a, b = a[~skip], b[~skip]
     n = a.shape[0]
     a, b = a.reshape(n, -1), b.reshape(n, -1)
     b_norm = np.linalg.norm(b, axis=1)

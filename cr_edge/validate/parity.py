@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from cr_edge.runtimes.runtime import RunError, Session
+from cr_edge.validate.kinks import kink_mask, too_many
 from cr_edge.validate.oracle import Oracle
 from cr_edge.validate.outcome import COMPANION, COMPANION_Y, FINITE_DIFFERENCES, Check, Outcome
 from cr_edge.validate.tolerances import (
@@ -114,7 +115,19 @@ def derivative_parity(
             )
         jvp, ref, directions = jvp[~unresolved], ref[~unresolved], directions[~unresolved]
         typical = None if typical is None else typical[~unresolved]
+    kinks = kink_mask(session.metadata, oracle, "the model") if method == COMPANION else None
+    capped = None
+    if kinks is not None:  # see cr_edge.validate.kinks
+        figures["kink_samples"] = int(kinks.sum())
+        capped = too_many(kinks)
+        if capped is None and jvp.shape[0] == kinks.size:
+            jvp, ref, directions = jvp[~kinks], ref[~kinks], directions[~kinks]
+            typical = None if typical is None else typical[~kinks]
+    # over the cap nothing is skipped: every sample is judged, and a failure says why
     jvp_check = compare_directional("jvp", jvp, ref, directions, bound, tol, typical)
+    if capped is not None and not jvp_check.passed:
+        figures["kinks_too_many"] = capped
+        jvp_check = replace(jvp_check, error=capped)
     checks.insert(0, jvp_check)
     summary = f"{method}: rel {jvp_check.max_rel:.2g} cos {_fmt_cos(jvp_check.min_cosine)}"
     failed = [c.name for c in checks if not c.passed]
@@ -122,6 +135,10 @@ def derivative_parity(
         summary = f"{' and '.join(failed)} failed; {summary}"
     if figures.get("unresolved_samples"):
         summary += f", {figures['unresolved_samples']} sample(s) at kinks skipped"
+    if "kinks_too_many" in figures:
+        summary += f"; {capped}"
+    elif capped is None and figures.get("kink_samples"):
+        summary += f", {figures['kink_samples']} sample(s) at guard/ReLU kinks skipped"
     return Outcome.from_checks(checks, summary, figures)
 
 
