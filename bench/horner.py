@@ -9,8 +9,8 @@ onnxruntime, CPU EP (ORT_ENABLE_ALL, so ReLU is fused into its Gemm as FusedGemm
   pow       the same trained weights, each polynomial ``sum(a_k * x**k)`` (Pow nodes);
             normalisation folded into the first layer as in ``cr``, so only the polynomial differs
   relu      the ReLU twin, ``--no-domain-guard`` (it has no polynomial to guard)
-  guard     the default export, with its domain guard
-  clip      ``ExportOptions(clip_guard=True)``: the guard as one scalar Clip per polynomial
+  clip      the default export, with its domain guard: one scalar Clip per polynomial
+  guard     ``cr-edge export --minmax-guard``: the guard as a per-channel Max/Min pair
   linear    the Gemms alone, no activation: the floor of any activation
   proxy     the Gemms with one ``Mul(z, z)`` per layer, which onnxruntime does not fuse (the
             summary prints the graph it runs): what a fused polynomial kernel in an EP would
@@ -20,7 +20,7 @@ onnxruntime, CPU EP (ORT_ENABLE_ALL, so ReLU is fused into its Gemm as FusedGemm
   min3clip  ``min3`` behind one scalar ``Clip(t, -1, 1)``, its guard
 
 ExecuTorch ``.pte``, XNNPACK delegate (cr-edge's own export, dynamic batch): ``pte-relu``,
-``pte-cr``, ``pte-guard`` (``formats=("executorch",)`` of the three exports above) and
+``pte-cr``, ``pte-clip``, ``pte-guard`` (``formats=("executorch",)`` of the exports above) and
 ``pte-proxy``, ``pte-min3``, ``pte-min3clip``, ``pte-linear`` (the same modules as the ONNX
 sides of those names). XNNPACK can fuse a clamp into the fully-connected op before it, and runs the
 delegated graph in one call (each op an XNNPACK operator, not an onnxruntime kernel dispatch),
@@ -76,6 +76,7 @@ ORT_SIDES = ("cr", "pow", "relu", "guard", "clip", "linear", "proxy", "min3", "m
 PTE_SIDES = (
     "pte-relu",
     "pte-cr",
+    "pte-clip",
     "pte-guard",
     "pte-proxy",
     "pte-min3",
@@ -86,28 +87,29 @@ SIDES = ORT_SIDES + PTE_SIDES
 # (numerator, denominator, label, target): each row is t(numerator) / t(denominator).
 RATIOS = (
     ("pow", "cr", "Horner speedup  t(Pow)/t(Horner)", ">= 5 @256"),
-    ("guard", "relu", "CR vs ReLU      t(default CR)/t(ReLU)", "<= 1.15"),
+    ("clip", "relu", "CR vs ReLU      t(default CR)/t(ReLU)", "<= 1.15"),
     ("cr", "relu", "  without guard t(CR)/t(ReLU)", ""),
-    ("guard", "cr", "guard cost      t(guard)/t(no guard)", "<= 1.05"),
-    ("clip", "relu", "CR, Clip guard  t(clip)/t(ReLU)", "<= 1.15"),
-    ("clip", "cr", "Clip guard cost t(clip)/t(no guard)", "<= 1.05"),
+    ("clip", "cr", "guard cost      t(Clip)/t(no guard)", "<= 1.05"),
+    ("guard", "relu", "CR, Max/Min     t(minmax)/t(ReLU)", ""),
+    ("guard", "cr", "Max/Min cost    t(minmax)/t(no guard)", "<= 1.05"),
     ("relu", "linear", "ReLU vs none    t(ReLU)/t(no activation)", ""),
-    ("guard", "linear", "CR vs none      t(default CR)/t(no act.)", ""),
+    ("clip", "linear", "CR vs none      t(default CR)/t(no act.)", ""),
     ("proxy", "relu", "floor: 1 node/layer t(proxy)/t(ReLU)", "<= 1.15"),
     ("min3", "relu", "floor: 3 nodes  t(min3)/t(ReLU)", ""),
     ("min3clip", "relu", "floor: 3 + Clip t(min3clip)/t(ReLU)", "<= 1.15"),
     ("min3clip", "min3", "  its Clip      t(min3clip)/t(min3)", "<= 1.05"),
-    ("pte-guard", "pte-relu", "XNNPACK CR/ReLU t(default CR)/t(ReLU)", "<= 1.15"),
+    ("pte-clip", "pte-relu", "XNNPACK CR/ReLU t(default CR)/t(ReLU)", "<= 1.15"),
     ("pte-cr", "pte-relu", "  without guard t(CR)/t(ReLU)", ""),
-    ("pte-guard", "pte-cr", "  guard cost    t(guard)/t(no guard)", "<= 1.05"),
+    ("pte-clip", "pte-cr", "  guard cost    t(Clip)/t(no guard)", "<= 1.05"),
+    ("pte-guard", "pte-cr", "  Max/Min cost  t(minmax)/t(no guard)", "<= 1.05"),
     ("pte-proxy", "pte-relu", "  1 node/layer  t(proxy)/t(ReLU)", "<= 1.15"),
     ("pte-min3", "pte-relu", "  3 nodes       t(min3)/t(ReLU)", ""),
     ("pte-min3clip", "pte-relu", "  3 + Clip      t(min3clip)/t(ReLU)", "<= 1.15"),
     ("pte-min3clip", "pte-min3", "  its Clip      t(min3clip)/t(min3)", "<= 1.05"),
     ("pte-relu", "pte-linear", "  ReLU vs none  t(ReLU)/t(no act.)", ""),
     ("pte-relu", "relu", "XNNPACK vs ORT  t(.pte ReLU)/t(ORT ReLU)", ""),
-    ("pte-guard", "guard", "XNNPACK vs ORT  t(.pte CR)/t(ORT CR)", ""),
-    ("pte-guard", "relu", "CR .pte vs ORT ReLU t(.pte CR)/t(ReLU)", ""),
+    ("pte-clip", "clip", "XNNPACK vs ORT  t(.pte CR)/t(ORT CR)", ""),
+    ("pte-clip", "relu", "CR .pte vs ORT ReLU t(.pte CR)/t(ReLU)", ""),
 )
 BATCHES = (1, 256)
 
@@ -118,6 +120,7 @@ class Built:
 
     paths: dict[str, Path]
     cr: ExportResult
+    clip: ExportResult
     guard: ExportResult
     checkpoint: Path
     programs: dict[str, Delegation]
@@ -141,8 +144,9 @@ def build(root: Path, epochs: int) -> Built:
     plain = ExportOptions(domain_guard=False, companion=False, formats=both)
     cr = export(ckpt["cr"], root / "cr", plain)
     relu = export(ckpt["relu"], root / "relu", plain)
-    guard = export(ckpt["cr"], root / "guard", ExportOptions(companion=False, formats=both))
-    clip = export(ckpt["cr"], root / "clip", ExportOptions(companion=False, clip_guard=True))
+    minmax = ExportOptions(companion=False, clip_guard=False, formats=both)
+    guard = export(ckpt["cr"], root / "guard", minmax)
+    clip = export(ckpt["cr"], root / "clip", ExportOptions(companion=False, formats=both))
     paths = {
         "cr": cr.files["onnx"],
         "relu": relu.files["onnx"],
@@ -150,6 +154,7 @@ def build(root: Path, epochs: int) -> Built:
         "clip": clip.files["onnx"],
         "pte-cr": cr.files["pte"],
         "pte-relu": relu.files["pte"],
+        "pte-clip": clip.files["pte"],
         "pte-guard": guard.files["pte"],
     }
     loaded = load_checkpoint(ckpt["cr"])
@@ -167,12 +172,14 @@ def build(root: Path, epochs: int) -> Built:
     }
     for side, (stages, kind) in onnx_kinds.items():
         paths[side] = export_onnx(stages, kind, example, root / f"{side}.onnx")
-    programs = {s: _sidecar_delegation(paths[s]) for s in ("pte-cr", "pte-relu", "pte-guard")}
+    programs = {
+        s: _sidecar_delegation(paths[s]) for s in ("pte-cr", "pte-relu", "pte-clip", "pte-guard")
+    }
     for side in ("pte-proxy", "pte-min3", "pte-min3clip", "pte-linear"):
         stages, kind = onnx_kinds[side.removeprefix("pte-")]
         program = export_program(stages, kind, example, root / f"{side}.pte")
         paths[side], programs[side] = program.path, program.delegation
-    return Built(paths, cr, guard, ckpt["cr"], programs, notes)
+    return Built(paths, cr, clip, guard, ckpt["cr"], programs, notes)
 
 
 def _sidecar_delegation(pte: Path) -> Delegation:
@@ -282,11 +289,14 @@ def print_summary(built: Built, root: Path, epochs: int) -> None:
         f"executorch {metadata.version('executorch')}, XNNPACK, inputs converted once"
     )
     print(f"fold summary: Horner Mul/Add nodes per polynomial layer: {built.cr.horner_nodes}")
-    print(f"  default export (guard side): {built.guard.horner_nodes} nodes + its guard")
+    print(f"  default export (clip side): {built.clip.horner_nodes} nodes + its Clip")
+    print(f"  --minmax-guard (guard side): {built.guard.horner_nodes} nodes + Max/Min")
     blockers = shift_blockers(built.checkpoint)
     for layer, spread in enumerate(leading_coefficients(built.checkpoint), start=1):
         print(f"  layer {layer} |a_3| over channels: {spread}; shift: {blockers[layer - 1]}")
-    for refusal in dict.fromkeys(built.cr.refusals + built.guard.refusals) or ["none"]:
+    for refusal in dict.fromkeys(
+        built.cr.refusals + built.clip.refusals + built.guard.refusals
+    ) or ["none"]:
         print(f"  refused: {refusal}")
     print("the 3-node form built from the trained weights (min3, min3clip):")
     for note in built.centre_notes:
