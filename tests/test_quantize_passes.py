@@ -9,7 +9,7 @@ import pytest
 
 from cr_edge.quantize.gemm_to_matmul import GemmToMatMul
 from cr_edge.quantize.measure import session
-from cr_edge.quantize.weight_only import LEVELS, WeightOnlyInt8
+from cr_edge.quantize.weight_only import LEVELS, WeightOnlyInt8, quantize_weight
 
 # Two Gemms share one transB weight (as the JVP companion's primal and v paths do).
 SHARED = """
@@ -67,14 +67,47 @@ def test_weight_only_int8_stores_codes_and_keeps_the_function_to_half_a_step():
     assert ops.count("DequantizeLinear") == 1 and ops.count("Gemm") == 2  # shared once
     codes = next(t for t in out.graph.initializer if t.data_type == onnx.TensorProto.INT8)
     assert "w" not in {t.name for t in out.graph.initializer}  # the float weight is gone
-    # one scale per input column: the worst column's step bounds every product
+    # one scale per input column or per output row: the worst step on that axis bounds
+    # every product it scales
     w = onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w"))
-    step = np.abs(w).max(axis=0) / LEVELS
     feeds = _feeds()
-    bound = 0.5 * np.abs(feeds["x"]) @ step
+    if onnx.numpy_helper.to_array(codes).shape == (4, 3):  # input axis first, transposed
+        bound = 0.5 * np.abs(feeds["x"]) @ (np.abs(w).max(axis=0) / LEVELS)
+        bound = bound[:, None]
+    else:
+        per_row = np.abs(w).max(axis=1) / LEVELS
+        bound = 0.5 * np.abs(feeds["x"]).sum(axis=1, keepdims=True) * per_row
     got, want = _run(out, feeds)[0], _run(model, feeds)[0]
-    assert np.all(np.abs(got - want) <= bound[:, None] + 1e-5)
-    assert onnx.numpy_helper.to_array(codes).shape == (4, 3)  # input axis first
+    assert np.all(np.abs(got - want) <= bound + 1e-5)
+
+
+@pytest.mark.parametrize(
+    "w, rms, axis",
+    [  # input 0 is 1000x louder than input 1 but has 500x smaller weights: scale per input
+        ([[0.01, 0.02, -0.015], [5.0, -3.0, 4.0]], [1000.0, 1.0], 0),
+        # equal inputs, output 0 on a 250x smaller scale than outputs 1, 2: scale per output
+        ([[0.01, 5.0, -4.0], [0.02, -3.0, 5.0]], [1.0, 1.0], 1),
+    ],
+)
+def test_weight_only_int8_scales_the_axis_that_costs_the_output_least(w, rms, axis):
+    w, rms = np.asarray(w, np.float32), np.asarray(rms, np.float32)
+    text = f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[n, 2] x) => (float[n, 3] y) <float[2, 3] w = {{{", ".join(map(str, w.ravel()))}}}> {{
+      y = MatMul(x, w)
+    }}
+    """
+    model = onnx.parser.parse_model(text)
+    irm = ir.from_proto(model)
+    WeightOnlyInt8({"w": rms})(irm)
+    out = ir.to_proto(irm)
+    (dq,) = [n for n in out.graph.node if n.op_type == "DequantizeLinear"]
+    assert onnx.helper.get_attribute_value(dq.attribute[0]) == axis
+    x = (np.random.default_rng(1).standard_normal((200, 2)) * rms).astype(np.float32)
+    got, want = _run(out, {"x": x})[0], _run(model, {"x": x})[0]
+    codes, scale = quantize_weight(w, 1 - axis)  # the axis it did not choose
+    other = codes * (scale[None, :] if axis == 0 else scale[:, None])
+    assert np.square(got - want).sum() < np.square(x @ other - want).sum()
 
 
 @pytest.mark.parametrize("text", [REFUSED])

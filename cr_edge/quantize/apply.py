@@ -32,7 +32,7 @@ from cr_edge.quantize.equalize import Scales, equalize
 from cr_edge.quantize.gemm_to_matmul import gemm_to_matmul
 from cr_edge.quantize.graph import LINEAR, horner_chain
 from cr_edge.quantize.interval import overrides as interval_overrides
-from cr_edge.quantize.measure import as_session, session
+from cr_edge.quantize.measure import as_session, probe, session
 from cr_edge.quantize.policy import QuantPolicy
 from cr_edge.quantize.weight_only import WeightOnlyInt8
 from cr_edge.quiet import quiet
@@ -96,8 +96,28 @@ def _fp16(model: onnx.ModelProto, policy: QuantPolicy, feeds: dict) -> onnx.Mode
 @register("w8")
 def _weights_only(model: onnx.ModelProto, policy: QuantPolicy, feeds: dict) -> onnx.ModelProto:
     irm = ir.from_proto(model)
-    WeightOnlyInt8()(irm)
+    WeightOnlyInt8(_input_rms(model, feeds))(irm)
     return ir.to_proto(irm)
+
+
+def _input_rms(model: onnx.ModelProto, feeds: dict) -> dict[str, np.ndarray]:
+    """Per layer weight, the RMS of each input channel (axis 1; the last for a MatMul) of
+    the primal-path layer that reads it, over ``feeds`` (see ``quantize.weight_only``)."""
+    derivative = derivative_only(model)
+    layers = {}
+    for node in model.graph.node:
+        if node.op_type in LINEAR and node.name not in derivative and len(node.input) > 1:
+            layers.setdefault(node.input[1], node)
+    if not layers or not feeds:
+        return {}
+    values = probe(model, sorted({n.input[0] for n in layers.values()}), feeds)
+    rms = {}
+    for weight, node in layers.items():
+        a = values[node.input[0]].astype(np.float64)
+        channel = a.ndim - 1 if node.op_type == "MatMul" else 1
+        a = np.moveaxis(a, channel, 0).reshape(a.shape[channel], -1)
+        rms[weight] = np.sqrt(np.square(a).mean(axis=1))
+    return rms
 
 
 @register("dynamic")

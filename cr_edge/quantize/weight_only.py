@@ -3,15 +3,17 @@
 Activations stay float, so no integer kernel runs and no CPU's accumulator can
 overflow: the model computes ``x @ (s * q)`` in float on every machine, and the
 file holds one byte per weight. Codes are symmetric (``s = max |w| / 127``, round
-to nearest) per *input* channel of a Gemm/MatMul: export folds the input
-normalisation and each polynomial's leading coefficient into the next layer, which
-leaves the weight columns on wildly different scales, so one scale per column
-resolves them without the float Mul that cross-layer equalization would need
-(with float activations nothing else needs an even range). The codes are stored
-input-axis first (a ``transB`` Gemm becomes a plain one over ``W^T``), so that
-``DequantizeLinear`` scales contiguous rows. Conv weights are per output channel.
-A weight shared by several layers (the companion's primal and ``v`` paths) gets one
-``DequantizeLinear``, so both paths multiply by the same deployed weights. 1-D
+to nearest) with one scale per input or per output channel of the layer, whichever
+puts less error into its output. Export's folds scale both: the input normalisation
+and each polynomial's leading coefficient go into the next layer's input channels,
+the Clip guard's rescale ``t = (z - mid) / half`` into the previous layer's output
+channels, so either axis can leave the other on wildly different scales. The error a
+layer adds is ``dW @ x``, so each axis is scored by ``sum dW[o, i]**2 * rms(x_i)**2``
+with each input channel's RMS over the calibration data (all 1 without it); the
+companion's primal and ``v`` paths share one ``DequantizeLinear`` per weight, scored on
+the primal path's input, so both graphs pick the same codes. Codes keep the weight's
+layout except a ``transB`` Gemm scaled per input channel, stored input-axis first (a
+plain Gemm over ``W^T``) so that ``DequantizeLinear`` scales contiguous rows. 1-D
 weights (the sensitivity output's weighted sums) are not layers and stay float.
 """
 
@@ -23,13 +25,15 @@ import onnx_ir as ir
 LEVELS = 127  # symmetric int8: -127..127 (-128 unused, as onnxruntime's symmetric weights)
 
 
-def scale_axis(node: ir.Node) -> int | None:
-    """The axis of the weight (input 1) that gets one scale each, or None if not a layer."""
+def weight_axes(node: ir.Node) -> tuple[int, int] | None:
+    """The (input, output) channel axes of the weight (input 1), or None if not a layer."""
     attrs = {k: v.value for k, v in node.attributes.items()}
     if node.op_type == "Gemm":
-        return 1 if attrs.get("transB", 0) else 0
-    if node.op_type in ("MatMul", "Conv"):
-        return 0
+        return (1, 0) if attrs.get("transB", 0) else (0, 1)
+    if node.op_type == "MatMul":
+        return (0, 1)
+    if node.op_type == "Conv":
+        return (1, 0)
     return None
 
 
@@ -44,37 +48,42 @@ def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return codes, scale
 
 
+def output_error(w: np.ndarray, axis: int, in_axis: int, rms: np.ndarray | None) -> float:
+    """``sum dW**2 * rms(x_i)**2`` of ``w`` coded with one scale per index of ``axis``."""
+    codes, scale = quantize_weight(w, axis)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    err = (codes * scale.reshape(shape)).astype(np.float64) - w
+    if rms is not None and rms.size == w.shape[in_axis]:
+        shape = [1] * w.ndim
+        shape[in_axis] = -1
+        err = err * rms.reshape(shape)
+    return float(np.square(err).sum())
+
+
 class WeightOnlyInt8(ir.passes.InPlacePass):
-    """Store each constant float layer weight as int8 codes + per-channel scale."""
+    """Store each constant float layer weight as int8 codes + per-channel scale.
+
+    ``input_rms``: per weight name, the RMS of each input channel of the layer that
+    reads it on the primal path, over the calibration data.
+    """
+
+    def __init__(self, input_rms: dict[str, np.ndarray] | None = None) -> None:
+        super().__init__()
+        self.input_rms = input_rms or {}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        done: dict[tuple[str, int], ir.Value] = {}
+        done: dict[tuple, tuple[ir.Value, bool]] = {}  # (weight, axes) -> dequantized, transposed
         modified = False
         for node in list(graph):
             if self.refusal(node) is not None:
                 continue
-            weight, axis = node.inputs[1], scale_axis(node)
-            transposed = node.op_type == "Gemm" and axis == 1
-            key = (weight.name, transposed)
+            key = (node.inputs[1].name, weight_axes(node))
             if key not in done:
-                w = weight.const_value.numpy()
-                codes, scale = quantize_weight(w.T if transposed else w, 0)
-                q = ir.Value(name=f"{weight.name}_w8", const_value=ir.tensor(codes))
-                s = ir.Value(name=f"{weight.name}_w8_scale", const_value=ir.tensor(scale))
-                graph.register_initializer(q)
-                graph.register_initializer(s)
-                dq = ir.Node(
-                    "",
-                    "DequantizeLinear",
-                    [q, s],
-                    attributes={"axis": ir.AttrInt64("axis", 0)},
-                    name=f"{weight.name}_w8_dequantize",
-                )
-                graph.insert_before(node, dq)
-                done[key] = dq.outputs[0]
-                done[key].name = f"{weight.name}_w8_dequantized"
-            node.replace_input_with(1, done[key])
+                done[key] = self._dequantized(graph, node)
+            value, transposed = done[key]
+            node.replace_input_with(1, value)
             if transposed:
                 node.attributes["transB"] = ir.AttrInt64("transB", 0)
             modified = True
@@ -82,10 +91,34 @@ class WeightOnlyInt8(ir.passes.InPlacePass):
             _drop_unused_initializers(graph)
         return ir.passes.PassResult(model, modified)
 
+    def _dequantized(self, graph: ir.Graph, node: ir.Node) -> tuple[ir.Value, bool]:
+        """The ``DequantizeLinear`` of ``node``'s weight on its better axis, inserted."""
+        weight = node.inputs[1]
+        w = weight.const_value.numpy()
+        in_axis, out_axis = weight_axes(node)
+        rms = self.input_rms.get(weight.name)
+        axis = min((in_axis, out_axis), key=lambda a: output_error(w, a, in_axis, rms))
+        transposed = node.op_type == "Gemm" and axis == in_axis == 1
+        codes, scale = quantize_weight(w.T if transposed else w, 0 if transposed else axis)
+        q = ir.Value(name=f"{weight.name}_w8", const_value=ir.tensor(codes))
+        s = ir.Value(name=f"{weight.name}_w8_scale", const_value=ir.tensor(scale))
+        graph.register_initializer(q)
+        graph.register_initializer(s)
+        dq = ir.Node(
+            "",
+            "DequantizeLinear",
+            [q, s],
+            attributes={"axis": ir.AttrInt64("axis", 0 if transposed else axis)},
+            name=f"{weight.name}_w8_dequantize",
+        )
+        graph.insert_before(node, dq)
+        dq.outputs[0].name = f"{weight.name}_w8_dequantized"
+        return dq.outputs[0], transposed
+
     @staticmethod
     def refusal(node: ir.Node) -> str | None:
         """Why ``node``'s weight is not stored as int8 (None: it is)."""
-        if scale_axis(node) is None:
+        if weight_axes(node) is None:
             return f"{node.op_type} is not a layer"
         weight = node.inputs[1] if len(node.inputs) > 1 else None
         if weight is None or weight.const_value is None:
