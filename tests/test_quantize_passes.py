@@ -85,15 +85,20 @@ def test_weight_only_int8_stores_codes_and_keeps_the_function_to_half_a_step():
     "w, rms, axis",
     [  # input 0 is 1000x louder than input 1 but has 500x smaller weights: scale per input
         ([[0.01, 0.02, -0.015], [5.0, -3.0, 4.0]], [1000.0, 1.0], 0),
-        # equal inputs, output 0 on a 250x smaller scale than outputs 1, 2: scale per output
-        ([[0.01, 5.0, -4.0], [0.02, -3.0, 5.0]], [1.0, 1.0], 1),
+        # equal inputs, outputs 1-5 on a 500x smaller scale than output 0: per output, with
+        # 6 scales for 2, because it cuts the error ~6x (more than MORE_SCALES_GAIN)
+        (
+            [[5.0, 0.01, 0.02, -0.01, 0.015, 0.01], [-3.0, 0.02, -0.01, 0.01, 0.02, -0.02]],
+            [1, 1],
+            1,
+        ),
     ],
 )
 def test_weight_only_int8_scales_the_axis_that_costs_the_output_least(w, rms, axis):
     w, rms = np.asarray(w, np.float32), np.asarray(rms, np.float32)
     text = f"""
     <ir_version: 8, opset_import: ["" : 17]>
-    g (float[n, 2] x) => (float[n, 3] y) <float[2, 3] w = {{{", ".join(map(str, w.ravel()))}}}> {{
+    g (float[n, 2] x) => (float[n, {w.shape[1]}] y) <float[2, {w.shape[1]}] w = {{{", ".join(map(str, w.ravel()))}}}> {{
       y = MatMul(x, w)
     }}
     """

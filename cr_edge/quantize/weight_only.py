@@ -9,7 +9,9 @@ and each polynomial's leading coefficient go into the next layer's input channel
 the Clip guard's rescale ``t = (z - mid) / half`` into the previous layer's output
 channels, so either axis can leave the other on wildly different scales. The error a
 layer adds is ``dW @ x``, so each axis is scored by ``sum dW[o, i]**2 * rms(x_i)**2``
-with each input channel's RMS over the calibration data (all 1 without it); the
+with each input channel's RMS over the calibration data (all 1 without it). A scale
+is 4 bytes, and in a zoo-sized model a few dozen of them outweigh what int8 saves, so
+the axis with more scales must at least halve the error to be chosen. The
 companion's primal and ``v`` paths share one ``DequantizeLinear`` per weight, scored on
 the primal path's input, so both graphs pick the same codes. Codes keep the weight's
 layout except a ``transB`` Gemm scaled per input channel, stored input-axis first (a
@@ -23,6 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 LEVELS = 127  # symmetric int8: -127..127 (-128 unused, as onnxruntime's symmetric weights)
+MORE_SCALES_GAIN = 2.0  # the axis with more scales must cut the output error this much
 
 
 def weight_axes(node: ir.Node) -> tuple[int, int] | None:
@@ -61,6 +64,16 @@ def output_error(w: np.ndarray, axis: int, in_axis: int, rms: np.ndarray | None)
     return float(np.square(err).sum())
 
 
+def better_axis(w: np.ndarray, in_axis: int, out_axis: int, rms: np.ndarray | None) -> int:
+    """The axis ``w`` is scaled along: the one with less output error, unless it takes more
+    scales and does not cut the error by ``MORE_SCALES_GAIN``."""
+    error = {a: output_error(w, a, in_axis, rms) for a in (in_axis, out_axis)}
+    if w.shape[in_axis] == w.shape[out_axis]:
+        return min(error, key=error.get)
+    few, many = sorted((in_axis, out_axis), key=lambda a: w.shape[a])
+    return many if error[many] * MORE_SCALES_GAIN < error[few] else few
+
+
 class WeightOnlyInt8(ir.passes.InPlacePass):
     """Store each constant float layer weight as int8 codes + per-channel scale.
 
@@ -97,7 +110,7 @@ class WeightOnlyInt8(ir.passes.InPlacePass):
         w = weight.const_value.numpy()
         in_axis, out_axis = weight_axes(node)
         rms = self.input_rms.get(weight.name)
-        axis = min((in_axis, out_axis), key=lambda a: output_error(w, a, in_axis, rms))
+        axis = better_axis(w, in_axis, out_axis, rms)
         transposed = node.op_type == "Gemm" and axis == in_axis == 1
         codes, scale = quantize_weight(w.T if transposed else w, 0 if transposed else axis)
         q = ir.Value(name=f"{weight.name}_w8", const_value=ir.tensor(codes))
