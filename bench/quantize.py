@@ -208,14 +208,16 @@ def pipeline_table() -> str:
     from cr_edge.pipeline import run_pipeline
 
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
-        result = run_pipeline(load_recipe("digits-cr"), Path(tmp) / "run")
+        run = Path(tmp) / "run"
+        result = run_pipeline(load_recipe("digits-cr"), run)
     console = Console(width=100, record=True, file=io.StringIO())
     previous, terminal._stdout = terminal._stdout, console
     try:
         terminal.print_summary(result.summary, result.out)
     finally:
         terminal._stdout = previous
-    return console.export_text().rstrip()
+    # the folder as a user's run would name it, not this run's temporary one
+    return console.export_text().rstrip().replace(str(run), "runs/digits-cr")
 
 
 def splice(readme: Path, name: str, body: str) -> None:
