@@ -5,8 +5,9 @@ channels, 15 epochs), trained in both forms seed for seed, interleaved in this o
 Per recipe: the test metric (accuracy; R^2 for regression; QWK for ordinal), the DREG term
 ``sum_layers mean ||J||_F^2`` on the test split, the input-gradient tail ratio p99/mean, as
 mean ± standard deviation over seeds and as the paired difference (depressed - monomial)
-with its p10-p90 over seeds; and the Horner Mul/Add nodes per layer of the default export
-and of the Clip-guarded one (an export that fails its own parity check is counted there).
+with its p10-p90 over seeds; and the Horner Mul/Add nodes per layer of the Max/Min-guarded
+export and of the Clip-guarded one, the default (an export that fails its own parity check
+is counted there).
 Prints the CPU.
 
     python -m bench.poly_form [--seeds 5] [--no-mnist1d]
