@@ -39,6 +39,7 @@ from cr_edge.errors import ExportError, InputError
 from cr_edge.export.exporter import ExportOptions, export, export_int8_pte
 from cr_edge.export.mobile import convert_to_ort
 from cr_edge.export.pte import INSTALL_HINT, MAX_BATCH
+from cr_edge.runtimes.executorch import floor_of
 from cr_edge.validate.tolerances import INT8_OUTPUT_STEPS, OUTPUT_STEP_KEY
 from cr_edge.validate.validator import validate
 
@@ -112,6 +113,25 @@ def test_pte_sidecar_reports_the_delegation(trained_root: Path, name: str) -> No
     assert split["subgraphs"] >= 1 and split["delegated"] > split["portable"]
     linear = "aten_convolution_default" if "conv" in name else "aten_linear_default"
     assert split["ops"][linear]["portable"] == 0  # the heavy ops always go to XNNPACK
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_pte_floor_takes_the_input_and_returns_the_outputs_shapes_without_arithmetic(
+    trained_root: Path, name: str
+) -> None:
+    """``model.floor.pte``: profile's dispatch floor for the program (``export_floor``)."""
+    result = exported(trained_root, name, "mobile", MOBILE)
+    floor = result.files["pte_floor"]
+    assert floor == floor_of(result.files["pte"])
+    ref = oracle(result)
+    for n in (1, 7, 300):
+        rows = np.arange(n) % len(ref["x"])
+        got = run_pte(floor, ref["x"][rows])
+        assert got.shape == ref["y"][rows].shape and got.dtype == ref["y"].dtype
+        assert not got.any()
+    info = json.loads(result.files["pte_floor_info"].read_text())
+    assert info["batch"] == {"min": 1, "max": MAX_BATCH}
+    assert info["delegation"]["delegated"] == 0  # nothing for XNNPACK to compute
 
 
 def test_fixed_batch_pte(trained_root: Path) -> None:

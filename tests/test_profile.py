@@ -104,6 +104,26 @@ def test_flops_are_counted_from_the_graph_and_the_floor_is_below_the_model(model
     assert no_floor.rows[0].limit is None
 
 
+def test_a_pte_row_is_timed_against_the_floor_program_export_wrote(tmp_path: Path):
+    """ExecuTorch rows: the twin is ``model.floor.pte`` (profile cannot build one without
+    torch's exporter); a program without it has no floor, and says nothing false."""
+    from cr_edge.export.exporter import ExportOptions, export
+    from cr_edge.recipe import load_recipe
+    from cr_edge.train import train
+
+    result = train(load_recipe("digits-cr").replace(epochs=1), tmp_path / "ck", device="cpu")
+    out = tmp_path / "ex"
+    export(result.checkpoint, out, ExportOptions(companion=False, formats=("executorch",)))
+    options = ProfileOptions(runtimes="executorch-xnnpack", memory=False, **FAST)
+    (row,) = profile([out / "model.pte"], options).rows
+    lim = row.limit
+    assert lim["floor_ms"] > 0 and lim["flops_per_sample"] > 0  # FLOPs from model.onnx
+    assert lim["dispatch_share"] + lim["arithmetic_share"] == pytest.approx(1.0)
+    (out / "model.floor.pte").unlink()
+    (row,) = profile([out / "model.pte"], options).rows
+    assert row.limit is None and row.latency["p50_ms"] > 0
+
+
 def test_self_comparison_ratio_spread_includes_one(models: Path):
     model = models / "model.onnx"
     report = profile([model, model], ProfileOptions(warmup=20, iters=400, memory=False))

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from cr_edge import atomic
 from cr_edge.errors import ExportError
 from cr_edge.quiet import quiet
-from cr_edge.runtimes.executorch import SIDECAR_FORMAT, sidecar_of
+from cr_edge.runtimes.executorch import SIDECAR_FORMAT, floor_of, sidecar_of
 from cr_edge.validate.tolerances import INT8_LEVELS, OUTPUT_STEP_KEY, PRECISION_KEY
 
 INSTALL_HINT = "--format executorch needs the executorch extra: pip install 'cr-edge[executorch]'"
@@ -112,6 +112,33 @@ def export_pte(
     atomic.write_bytes(out_path, lowered.buffer)
     atomic.write_json(result.info_path, _info(result, metadata, samples, example))
     return result
+
+
+class _Floor(nn.Module):
+    """A program's outputs as zeros, its input taken: the call with no arithmetic in it."""
+
+    def __init__(self, outputs: list[tuple[tuple[int, ...], torch.dtype]]) -> None:
+        super().__init__()
+        self.outputs = outputs  # per output: its shape past the batch axis, its dtype
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
+        zeros = tuple(torch.zeros((x.shape[0], *s), dtype=d) for s, d in self.outputs)
+        return zeros[0] if len(zeros) == 1 else zeros
+
+
+def export_floor(module: nn.Module, example: Tensor, program: Path, batch: int | None) -> PteResult:
+    """Write ``module``'s dispatch floor beside ``program``: ``floor_of(program)``.
+
+    ``cr-edge profile`` times it interleaved with the program (its "floor" column, as the
+    arithmetic-free ONNX graph it builds for onnxruntime rows): same input, same output
+    shapes and batch contract, nothing computed. Building it needs torch's exporter, which
+    a device running ``profile`` lacks, so export writes it.
+    """
+    with torch.no_grad():
+        y = module(example)
+    ys = y if isinstance(y, tuple) else (y,)
+    floor = _Floor([(tuple(t.shape[1:]), t.dtype) for t in ys])
+    return export_pte(floor, example, floor_of(Path(program)), False, batch)
 
 
 def _backend_config(et: Any) -> Any:

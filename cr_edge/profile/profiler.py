@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from cr_edge.profile.memory import measure_memory
 from cr_edge.profile.perop import profile_ops
 from cr_edge.profile.timing import Runner, latency_stats, measure, ratio_stats
 from cr_edge.profile.workload import fast_call, make_feeds, preload, with_threads
+from cr_edge.runtimes.executorch import ExecuTorchRuntime, floor_of
 from cr_edge.runtimes.ort import OrtRuntime
 from cr_edge.runtimes.registry import ALL, parse_runtimes
 from cr_edge.runtimes.runtime import RunError, Runtime, Session, Unavailable
@@ -221,14 +222,24 @@ def _load(
 
 def _floors(
     runtime: Runtime, loaded: list[_Loaded], batch: int, threads: int | None, options
-) -> list[_Loaded]:
-    """Per model, its arithmetic-free twin loaded by the same runtime (ONNX Runtime only).
+) -> list[_Loaded | None]:
+    """Per model, its arithmetic-free twin loaded by the same runtime, or None.
 
-    Other runtimes would need their own compiler to build the twin (ExecuTorch: torch's
-    exporter), which ``profile`` does not carry; their rows have no floor.
+    onnxruntime's twin is written here (``limit.floor_artifact``). An ExecuTorch program's
+    needs torch's exporter, which ``profile`` does not carry, so export writes it beside
+    the program (``X.floor.pte``, ``cr_edge.export.pte.export_floor``); a program without
+    one has no floor. The twin runs on the program's thread count: the pool is global.
     """
+    if isinstance(runtime, ExecuTorchRuntime):
+        twins = []
+        for m in loaded:
+            path = floor_of(Path(m.row.file))
+            pool = replace(runtime, threads=runtime.threads_for(m.row.size_bytes))
+            twin = check_artifact(path) if path.is_file() else None
+            twins.append(twin and _load(pool, twin, twin, batch, threads, options.warmup))
+        return twins
     if not isinstance(runtime, OrtRuntime):
-        return []
+        return [None] * len(loaded)
     floors = []
     with tempfile.TemporaryDirectory(prefix="cr-edge-floor-") as folder:
         for k, m in enumerate(loaded):
@@ -253,9 +264,11 @@ def _measure_setting(
         for a, f in zip(given, files, strict=True)
     ]
     floors = _floors(runtime, loaded, batch, threads, options) if options.floor else []
+    timed = [f for f in floors if f is not None]
+    slot = {k: len(loaded) + sum(f is not None for f in floors[:k]) for k in range(len(floors))}
     label = f"{runtime.name} batch {batch} threads {threads or 'default'}"
     timings = measure(
-        [m.runner for m in loaded + floors],
+        [m.runner for m in loaded + timed],
         options.iters,
         options.seconds,
         max(m.estimate_ns for m in loaded),
@@ -264,8 +277,8 @@ def _measure_setting(
     for k, m in enumerate(loaded):
         m.row.samples_ns = timings.samples_ns[k]
         m.row.latency = latency_stats(m.row.samples_ns, batch)
-        if floors:
-            floor_ms = float(np.median(timings.samples_ns[len(loaded) + k])) / 1e6
+        if floors and floors[k] is not None:
+            floor_ms = float(np.median(timings.samples_ns[slot[k]])) / 1e6
             flops = flops_per_sample(files[k])
             m.row.limit = split(m.row.latency["p50_ms"], floor_ms, flops, batch)
         if options.memory:

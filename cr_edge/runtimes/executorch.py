@@ -30,6 +30,7 @@ SIDECAR_FORMAT = "cr-edge-pte-info"
 # kernels per call: XNNPACK's second thread only adds a hand-off and, on a loaded machine,
 # spin-waits that cost more than the call (as ``cr_edge.train.SINGLE_THREAD_BELOW``).
 SINGLE_THREAD_BELOW_BYTES = 4_000_000
+FLOOR_TAG = ".floor"
 
 # c10::ScalarType codes reported by ExecuTorch's TensorInfo.dtype()
 SCALAR_TYPES = {
@@ -59,6 +60,12 @@ class ExecuTorchRuntime(Runtime):
                 return False, f"{module} is not installed (pip install 'cr-edge[executorch]')"
         return True, ""
 
+    def threads_for(self, program_bytes: int) -> int:
+        """The pool size a program of this size runs with (``threads``, or by its size)."""
+        if self.threads is not None:
+            return self.threads
+        return 1 if program_bytes < SINGLE_THREAD_BELOW_BYTES else os.cpu_count() or 1
+
     def load(self, artifact: Artifact) -> Session:
         ok, why = self.available()
         if not ok:
@@ -70,7 +77,7 @@ class ExecuTorchRuntime(Runtime):
             raise Unavailable(f"ExecuTorch cannot be imported ({one_line(e)})") from e
         if not portable_lib._is_available(self.backend):
             raise Unavailable(f"this ExecuTorch build has no {self.backend}")
-        _set_threads(self.threads, len(artifact.data))
+        _set_threads(self.threads_for(len(artifact.data)))
         try:
             with _native_stderr_silenced():
                 program = portable_lib._load_program_from_buffer(
@@ -83,6 +90,12 @@ class ExecuTorchRuntime(Runtime):
         session = ExecuTorchSession(method, torch, (artifact.data, program))
         session.metadata = sidecar_metadata(artifact.path)
         return session
+
+
+def floor_of(path: Path) -> Path:
+    """``model.floor.pte`` for ``model.pte``: the program's arithmetic-free twin, written by
+    export for ``profile``'s dispatch floor (profile cannot build one: that takes torch)."""
+    return path.with_name(f"{path.stem}{FLOOR_TAG}{path.suffix}")
 
 
 def sidecar_of(path: Path) -> Path:
@@ -110,15 +123,13 @@ def sidecar_metadata(path: Path) -> dict[str, str]:
     raise InputError(f"{info_path}: not a {SIDECAR_FORMAT} sidecar with 'metadata'; re-export")
 
 
-def _set_threads(threads: int | None, program_bytes: int) -> None:
-    """Size ExecuTorch's one process-wide threadpool (XNNPACK computes on it) for this program.
+def _set_threads(threads: int) -> None:
+    """Size ExecuTorch's one process-wide threadpool (XNNPACK computes on it) for a program.
 
     The pool is global, so the last program loaded decides it; an app sets it once at start.
     """
     from executorch.extension.pybindings import portable_lib
 
-    if threads is None:
-        threads = 1 if program_bytes < SINGLE_THREAD_BELOW_BYTES else os.cpu_count() or 1
     with _native_stderr_silenced():  # the pool's creation probes cpuinfo; every reset logs
         if portable_lib._threadpool_get_thread_count() != threads:
             portable_lib._unsafe_reset_threadpool(threads)
