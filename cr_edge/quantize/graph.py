@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import TensorProto
 
@@ -21,6 +22,33 @@ from cr_edge.runtimes.safe_load import check_artifact
 
 QUANT_OPS = QUANTIZE | QUANTIZED_LINEAR  # a model holding any of these is already quantized
 INT8_TYPES = (TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16)
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A domain guard with constant bounds: ``Clip(a, lo, hi)`` or ``Min(Max(a, lo), hi)``."""
+
+    node: str  # the Clip, or the pair's Max (the node that reads ``a``)
+    input: str  # ``a``
+    output: str  # the guarded tensor
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+def guards(model: onnx.ModelProto, consts: dict[str, np.ndarray]) -> list[Guard]:
+    """Every guard of ``model`` whose bounds are among ``consts``, in graph order."""
+    lower = {}  # Max(a, lo) output -> (node, a, lo): a guard's lower half, awaiting its Min
+    found = []
+    for node in model.graph.node:
+        ins = list(node.input)
+        if node.op_type == "Clip" and len(ins) == 3 and ins[1] in consts and ins[2] in consts:
+            found.append(Guard(node.name, ins[0], node.output[0], consts[ins[1]], consts[ins[2]]))
+        elif node.op_type == "Max" and len(ins) == 2 and ins[1] in consts:
+            lower[node.output[0]] = (node.name, ins[0], consts[ins[1]])
+        elif node.op_type == "Min" and len(ins) == 2 and ins[0] in lower and ins[1] in consts:
+            name, a, lo = lower.pop(ins[0])
+            found.append(Guard(name, a, node.output[0], lo, consts[ins[1]]))
+    return found
 
 
 @dataclass(frozen=True)

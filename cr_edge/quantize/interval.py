@@ -17,7 +17,7 @@ import onnx
 from numpy.polynomial import polynomial as P
 from onnx import numpy_helper
 
-from cr_edge.quantize.graph import LINEAR
+from cr_edge.quantize.graph import LINEAR, guards
 from cr_edge.quantize.measure import probe
 
 # The oracle's random inputs reach ~0.4 of the calibrated span past the digits' range.
@@ -80,17 +80,13 @@ def _identity(lo: np.ndarray, hi: np.ndarray) -> Chan:
 def chain_ranges(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
     """``tensor -> (rmin, rmax)`` for every chain tensor that is a polynomial of a guarded input."""
     consts = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    guarded = {g.output: g for g in guards(model, consts)}
     polys: dict[str, Chan] = {}
-    lower: dict[str, np.ndarray] = {}  # Max(a, lo): the lower half of a guard, awaiting its Min
     for node in model.graph.node:
         ins = list(node.input)
-        if node.op_type == "Max" and len(ins) == 2 and ins[1] in consts:
-            lower[node.output[0]] = consts[ins[1]]
-        elif node.op_type == "Min" and len(ins) == 2 and ins[0] in lower and ins[1] in consts:
-            lo, hi = lower[ins[0]], consts[ins[1]]
-            polys[node.output[0]] = _identity(lo, hi)
-        elif node.op_type == "Clip" and len(ins) == 3 and ins[1] in consts and ins[2] in consts:
-            polys[node.output[0]] = _identity(consts[ins[1]], consts[ins[2]])
+        if node.output and node.output[0] in guarded:
+            g = guarded[node.output[0]]
+            polys[node.output[0]] = _identity(g.lo, g.hi)
         elif node.op_type in ("Add", "Sub", "Mul") and len(ins) == 2:
             a, b = (polys.get(n, consts.get(n)) for n in ins)
             if isinstance(a, Chan) and b is not None:

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from cr_edge.quantize.graph import guards
 from cr_edge.quantize.measure import probe
 
 RULE = (
@@ -38,25 +39,14 @@ class Edge:
 
 
 def edges(model: onnx.ModelProto) -> list[Edge]:
-    """Every guard and ReLU of ``model`` whose bounds are constants."""
+    """Every guard (``quantize.graph.guards``) and ReLU of ``model`` whose bounds are constants."""
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    lower = {}  # Max(a, lo) output -> (node, a, lo): a guard's lower half, awaiting its Min
-    found = []
-    for node in model.graph.node:
-        ins = list(node.input)
-        if node.op_type == "Relu":
-            found.append(Edge(node.name, ins[0], np.zeros(1), np.full(1, np.inf)))
-        elif node.op_type == "Clip" and len(ins) == 3 and ins[1] in consts and ins[2] in consts:
-            found.append(Edge(node.name, ins[0], consts[ins[1]], consts[ins[2]]))
-        elif node.op_type == "Max" and len(ins) == 2 and ins[1] in consts:
-            lower[node.output[0]] = (node.name, ins[0], consts[ins[1]])
-        elif node.op_type == "Min" and len(ins) == 2 and ins[0] in lower and ins[1] in consts:
-            name, a, lo = lower.pop(ins[0])
-            found.append(Edge(name, a, lo, consts[ins[1]]))
-    return found
+    found = [Edge(g.node, g.input, g.lo, g.hi) for g in guards(model, consts)]
+    relus = [n for n in model.graph.node if n.op_type == "Relu"]
+    return found + [Edge(n.name, n.input[0], np.zeros(1), np.full(1, np.inf)) for n in relus]
 
 
 def kink_samples(
