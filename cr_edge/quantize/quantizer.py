@@ -37,7 +37,7 @@ from cr_edge.quantize.kinks import RULE, kink_samples
 from cr_edge.quantize.policy import QuantConfig, QuantPolicy, auto_candidates
 from cr_edge.quantize.secant import min_cosine, noise_floor, secant, secant_displacement
 from cr_edge.runtimes.safe_load import companion_of, oracle_path
-from cr_edge.validate.kinks import kinks_metadata, too_many
+from cr_edge.validate.kinks import kinks_metadata, skipped
 from cr_edge.validate.oracle import Oracle, load_oracle
 from cr_edge.validate.tolerances import (
     INT8_LEVELS,
@@ -236,8 +236,8 @@ def _try(
         step = float(meta.get(OUTPUT_STEP_KEY, extra[OUTPUT_STEP_KEY]))  # fp16: int8's, a figure
         task = {p.key: p.value for p in src.model.metadata_props}
         floor = noise_floor(task, step, int(np.prod(ref.shape[1:])))
-        skip = kinks if kinks is not None and too_many(kinks) is None else None
-        sec = min_cosine(secant(AtBatch(qm.as_session(sess), 1), src.oracle.x, d), ref, floor, skip)
+        at_b1 = AtBatch(qm.as_session(sess), 1)
+        sec = min_cosine(secant(at_b1, src.oracle.x, d), ref, floor, skipped(kinks))
     # fp16 rounds outputs, not inputs: a secant over int8 input steps measures its output
     # rounding, not its derivative, so it is reported for fp16 but judges int8 only
     passed, why = _verdict(ways, acc, fp32_acc, sec if policy.precision == "int8" else None)

@@ -72,6 +72,12 @@ def kink_mask(metadata: dict[str, str], oracle: Oracle, source: str) -> np.ndarr
     return mask
 
 
+def skipped(mask: np.ndarray | None) -> np.ndarray | None:
+    """The samples of ``mask`` to leave out of a derivative check: all of them, or none
+    (None) when there is no mask or it names more than ``MAX_KINKS`` of the oracle."""
+    return None if mask is None or too_many(mask) is not None else mask
+
+
 def too_many(mask: np.ndarray) -> str | None:
     """Why the kinks in ``mask`` are too many to skip (None: they may be skipped)."""
     if mask.mean() <= MAX_KINKS:

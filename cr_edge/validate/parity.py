@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from cr_edge.runtimes.runtime import RunError, Session
-from cr_edge.validate.kinks import kink_mask, too_many
+from cr_edge.validate.kinks import kink_mask, skipped, too_many
 from cr_edge.validate.oracle import Oracle
 from cr_edge.validate.outcome import COMPANION, COMPANION_Y, FINITE_DIFFERENCES, Check, Outcome
 from cr_edge.validate.tolerances import (
@@ -120,9 +120,10 @@ def derivative_parity(
     if kinks is not None:  # see cr_edge.validate.kinks
         figures["kink_samples"] = int(kinks.sum())
         capped = too_many(kinks)
-        if capped is None and jvp.shape[0] == kinks.size:
-            jvp, ref, directions = jvp[~kinks], ref[~kinks], directions[~kinks]
-            typical = None if typical is None else typical[~kinks]
+    skip = skipped(kinks)
+    if skip is not None and jvp.shape[0] == skip.size:
+        jvp, ref, directions = jvp[~skip], ref[~skip], directions[~skip]
+        typical = None if typical is None else typical[~skip]
     # over the cap nothing is skipped: every sample is judged, and a failure says why
     jvp_check = compare_directional("jvp", jvp, ref, directions, bound, tol, typical)
     if capped is not None and not jvp_check.passed:
