@@ -264,11 +264,15 @@ def _measure_setting(
         for a, f in zip(given, files, strict=True)
     ]
     floors = _floors(runtime, loaded, batch, threads, options) if options.floor else []
-    timed = [f for f in floors if f is not None]
-    slot = {k: len(loaded) + sum(f is not None for f in floors[:k]) for k in range(len(floors))}
+    runners = [m.runner for m in loaded]
+    slot = {}  # model k -> where its floor's samples are among the runners
+    for k, twin in enumerate(floors):
+        if twin is not None:
+            slot[k] = len(runners)
+            runners.append(twin.runner)
     label = f"{runtime.name} batch {batch} threads {threads or 'default'}"
     timings = measure(
-        [m.runner for m in loaded + timed],
+        runners,
         options.iters,
         options.seconds,
         max(m.estimate_ns for m in loaded),
@@ -277,7 +281,7 @@ def _measure_setting(
     for k, m in enumerate(loaded):
         m.row.samples_ns = timings.samples_ns[k]
         m.row.latency = latency_stats(m.row.samples_ns, batch)
-        if floors and floors[k] is not None:
+        if k in slot:
             floor_ms = float(np.median(timings.samples_ns[slot[k]])) / 1e6
             flops = flops_per_sample(files[k])
             m.row.limit = split(m.row.latency["p50_ms"], floor_ms, flops, batch)
