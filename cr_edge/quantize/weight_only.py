@@ -40,27 +40,28 @@ def weight_axes(node: ir.Node) -> tuple[int, int] | None:
     return None
 
 
+def _along(v: np.ndarray, axis: int, ndim: int) -> np.ndarray:
+    """``v`` (one value per index of ``axis``) shaped to broadcast against an ``ndim`` array."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.reshape(shape)
+
+
 def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 codes of ``w`` with one scale per index of ``axis``, and the scales."""
     others = tuple(i for i in range(w.ndim) if i != axis)
     top = np.abs(w).max(axis=others).astype(np.float64)
     scale = np.where(top > 0, top / LEVELS, 1.0).astype(np.float32)
-    shape = [1] * w.ndim
-    shape[axis] = -1
-    codes = np.clip(np.rint(w / scale.reshape(shape)), -LEVELS, LEVELS).astype(np.int8)
+    codes = np.clip(np.rint(w / _along(scale, axis, w.ndim)), -LEVELS, LEVELS).astype(np.int8)
     return codes, scale
 
 
 def output_error(w: np.ndarray, axis: int, in_axis: int, rms: np.ndarray | None) -> float:
     """``sum dW**2 * rms(x_i)**2`` of ``w`` coded with one scale per index of ``axis``."""
     codes, scale = quantize_weight(w, axis)
-    shape = [1] * w.ndim
-    shape[axis] = -1
-    err = (codes * scale.reshape(shape)).astype(np.float64) - w
+    err = (codes * _along(scale, axis, w.ndim)).astype(np.float64) - w
     if rms is not None and rms.size == w.shape[in_axis]:
-        shape = [1] * w.ndim
-        shape[in_axis] = -1
-        err = err * rms.reshape(shape)
+        err = err * _along(rms, in_axis, w.ndim)
     return float(np.square(err).sum())
 
 
