@@ -187,14 +187,13 @@ def _mobile_formats(options, out, files, ckpt, stages, example) -> dict[str, Pat
     if "executorch" in options.formats:
         from cr_edge.export.pte import export_floor, export_pte
 
+        primal = PrimalNet(stages)
         if options.int8:
             pte = int8_program(ckpt, options, out / "model.pte", example)
         else:
-            pte = export_pte(
-                PrimalNet(stages), example, out / "model.pte", False, options.fixed_batch
-            )
+            pte = export_pte(primal, example, out / "model.pte", False, options.fixed_batch)
         made["pte"], made["pte_info"] = pte.path, pte.info_path
-        floor = export_floor(PrimalNet(stages), example, pte.path, options.fixed_batch)
+        floor = export_floor(primal, example, pte.path, options.fixed_batch)
         made["pte_floor"], made["pte_floor_info"] = floor.path, floor.info_path
     return made
 
