@@ -30,8 +30,8 @@ from cr_edge.recipe import Recipe
 def worker(recipe_json: str, out: str) -> None:
     import torch.distributed as dist
 
-    from cr_edge.distributed import Rank
-    from cr_edge.train import train_unlocked
+    from cr_edge.train.loop import train_unlocked
+    from cr_edge.train.ranks import Rank
 
     rank = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

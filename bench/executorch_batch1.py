@@ -39,7 +39,7 @@ from cr_edge.profile.workload import fast_call, preload
 from cr_edge.recipe import load_recipe
 from cr_edge.runtimes.registry import get_runtime
 from cr_edge.runtimes.safe_load import check_artifact
-from cr_edge.train import train
+from cr_edge.train.loop import train
 
 X = {"x": np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)}
 OUTPUTS = 10  # digits: ten logits

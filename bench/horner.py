@@ -50,6 +50,7 @@ import onnxruntime as ort
 import torch
 
 from bench.floor_nets import depressed_stages, export_onnx, export_program
+from cr_edge.artifacts.npz import read_npz
 from cr_edge.checkpoint import load_checkpoint
 from cr_edge.export.exporter import ExportOptions, ExportResult, export, lower
 from cr_edge.export.folds import (
@@ -61,7 +62,6 @@ from cr_edge.export.folds import (
 )
 from cr_edge.export.pte import Delegation
 from cr_edge.export.stages import Poly
-from cr_edge.npz import read_npz
 from cr_edge.poly import PolyAct
 from cr_edge.profile.device import describe_device
 from cr_edge.profile.timing import ROUNDS, Timings, latency_stats, measure, ratio_stats
@@ -70,7 +70,7 @@ from cr_edge.recipe import load_recipe
 from cr_edge.runtimes.executorch import sidecar_of
 from cr_edge.runtimes.registry import get_runtime
 from cr_edge.runtimes.safe_load import check_artifact
-from cr_edge.train import train
+from cr_edge.train.loop import train
 
 ORT_SIDES = ("cr", "pow", "relu", "guard", "clip", "linear", "proxy", "min3", "min3clip")
 PTE_SIDES = (

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from cr_edge.recipe import load_recipe
-from cr_edge.train import train
+from cr_edge.train.loop import train
 
 
 def _row(name: str, runs: list[dict], keys: tuple[str, ...]) -> str:

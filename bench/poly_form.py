@@ -28,7 +28,7 @@ from cr_edge.export.self_check import SelfCheckFailed
 from cr_edge.profile.device import describe_device
 from cr_edge.recipe import Recipe, load_recipe, zoo_names
 from cr_edge.task_metrics import SELECTION_METRIC
-from cr_edge.train import train
+from cr_edge.train.loop import train
 
 FORMS = ("monomial", "depressed")
 KEYS = ("metric", "dreg_term", "tail_ratio")

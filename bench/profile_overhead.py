@@ -43,7 +43,7 @@ def smallest_zoo_model(folder: Path) -> Path:
     """digits-cr, one epoch, exported to ``folder`` (needs the train extra)."""
     from cr_edge.export.exporter import ExportOptions, export
     from cr_edge.recipe import load_recipe
-    from cr_edge.train import train
+    from cr_edge.train.loop import train
 
     result = train(load_recipe("digits-cr").replace(epochs=1), folder / "ck", device="cpu")
     export(result.checkpoint, folder / "ex", ExportOptions(companion=False))

@@ -46,7 +46,7 @@ from cr_edge.quantize.policy import QuantConfig, QuantPolicy
 from cr_edge.quantize.quantizer import QuantizeResult, Tried, quantize
 from cr_edge.quantize.secant import min_cosine, noise_floor, secant, secant_displacement
 from cr_edge.recipe import load_recipe, zoo_names
-from cr_edge.train import train
+from cr_edge.train.loop import train
 from cr_edge.validate.oracle import load_oracle
 from cr_edge.validate.tolerances import OUTPUT_STEP_KEY
 
@@ -204,7 +204,7 @@ def pipeline_table() -> str:
     """``cr-edge pipeline`` on digits-cr, its closing table as printed."""
     from rich.console import Console
 
-    from cr_edge import terminal
+    from cr_edge.cli import terminal
     from cr_edge.pipeline import run_pipeline
 
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:

@@ -1,6 +1,6 @@
 """Ordinal against a plain 5-class head on the generated review corpus, on MAE (stars).
 
-The corpus (``cr_edge.data.review_corpus``) plants an ordinal signal: a review's words
+The corpus (``review_corpus``) plants an ordinal signal: a review's words
 come from tone pools whose mix moves smoothly with its 1..5 stars, so neighbouring
 ratings share vocabulary. Both sides are the same CR text net (hashed 1-2-grams, a
 masked-mean embedding, one CR hidden layer; the same widths), one with the CORAL head
@@ -23,10 +23,10 @@ import torch
 
 from cr_edge import heads
 from cr_edge.checkpoint import load_checkpoint
-from cr_edge.data.review_corpus import write_review_corpus
 from cr_edge.recipe import Recipe
 from cr_edge.task_metrics import task_metrics
-from cr_edge.train import train
+from cr_edge.train.loop import train
+from tests.review_corpus import write_review_corpus
 
 TASKS = {"ordinal": "ordinal (CORAL) head", "classify": "5-class softmax head"}
 

@@ -18,14 +18,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cr_edge.data.review_corpus import write_review_corpus
+from tests.review_corpus import write_review_corpus
 
 # VmHWM, not ru_maxrss: the latter survives exec, so it would count the parent's corpus.
 CHILD = """
 import json, re, sys, time
 import sklearn.model_selection  # what split imports: libraries are not the data's memory
 from cr_edge.data import load_source, split
-from cr_edge.tokenizer import Tokenizer
+from cr_edge.data.tokenizer import Tokenizer
 def hwm():
     status = open("/proc/self/status").read()
     return int(re.search(r"VmHWM:\\s+(\\d+)", status).group(1))

@@ -13,16 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from cr_edge.atomic import refuse_existing
+from cr_edge.artifacts.manifest import refuse_existing, refuse_failed_export
 from cr_edge.export.exporter import ExportOptions, ExportResult
 from cr_edge.export.exporter import export as _export
-from cr_edge.manifest import refuse_failed_export
 from cr_edge.quantize.policy import QuantConfig
 from cr_edge.quantize.quantizer import QuantizeResult
 from cr_edge.quantize.quantizer import quantize as _quantize
 from cr_edge.recipe import Recipe, load_recipe
-from cr_edge.train import EpochStats, TrainResult
-from cr_edge.train import train as _train
+from cr_edge.train.loop import EpochStats, TrainResult
+from cr_edge.train.loop import train as _train
 from cr_edge.validate.tolerances import Overrides
 from cr_edge.validate.validator import ValidationReport
 from cr_edge.validate.validator import validate as _validate

@@ -18,14 +18,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from cr_edge import __version__, atomic
+from cr_edge import __version__
+from cr_edge.artifacts import atomic
+from cr_edge.artifacts.manifest import require_complete, write_manifest
+from cr_edge.artifacts.npz import read_npz
 from cr_edge.data import Normalisation, TargetScale
+from cr_edge.data.tokenizer import Tokenizer
 from cr_edge.errors import InputError, NonFiniteError
-from cr_edge.manifest import require_complete, write_manifest
 from cr_edge.nets import CRNet, NetConfig, build_net
-from cr_edge.npz import read_npz
 from cr_edge.recipe import Recipe
-from cr_edge.tokenizer import Tokenizer
 
 FORMAT = "cr-edge-checkpoint"
 FORMAT_VERSION = 1

@@ -20,20 +20,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cr_edge import atomic
+from cr_edge.artifacts import atomic
+from cr_edge.artifacts.folder_lock import holds_out, writing
+from cr_edge.artifacts.manifest import is_incomplete, write_manifest
+from cr_edge.artifacts.npz import read_npz
 from cr_edge.errors import CheckFailed, ExportError, InputError
 from cr_edge.export.exporter import ExportOptions, export, export_int8_pte
 from cr_edge.export.self_check import SelfCheckFailed
-from cr_edge.folder_lock import holds_out, writing
-from cr_edge.manifest import is_incomplete, write_manifest
-from cr_edge.npz import read_npz
 from cr_edge.profile.profiler import ProfileOptions, profile
 from cr_edge.quantize.policy import QuantConfig, QuantPolicy
 from cr_edge.quantize.quantizer import quantize
 from cr_edge.recipe import Recipe
 from cr_edge.runtimes.executorch import sidecar_of
 from cr_edge.runtimes.registry import parse_runtimes
-from cr_edge.train import train
+from cr_edge.train.loop import train
 from cr_edge.validate.outcome import UNAVAILABLE
 from cr_edge.validate.validator import RuntimeResult, ValidationReport, validate
 

@@ -18,13 +18,13 @@ else:  # the same parser, from PyPI (a dependency on 3.10 only)
     import tomli as tomllib
 
 from cr_edge.data.text_csv import DATA_FORMATS
+from cr_edge.data.tokenizer import Tokenizer
 from cr_edge.dreg import DEFAULT_LAMBDA
 from cr_edge.errors import InputError
 from cr_edge.heads import LOSSES
 from cr_edge.nets import ACTIVATIONS, ARCHS
 from cr_edge.poly import DEFAULT_FORM, FORMS, MAX_DEGREE, MIN_DEGREE
 from cr_edge.task_metrics import TASKS
-from cr_edge.tokenizer import Tokenizer
 
 RECIPE_VERSION = 1
 _SECTIONS = ("data", "net", "train")

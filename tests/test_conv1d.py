@@ -24,7 +24,7 @@ from trained import INT8_ARGMAX, INT8_P99_STEPS, run_onnx, run_pte
 from cr_edge.cli import cli
 from cr_edge.export.exporter import ExportOptions, export, export_int8_pte
 from cr_edge.recipe import Recipe
-from cr_edge.train import train
+from cr_edge.train.loop import train
 
 RECIPE = Recipe(name="mnist1d-conv1d", data="mnist1d", arch="conv", hidden=(4, 4), epochs=3)
 RUNTIMES = "cpu,ort-mobile"

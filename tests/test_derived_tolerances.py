@@ -23,7 +23,7 @@ from cr_edge.checkpoint import load_checkpoint, save_checkpoint
 from cr_edge.export.exporter import export
 from cr_edge.poly import PolyAct
 from cr_edge.recipe import Recipe
-from cr_edge.train import train
+from cr_edge.train.loop import train
 
 
 @pytest.fixture(scope="module")

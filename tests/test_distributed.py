@@ -13,14 +13,23 @@ from pathlib import Path
 
 import pytest
 
-from cr_edge.distributed import usable_cores
+from cr_edge.train.ranks import usable_cores
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 def _train(out: Path, *args: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "cr_edge.cli", "train", "--data", "digits", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "cr_edge.cli",
+        "train",
+        "--data",
+        "digits",
+        "--out",
+        str(out),
+    ]
     return subprocess.Popen(
         [*command, *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -61,7 +70,7 @@ def _rank_pid(rank: str, deadline: float) -> int:
                 env = (entry / "environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            worker = b"cr_edge.distributed" in cmd and b"torch.distributed.run" not in cmd
+            worker = b"cr_edge.train.distributed" in cmd and b"torch.distributed.run" not in cmd
             if worker and f"RANK={rank}".encode() in env:
                 return int(entry.name)
         time.sleep(0.2)

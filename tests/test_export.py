@@ -42,7 +42,7 @@ from cr_edge.export import folds
 from cr_edge.export.exporter import ExportOptions, ExportResult, export
 from cr_edge.export.stages import Affine, Flatten, InputAffine, Poly, Pool, Stage
 from cr_edge.recipe import Recipe
-from cr_edge.train import train
+from cr_edge.train.loop import train
 
 LINEAR_OPS = ("Gemm", "Conv", "MatMul")  # the ops that separate one activation from the next
 

@@ -18,12 +18,12 @@ import pytest
 from reliability.helpers import one_line_error
 
 from cr_edge import api
+from cr_edge.artifacts.manifest import MANIFEST
 from cr_edge.errors import InputError
 from cr_edge.export import exporter
 from cr_edge.export.emit import JvpNet, PrimalNet
 from cr_edge.export.self_check import SelfCheckFailed
 from cr_edge.export.stages import Poly
-from cr_edge.manifest import MANIFEST
 from cr_edge.quantize.policy import QuantConfig
 
 

@@ -106,7 +106,16 @@ def test_sigint_mid_pipeline_leaves_no_partial_file(tmp_path: Path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cr_edge.cli", "pipeline", "--epochs", "20", "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "cr_edge.cli",
+            "pipeline",
+            "--epochs",
+            "20",
+            "--out",
+            str(out),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,

@@ -23,7 +23,7 @@ from cr_edge.export.stages import Affine, Poly
 from cr_edge.nets import CRNet, NetConfig
 from cr_edge.poly import FORMS, PolyAct, fit_coefficients, fit_depressed, substitute
 from cr_edge.recipe import Recipe
-from cr_edge.train import train
+from cr_edge.train.loop import train
 
 F64 = torch.float64
 

@@ -42,7 +42,7 @@ def models(tmp_path_factory) -> Path:
 
     from cr_edge.export.exporter import ExportOptions, export
     from cr_edge.recipe import load_recipe
-    from cr_edge.train import train
+    from cr_edge.train.loop import train
 
     root = tmp_path_factory.mktemp("profile")
     result = train(load_recipe("digits-cr").replace(epochs=1), root / "ck", device="cpu")
@@ -109,7 +109,7 @@ def test_a_pte_row_is_timed_against_the_floor_program_export_wrote(tmp_path: Pat
     torch's exporter); a program without it has no floor, and says nothing false."""
     from cr_edge.export.exporter import ExportOptions, export
     from cr_edge.recipe import load_recipe
-    from cr_edge.train import train
+    from cr_edge.train.loop import train
 
     result = train(load_recipe("digits-cr").replace(epochs=1), tmp_path / "ck", device="cpu")
     out = tmp_path / "ex"

@@ -22,7 +22,7 @@ from cr_edge.quantize.measure import session
 from cr_edge.quantize.policy import MAX_LATENCY_RATIO, QuantConfig, QuantPolicy, auto_candidates
 from cr_edge.quantize.quantizer import qualifies, quantize
 from cr_edge.recipe import load_recipe, zoo_names
-from cr_edge.train import train
+from cr_edge.train.loop import train
 from cr_edge.validate.tolerances import SECANT_MIN_COSINE
 from cr_edge.validate.validator import validate
 

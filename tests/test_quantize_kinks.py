@@ -11,12 +11,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from runtime_fixtures import build_model_dir, copy_model, scale_coefficient
 
-from cr_edge.quantize.kinks import edges, kink_samples
+from cr_edge.quantize.kink_search import edges, kink_samples
 from cr_edge.quantize.measure import probe
 from cr_edge.quantize.policy import QuantConfig, QuantPolicy
 from cr_edge.quantize.quantizer import quantize
 from cr_edge.runtimes.safe_load import oracle_path
-from cr_edge.validate.kinks import KINKS_KEY, MAX_KINKS, kinks_metadata
+from cr_edge.validate.kink_skips import KINKS_KEY, MAX_KINKS, kinks_metadata
 from cr_edge.validate.oracle import load_oracle
 from cr_edge.validate.validator import validate
 

@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from review_corpus import review_texts, write_review_corpus
 
 from cr_edge.cli import cli
 from cr_edge.data import load_source
-from cr_edge.data.review_corpus import review_texts, write_review_corpus
-from cr_edge.tokenizer import Tokenizer
+from cr_edge.data.tokenizer import Tokenizer
 
 TOK = Tokenizer(buckets=512, max_len=32)
 

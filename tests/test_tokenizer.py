@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from cr_edge.data.tokenizer import PAD_ID, Tokenizer, fnv1a_32
 from cr_edge.errors import InputError
-from cr_edge.tokenizer import PAD_ID, Tokenizer, fnv1a_32
 
 
 @pytest.mark.parametrize(
@@ -36,7 +36,7 @@ def test_words_and_pairs_in_reading_order_with_padding():
 
 def test_same_ids_in_another_process_with_another_hash_seed():
     code = (
-        "from cr_edge.tokenizer import Tokenizer; import sys; "
+        "from cr_edge.data.tokenizer import Tokenizer; import sys; "
         "print(Tokenizer(buckets=97).encode(['not good at all'])[0, :6].tolist()); "
         "print('torch' in sys.modules)"
     )

@@ -13,7 +13,7 @@ from trained import checkpoint
 from cr_edge.checkpoint import load_checkpoint
 from cr_edge.errors import InputError
 from cr_edge.recipe import load_recipe, zoo_names
-from cr_edge.train import train
+from cr_edge.train.loop import train
 
 TINY = {"epochs": 3, "hidden": (8,)}
 

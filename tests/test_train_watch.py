@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from cr_edge.recipe import Recipe
-from cr_edge.train import train
-from cr_edge.watch import horner_error_bound, prediction_information
+from cr_edge.train.loop import train
+from cr_edge.train.watch import horner_error_bound, prediction_information
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import onnxruntime as ort
 from cr_edge.data import BUILTINS
 from cr_edge.export.exporter import ExportOptions, ExportResult, export
 from cr_edge.recipe import Recipe, load_recipe, zoo_names
-from cr_edge.train import train
+from cr_edge.train.loop import train
 
 ATOL, RTOL = 1e-5, 1e-4
 # an int8 .pte against its fp32 export, in output quantization steps, and top-1 agreement

@@ -1,6 +1,6 @@
 """NPZ files of arrays ``x`` and ``y``, read without unpickling.
 
-Read by ``cr_edge.npz``, which trusts no header with an allocation size before it has
+Read by ``cr_edge.artifacts.npz``, which trusts no header with an allocation size before it has
 been checked against the bytes actually present; here the arrays become ``RawData``.
 """
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cr_edge.artifacts.npz import read_npz
 from cr_edge.data.records import (
     RawData,
     encode_labels,
@@ -19,7 +20,6 @@ from cr_edge.data.records import (
 )
 from cr_edge.data.target_kind import check_classes
 from cr_edge.errors import InputError
-from cr_edge.npz import read_npz
 
 _NPZ_HINT = "save it with numpy.savez(path, x=features, y=labels)"
 

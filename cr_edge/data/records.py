@@ -20,7 +20,7 @@ class RawData:
     """
 
     x: np.ndarray  # float32 (n, *input_shape); images (n, channels, h, w), sequences (n, c, l);
-    # text: int32 token ids (n, max_len), padded with 0 (see cr_edge.tokenizer)
+    # text: int32 token ids (n, max_len), padded with 0 (see cr_edge.data.tokenizer)
     y: np.ndarray  # int64 class indices 0..k-1, or float32 values for regression
     label_names: list[str]  # label_names[i] is the original label of class i; [] for regression
     source: str  # a built-in name or the file path(s), for reports and the checkpoint

@@ -10,8 +10,8 @@ from cr_edge.data.idx_file import load_idx
 from cr_edge.data.npz_file import load_npz
 from cr_edge.data.records import RawData, show
 from cr_edge.data.text_csv import load_text_csv, sniff_yelp
+from cr_edge.data.tokenizer import Tokenizer
 from cr_edge.errors import InputError
-from cr_edge.tokenizer import Tokenizer
 
 
 def load_source(

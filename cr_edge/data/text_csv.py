@@ -20,8 +20,8 @@ import numpy as np
 
 from cr_edge.data.csv_file import csv_label, encode_csv_labels, parse_csv_file
 from cr_edge.data.records import RawData, show
+from cr_edge.data.tokenizer import Tokenizer
 from cr_edge.errors import InputError
-from cr_edge.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     import _csv

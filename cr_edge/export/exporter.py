@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from cr_edge import __version__
+from cr_edge.artifacts.folder_lock import holds_out
 from cr_edge.checkpoint import Checkpoint, load_checkpoint
 from cr_edge.errors import InputError, NonFiniteError
 from cr_edge.export import onnx as onnx_export
@@ -32,7 +33,6 @@ from cr_edge.export.oracle_writer import ReferenceNet, build_oracle, reference_i
 from cr_edge.export.self_check import SelfCheckFailed, check_export, failure_message
 from cr_edge.export.stages import Poly, calibrate_ranges, stages_from_checkpoint
 from cr_edge.export.version_guard import FORMATS, check_model, parse_runtime_version
-from cr_edge.folder_lock import holds_out
 from cr_edge.validate.validator import ValidationReport
 
 # What each task's model returns, named in the metadata (cr_edge.outputs) for apps.
@@ -59,7 +59,7 @@ class ExportOptions:
     # The guard as one scalar Clip per polynomial (each channel's range rescaled onto [-1, 1]
     # in the previous layer) instead of a per-channel Max/Min pair: one node fewer per
     # guard, and a guard CoreML's MLProgram runs. The rescaled rows move int8 weight codes,
-    # so quantize skips and counts the samples at the guard's edge (cr_edge.validate.kinks).
+    # so quantize skips and counts the samples at the guard's edge (cr_edge.validate.kink_skips).
     # A fold pass: with fold=False (or clip_guard=False) the guard is Max/Min.
     clip_guard: bool = True
     fold: bool = True

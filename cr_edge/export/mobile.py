@@ -30,8 +30,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from cr_edge import atomic
-from cr_edge.child import run_python
+from cr_edge.artifacts import atomic
+from cr_edge.artifacts.child import run_python
 from cr_edge.errors import ExportError
 
 CONVERTER = ["-m", "cr_edge.runtimes.ort_tools", "convert_onnx_models_to_ort"]

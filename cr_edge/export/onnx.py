@@ -14,7 +14,7 @@ import onnx
 import torch
 from torch import nn
 
-from cr_edge import atomic
+from cr_edge.artifacts import atomic
 from cr_edge.errors import ExportError
 from cr_edge.export import cleanup
 from cr_edge.quiet import quiet

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cr_edge import atomic
+from cr_edge.artifacts import atomic
 from cr_edge.checkpoint import Checkpoint
 from cr_edge.heads import ordinal_outputs
 from cr_edge.poly import PolyAct

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cr_edge import atomic
+from cr_edge.artifacts import atomic
 from cr_edge.errors import ExportError
 from cr_edge.quiet import quiet
 from cr_edge.runtimes.executorch import SIDECAR_FORMAT, floor_of, sidecar_of

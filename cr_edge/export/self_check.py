@@ -6,15 +6,15 @@ evaluate) only when something downstream fails. So the export runs ``validate``'
 cpu rows (``cr_edge.validate.validator.cpu_parity``: outputs and derivatives, the
 tolerances derived from the graph) and records the verdict in the folder's manifest.
 A failed export keeps its files for inspection; ``validate`` and ``quantize`` refuse
-it unless forced (``cr_edge.manifest.refuse_failed_export``).
+it unless forced (``cr_edge.artifacts.manifest.refuse_failed_export``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from cr_edge.artifacts.manifest import CHECK_FAILED, CHECK_PASSED, reading_back, write_manifest
 from cr_edge.errors import CheckFailed
-from cr_edge.manifest import CHECK_FAILED, CHECK_PASSED, reading_back, write_manifest
 from cr_edge.validate.validator import ValidationReport, cpu_parity
 
 

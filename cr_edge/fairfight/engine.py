@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from cr_edge import atomic
+from cr_edge.artifacts import atomic
 from cr_edge.errors import InputError
 from cr_edge.fairfight.ladder import Task
 from cr_edge.fairfight.runner import run_task

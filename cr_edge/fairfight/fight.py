@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cr_edge.artifacts.folder_lock import holds_out
 from cr_edge.data import load_source
 from cr_edge.errors import InputError
 from cr_edge.fairfight.engine import Engine, Progress, RecordStore, Workers, execute
@@ -21,7 +22,6 @@ from cr_edge.fairfight.metric import ACCURACY, Metric, metric_for
 from cr_edge.fairfight.report import write_report
 from cr_edge.fairfight.runner import latency_at_equal_accuracy
 from cr_edge.fairfight.verdict import CR_FAMILY, aggregate, verdict
-from cr_edge.folder_lock import holds_out
 
 
 @holds_out("fairfight")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cr_edge import atomic
+from cr_edge.artifacts import atomic
 from cr_edge.fairfight.ladder import FAMILIES
 from cr_edge.fairfight.metric import ACCURACY, METRICS, Metric
 from cr_edge.fairfight.stats import mean_ci

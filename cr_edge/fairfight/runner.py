@@ -28,7 +28,7 @@ from cr_edge.fairfight.stats import undefined_as_none
 from cr_edge.nets import CRNet
 from cr_edge.profile.profiler import ProfileOptions, profile
 from cr_edge.task_metrics import task_metrics
-from cr_edge.train import train
+from cr_edge.train.loop import train
 
 # Additive Gaussian noise with sigma = level x the training inputs' std (all values pooled).
 NOISE_LEVELS = (0.1, 0.25, 0.5)

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cr_edge.child import run_python
+from cr_edge.artifacts.child import run_python
 
 RUN_ITERS = 20  # enough runs for every buffer the run path allocates to be touched
 TIMEOUT_S = 300

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cr_edge.atomic import write_bytes
+from cr_edge.artifacts.atomic import write_bytes
 from cr_edge.errors import InputError
 from cr_edge.profile.perop import SHARES
 from cr_edge.profile.profiler import ProfileReport, Row

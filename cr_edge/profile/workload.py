@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from cr_edge.data.tokenizer import Tokenizer
 from cr_edge.errors import InputError
 from cr_edge.runtimes.executorch import ExecuTorchRuntime, ExecuTorchSession
 from cr_edge.runtimes.ort import OrtRuntime, OrtSession
 from cr_edge.runtimes.runtime import Runtime, Session, Unavailable
-from cr_edge.tokenizer import Tokenizer
 
 XNNPACK_THREADS = "intra_op_num_threads"  # XNNPACK runs its own pool, set per provider
 # Libraries a runtime imports on its first load (ExecuTorch: torch, seconds and hundreds
@@ -92,7 +92,7 @@ def make_feeds(session: Session, batch: int, file: Path) -> dict[str, np.ndarray
 
 
 def _vocab(session: Session) -> int:
-    """Rows of a text model's embedding table (from ``cr_edge.tokenizer``); 0 otherwise."""
+    """Rows of a text model's embedding table (from ``cr_edge.data.tokenizer``); 0 otherwise."""
     tokenizer = session.metadata.get("cr_edge.tokenizer")
     if not tokenizer:
         return 0

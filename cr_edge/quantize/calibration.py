@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
+from cr_edge.artifacts.npz import read_npz
 from cr_edge.errors import InputError
-from cr_edge.npz import read_npz
 
 CALIB_BATCH = 64
 V_SEED = 1  # directions for the companion's ``v`` input, standard normal like the oracle's

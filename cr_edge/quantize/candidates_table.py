@@ -42,7 +42,7 @@ def print_quantize(result: QuantizeResult) -> None:
     names the parity checks that failed: ort (this CPU), ort b1 (batch 1), exact
     (integer maths), avx2 (the u8s8 kernel of x86 without VNNI). "kinks" counts the
     oracle samples left out of "jvp cos" and "secant cos" because they lie at a guard or
-    ReLU kink of the candidate (``cr_edge.validate.kinks``): skipped, not passed.
+    ReLU kink of the candidate (``cr_edge.validate.kink_skips``): skipped, not passed.
     """
     acc = "" if result.fp32_accuracy is None else f", fp32 accuracy {result.fp32_accuracy:.4f}"
     table = Table(

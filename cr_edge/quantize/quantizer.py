@@ -23,21 +23,21 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto
 
-from cr_edge.atomic import write_bytes, write_json
+from cr_edge.artifacts.atomic import write_bytes, write_json
+from cr_edge.artifacts.folder_lock import holds_out
+from cr_edge.artifacts.manifest import write_manifest
 from cr_edge.errors import CheckFailed, InputError
 from cr_edge.export.mobile import convert_to_ort
-from cr_edge.folder_lock import holds_out
-from cr_edge.manifest import write_manifest
 from cr_edge.quantize import measure as qm
 from cr_edge.quantize.apply import apply_policy
 from cr_edge.quantize.calibration import feeds_for, read_calibration
 from cr_edge.quantize.graph import horner_chain, load_float_model, set_metadata
 from cr_edge.quantize.judge import AtBatch, Way, three_ways
-from cr_edge.quantize.kinks import RULE, kink_samples
+from cr_edge.quantize.kink_search import RULE, kink_samples
 from cr_edge.quantize.policy import QuantConfig, QuantPolicy, auto_candidates
 from cr_edge.quantize.secant import min_cosine, noise_floor, secant, secant_displacement
 from cr_edge.runtimes.safe_load import companion_of, oracle_path
-from cr_edge.validate.kinks import kinks_metadata, skipped
+from cr_edge.validate.kink_skips import kinks_metadata, skipped
 from cr_edge.validate.oracle import Oracle, load_oracle
 from cr_edge.validate.tolerances import (
     INT8_LEVELS,

@@ -28,7 +28,7 @@ SIDECAR_FORMAT = "cr-edge-pte-info"
 
 # A program this small (fp32 bytes: 4 per parameter, so ~1M parameters) runs a few tiny
 # kernels per call: XNNPACK's second thread only adds a hand-off and, on a loaded machine,
-# spin-waits that cost more than the call (as ``cr_edge.train.SINGLE_THREAD_BELOW``).
+# spin-waits that cost more than the call (as ``cr_edge.train.loop.SINGLE_THREAD_BELOW``).
 SINGLE_THREAD_BELOW_BYTES = 4_000_000
 FLOOR_TAG = ".floor"
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING
 
+from cr_edge.artifacts.manifest import verify
 from cr_edge.errors import InputError
-from cr_edge.manifest import verify
 
 if TYPE_CHECKING:  # onnx is imported where an ONNX file is parsed: importing it is most of
     import onnx  # the start-up of a sandboxed child, and an .ort or .pte never needs it

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cr_edge.child import run_python
+from cr_edge.artifacts.child import run_python
 from cr_edge.errors import InputError
 
 TIMEOUT_S = 120  # a small model loads in well under a second; a hang is not a load

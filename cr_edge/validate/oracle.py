@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cr_edge.artifacts.npz import read_npz
 from cr_edge.errors import InputError
-from cr_edge.npz import read_npz
 from cr_edge.runtimes.runtime import TensorSpec
 
 REQUIRED = ("x", "y")

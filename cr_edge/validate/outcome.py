@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from cr_edge.atomic import json_safe
+from cr_edge.artifacts.atomic import json_safe
 
 PASS, FAIL, UNAVAILABLE = "PASS", "FAIL", "UNAVAILABLE"
 # How derivatives are checked; named here, beside the results, so the CLI reads them light.

@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from cr_edge.runtimes.runtime import RunError, Session
-from cr_edge.validate.kinks import kink_mask, skipped, too_many
+from cr_edge.validate.kink_skips import kink_mask, skipped, too_many
 from cr_edge.validate.oracle import Oracle
 from cr_edge.validate.outcome import COMPANION, COMPANION_Y, FINITE_DIFFERENCES, Check, Outcome
 from cr_edge.validate.tolerances import (
@@ -117,7 +117,7 @@ def derivative_parity(
         typical = None if typical is None else typical[~unresolved]
     kinks = kink_mask(session.metadata, oracle, "the model") if method == COMPANION else None
     capped = None
-    if kinks is not None:  # see cr_edge.validate.kinks
+    if kinks is not None:  # see cr_edge.validate.kink_skips
         figures["kink_samples"] = int(kinks.sum())
         capped = too_many(kinks)
     skip = skipped(kinks)

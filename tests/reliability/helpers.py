@@ -23,7 +23,7 @@ EPOCHS = 2
 def checkpoint(root: Path) -> Path:
     """digits-cr trained for a couple of epochs: enough for every artifact, in seconds."""
     from cr_edge.recipe import load_recipe
-    from cr_edge.train import train
+    from cr_edge.train.loop import train
 
     return train(load_recipe("digits-cr").replace(epochs=EPOCHS), root / "checkpoint").checkpoint
 

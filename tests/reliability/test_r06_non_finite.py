@@ -15,7 +15,7 @@ import torch
 
 from cr_edge.checkpoint import load_checkpoint, save_checkpoint
 from cr_edge.errors import NonFiniteError
-from cr_edge.train import _step
+from cr_edge.train.loop import _step
 from reliability.helpers import one_line_error, run
 
 

@@ -20,7 +20,7 @@ from onnx import numpy_helper
 from cr_edge.quantize.policy import QuantConfig, QuantPolicy
 from cr_edge.quantize.quantizer import quantize
 from cr_edge.recipe import load_recipe
-from cr_edge.train import train
+from cr_edge.train.loop import train
 from reliability.helpers import one_line_error, run
 
 

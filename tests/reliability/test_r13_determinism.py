@@ -11,7 +11,7 @@ import pytest
 
 from cr_edge.export.exporter import ExportOptions, export
 from cr_edge.recipe import load_recipe
-from cr_edge.train import train
+from cr_edge.train.loop import train
 from reliability.helpers import hashes
 
 

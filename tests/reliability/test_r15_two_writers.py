@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from cr_edge.artifacts.folder_lock import LOCK_NAME, writing
+from cr_edge.artifacts.manifest import MANIFEST, verify
 from cr_edge.checkpoint import load_checkpoint
 from cr_edge.errors import InputError
-from cr_edge.folder_lock import LOCK_NAME, writing
-from cr_edge.manifest import MANIFEST, verify
 from reliability.helpers import REPO, cli_command, one_line_error, run_process
 
 RACES = int(os.environ.get("CR_EDGE_RACES", "2"))

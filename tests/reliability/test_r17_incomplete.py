@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from cr_edge.manifest import is_incomplete
+from cr_edge.artifacts.manifest import is_incomplete
 from reliability.helpers import EXPORT_ARGS, hashes, one_line_error, run
 from reliability.kills import count_writes, kill_in_write
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from cr_edge.artifacts.manifest import MANIFEST, is_incomplete, verify
 from cr_edge.errors import InputError
-from cr_edge.manifest import MANIFEST, is_incomplete, verify
 from reliability.helpers import partial_files, run_process
 from reliability.kills import KillTally, kill_in_write, spread_points, written_files
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cr_edge.folder_lock import writing
+from cr_edge.artifacts.folder_lock import writing
 from reliability.helpers import REPO, cli_command, hashes
 
 READERS = 8

@@ -12,7 +12,7 @@ refused with one line naming who is writing. A writer that finishes removes the 
 (while still holding it); one that is killed leaves it, which is how the next writer
 knows it is taking over from an interrupted run. Readers (validate, profile) take no lock
 at all; they read the folder's manifest instead, which says whether the folder is
-complete (see ``cr_edge.manifest``). This module marks the folder as being written
+complete (see ``cr_edge.artifacts.manifest``). This module marks the folder as being written
 right before the first file under it changes, not when the lock is taken: a writer
 that stops on bad input before writing anything leaves the folder as it was.
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from cr_edge import atomic, manifest
+from cr_edge.artifacts import atomic, manifest
 from cr_edge.errors import InputError
 
 LOCK_NAME = ".cr-edge.lock"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from cr_edge import dreg, heads
+from cr_edge.artifacts.folder_lock import holds_out
 from cr_edge.checkpoint import save_checkpoint
 from cr_edge.data import (
     Dataset,
@@ -31,14 +33,13 @@ from cr_edge.data import (
     split,
     subsample_train,
 )
-from cr_edge.distributed import Rank, ddp_forward
 from cr_edge.errors import InputError, NonFiniteError, TrainingFailed
-from cr_edge.folder_lock import holds_out
 from cr_edge.nets import CONV_RANKS, CRNet, NetConfig, build_net
 from cr_edge.poly import PolyAct
 from cr_edge.recipe import Recipe
 from cr_edge.task_metrics import SELECTION_METRIC, task_metrics
-from cr_edge.watch import FIX_DIVERGED, Watch, prediction_information, prior_entropy
+from cr_edge.train.ranks import Rank, ddp_forward
+from cr_edge.train.watch import FIX_DIVERGED, Watch, prediction_information, prior_entropy
 
 CALIB_SAMPLES = 512  # training inputs kept for calibration and parity oracles
 TEXT_TEST_SAMPLES = 2000  # text: test texts kept in calib.npz (accuracy checks downstream)
@@ -46,6 +47,9 @@ TEXT_TEST_SAMPLES = 2000  # text: test texts kept in calib.npz (accuracy checks 
 # only adds synchronisation, and on a busy machine its spin-waits cost several times the
 # step itself (digits, width 16: 22 s on one thread, 129 s on two, under load).
 SINGLE_THREAD_BELOW = 1_000_000
+# A cosine schedule's last step, as a share of the peak rate: small enough to settle, not 0 so
+# that the final epochs still move the weights the early-stopping rule is watching.
+COSINE_FLOOR = 0.01
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,15 @@ class EpochStats:
     dreg: float
     val_score: float  # the task's selection metric on the validation split
     val_metric: str = "accuracy"
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What ``_fit`` hands back: the best weights, and when they were found."""
+
+    state: dict[str, Tensor]
+    best_epoch: int  # the epoch whose validation score was best (1-based)
+    epochs: int  # epochs trained before early stopping or the budget ended the run
 
 
 @dataclass(frozen=True)
@@ -133,7 +146,7 @@ def train_unlocked(
     ``threads=None`` picks one CPU thread for small nets (``SINGLE_THREAD_BELOW``) and
     torch's default otherwise; the caller's thread setting is restored afterwards.
     ``on_step`` sees the net after every optimiser step, its gradients still in place.
-    ``rank``: one process of a distributed run (``cr_edge.distributed``, whose launcher
+    ``rank``: one process of a distributed run (``cr_edge.train.distributed``, whose launcher
     holds the lock and calls this unlocked): it trains its shard under
     DistributedDataParallel, and only rank 0 writes the checkpoint.
     """
@@ -163,12 +176,13 @@ def train_unlocked(
     if threads is None and dev.type == "cpu" and net.n_parameters() < SINGLE_THREAD_BELOW:
         threads = 1
     with _cpu_threads(threads):
-        best = _fit(net, recipe, tensors, labels, on_epoch, target_scale, on_step, rank)
-    net.load_state_dict(best)
+        fit = _fit(net, recipe, tensors, labels, on_epoch, target_scale, on_step, rank)
+    net.load_state_dict(fit.state)
     net.eval()
     metrics = evaluate(net, tensors["test"], labels["test"], recipe.dreg, target_scale)
     val = score(net, tensors["val"], labels["val"], target_scale)
     metrics.update({f"val_{k}": v for k, v in val.items()})
+    metrics.update({"best_epoch": fit.best_epoch, "epochs_trained": fit.epochs})
     if rank is not None and rank.rank != 0:
         return TrainResult(Path(out), metrics, net, notes)  # rank 0 writes the one checkpoint
     calib = _calib_arrays(data, recipe.seed)
@@ -213,7 +227,7 @@ def _fit(
     target_scale: TargetScale | None = None,
     on_step: Callable[[CRNet], None] | None = None,
     rank: Rank | None = None,
-) -> dict[str, Tensor]:
+) -> Fit:
     task = net.config.task
     forward = net.forward_with_terms if rank is None else ddp_forward(net)
     metric = SELECTION_METRIC[task]
@@ -228,11 +242,14 @@ def _fit(
         fit_range=net.config.fit_range,
     )
     best_score, best_state, stale, step = -np.inf, copy.deepcopy(net.state_dict()), 0, 0
+    best_epoch = epoch = 0
+    total = recipe.epochs * steps_per_epoch(n, recipe.batch_size, rank)
     for epoch in range(1, recipe.epochs + 1):
         net.train()
         loss_sum = term_sum = 0.0
         seen = 0  # n in one process; this rank's shard in a distributed run
         for idx in _batches(n, recipe, gen, epoch, rank, x["train"].device):
+            set_lr(opt, scheduled_lr(recipe.lr, recipe.lr_schedule, step, total))
             try:
                 loss, term = _step(
                     net,
@@ -266,11 +283,37 @@ def _fit(
         watch.check_epoch(epoch, loss_sum / seen, term_sum / seen, info, _coefficients(net))
         if val_score > best_score:
             best_score, best_state, stale = val_score, copy.deepcopy(net.state_dict()), 0
+            best_epoch = epoch
         else:
             stale += 1
             if stale >= recipe.patience:
                 break
-    return best_state
+    return Fit(best_state, best_epoch, epoch)
+
+
+def steps_per_epoch(n: int, batch_size: int, rank: Rank | None = None) -> int:
+    """Optimiser steps in one epoch of ``n`` samples (one rank's shard, when distributed)."""
+    if rank is None:
+        return math.ceil(n / batch_size)
+    return math.ceil(math.ceil(n / rank.world) / max(1, batch_size // rank.world))
+
+
+def scheduled_lr(lr: float, schedule: str, step: int, total: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) of ``total``.
+
+    ``cosine`` falls from ``lr`` to ``lr * COSINE_FLOOR`` over the whole budget: the last
+    epochs take small steps, so a run that has not stopped early still ends converged rather
+    than wherever a constant step left it. ``constant`` is the rate every step.
+    """
+    if schedule == "constant" or total <= 1:
+        return lr
+    t = min(step, total - 1) / (total - 1)
+    return lr * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
 
 
 def _batches(

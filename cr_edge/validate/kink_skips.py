@@ -6,7 +6,7 @@ channel of the fp32 model lies within that error of a mask's edge, the two masks
 differ and the derivative jumps between them (a kink): the JVPs of two correct models
 then differ by a whole channel's contribution, and no derivative tolerance can say
 whether the quantized one is right there. ``quantize`` finds such samples from both
-graphs (``cr_edge.quantize.kinks``) and records them in the model's metadata
+graphs (``cr_edge.quantize.kink_search``) and records them in the model's metadata
 (``cr_edge.quant.kinks``) with the digest of the oracle they index; the companion
 comparison skips them and reports how many. A skipped sample is not a pass: with more
 than ``MAX_KINKS`` of the oracle at kinks nothing is skipped, every sample is judged,

@@ -1,4 +1,4 @@
-"""Which oracle samples lie at a kink of a quantized model (see ``cr_edge.validate.kinks``).
+"""Which oracle samples lie at a kink of a quantized model (see ``cr_edge.validate.kink_skips``).
 
 A kink is an edge of a mask the derivative jumps across: each bound of a guard
 (``Clip(a, lo, hi)``, or ``Min(Max(a, lo), hi)``) and ReLU's 0. Both graphs are asked

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cr_edge import atomic
+from cr_edge.artifacts import atomic
 
 _TONES = (
     ("awful", "terrible", "disgusting", "worst", "rude", "cold"),

@@ -2,7 +2,7 @@
 
 The launcher (``train_distributed``, in the ``cr-edge`` process) holds the output folder's
 lock and starts ``python -m torch.distributed.run --standalone --nproc-per-node N -m
-cr_edge.distributed RECIPE_JSON OUT DEVICE`` (the same module runs under ``torchrun``
+cr_edge.train.distributed RECIPE_JSON OUT DEVICE`` (the same module runs under ``torchrun``
 directly). Every rank loads the data and splits it with the recipe's seed, builds the same
 net, and trains under DistributedDataParallel (gloo on CPU, nccl on CUDA) on its
 ``DistributedSampler`` shard, DREG computed on its own batch; rank 0's validation score
@@ -19,69 +19,18 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cr_edge.artifacts.folder_lock import holds_out
 from cr_edge.errors import CrEdgeError, InputError, TrainingFailed
-from cr_edge.folder_lock import holds_out
+from cr_edge.train.loop import TrainResult, train_unlocked
+from cr_edge.train.ranks import Rank, usable_cores
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from cr_edge.nets import CRNet
     from cr_edge.recipe import Recipe
-    from cr_edge.train import TrainResult
 
 _WORKER_ERROR = "cr-edge rank"  # how a rank's one-line error starts on stderr
-
-
-@dataclass(frozen=True)
-class Rank:
-    """This process's place in an initialised process group."""
-
-    rank: int
-    world: int
-
-    def shard(self, n: int, seed: int, epoch: int) -> list[int]:
-        """This rank's training indices for ``epoch``: ``DistributedSampler`` (shuffled with
-        ``seed + epoch``, padded so that every rank takes the same number of steps)."""
-        from torch.utils.data import DistributedSampler
-
-        sampler = DistributedSampler(
-            range(n), num_replicas=self.world, rank=self.rank, shuffle=True, seed=seed
-        )
-        sampler.set_epoch(epoch)
-        return list(sampler)
-
-    def from_rank0(self, value: float) -> float:
-        import torch
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.broadcast(t, src=0)
-        return float(t.item())
-
-
-def ddp_forward(net: CRNet) -> Callable:
-    """``net.forward_with_terms`` through DistributedDataParallel, so that the backward pass
-    averages every gradient (task loss, DREG and range penalty alike) over the ranks."""
-    from torch import nn
-    from torch.nn.parallel import DistributedDataParallel
-
-    class _WithTerms(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return self.net.forward_with_terms(x)
-
-    return DistributedDataParallel(_WithTerms())
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def check_nproc(nproc: int, force: bool) -> None:
@@ -100,7 +49,6 @@ def check_nproc(nproc: int, force: bool) -> None:
 def train_distributed(recipe: Recipe, out: Path, nproc: int, device: str = "cpu") -> TrainResult:
     """Train ``recipe`` on ``nproc`` processes; the checkpoint is rank 0's (see the module doc)."""
     from cr_edge.checkpoint import load_checkpoint
-    from cr_edge.train import TrainResult
 
     command = [
         sys.executable,
@@ -109,7 +57,7 @@ def train_distributed(recipe: Recipe, out: Path, nproc: int, device: str = "cpu"
         "--standalone",
         f"--nproc-per-node={nproc}",
         "-m",
-        "cr_edge.distributed",
+        "cr_edge.train.distributed",
         json.dumps(recipe.to_json()),
         str(out),
         device,
@@ -154,7 +102,6 @@ def main(argv: list[str]) -> int:
     import torch.distributed as dist
 
     from cr_edge.recipe import Recipe
-    from cr_edge.train import train_unlocked
 
     recipe_json, out, device = argv
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())

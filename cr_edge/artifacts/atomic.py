@@ -12,7 +12,7 @@ any default ACL), as for any file a program writes: 0644 under umask 022, so a m
 served by another user's process or copied into an app bundle can be read.
 ``tempfile.mkstemp`` would make it 0600 whatever the umask.
 
-A folder held by ``cr_edge.folder_lock`` is marked as being written right before the
+A folder held by ``cr_edge.artifacts.folder_lock`` is marked as being written right before the
 first file under it changes (``on_first_write``), so a kill at any later moment
 leaves a folder that says it is incomplete.
 """
@@ -180,19 +180,3 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def refuse_existing(out: Path, marker: str, force: bool) -> None:
-    """``InputError`` if ``out`` is a file, or already holds ``marker`` and ``force`` is off.
-
-    Every stage calls this before writing, from the CLI and the Python API alike, so
-    no caller overwrites a finished folder without asking for it. An interrupted one
-    (its manifest still says it is being written) is rewritten by rerunning the stage.
-    """
-    from cr_edge.manifest import is_incomplete  # manifest writes through this module
-
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder; choose another path")
-    if (out / marker).exists() and not force and not is_incomplete(out):
-        raise InputError(f"--out {out}: already holds {marker}; pass --force to overwrite")

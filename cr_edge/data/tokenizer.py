@@ -4,7 +4,7 @@ It lives on the device side (no torch) so that an app, ``validate`` and ``profil
 text into exactly the ids the model was trained on. The hash is 32-bit FNV-1a of the
 n-gram's UTF-8 bytes (words joined by one space), not Python's ``hash()``, which is
 salted per process; its name and parameters are stored in the model's metadata
-(``cr_edge.tokenizer``). Id 0 is padding; an n-gram maps to ``1 + fnv1a(g) % buckets``.
+(``cr_edge.data.tokenizer``). Id 0 is padding; an n-gram maps to ``1 + fnv1a(g) % buckets``.
 """
 
 from __future__ import annotations

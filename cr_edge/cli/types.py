@@ -77,3 +77,7 @@ class NameList(click.ParamType):
             what = f"unknown {self.noun} {unknown[0]!r}" if unknown else f"no {self.noun} named"
             self.fail(f"{what}; choose from {', '.join(known)}{also}", param, ctx)
         return given
+
+
+RUNTIMES = NameList("cr_edge.runtimes.registry:RUNTIME_NAMES", "runtime", all_word="all")
+RUNTIME_HELP = "cpu, ort-mobile, xnnpack, nnapi, coreml, executorch-xnnpack: a comma list, or all."

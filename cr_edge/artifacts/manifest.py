@@ -30,7 +30,7 @@ import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from cr_edge import atomic
+from cr_edge.artifacts import atomic
 from cr_edge.errors import InputError
 
 MANIFEST = "manifest.json"
@@ -173,3 +173,17 @@ def _read(path: Path, strict: bool) -> dict[str, dict]:
             raise InputError(f"{path}: not a readable cr-edge manifest ({e}); re-export") from e
         return {}
     return files
+
+
+def refuse_existing(out: Path, marker: str, force: bool) -> None:
+    """``InputError`` if ``out`` is a file, or already holds ``marker`` and ``force`` is off.
+
+    Every stage calls this before writing, from the CLI and the Python API alike, so
+    no caller overwrites a finished folder without asking for it. An interrupted one
+    (its manifest still says it is being written) is rewritten by rerunning the stage.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder; choose another path")
+    if (out / marker).exists() and not force and not is_incomplete(out):
+        raise InputError(f"--out {out}: already holds {marker}; pass --force to overwrite")

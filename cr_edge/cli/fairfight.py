@@ -1,0 +1,86 @@
+"""``cr-edge fairfight``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cr_edge.artifacts.manifest import refuse_existing
+from cr_edge.cli.group import cli
+from cr_edge.task_metrics import TASKS
+
+
+@cli.command()
+@click.option(
+    "--data",
+    default="digits",
+    show_default=True,
+    help="Built-in dataset (digits, breast-cancer, wine, mnist1d, diabetes, anes96) or a "
+    "CSV/NPZ/IDX file.",
+)
+@click.option("--label", help="CSV column holding the labels (CSV data only).")
+@click.option(
+    "--task",
+    type=click.Choice(TASKS),
+    default="classify",
+    show_default=True,
+    help="What the label is; nets are compared on accuracy, MAE (regress) or ordinal accuracy.",
+)
+@click.option(
+    "--budget",
+    type=click.Choice(["quick", "standard", "full"]),
+    default="quick",
+    show_default=True,
+    help="quick: CI smoke run (<3 min); standard: the README's tables; full: a cluster job.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Report folder [default: runs/fairfight-DATA].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Local worker processes [default: the usable cores].",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    metavar="ADDRESS|auto",
+    help="Run the tasks on an existing Ray cluster instead of local processes.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Rewrite a folder that holds a report (finished runs in records/ are still reused).",
+)
+def fairfight(
+    data: str,
+    label: str | None,
+    task: str,
+    budget: str,
+    out: Path | None,
+    workers: int | None,
+    ray_address: str | None,
+    force: bool,
+) -> None:
+    """CR nets against tuned ReLU/GELU baselines: accuracy with CIs, size, latency, smoothness.
+
+    Resumable: rerun the same command after an interrupt and finished runs are not redone.
+    """
+    from cr_edge.cli.progress import console, runs_bar
+    from cr_edge.fairfight.engine import Engine, default_workers
+    from cr_edge.fairfight.fight import fairfight as run_fight
+    from cr_edge.fairfight.report import markdown
+
+    out = out or Path("runs") / f"fairfight-{Path(data).stem}"
+    refuse_existing(out, "report.json", force)
+    engine = Engine(workers=workers or default_workers(), ray=ray_address)
+    with runs_bar("fairfight") as phase:
+        report = run_fight(data, budget, out, label, engine=engine, progress=phase, task=task)
+    console.print(markdown(report))
+    ex = report["execution"]
+    console.print(
+        f"wall time {ex['wall_seconds']:.0f} s ({ex['ran']} runs trained, {ex['reused']} reused)"
+    )

@@ -1,0 +1,99 @@
+"""``cr-edge quantize``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cr_edge.artifacts.manifest import refuse_existing
+from cr_edge.cli.group import cli
+from cr_edge.errors import CheckFailed
+from cr_edge.quantize.policy import METHODS, MODES, POLYS
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    default="auto",
+    show_default=True,
+    help="w8 (int8 weights), dynamic, static or fp16; auto tries each and keeps the "
+    "smallest that passes, is smaller than fp32 and within 1.25x its batch-1 latency.",
+)
+@click.option(
+    "--poly",
+    type=click.Choice(POLYS),
+    default="float",
+    show_default=True,
+    help="Precision of the Horner chain (static mode).",
+)
+@click.option(
+    "--calib",
+    type=click.Path(path_type=Path),
+    help="Calibration .npz with array x [default: the oracle's x].",
+)
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default="minmax",
+    show_default=True,
+    help="Activation calibration (static mode).",
+)
+@click.option(
+    "--per-channel/--no-per-channel",
+    default=True,
+    show_default=True,
+    help="One int8 scale per output channel of each weight.",
+)
+@click.option(
+    "--equalize/--no-equalize",
+    default=True,
+    show_default=True,
+    help="Cross-layer equalization of Gemm inputs before int8.",
+)
+@click.option(
+    "--ort",
+    "ort_format",
+    is_flag=True,
+    help="Also write .ort copies and their required_operators.config for onnxruntime mobile.",
+)
+@click.option(
+    "--require",
+    is_flag=True,
+    help="Exit 1 when --mode auto keeps fp32 (no candidate qualified).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Overwrite a quantization already in --out; take an export that failed its own check.",
+)
+def quantize(
+    model: Path,
+    out: Path,
+    mode: str,
+    poly: str,
+    calib: Path | None,
+    method: str,
+    per_channel: bool,
+    equalize: bool,
+    ort_format: bool,
+    require: bool,
+    force: bool,
+) -> None:
+    """Quantize an export (and its derivative companion) to int8 or fp16, with a parity report."""
+    from cr_edge.artifacts.manifest import refuse_failed_export
+    from cr_edge.quantize.candidates_table import print_quantize
+    from cr_edge.quantize.policy import QuantConfig, QuantPolicy
+    from cr_edge.quantize.quantizer import quantize as run_quantize
+
+    policy = QuantPolicy(mode, poly, method, per_channel, equalize)
+    config = QuantConfig(out, policy, calib, ort_format, require)
+    refuse_existing(out, "quantize.json", force)
+    refuse_failed_export(model, force)  # torch-free here, as cr_edge.api.quantize does it
+    result = run_quantize(model, config)
+    print_quantize(result)
+    if result.chosen is not None and not result.chosen.passed:  # explicit policy, kept to inspect
+        raise CheckFailed(f"{result.files['onnx']}: {result.chosen.why}")

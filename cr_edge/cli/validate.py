@@ -1,0 +1,88 @@
+"""``cr-edge validate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cr_edge.cli.group import cli
+from cr_edge.cli.types import RUNTIME_HELP, RUNTIMES
+from cr_edge.validate.outcome import DERIVATIVE_METHODS
+
+
+@cli.command()
+@click.argument(
+    "artifacts",
+    nargs=-1,
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+)
+@click.option("--runtime", type=RUNTIMES, default="all", show_default=True, help=RUNTIME_HELP)
+@click.option(
+    "--ref",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Parity oracle [default: X.ref.npz, else model.ref.npz beside the artifact].",
+)
+@click.option(
+    "--json", "json_out", type=click.Path(path_type=Path), help="Write the report as JSON."
+)
+@click.option(
+    "--derivatives",
+    type=click.Choice(DERIVATIVE_METHODS),
+    default="auto",
+    show_default=True,
+    help="How derivatives are checked; auto: the X.jvp companion if present, else finite differences.",
+)
+@click.option(
+    "--atol",
+    type=click.FloatRange(min=0),
+    help="Output absolute tolerance [default: by precision].",
+)
+@click.option(
+    "--rtol",
+    type=click.FloatRange(min=0),
+    help="Output relative tolerance [default: by precision].",
+)
+@click.option(
+    "--deriv-rtol", type=click.FloatRange(min=0), help="Derivative norm-relative tolerance."
+)
+@click.option(
+    "--min-cosine",
+    type=click.FloatRange(-1, 1),
+    help="Least cosine between a JVP and the oracle's.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Validate an export that failed its own cpu parity check (to see every failure).",
+)
+def validate(
+    artifacts: tuple[Path, ...],
+    runtime: tuple[str, ...],
+    ref: Path | None,
+    json_out: Path | None,
+    derivatives: str,
+    atol: float | None,
+    rtol: float | None,
+    deriv_rtol: float | None,
+    min_cosine: float | None,
+    force: bool,
+) -> None:
+    """Check outputs and derivatives of artifacts against the PyTorch oracle, per runtime."""
+    from rich.console import Console
+
+    from cr_edge.artifacts.atomic import write_json
+    from cr_edge.artifacts.manifest import refuse_failed_export
+    from cr_edge.validate.parity_table import render
+    from cr_edge.validate.tolerances import Overrides
+    from cr_edge.validate.validator import validate as run_validate
+
+    overrides = Overrides(atol=atol, rtol=rtol, deriv_rtol=deriv_rtol, min_cosine=min_cosine)
+    for artifact in artifacts:  # torch-free here, as cr_edge.api.validate does it
+        refuse_failed_export(artifact, force)
+    report = run_validate(list(artifacts), list(runtime), ref, overrides, derivatives)
+    render(report, Console())
+    if json_out is not None:
+        write_json(json_out, report.to_json())
+    report.raise_for_status()
