@@ -55,6 +55,12 @@ from cr_edge.task_metrics import TASKS
     is_flag=True,
     help="Rewrite a folder that holds a report (finished runs in records/ are still reused).",
 )
+@click.option(
+    "--reuse-stale",
+    is_flag=True,
+    help="Reuse finished runs that older training code made (by default a record whose "
+    "code version differs from this checkout's is trained again).",
+)
 def fairfight(
     data: str,
     label: str | None,
@@ -64,6 +70,7 @@ def fairfight(
     workers: int | None,
     ray_address: str | None,
     force: bool,
+    reuse_stale: bool,
 ) -> None:
     """CR nets against tuned ReLU/GELU baselines: accuracy with CIs, size, latency, smoothness.
 
@@ -78,7 +85,16 @@ def fairfight(
     refuse_existing(out, "report.json", force)
     engine = Engine(workers=workers or default_workers(), ray=ray_address)
     with runs_bar("fairfight") as phase:
-        report = run_fight(data, budget, out, label, engine=engine, progress=phase, task=task)
+        report = run_fight(
+            data,
+            budget,
+            out,
+            label,
+            engine=engine,
+            progress=phase,
+            task=task,
+            reuse_stale=reuse_stale,
+        )
     console.print(markdown(report))
     ex = report["execution"]
     console.print(
