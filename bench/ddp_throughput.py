@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.pages import add_page_option, recorded
 from cr_edge.data import load_source, split
 from cr_edge.recipe import Recipe
 
@@ -61,6 +62,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--hidden", default="256,256")
     parser.add_argument("--worker", nargs=2, metavar=("RECIPE_JSON", "OUT"))
+    add_page_option(parser, "ddp_throughput")
     args = parser.parse_args()
     if args.worker:
         worker(*args.worker)
@@ -93,4 +95,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("ddp_throughput", "--page" in sys.argv[1:]):
+        main()

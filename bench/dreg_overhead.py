@@ -24,6 +24,7 @@ import argparse
 import copy
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.pages import add_page_option, recorded
 from cr_edge import dreg
 from cr_edge.nets import CRNet, NetConfig, build_net, is_activation
 
@@ -170,6 +172,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--budget", type=float, default=0.03, help="seconds per side per round")
+    add_page_option(parser, "dreg_overhead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -185,4 +188,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("dreg_overhead", "--page" in sys.argv[1:]):
+        main()

@@ -24,12 +24,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.pages import add_page_option, recorded
 from cr_edge.export.exporter import ExportOptions, export
 from cr_edge.export.pte import export_pte
 from cr_edge.profile.device import describe_device
@@ -100,6 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--iters", type=int, default=20000, help="timed calls per side")
+    add_page_option(parser, "executorch_batch1")
     args = parser.parse_args()
     device = describe_device()
     print(f"{device['cpu']}, {device['usable_cores']} usable cores, {' '.join(device['isa'])}")
@@ -128,4 +131,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("executorch_batch1", "--page" in sys.argv[1:]):
+        main()

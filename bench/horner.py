@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -50,6 +51,7 @@ import onnxruntime as ort
 import torch
 
 from bench.floor_nets import depressed_stages, export_onnx, export_program
+from bench.pages import add_page_option, recorded
 from cr_edge.artifacts.npz import read_npz
 from cr_edge.checkpoint import load_checkpoint
 from cr_edge.export.exporter import ExportOptions, ExportResult, export, lower
@@ -349,6 +351,7 @@ def main() -> None:
     parser.add_argument(
         "--calls", type=int, default=200, help="calls per side per round at batch 1 (256: a tenth)"
     )
+    add_page_option(parser, "horner")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cr-edge-horner-") as tmp:
         root = Path(tmp)
@@ -369,4 +372,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("horner", "--page" in sys.argv[1:]):
+        main()

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
+from bench.pages import add_page_option, recorded
 from cr_edge.recipe import load_recipe
 from cr_edge.train.loop import train
 
@@ -43,6 +45,7 @@ def anes96(seeds: int, root: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
+    add_page_option(parser, "ordinal")
     args = parser.parse_args()
     from cr_edge.profile.device import describe_device
 
@@ -54,4 +57,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("ordinal", "--page" in sys.argv[1:], fenced=False):
+        main()

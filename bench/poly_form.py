@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from bench.pages import add_page_option, recorded
 from cr_edge.data import BUILTINS
 from cr_edge.export.exporter import ExportOptions, export
 from cr_edge.export.self_check import SelfCheckFailed
@@ -87,6 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--no-mnist1d", action="store_true")
+    add_page_option(parser, "poly_form")
     args = parser.parse_args()
     print(describe_device())
     print(f"seeds 0..{args.seeds - 1}; paired difference = depressed - monomial, median (p10..p90)")
@@ -123,4 +126,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("poly_form", "--page" in sys.argv[1:], fenced=False):
+        main()

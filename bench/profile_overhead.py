@@ -26,12 +26,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import onnxruntime as ort
 
+from bench.pages import add_page_option, recorded
 from cr_edge.profile.timing import measure
 from cr_edge.profile.view import progress_bar
 from cr_edge.profile.workload import fast_call, make_feeds
@@ -78,6 +80,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="an exported .onnx (default: digits-cr)")
     parser.add_argument("--iters", type=int, default=1000, help="runs per side per round")
     parser.add_argument("--rounds", type=int, default=30)
+    add_page_option(parser, "profile_overhead")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model or smallest_zoo_model(Path(tmp))
@@ -117,4 +120,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("profile_overhead", "--page" in sys.argv[1:]):
+        main()

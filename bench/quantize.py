@@ -19,8 +19,8 @@ The zoo models hold a few thousand weights; ``digits-cr@512x512`` is the
 weights-dominated case, and ``digits-cr#S`` retrains digits-cr with seed ``S``.
 
 Run from the repository root: ``python -m bench.quantize [--epochs N] [--recipes a,b]
-[--readme README.md]``; ``--readme`` rewrites the README's quantization and pipeline
-tables between their ``<!-- bench.quantize:NAME -->`` markers.
+[--page]``; ``--page`` rewrites the quantization and pipeline tables of
+``docs/benchmarks/quantize.md`` between their ``<!-- bench.quantize:NAME -->`` markers.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import io
 import logging
-import re
 import tempfile
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import quantize_dynamic
 
+from bench.pages import add_page_option, machine, splice
 from cr_edge.data import BUILTINS
 from cr_edge.export.exporter import export
 from cr_edge.quantize import measure as qm
@@ -179,16 +179,6 @@ def table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    from cr_edge.profile.device import describe_device
-
-    d = describe_device()
-    return (
-        f"CPU: {d['cpu']} ({d['usable_cores']} usable cores), ISA: {', '.join(d['isa'])}; "
-        f"onnxruntime {d['onnxruntime']}"
-    )
-
-
 def _recipe(name: str, epochs: int | None):
     base, _, widths = name.partition("@")
     base, _, seed = base.partition("#")
@@ -220,17 +210,6 @@ def pipeline_table() -> str:
     return console.export_text().rstrip().replace(str(run), "runs/digits-cr")
 
 
-def splice(readme: Path, name: str, body: str) -> None:
-    """Replace the fenced block between ``<!-- bench.quantize:name -->`` and its end marker."""
-    start, end = f"<!-- bench.quantize:{name} -->", f"<!-- /bench.quantize:{name} -->"
-    text = readme.read_text()
-    if start not in text or end not in text:
-        raise SystemExit(f"{readme}: no {start} ... {end} markers")
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    block = f"{start}\n```\n{body}\n```\n{end}"
-    readme.write_text(pattern.sub(lambda _: block, text))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, help="Shorten training (default: the recipe's).")
@@ -241,7 +220,7 @@ def main() -> None:
         ),
         help="Zoo names; NAME@AxB overrides the hidden widths, NAME#S the seed.",
     )
-    parser.add_argument("--readme", type=Path, help="Rewrite this README's tables.")
+    add_page_option(parser, "quantize")
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization's advice lines
     rows, notes = [], []
@@ -262,9 +241,9 @@ def main() -> None:
     )
     body = "\n".join([machine(), "", table(rows), "", *notes, "", legend])
     print(body)
-    if args.readme:
-        splice(args.readme, "quantization", body)
-        splice(args.readme, "pipeline", machine() + "\n\n" + pipeline_table())
+    if args.page:
+        splice("quantize", "quantization", body)
+        splice("quantize", "pipeline", machine() + "\n\n" + pipeline_table())
 
 
 if __name__ == "__main__":

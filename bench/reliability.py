@@ -32,6 +32,8 @@ from reliability.fuzz import fuzz, targets  # noqa: E402
 from reliability.kills import kill_loop  # noqa: E402
 from reliability.perturb import perturbed_models  # noqa: E402
 
+from bench.pages import add_page_option, recorded  # noqa: E402
+
 FAULTS = {
     1: "external data outside the folder",
     2: "mutated onnx/ort/npz/checkpoint/csv/idx",
@@ -296,6 +298,7 @@ def main() -> None:
     parser.add_argument("--readers", type=int, default=8, help="concurrent readers each, row 19")
     parser.add_argument("--fuzz20", type=int, default=12, help="mutations per file kind, row 20")
     parser.add_argument("--rows", help="comma list of rows to run (default: all)")
+    add_page_option(parser, "reliability")
     args = parser.parse_args()
     load = " ".join(f"{v:.1f}" for v in os.getloadavg())  # a shared machine says so
     with tempfile.TemporaryDirectory() as tmp:
@@ -327,16 +330,19 @@ def main() -> None:
     from cr_edge.profile.device import describe_device
 
     d = describe_device()
-    print(
-        f"CPU: {d['cpu']} ({d['usable_cores']} usable cores), ISA: {', '.join(d['isa'])}; "
-        f"onnxruntime {d['onnxruntime']}; load average at start {load}"
-    )
-    print("| # | fault | cases | crashes | partial files | canary reads | caught |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
+    block = "rows-" + ("-".join(map(str, chosen)) if args.rows else "all")  # one per selection
+    with recorded("reliability", args.page, block=block, fenced=False):
         print(
-            f"| {r.number} | {FAULTS[r.number]} | {r.cases} | {r.crashes} | {r.partial} | {r.canary} | {r.caught} |"
+            f"CPU: {d['cpu']} ({d['usable_cores']} usable cores), ISA: {', '.join(d['isa'])}; "
+            f"onnxruntime {d['onnxruntime']}; load average at start {load}"
         )
+        print()  # a paragraph, then the table: Markdown needs the blank line between them
+        print("| # | fault | cases | crashes | partial files | canary reads | caught |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(
+                f"| {r.number} | {FAULTS[r.number]} | {r.cases} | {r.crashes} | {r.partial} | {r.canary} | {r.caught} |"
+            )
 
 
 if __name__ == "__main__":

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.pages import add_page_option, recorded
 from cr_edge import heads
 from cr_edge.checkpoint import load_checkpoint
 from cr_edge.recipe import Recipe
@@ -95,6 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--reviews", default="1500,6000", help="corpus sizes, a comma list")
+    add_page_option(parser, "text_heads")
     args = parser.parse_args()
     from cr_edge.profile.device import describe_device
 
@@ -106,4 +109,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("text_heads", "--page" in sys.argv[1:], fenced=False):
+        main()

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.pages import add_page_option, recorded
 from tests.review_corpus import write_review_corpus
 
 # VmHWM, not ru_maxrss: the latter survives exec, so it would count the parent's corpus.
@@ -45,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reviews", type=int, default=650_000)
     parser.add_argument("--max-len", type=int, default=256)
+    add_page_option(parser, "text_memory")
     args = parser.parse_args()
     from cr_edge.profile.device import describe_device
 
@@ -70,4 +72,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("text_memory", "--page" in sys.argv[1:]):
+        main()
