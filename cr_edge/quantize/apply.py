@@ -28,12 +28,14 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from cr_edge.errors import ExportError, InputError
 from cr_edge.quantize.calibration import NpzReader
 from cr_edge.quantize.companion import derivative_only, tie_weights_
+from cr_edge.quantize.embedding import quantize_embeddings
 from cr_edge.quantize.equalize import Scales, equalize
 from cr_edge.quantize.gemm_to_matmul import gemm_to_matmul
 from cr_edge.quantize.graph import LINEAR, horner_chain
 from cr_edge.quantize.interval import overrides as interval_overrides
 from cr_edge.quantize.measure import as_session, probe, session
-from cr_edge.quantize.policy import QuantPolicy
+from cr_edge.quantize.nbits import quantize_nbits
+from cr_edge.quantize.policy import NBITS, QuantPolicy
 from cr_edge.quantize.weight_only import WeightOnlyInt8
 from cr_edge.quiet import quiet
 
@@ -74,6 +76,8 @@ def apply_policy(
     if policy.mode not in POLICIES:
         raise InputError(f"--mode {policy.mode!r}: no such policy ({', '.join(POLICIES)})")
     scales = dict(scales or {})
+    if policy.mode != "fp16":  # a text model's table: block-quantized rows (quantize.embedding)
+        model = quantize_embeddings(model, NBITS.get(policy.mode, 8))
     if policy.equalize and policy.mode not in ("fp16", "w8"):  # w8: one scale per column
         model, scales = equalize(model, feeds, scales)
     return POLICIES[policy.mode](model, policy, feeds), scales
@@ -118,6 +122,12 @@ def _input_rms(model: onnx.ModelProto, feeds: dict) -> dict[str, np.ndarray]:
         a = np.moveaxis(a, channel, 0).reshape(a.shape[channel], -1)
         rms[weight] = np.sqrt(np.square(a).mean(axis=1))
     return rms
+
+
+@register("nb8")
+@register("nb4")
+def _nbits(model: onnx.ModelProto, policy: QuantPolicy, feeds: dict) -> onnx.ModelProto:
+    return quantize_nbits(model, policy, feeds)
 
 
 @register("dynamic")

@@ -32,20 +32,26 @@ def read_calibration(path: Path, model: onnx.ModelProto) -> np.ndarray:
 
 
 def check_inputs(x: np.ndarray, model: onnx.ModelProto, what: str) -> None:
-    """Refuse ``x`` unless it is finite float32 shaped like the model's input (any batch)."""
+    """Refuse ``x`` unless it is finite float32 (a text model: int64 token ids) shaped like
+    the model's input (any batch)."""
     value = model.graph.input[0]
     dims = [d.dim_value or None for d in value.type.tensor_type.shape.dim]
     want = "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
-    if x.dtype != np.float32:
-        raise InputError(f"{what} is {x.dtype}; {value.name!r} expects float32 (use astype)")
+    ids = value.type.tensor_type.elem_type == onnx.TensorProto.INT64
+    expected = np.int64 if ids else np.float32
+    if x.dtype != expected:
+        kind = "int64 token ids" if ids else "float32"
+        raise InputError(f"{what} is {x.dtype}; {value.name!r} expects {kind} (use astype)")
     if (
         x.ndim != len(dims)
         or x.shape[0] == 0
         or any(d is not None and d != s for d, s in zip(dims[1:], x.shape[1:], strict=True))
     ):
         raise InputError(f"{what} has shape {x.shape}; input {value.name!r} expects {want}")
-    if not np.isfinite(x).all():
+    if not ids and not np.isfinite(x).all():
         raise InputError(f"{what} contains NaN or Inf; calibration needs finite samples")
+    if ids and x.min(initial=0) < 0:
+        raise InputError(f"{what} holds negative token ids; ids index the embedding table")
 
 
 def feeds_for(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -53,8 +59,19 @@ def feeds_for(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
     names = [i.name for i in model.graph.input]
     feeds = {names[0]: x}
     if "v" in names[1:]:
-        feeds["v"] = np.random.default_rng(V_SEED).standard_normal(x.shape).astype(np.float32)
+        feeds["v"] = (
+            np.random.default_rng(V_SEED).standard_normal(v_shape(model, x)).astype(np.float32)
+        )
     return feeds
+
+
+def v_shape(model: onnx.ModelProto, x: np.ndarray) -> tuple[int, ...]:
+    """The shape of a companion's direction ``v`` for inputs ``x``: that of ``x``, or for a
+    text model (int64 ids) the pooled embedding's, ``(batch, embed_dim)``, from the graph."""
+    v = next(i for i in model.graph.input if i.name == "v")
+    if x.dtype != np.int64:
+        return x.shape
+    return (x.shape[0], *(d.dim_value for d in v.type.tensor_type.shape.dim[1:]))
 
 
 class NpzReader(CalibrationDataReader):

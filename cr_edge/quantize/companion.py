@@ -76,3 +76,45 @@ def tie_weights_(model: onnx.ModelProto, nodes: set[str]) -> None:
     keep = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
+
+
+def tie_nbits_(model: onnx.ModelProto, nodes: set[str]) -> None:
+    """Point the derivative-only MatMuls ``nodes`` at the primal path's ``MatMulNBits`` codes.
+
+    onnxruntime's quantizer names the codes of weight ``W`` ``W_Q<bits>`` (scales
+    ``W_scales``). A ``v``-path MatMul reading ``W`` becomes a ``MatMulNBits`` over the
+    same codes at accuracy level 0: float arithmetic with the deployed weights, the
+    straight-through view (the activation rounding of level 4 is a quantizer, taken as
+    the identity). A weight the primal path left float (a 1-D weighted sum) stays float.
+    """
+    quantized = {
+        n.input[1]: n
+        for n in model.graph.node
+        if n.op_type == "MatMulNBits" and n.name not in nodes
+    }
+    for i, node in enumerate(model.graph.node):
+        if node.name not in nodes or node.op_type != "MatMul":
+            continue
+        primal = next(
+            (q for w, q in quantized.items() if w.rsplit("_Q", 1)[0] == node.input[1]), None
+        )
+        if primal is None:
+            continue
+        attrs = {
+            a.name: helper.get_attribute_value(a)
+            for a in primal.attribute
+            if a.name != "accuracy_level"
+        }
+        tied = helper.make_node(
+            "MatMulNBits",
+            [node.input[0], *primal.input[1:]],
+            list(node.output),
+            name=f"{node.name}__deployed",
+            domain="com.microsoft",
+            **attrs,
+        )
+        model.graph.node[i].CopyFrom(tied)
+    used = {i for n in model.graph.node for i in n.input}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)

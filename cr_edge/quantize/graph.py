@@ -76,8 +76,12 @@ def load_float_model(path: Path) -> onnx.ModelProto:
         raise InputError(
             f"{path}: initializer {low[0]!r} is already 8/16-bit; quantize the fp32 export instead"
         )
+    ids = {n.input[1] for n in graph.node if n.op_type == "Gather" and len(n.input) > 1}
     for value in graph.input:
-        if value.type.tensor_type.elem_type != TensorProto.FLOAT:
+        elem = value.type.tensor_type.elem_type
+        if elem == TensorProto.INT64 and value.name in ids:
+            continue  # a text model's token ids: its embedding table is what quantizes
+        if elem != TensorProto.FLOAT:
             raise InputError(f"{path}: input {value.name!r} is not float32; nothing to quantize")
     return model
 

@@ -117,6 +117,125 @@ class QdqConv(_Counted):
         return (out.astype(np.float32),)
 
 
+MS_DOMAIN = "com.microsoft"
+
+
+def nbits_weight(b, scales, zero_points, k: int, n: int, bits: int, block: int):
+    """The codes of a ``MatMulNBits`` weight as (K, N) int64 with their zero points and
+    per-block scales: ``codes`` (K, N), ``zero`` (blocks, N), ``scale`` (blocks, N).
+
+    ``b`` is (N, blocks, blob) uint8, ``bits``-bit codes packed low-order first;
+    without ``zero_points`` the zero point is ``2**(bits-1)`` (symmetric codes).
+    """
+    blocks = -(-k // block)
+    raw = np.asarray(b, dtype=np.uint8).reshape(n, blocks, -1)
+    per_byte = 8 // bits
+    shifts = (np.arange(per_byte) * bits).astype(np.uint8)
+    codes = (raw[..., None] >> shifts) & np.uint8(2**bits - 1)
+    codes = codes.reshape(n, blocks * block)[:, :k].T.astype(np.int64)
+    scale = np.asarray(scales, dtype=np.float32).reshape(n, blocks).T
+    if zero_points is None or np.size(zero_points) == 0:
+        zero = np.full((blocks, n), 2 ** (bits - 1), dtype=np.int64)
+    elif np.asarray(zero_points).dtype == np.uint8:
+        zp = np.asarray(zero_points, dtype=np.uint8).reshape(n, -1)
+        zp = ((zp[..., None] >> shifts) & np.uint8(2**bits - 1)).reshape(n, -1)[:, :blocks]
+        zero = zp.T.astype(np.int64)
+    else:  # float zero points: not written by cr-edge's policies
+        raise ValueError("MatMulNBits with float zero points is not evaluated")
+    return codes, zero, scale
+
+
+def quantize_activation_blocks(a: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """MLAS's ``QuantizeARow_CompInt8`` (accuracy level 4): each row of ``a`` (M, K) cut into
+    blocks of ``block`` along K (the last zero-padded), each block to int8 with the scale
+    ``max|a| / 127`` in float32 and codes ``round_half_even(a * (127 / max|a|))``.
+
+    Returns codes (M, blocks * block) int64 and scales (M, blocks) float32.
+    """
+    m, k = a.shape
+    blocks = -(-k // block)
+    padded = np.pad(a.astype(np.float32), ((0, 0), (0, blocks * block - k)))
+    padded = padded.reshape(m, blocks, block)
+    top = np.abs(padded).max(axis=2)
+    scale = (top / np.float32(127)).astype(np.float32)
+    inverse = np.where(top != 0, np.float32(127) / np.where(top != 0, top, 1), 0).astype(np.float32)
+    q = np.rint((padded * inverse[..., None]).astype(np.float32))
+    return np.clip(q, -127, 127).astype(np.int64).reshape(m, -1), scale
+
+
+def nbits_matmul(a, codes, zero, scale, block: int, level: int):
+    """``a`` (M, K) times the ``MatMulNBits`` weight.
+
+    Level 0: float with the dequantized weight (exact, float64 then float32). Level 4:
+    activations quantized per block as MLAS does, then per block the exact integer dot
+    ``sum qa * (code - zero)`` scaled by ``scale_a * scale_b`` (as VNNI's ``vpdpbusd``
+    and ARM's ``sdot`` compute it). MLAS's AVX2 kernel without VNNI for 8-bit codes is
+    not emulated: its pair-sum form was not verified, so no saturation is assumed.
+    """
+    k, n = codes.shape
+    blocks = scale.shape[0]
+    if level != 4:
+        w = (codes - np.repeat(zero, block, axis=0)[:k]) * np.repeat(scale, block, axis=0)[:k]
+        return (a.astype(np.float64) @ w.astype(np.float32).astype(np.float64)).astype(np.float32)
+    qa, sa = quantize_activation_blocks(a, block)
+    cb = np.pad(codes, ((0, blocks * block - k), (0, 0)))
+    out = np.zeros((a.shape[0], n), dtype=np.float64)
+    for j in range(blocks):
+        qa_j = qa[:, j * block : (j + 1) * block]
+        dot = qa_j @ (cb[j * block : (j + 1) * block] - zero[j][None, :])
+        out += dot * (sa[:, j : j + 1].astype(np.float64) * scale[j][None, :].astype(np.float64))
+    return out.astype(np.float32)
+
+
+class MatMulNBits(OpRun):
+    """onnxruntime's ``com.microsoft.MatMulNBits``, exactly (``nbits_matmul``)."""
+
+    op_domain = MS_DOMAIN
+
+    def _run(self, A, B, scales, zero_points=None, g_idx=None, bias=None, **attrs):
+        get = lambda name, default: attrs.get(name, getattr(self, name, default))  # noqa: E731
+        if g_idx is not None and np.size(g_idx):
+            raise ValueError("MatMulNBits with g_idx is not evaluated")
+        k, n = int(get("K", 0)), int(get("N", 0))
+        bits, block = int(get("bits", 4)), int(get("block_size", 0))
+        level = int(get("accuracy_level", 0) or 0)
+        codes, zero, scale = nbits_weight(B, scales, zero_points, k, n, bits, block)
+        out = nbits_matmul(A.reshape(-1, k), codes, zero, scale, block, level)
+        out = out.reshape(*A.shape[:-1], n)
+        return (out if bias is None else (out + bias).astype(np.float32),)
+
+
+class GatherBlockQuantized(OpRun):
+    """``com.microsoft.GatherBlockQuantized`` on uint8 codes gathered along axis 0, blocks
+    along the last axis (what ``quantize.embedding`` writes): exact dequantization."""
+
+    op_domain = MS_DOMAIN
+
+    def _run(self, data, indices, scales, zero_points=None, **attrs):
+        get = lambda name, default: attrs.get(name, getattr(self, name, default))  # noqa: E731
+        bits, block = int(get("bits", 4)), int(get("block_size", 128))
+        if int(get("gather_axis", 0)) != 0 or int(get("quantize_axis", 1)) not in (1, -1):
+            raise ValueError("GatherBlockQuantized: only gather_axis 0, quantize_axis 1")
+        data = np.asarray(data)
+        if data.dtype != np.uint8:
+            raise ValueError(f"GatherBlockQuantized on {data.dtype} codes is not evaluated")
+        rows = data[np.asarray(indices, dtype=np.int64)]
+        flat = rows.reshape(-1, rows.shape[-1])
+        if bits < 8:
+            shifts = (np.arange(8 // bits) * bits).astype(np.uint8)
+            flat = ((flat[..., None] >> shifts) & np.uint8(2**bits - 1)).reshape(flat.shape[0], -1)
+        dim = np.asarray(scales).shape[-1] * block
+        dim = min(dim, flat.shape[1])
+        if zero_points is None:
+            zero = np.float32(2 ** (bits - 1))
+        else:
+            raise ValueError("GatherBlockQuantized with zero points is not evaluated")
+        s = np.asarray(scales, dtype=np.float32)[np.asarray(indices, dtype=np.int64)]
+        s = np.repeat(s.reshape(flat.shape[0], -1), block, axis=1)[:, :dim]
+        out = (flat[:, :dim].astype(np.float32) - zero) * s
+        return (out.reshape(*rows.shape[:-1], dim).astype(np.float32),)
+
+
 class AveragePool(AveragePool_19):
     """onnx's AveragePool, with the unpadded case as one vectorised window mean.
 
@@ -256,7 +375,9 @@ class ReferenceSession(Session):
         model = ir.to_proto(irm)
         self.emulates = avx2
         ops = [MatMulInteger, QLinearMatMul, ConvInteger, QdqMatMul, QdqConv] if avx2 else []
-        self._eval = ReferenceEvaluator(model, new_ops=[AveragePool, *ops])
+        self._eval = ReferenceEvaluator(
+            model, new_ops=[AveragePool, MatMulNBits, GatherBlockQuantized, *ops]
+        )
         self.inputs = [_spec(v) for v in model.graph.input]
         self.outputs = [_spec(v) for v in model.graph.output]
         self.metadata = {p.key: p.value for p in model.metadata_props}
@@ -301,4 +422,6 @@ def integer_kernel_nodes(model: onnx.ModelProto) -> int:
 
 def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
     dims = tuple(d.dim_value or d.dim_param or None for d in value.type.tensor_type.shape.dim)
-    return TensorSpec(value.name, dims, np.dtype(np.float32))
+    elem = value.type.tensor_type.elem_type
+    dtype = np.int64 if elem == onnx.TensorProto.INT64 else np.float32  # text: token ids
+    return TensorSpec(value.name, dims, np.dtype(dtype))

@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 
 from cr_edge.profile.timing import measure, ratio_stats
+from cr_edge.quantize.calibration import v_shape
 from cr_edge.runtimes.ort import OrtSession
 from cr_edge.runtimes.runtime import Session
 from cr_edge.validate.oracle import Oracle
@@ -139,13 +140,14 @@ def jacobian_bound(companion: onnx.ModelProto, x: np.ndarray) -> float | None:
     sample (one JVP per input direction) gives the true per-sample norm rather than
     the lower bound the oracle's random directions would.
     """
-    n, d = x.shape[0], int(np.prod(x.shape[1:]))
+    shape = v_shape(companion, x)  # text: v lives at the pooled embedding
+    n, d = x.shape[0], int(np.prod(shape[1:]))
     if d > MAX_JACOBIAN_INPUTS:  # one run per input: leave L to the tolerance's fallback
         return None
     sess = as_session(session(companion, threads=0))
     jvp = sess.output_names.index("jvp")
     eye = np.eye(d, dtype=np.float32)
-    directions = (np.broadcast_to(e.reshape(x.shape[1:]), x.shape) for e in eye)
+    directions = (np.broadcast_to(e.reshape(shape[1:]), shape) for e in eye)
     cols = [sess.run_all({"x": x, "v": v}, CHUNK)[jvp].reshape(n, -1) for v in directions]
     jac = np.stack(cols, axis=2)  # (n, outputs, inputs)
     return float(np.linalg.norm(jac, ord=2, axis=(1, 2)).max())

@@ -14,7 +14,11 @@ from pathlib import Path
 
 from cr_edge.errors import InputError
 
-MODES = ("auto", "w8", "dynamic", "static", "fp16")
+MODES = ("auto", "w8", "dynamic", "static", "fp16", "nb8", "nb4")
+NBITS = {"nb8": 8, "nb4": 4}  # MatMulNBits modes and their weight bits
+REPORT_ONLY = ("nb4",)  # measured and listed by auto, never kept by it
+BLOCKS = (16, 32, 64, 128)  # MatMulNBits block sizes (powers of two >= 16, onnxruntime's rule)
+ACCURACY_LEVELS = (0, 4)  # MatMulNBits compute: 0 float activations, 4 int8 activations
 POLYS = ("float", "int16", "int8")
 METHODS = ("minmax", "percentile", "entropy", "interval")
 MAX_LATENCY_RATIO = 1.25  # auto keeps nothing slower than this x fp32 at batch 1
@@ -40,6 +44,13 @@ class QuantPolicy:
     method
         Activation calibration for static mode; ``interval`` bounds the chain's
         intermediates from the coefficients and the domain guard instead of data.
+    block
+        ``nb8``/``nb4``: the block size along K; 0 chooses it from the calibration
+        error (``quantize.nbits.choose_block``).
+    accuracy_level
+        ``nb8``/``nb4``: 0 computes in float with the dequantized weights; 4 lets
+        onnxruntime quantize each activation block to int8 at run time (faster,
+        one more rounding: judged like the rest, never loosened).
     equalize
         Cross-layer equalization of every Gemm input before int8 (see
         ``quantize.equalize``); off only to measure what onnxruntime does alone.
@@ -50,8 +61,14 @@ class QuantPolicy:
     method: str = "minmax"
     per_channel: bool = True
     equalize: bool = True
+    block: int = 0
+    accuracy_level: int = 4
 
     def __post_init__(self) -> None:
+        if self.block not in (0, *BLOCKS):
+            raise InputError(f"--block {self.block}: choose 0 (from calibration) or {BLOCKS}")
+        if self.accuracy_level not in ACCURACY_LEVELS:
+            raise InputError(f"--accuracy-level {self.accuracy_level}: choose 0 or 4")
         for name, allowed in (("mode", MODES), ("poly", POLYS), ("method", METHODS)):
             value = getattr(self, name)
             if value not in allowed:
@@ -70,7 +87,7 @@ class QuantPolicy:
     @property
     def tag(self) -> str:
         """What the model is, for its file name: ``model.<tag>.onnx``."""
-        if self.mode in ("fp16", "w8"):
+        if self.mode in ("fp16", "w8", *NBITS):
             return self.mode
         return "a16w8" if self.poly == "int16" else "a8w7"
 
@@ -80,6 +97,9 @@ class QuantPolicy:
             name = self.mode
         elif self.mode == "dynamic":
             name = "dynamic"
+        elif self.mode in NBITS:
+            block = f"/b{self.block}" if self.block else ""
+            return f"{self.mode}/l{self.accuracy_level}{block}"
         else:
             name = f"static/{self.poly}/{self.method}"
         return name if self.equalize or self.mode == "fp16" else f"{name}/no-eq"
@@ -124,4 +144,9 @@ def auto_candidates(base: QuantPolicy) -> list[QuantPolicy]:
         replace(base, mode="static", poly="int16"),
         replace(base, mode="static", poly="int8", equalize=False),  # onnxruntime alone
         replace(base, mode="fp16", poly="float"),
+        # MatMulNBits: int8 compute (level 4) and float compute (0), whichever passes and
+        # is faster (same size, so auto's order picks the faster); 4-bit for the record
+        replace(base, mode="nb8", poly="float", accuracy_level=4),
+        replace(base, mode="nb8", poly="float", accuracy_level=0),
+        replace(base, mode="nb4", poly="float", accuracy_level=4),
     ]

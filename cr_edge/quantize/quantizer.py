@@ -6,8 +6,9 @@ at the deployed precision), judged against the parity oracle three ways (``judge
 by the written tolerance policy, and written as ``model.<tag>.onnx`` with the oracle
 beside them and metadata saying how they were made. ``--mode auto`` puts every
 candidate of ``policy.auto_candidates`` on one scale: it must pass, be strictly
-smaller than fp32 and no slower than ``max_latency_ratio`` x fp32 at batch 1; the
-smallest, then fastest, is kept. If none qualifies fp32 is kept, no quantized model
+smaller than fp32 and no slower than ``max_latency_ratio`` x fp32 at batch 1; of those
+the least ``score`` (size ratio x batch-1 latency ratio) is kept, 4-bit candidates
+(``policy.REPORT_ONLY``) never. If none qualifies fp32 is kept, no quantized model
 is written, and the report says so.
 """
 
@@ -34,7 +35,7 @@ from cr_edge.quantize.calibration import feeds_for, read_calibration
 from cr_edge.quantize.graph import horner_chain, load_float_model, set_metadata
 from cr_edge.quantize.judge import AtBatch, Way, three_ways
 from cr_edge.quantize.kink_search import RULE, kink_samples
-from cr_edge.quantize.policy import QuantConfig, QuantPolicy, auto_candidates
+from cr_edge.quantize.policy import REPORT_ONLY, QuantConfig, QuantPolicy, auto_candidates
 from cr_edge.quantize.secant import min_cosine, noise_floor, secant, secant_displacement
 from cr_edge.runtimes.safe_load import companion_of, oracle_path
 from cr_edge.validate.kink_skips import kinks_metadata, skipped
@@ -257,6 +258,9 @@ def _fp32_secant(src: _Inputs, fp32: ort.InferenceSession) -> None:
     """The fp32 model's secant at the step every candidate's is compared at, once."""
     if src.oracle is None or not src.oracle.has_derivatives:
         return
+    if src.calib.dtype == np.int64:  # token ids: no step along v; the JVP judges the table
+        src.notes.append("primal secant: not measured for token ids (v is at the pooled embedding)")
+        return
     d = secant_displacement(src.calib, src.oracle.v)
     src.secant = (d, secant(AtBatch(qm.as_session(fp32), 1), src.oracle.x, d))
     src.notes.append(
@@ -301,6 +305,8 @@ def qualifies(t: Tried, fp32_bytes: int, cap: float) -> str | None:
     """Why auto may not keep ``t`` (None: it may): parity, size and speed on one scale."""
     if not t.passed:
         return t.why
+    if t.policy.mode in REPORT_ONLY:
+        return f"{t.policy.mode} is measured for the record, never kept by auto"
     if t.bytes >= fp32_bytes:
         return f"not smaller than fp32 ({t.bytes:,} B >= {fp32_bytes:,} B)"
     first = t.latency[min(t.latency)]
@@ -309,15 +315,23 @@ def qualifies(t: Tried, fp32_bytes: int, cap: float) -> str | None:
     return None
 
 
+def score(t: Tried, fp32_bytes: int) -> float:
+    """Size and batch-1 latency on one scale: the product of the two ratios to fp32 (half
+    the size at the same speed scores as the same size at twice the speed), so among
+    candidates of one size the fastest wins, and a faster one wins over a smaller one only
+    as far as it is faster than the other is smaller."""
+    return t.bytes / fp32_bytes * t.latency[min(t.latency)]["ratio"]
+
+
 def _choose(tried: list[Tried], fp32_bytes: int, cap: float) -> Tried | None:
-    """Smallest qualifying candidate, then fastest at batch 1; None keeps fp32."""
+    """The qualifying candidate of least ``score``; None keeps fp32."""
     pool = [t for t in tried if qualifies(t, fp32_bytes, cap) is None]
     for t in tried:  # also when fp32 is kept: each passing candidate says why not it
         if t.passed and t not in pool:
             t.why = f"passes, but {qualifies(t, fp32_bytes, cap)}"
     if not pool:
         return None
-    best = min(pool, key=lambda t: (t.bytes, t.latency[min(t.latency)]["ratio"]))
+    best = min(pool, key=lambda t: score(t, fp32_bytes))
     best.why = f"chosen: {best.why}"
     return best
 
