@@ -93,7 +93,7 @@ def run_pipeline(
     models = [exported.files["onnx"]]
     text = trained.net.config.arch == "text"
     if text:  # int64 ids in: quantize calibrates on float inputs, and there are none
-        quant = {"precision": "fp32", "policy": None, "note": TEXT_KEPT_FP32, "skipped": True}
+        quant = {"precision": "fp32", "policy": None, "label": None, "note": TEXT_KEPT_FP32, "skipped": True}
     else:
         quant = _quantized(exported.files["onnx"], out, formats, models, failures)
     int8_pte, int8_rows = None, []
@@ -131,12 +131,13 @@ def _quantized(
             out / "quantized", QuantPolicy(mode="auto"), ort_format="ort" in formats
         )
         q = quantize(model, config)
-        quant = {"precision": "fp32", "policy": None, "note": q.notes[-1]}
+        quant = {"precision": "fp32", "policy": None, "label": None, "note": q.notes[-1]}
         if q.chosen is not None:
             models.append(q.files["onnx"])
             quant = {
-                "precision": q.chosen.policy.tag,
-                "policy": q.chosen.policy.label,
+                "precision": q.chosen.policy.precision,
+                "policy": q.chosen.policy.tag,
+                "label": q.chosen.policy.label,
                 "accuracy": q.chosen.accuracy,
                 "fp32_accuracy": q.fp32_accuracy,
                 "file": q.files["onnx"].name,
@@ -243,10 +244,10 @@ def summary_markdown(s: dict) -> str:
     ]
     q = s["quantized"]
     if q and q["policy"] and q["accuracy"] is None:  # regression: parity is the measure
-        lines.append(f"- quantized to {q['precision']} ({q['policy']})")
+        lines.append(f"- quantized to {q['policy']} ({q['label']})")
     elif q and q["policy"]:
         lines.append(
-            f"- quantized to {q['precision']} ({q['policy']}): accuracy {q['accuracy']:.4f} "
+            f"- quantized to {q['policy']} ({q['label']}): accuracy {q['accuracy']:.4f} "
             f"(fp32 through ONNX Runtime {q['fp32_accuracy']:.4f})"
         )
     elif q:

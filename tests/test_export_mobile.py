@@ -35,12 +35,13 @@ from trained import (
     run_pte,
 )
 
+from cr_edge.artifacts.metadata import key
 from cr_edge.errors import ExportError, InputError
 from cr_edge.export.exporter import ExportOptions, export, export_int8_pte
 from cr_edge.export.mobile import convert_to_ort
 from cr_edge.export.pte import INSTALL_HINT, MAX_BATCH
 from cr_edge.runtimes.executorch import floor_of
-from cr_edge.validate.tolerances import INT8_OUTPUT_STEPS, OUTPUT_STEP_KEY
+from cr_edge.validate.tolerances import INT8_OUTPUT_STEPS
 from cr_edge.validate.validator import validate
 
 MOBILE = ExportOptions(formats=("onnx", "ort", "executorch"))
@@ -175,7 +176,7 @@ def test_validate_reads_an_int8_program_s_precision_and_step_from_its_sidecar(
     int8_program: Path,
 ) -> None:
     info = json.loads((int8_program.parent / "model.pte.json").read_text())
-    step = float(info["metadata"][OUTPUT_STEP_KEY])
+    step = float(info["metadata"][key("output_step")])
     (row,) = validate([int8_program], "executorch-xnnpack").results
     assert row.tolerances.precision == "int8" and "metadata" in row.tolerances.sources["atol"]
     assert row.tolerances.atol == pytest.approx(INT8_OUTPUT_STEPS * step)
@@ -189,7 +190,9 @@ def test_an_int8_program_off_by_more_than_its_steps_fails(int8_program: Path, tm
         (tmp_path / name).write_bytes((int8_program.parent / name).read_bytes())
     with np.load(int8_program.parent / "model.ref.npz") as f:
         ref = {k: f[k] for k in f.files}
-    step = float(json.loads((tmp_path / "model.pte.json").read_text())["metadata"][OUTPUT_STEP_KEY])
+    step = float(
+        json.loads((tmp_path / "model.pte.json").read_text())["metadata"][key("output_step")]
+    )
     ref["y"][5, 3] += (INT8_OUTPUT_STEPS + 1) * step
     np.savez(tmp_path / "model.ref.npz", **ref)
     report = validate([tmp_path / "model.pte"], "executorch-xnnpack")

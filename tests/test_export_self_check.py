@@ -77,7 +77,7 @@ def test_a_wrong_export_exits_1_and_validate_and_quantize_refuse_it_unless_force
 
     refused = cli_run("validate", out / "model.onnx", "--runtime", "cpu")
     assert refused.exit_code == 2, refused.output
-    assert "failed its own cpu parity check (outputs): fix the model or pass --force" in (
+    assert "failed its own cpu parity check (outputs): fix the model or pass --accept-failed-export" in (
         one_line_error(refused)
     )
     quantized = cli_run("quantize", out / "model.onnx", "--out", tmp_path / "q")
@@ -89,7 +89,9 @@ def test_a_wrong_export_exits_1_and_validate_and_quantize_refuse_it_unless_force
     with pytest.raises(InputError, match=r"cpu parity check \(outputs\)"):
         api.quantize(out / "model.onnx", QuantConfig(tmp_path / "q"))
 
-    forced = cli_run("validate", out / "model.onnx", "--runtime", "cpu", "--force")
+    forced = cli_run(
+        "validate", out / "model.onnx", "--runtime", "cpu", "--accept-failed-export"
+    )
     assert forced.exit_code == 1, forced.output  # it runs, and fails on the same check
     assert "[cpu] outputs: y" in forced.output, forced.output
 

@@ -45,9 +45,9 @@ def test_every_stage_leaves_its_artifacts(run_dir: Path):
         assert (run_dir / rel).is_file(), rel
     quantized = json.loads((run_dir / "quantized" / "quantize.json").read_text())
     models = list((run_dir / "quantized").glob("model.*.onnx"))
-    assert (quantized["precision"] == "fp32") == (not models), quantized["notes"]
+    assert (quantized["policy"] == "fp32") == (not models), quantized["notes"]
     assert all(
-        p.name == f"model.{quantized['precision']}.onnx" for p in models if "jvp" not in p.name
+        p.name == f"model.{quantized['policy']}.onnx" for p in models if "jvp" not in p.name
     )
 
 

@@ -77,7 +77,8 @@ def test_auto_keeps_a_smaller_model_within_the_cap_that_passes_every_way(zoo, na
     chosen = result.chosen
     _assert_auto_properties(result)
     assert result.files["onnx"].name == f"model.{chosen.policy.tag}.onnx"
-    assert written["precision"] == chosen.policy.tag
+    assert written["policy"] == chosen.policy.tag
+    assert written["precision"] == chosen.policy.precision
     meta = {p.key: p.value for p in onnx.load(result.files["jvp"]).metadata_props}
     assert meta["cr_edge.precision"] == chosen.policy.precision
 
@@ -165,7 +166,7 @@ def test_fp16_keeps_outputs_and_derivatives(zoo, tmp_path):
 def test_cli_writes_models_oracle_and_report(cli_run, zoo, tmp_path):
     ck, ex = zoo["digits-cr"]
     out = tmp_path / "q"
-    args = ("--mode", "w8", "--calib", ck / "calib.npz", "--ort")
+    args = ("--mode", "w8", "--calib", ck / "calib.npz", "--format", "onnx,ort")
     got = cli_run("quantize", ex / "model.onnx", "--out", out, *args)
     assert got.exit_code == 0, got.output
     assert "w8" in got.output and "Horner chain" in got.output
@@ -242,7 +243,7 @@ def test_bad_calibration_is_one_line_exit_2_nothing_written(cli_run, zoo, tmp_pa
     ("args", "words"),
     [
         (["--mode", "turbo"], "'--mode': 'turbo' is not one of"),
-        (["--mode", "dynamic", "--poly", "int8"], "needs --mode static"),
+        (["--mode", "dynamic", "--chain-precision", "int8"], "needs --mode static"),
         (["--method", "magic"], "'--method': 'magic' is not one of"),
     ],
 )

@@ -16,6 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic, quantize_static
 
+from cr_edge.artifacts.metadata import key
 from cr_edge.quantize.apply import apply_policy
 from cr_edge.quantize.calibration import NpzReader
 from cr_edge.quantize.gemm_to_matmul import gemm_to_matmul
@@ -26,12 +27,12 @@ from cr_edge.quantize.measure import as_session, session
 from cr_edge.quantize.policy import QuantPolicy
 from cr_edge.quantize.secant import min_cosine, noise_floor, secant
 from cr_edge.validate.oracle import Oracle
-from cr_edge.validate.tolerances import OUTPUT_STEP_KEY, SECANT_MIN_COSINE
+from cr_edge.validate.tolerances import SECANT_MIN_COSINE
 
 K, M = 16, 4
 # The outputs reach ~16: a step of 0.05 (atol 0.15) holds exact maths by a margin and is
 # still ~10x below what the saturated pair sums cost (each loses half its value).
-META = {"cr_edge.precision": "int8", OUTPUT_STEP_KEY: "0.05"}
+META = {"cr_edge.precision": "int8", key("output_step"): "0.05"}
 
 
 def test_pair_sums_saturate_at_int16_as_vpmaddubsw_does():
@@ -258,7 +259,7 @@ def test_the_emulation_catches_a_conv_overflow_that_exact_maths_does_not(kind):
 
 
 # Outputs reach ~24 (24 products of ~1): a step of 0.1 (atol 0.3) holds exact maths.
-META_CONV = {"cr_edge.precision": "int8", OUTPUT_STEP_KEY: "0.1"}
+META_CONV = {"cr_edge.precision": "int8", key("output_step"): "0.1"}
 
 
 @pytest.mark.parametrize(

@@ -117,7 +117,7 @@ def refuse_failed_export(artifact: Path, force: bool = False) -> None:
     failed = ", ".join(str(name) for name in check.get("failed") or []) or "parity"
     raise InputError(
         f"{folder}: the export failed its own cpu parity check ({failed}): fix the model "
-        "or pass --force"
+        "or pass --accept-failed-export"
     )
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from cr_edge.artifacts.manifest import refuse_existing
 from cr_edge.cli.group import cli
 from cr_edge.task_metrics import TASKS
 
@@ -76,24 +75,22 @@ def fairfight(
 
     Resumable: rerun the same command after an interrupt and finished runs are not redone.
     """
+    from cr_edge.api import fairfight as run_fight
     from cr_edge.cli.progress import console, runs_bar
-    from cr_edge.fairfight.engine import Engine, default_workers
-    from cr_edge.fairfight.fight import fairfight as run_fight
     from cr_edge.fairfight.report import markdown
 
-    out = out or Path("runs") / f"fairfight-{Path(data).stem}"
-    refuse_existing(out, "report.json", force)
-    engine = Engine(workers=workers or default_workers(), ray=ray_address)
     with runs_bar("fairfight") as phase:
         report = run_fight(
             data,
             budget,
             out,
             label,
-            engine=engine,
+            task,
+            workers,
+            ray_address,
+            force,
+            reuse_stale,
             progress=phase,
-            task=task,
-            reuse_stale=reuse_stale,
         )
     console.print(markdown(report))
     ex = report["execution"]

@@ -20,6 +20,7 @@ import sys
 import click
 
 from cr_edge import __version__
+from cr_edge.cli.types import renamed
 from cr_edge.errors import CrEdgeError
 
 
@@ -29,6 +30,9 @@ class _Group(click.Group):
 
         name, command, rest = super().resolve_command(ctx, args)
         describe_process(f"cr-edge {name}")  # how other writers' messages name this process
+        rest, warnings = renamed(name or "", rest)
+        for warning in warnings:
+            click.echo(warning, err=True)
         return name, command, rest
 
     def invoke(self, ctx: click.Context):

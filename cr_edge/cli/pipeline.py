@@ -31,15 +31,14 @@ def pipeline(
     recipe: str, out: Path | None, runtime: tuple[str, ...], epochs: int | None, force: bool
 ) -> None:
     """Train, export, quantize, validate and profile in one go, with one summary."""
+    from cr_edge.api import pipeline as run_pipeline
     from cr_edge.cli.progress import step_bar
     from cr_edge.cli.terminal import print_summary
-    from cr_edge.pipeline import STEPS, raise_for_failures, run_pipeline
+    from cr_edge.pipeline import STEPS, raise_for_failures
     from cr_edge.recipe import load_recipe
 
     chosen = load_recipe(recipe).replace(epochs=epochs)
     with step_bar(STEPS, f"pipeline {chosen.name}") as on_step:
-        result = run_pipeline(
-            chosen, out or Path("runs") / chosen.name, ",".join(runtime), force, on_step=on_step
-        )
+        result = run_pipeline(chosen, out, runtime, force=force, on_step=on_step)
     print_summary(result.summary, result.out)
     raise_for_failures(result)

@@ -8,6 +8,7 @@ import click
 
 from cr_edge.artifacts.manifest import refuse_existing
 from cr_edge.cli.group import cli
+from cr_edge.cli.types import NameList
 from cr_edge.errors import CheckFailed
 from cr_edge.quantize.policy import METHODS, MODES, POLYS
 
@@ -24,7 +25,7 @@ from cr_edge.quantize.policy import METHODS, MODES, POLYS
     "smallest that passes, is smaller than fp32 and within 1.25x its batch-1 latency.",
 )
 @click.option(
-    "--poly",
+    "--chain-precision",
     type=click.Choice(POLYS),
     default="float",
     show_default=True,
@@ -55,10 +56,13 @@ from cr_edge.quantize.policy import METHODS, MODES, POLYS
     help="Cross-layer equalization of Gemm inputs before int8.",
 )
 @click.option(
-    "--ort",
-    "ort_format",
-    is_flag=True,
-    help="Also write .ort copies and their required_operators.config for onnxruntime mobile.",
+    "--format",
+    "formats",
+    type=NameList(("onnx", "ort"), "format"),
+    default="onnx",
+    show_default=True,
+    help="What to write: onnx, and ort for .ort copies (with required_operators.config) "
+    "for onnxruntime mobile; a comma list.",
 )
 @click.option(
     "--require",
@@ -68,20 +72,26 @@ from cr_edge.quantize.policy import METHODS, MODES, POLYS
 @click.option(
     "--force",
     is_flag=True,
-    help="Overwrite a quantization already in --out; take an export that failed its own check.",
+    help="Overwrite a quantization already in --out.",
+)
+@click.option(
+    "--accept-failed-export",
+    is_flag=True,
+    help="Quantize an export that failed its own parity check.",
 )
 def quantize(
     model: Path,
     out: Path,
     mode: str,
-    poly: str,
+    chain_precision: str,
     calib: Path | None,
     method: str,
     per_channel: bool,
     equalize: bool,
-    ort_format: bool,
+    formats: tuple[str, ...],
     require: bool,
     force: bool,
+    accept_failed_export: bool,
 ) -> None:
     """Quantize an export (and its derivative companion) to int8 or fp16, with a parity report."""
     from cr_edge.artifacts.manifest import refuse_failed_export
@@ -89,10 +99,12 @@ def quantize(
     from cr_edge.quantize.policy import QuantConfig, QuantPolicy
     from cr_edge.quantize.quantizer import quantize as run_quantize
 
-    policy = QuantPolicy(mode, poly, method, per_channel, equalize)
-    config = QuantConfig(out, policy, calib, ort_format, require)
+    policy = QuantPolicy(mode, chain_precision, method, per_channel, equalize)
+    config = QuantConfig(out, policy, calib, "ort" in formats, require)
     refuse_existing(out, "quantize.json", force)
-    refuse_failed_export(model, force)  # torch-free here, as cr_edge.api.quantize does it
+    refuse_failed_export(
+        model, accept_failed_export
+    )  # torch-free here, as cr_edge.api.quantize does it
     result = run_quantize(model, config)
     print_quantize(result)
     if result.chosen is not None and not result.chosen.passed:  # explicit policy, kept to inspect

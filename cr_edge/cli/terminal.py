@@ -56,7 +56,7 @@ def print_summary(summary: dict, out: Path) -> None:
     quant = summary["quantized"]
     if quant and quant["policy"]:
         table.add_row(
-            escape(f"test accuracy {quant['precision']} ({quant['policy']})"),
+            escape(f"test accuracy {quant['policy']} ({quant['label']})"),
             "-" if quant["accuracy"] is None else f"{quant['accuracy']:.4f}",
         )
     elif quant:

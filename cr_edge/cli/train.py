@@ -54,7 +54,7 @@ from cr_edge.task_metrics import TASKS
     "to in 2n-3 nodes; monomial: learn the coefficients of z**k.",
 )
 @click.option(
-    "--dreg", "dreg_lambda", type=click.FloatRange(min=0), help="DREG lambda; 0 disables."
+    "--dreg-lambda", type=click.FloatRange(min=0), help="DREG lambda; 0 disables."
 )
 @click.option(
     "--epochs", type=click.IntRange(1), help="Most epochs (early stopping may end sooner)."
@@ -85,12 +85,15 @@ from cr_edge.task_metrics import TASKS
     default=1,
     show_default=True,
     help="Processes for DistributedDataParallel (torch.distributed.run); at most the cores "
-    "unless --force.",
+    "unless --oversubscribe.",
+)
+@click.option(
+    "--oversubscribe",
+    is_flag=True,
+    help="Allow --nproc above the usable cores (every rank time-slices).",
 )
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint folder.")
-@click.option(
-    "--force", is_flag=True, help="Overwrite a checkpoint already in --out; allow --nproc > cores."
-)
+@click.option("--force", is_flag=True, help="Overwrite a checkpoint already in --out.")
 def train(
     recipe: str | None,
     data: str | None,
@@ -113,6 +116,7 @@ def train(
     range_penalty: float | None,
     device: str,
     nproc: int,
+    oversubscribe: bool,
     out: Path,
     force: bool,
 ) -> None:
@@ -149,7 +153,7 @@ def train(
     if nproc > 1:
         from cr_edge.train.distributed import check_nproc, train_distributed
 
-        check_nproc(nproc, force)
+        check_nproc(nproc, oversubscribe)
         click.echo(f"train {chosen.name}: {nproc} processes (torch.distributed.run)", err=True)
         result = train_distributed(chosen, out, nproc, device)
     else:

@@ -49,18 +49,22 @@ class IntList(click.ParamType):
 class NameList(click.ParamType):
     """``"cpu,ort-mobile"`` -> ``("cpu", "ort-mobile")``, each checked against a vocabulary.
 
-    ``vocabulary`` is ``"module:NAME"``, a tuple of names imported on first use.
+    ``vocabulary`` is the names, or ``"module:NAME"``, a tuple of names imported on first use.
     ``all_word`` (e.g. ``all``) stands for every name and is returned alone.
     """
 
     name = "NAME[,NAME...]"
 
-    def __init__(self, vocabulary: str, noun: str, all_word: str | None = None) -> None:
+    def __init__(
+        self, vocabulary: str | tuple[str, ...], noun: str, all_word: str | None = None
+    ) -> None:
         self.vocabulary = vocabulary
         self.noun = noun  # what one name is, for the message: "unknown runtime 'tpu'"
         self.all_word = all_word
 
     def names(self) -> tuple[str, ...]:
+        if isinstance(self.vocabulary, tuple):
+            return self.vocabulary
         module, _, attr = self.vocabulary.partition(":")
         return tuple(getattr(importlib.import_module(module), attr))
 
@@ -81,3 +85,28 @@ class NameList(click.ParamType):
 
 RUNTIMES = NameList("cr_edge.runtimes.registry:RUNTIME_NAMES", "runtime", all_word="all")
 RUNTIME_HELP = "cpu, ort-mobile, xnnpack, nnapi, coreml, executorch-xnnpack: a comma list, or all."
+
+
+# Flags renamed so that one spelling means one thing in every command, kept for one
+# release as hidden spellings that print a one-line deprecation: command -> old -> new.
+RENAMED: dict[str, dict[str, tuple[str, ...]]] = {
+    "quantize": {"--ort": ("--format", "onnx,ort"), "--poly": ("--chain-precision",)},
+    "validate": {"--force": ("--accept-failed-export",)},
+    "train": {"--dreg": ("--dreg-lambda",)},
+}
+
+
+def renamed(command: str, args: list[str]) -> tuple[list[str], list[str]]:
+    """``args`` with old spellings of ``command``'s flags rewritten, and a warning for each."""
+    table = RENAMED.get(command, {})
+    out: list[str] = []
+    warnings: list[str] = []
+    for arg in args:
+        old, eq, value = arg.partition("=")
+        if old in table:
+            new = table[old]
+            warnings.append(f"warning: cr-edge {command} {old} is deprecated; use {' '.join(new)}")
+            out.extend([f"{new[0]}={value}", *new[1:]] if eq else new)
+        else:
+            out.append(arg)
+    return out, warnings

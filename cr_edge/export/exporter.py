@@ -10,7 +10,6 @@ raises ``SelfCheckFailed`` (exit 1), its files kept and its manifest saying so.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -19,10 +18,12 @@ import torch
 
 from cr_edge import __version__
 from cr_edge.artifacts.folder_lock import holds_out
+from cr_edge.artifacts.metadata import COMPANION_ROLE, SCHEMA_VERSION, ModelMetadata, props
 from cr_edge.checkpoint import Checkpoint, load_checkpoint
 from cr_edge.errors import InputError, NonFiniteError
 from cr_edge.export import onnx as onnx_export
 from cr_edge.export.emit import JvpNet, PrimalNet
+from cr_edge.export.int8_stages import int8_stages
 from cr_edge.export.folds import (
     CLIP_GUARD_PASSES,
     DEFAULT_PASSES,
@@ -149,7 +150,7 @@ def export(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()
             options.opset,
             options.fixed_batch,
         )
-        onnx_export.replace_metadata(jvp, {**meta, "cr_edge.role": "jvp"})
+        onnx_export.replace_metadata(jvp, {**meta, **props(role=COMPANION_ROLE)})
         onnx_export.check(jvp, str(out / "model.jvp.onnx"))
         files["jvp"] = out / "model.jvp.onnx"
         onnx_export.save(jvp, files["jvp"])
@@ -204,29 +205,42 @@ def int8_program(
     path: Path,
     example: torch.Tensor,
     calibration: np.ndarray | None = None,
+    scheme: str = "dynamic",
 ):
     """The PT2E int8 ExecuTorch program of ``ckpt`` at ``path`` (and its sidecar).
 
     Unfolded: the normalisation and leading-coefficient folds scale weight columns by up
-    to 1/std and a_n, which per-output-channel int8 weights cannot resolve. Calibrated on
-    ``calibration`` (default: the checkpoint's own calibration inputs).
+    to 1/std and a_n, which per-output-channel int8 weights cannot resolve: only the folds
+    they survive run (``int8_stages``), the guard's among them, so the program clips where
+    the shipped model does. Calibrated on ``calibration`` (default: the checkpoint's own
+    calibration inputs).
     """
     from cr_edge.export.pte import export_pte
 
     x = ckpt.calib()["x"] if calibration is None else calibration
     stages, _ = lower(ckpt, replace(options, fold=False), ckpt.calib()["x"])
+    stages = int8_stages(stages, tuple(ckpt.net_config.input_shape))
     samples = torch.from_numpy(np.ascontiguousarray(x))
-    return export_pte(PrimalNet(stages), example, path, True, options.fixed_batch, samples)
+    primal = PrimalNet(stages)
+    return export_pte(primal, example, path, True, options.fixed_batch, samples, scheme)
 
 
-def export_int8_pte(checkpoint: Path, path: Path, calibration: np.ndarray | None = None):
+def export_int8_pte(
+    checkpoint: Path, path: Path, calibration: np.ndarray | None = None, scheme: str = "dynamic"
+):
     """``int8_program`` from a checkpoint folder, dynamic batch: what the pipeline ships.
 
     The pipeline calibrates it on the oracle's inputs, as ``quantize`` does without ``--calib``.
+    Its dispatch floor (``export_floor``) goes beside it, as beside every exported ``.pte``.
     """
+    from cr_edge.export.pte import export_floor
+
     ckpt = load_checkpoint(checkpoint)
     example = torch.from_numpy(ckpt.calib()["x"][:2].copy())
-    return int8_program(ckpt, ExportOptions(), Path(path), example, calibration)
+    pte = int8_program(ckpt, ExportOptions(), Path(path), example, calibration, scheme)
+    stages, _ = lower(ckpt, ExportOptions(), ckpt.calib()["x"])
+    export_floor(PrimalNet(stages), example, pte.path, None)  # outputs' shapes only
+    return pte
 
 
 def metadata(
@@ -240,53 +254,55 @@ def metadata(
     """``metadata_props``: what the file is, enough to use it without the checkpoint."""
     cfg = ckpt.net_config
     polys = [s for s in stages if isinstance(s, Poly)]
-    meta = {
-        "cr_edge.version": __version__,
-        "cr_edge.precision": "fp32",
-        "cr_edge.arch": cfg.arch,
-        "cr_edge.activation": cfg.activation,
-        "cr_edge.degree": str(cfg.degree) if cfg.activation == "poly" else "",
-        "cr_edge.hidden": json.dumps(list(cfg.hidden)),
-        "cr_edge.dreg_lambda": repr(ckpt.recipe.dreg),
-        "cr_edge.input_shape": json.dumps(list(cfg.input_shape)),
-        "cr_edge.normalisation": (
-            json.dumps(ckpt.normalisation.to_json()) if ckpt.normalisation is not None else ""
+    # a degree only where polynomials are what the file runs (not a refolded baseline)
+    poly_net = cfg.activation == "poly" and not (activation_stages(stages) and not polys)
+    meta = ModelMetadata(
+        schema=SCHEMA_VERSION,
+        version=__version__,
+        precision="fp32",
+        arch=cfg.arch,
+        activation=cfg.activation,
+        degree=cfg.degree if poly_net else None,
+        hidden=list(cfg.hidden),
+        dreg_lambda=ckpt.recipe.dreg,
+        input_shape=list(cfg.input_shape),
+        normalisation=ckpt.normalisation.to_json() if ckpt.normalisation is not None else None,
+        labels=ckpt.label_names,
+        task=ckpt.task,
+        outputs=OUTPUTS[ckpt.task],
+        target_normalisation=(
+            ckpt.target_scale.to_json() if ckpt.target_scale is not None else None
         ),
-        "cr_edge.labels": json.dumps(ckpt.label_names),
-        "cr_edge.task": ckpt.task,
-        "cr_edge.outputs": json.dumps(OUTPUTS[ckpt.task]),
-        "cr_edge.target_normalisation": (
-            json.dumps(ckpt.target_scale.to_json()) if ckpt.target_scale is not None else ""
-        ),
-        "cr_edge.export_options": json.dumps(asdict(options)),
-        "cr_edge.horner_nodes": json.dumps([p.horner_nodes() for p in polys]),
-        "cr_edge.folds": json.dumps(
-            [
-                {
-                    "monic": p.monic,
-                    "constant": p.constant_folded,
-                    "shift": p.shifted,
-                    "unit_guard": p.unit,
-                }
-                for p in polys
-            ]
-        ),
-        "cr_edge.fold_refusals": json.dumps(refusals),
-    }
+        export_options=asdict(options),
+        horner_nodes=[p.horner_nodes() for p in polys],
+        folds=[
+            {
+                "monic": p.monic,
+                "constant": p.constant_folded,
+                "shift": p.shifted,
+                "unit_guard": p.unit,
+            }
+            for p in polys
+        ],
+        fold_refusals=refusals,
+    )
     if ckpt.tokenizer is not None:
-        meta["cr_edge.tokenizer"] = json.dumps(ckpt.tokenizer.to_json())
-        meta["cr_edge.derivative_input"] = "pooled embedding (batch, embed_dim): v of the companion"
-    if options.domain_guard:
-        meta["cr_edge.domain_guard"] = json.dumps(
-            [{"lo": p.lo.round(6).tolist(), "hi": p.hi.round(6).tolist()} for p in polys]
+        meta = meta.updated(
+            tokenizer=ckpt.tokenizer.to_json(),
+            derivative_input="pooled embedding (batch, embed_dim): v of the companion",
         )
-        meta["cr_edge.domain_guard_margin"] = repr(GUARD_MARGIN)
+    if options.domain_guard:
+        meta = meta.updated(
+            domain_guard=[
+                {"lo": p.lo.round(6).tolist(), "hi": p.hi.round(6).tolist()} for p in polys
+            ],
+            domain_guard_margin=GUARD_MARGIN,
+        )
     if options.sensitivity:
         with torch.no_grad():
             sens = primal(torch.from_numpy(calib_x))[-1]
         p50, p99 = np.percentile(sens.numpy(), [50, 99])
-        meta["cr_edge.sensitivity_p50"] = f"{p50:.6g}"
-        meta["cr_edge.sensitivity_p99"] = f"{p99:.6g}"
-    if activation_stages(stages) and not polys:
-        meta["cr_edge.degree"] = ""
-    return {k: v for k, v in meta.items() if v != ""}
+        meta = meta.updated(
+            sensitivity_p50=float(f"{p50:.6g}"), sensitivity_p99=float(f"{p99:.6g}")
+        )
+    return meta.to_props()

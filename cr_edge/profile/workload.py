@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from cr_edge.artifacts import metadata as schema
 from cr_edge.data.tokenizer import Tokenizer
 from cr_edge.errors import InputError
 from cr_edge.runtimes.executorch import ExecuTorchRuntime, ExecuTorchSession
@@ -93,13 +94,13 @@ def make_feeds(session: Session, batch: int, file: Path) -> dict[str, np.ndarray
 
 def _vocab(session: Session) -> int:
     """Rows of a text model's embedding table (from ``cr_edge.data.tokenizer``); 0 otherwise."""
-    tokenizer = session.metadata.get("cr_edge.tokenizer")
+    tokenizer = schema.read(session.metadata, "model").tokenizer
     if not tokenizer:
         return 0
     try:
         return Tokenizer.from_json(tokenizer).vocab
     except (InputError, TypeError, ValueError) as e:
-        raise InputError(f"metadata cr_edge.tokenizer {tokenizer!r}: {e}") from e
+        raise InputError(f"metadata {schema.key('tokenizer')} {tokenizer!r}: {e}") from e
 
 
 def fast_call(session: Session, feeds: dict[str, np.ndarray]) -> tuple[Callable[[Any], Any], Any]:

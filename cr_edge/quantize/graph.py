@@ -8,7 +8,6 @@ cr-edge export, the domain guard's Min/Max and the Horner Mul/Adds). The metadat
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from cr_edge.artifacts import metadata as schema
 from cr_edge.errors import InputError
 from cr_edge.ops import LINEAR, QUANTIZE, QUANTIZED_LINEAR, SHAPE
 from cr_edge.runtimes.safe_load import check_artifact
@@ -91,16 +91,16 @@ def horner_chain(model: onnx.ModelProto) -> Chain:
     nodes = tuple(n.name for n in model.graph.node if n.op_type not in (*LINEAR, *SHAPE))
     meta = {p.key: p.value for p in model.metadata_props}
     try:
-        counts = json.loads(meta.get("cr_edge.horner_nodes", "[]"))
-    except json.JSONDecodeError:
-        counts = []
+        counts = schema.read(meta).horner_nodes or []
+    except InputError:
+        counts = []  # the chain is found from the graph; the record only says how long
     if isinstance(counts, list) and sum(c for c in counts if isinstance(c, int)) > 0:
         return Chain(nodes, True, f"Horner chain: {len(nodes)} nodes ({sum(counts)} Mul/Add)")
     return Chain(
         nodes,
         False,
         "no Horner chain found (no polynomial activation in this model); "
-        f"--poly governs its {len(nodes)} activation nodes",
+        f"--chain-precision governs its {len(nodes)} activation nodes",
     )
 
 

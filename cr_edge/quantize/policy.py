@@ -72,10 +72,11 @@ class QuantPolicy:
         for name, allowed in (("mode", MODES), ("poly", POLYS), ("method", METHODS)):
             value = getattr(self, name)
             if value not in allowed:
-                raise InputError(f"--{name} {value!r}: choose from {', '.join(allowed)}")
+                flag = "chain-precision" if name == "poly" else name
+                raise InputError(f"--{flag} {value!r}: choose from {', '.join(allowed)}")
         if self.mode not in ("static", "auto") and self.poly != "float":
             raise InputError(
-                f"--poly {self.poly} needs --mode static: {self.mode} only "
+                f"--chain-precision {self.poly} needs --mode static: {self.mode} only "
                 "quantizes the linear layers, the Horner chain stays float"
             )
 

@@ -15,7 +15,6 @@ is written, and the report says so.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto
 
+from cr_edge.artifacts import metadata as schema
 from cr_edge.artifacts.atomic import write_bytes, write_json
 from cr_edge.artifacts.folder_lock import holds_out
 from cr_edge.artifacts.manifest import write_manifest
@@ -40,13 +40,7 @@ from cr_edge.quantize.secant import min_cosine, noise_floor, secant, secant_disp
 from cr_edge.runtimes.safe_load import companion_of, oracle_path
 from cr_edge.validate.kink_skips import kinks_metadata, skipped
 from cr_edge.validate.oracle import Oracle, load_oracle
-from cr_edge.validate.tolerances import (
-    INT8_LEVELS,
-    JACOBIAN_BOUND_KEY,
-    OUTPUT_STEP_KEY,
-    SECANT_MIN_COSINE,
-    SECANT_STEPS,
-)
+from cr_edge.validate.tolerances import INT8_LEVELS, SECANT_MIN_COSINE, SECANT_STEPS
 
 MAX_ACCURACY_DROP = (
     0.005  # test-split accuracy (a fraction) an int8 model may lose and still be kept
@@ -102,7 +96,8 @@ class QuantizeResult:
         return {
             "files": {k: str(v) for k, v in self.files.items()},
             "chosen": self.chosen.policy.label if self.chosen else "fp32",
-            "precision": self.chosen.policy.tag if self.chosen else "fp32",
+            "policy": self.chosen.policy.tag if self.chosen else "fp32",
+            "precision": self.chosen.policy.precision if self.chosen else "fp32",
             "fp32": {"bytes": self.fp32_bytes, "accuracy": self.fp32_accuracy},
             "tried": [t.to_json() for t in self.tried],
             "notes": self.notes,
@@ -185,14 +180,12 @@ def _extra_metadata(src: _Inputs) -> dict[str, str]:
     """
     y = qm.predict(qm.session(src.model, threads=0), src.calib)
     digest = hashlib.sha256(src.model.SerializeToString()).hexdigest()[:16]
-    meta = {
-        OUTPUT_STEP_KEY: repr(float(np.ptp(y)) / INT8_LEVELS),
-        "cr_edge.quant.source": f"{src.path.name} sha256:{digest}",
-    }
     bound = qm.jacobian_bound(src.companion, src.calib) if src.companion is not None else None
-    if bound is not None:
-        meta[JACOBIAN_BOUND_KEY] = repr(bound)
-    return meta
+    return schema.props(
+        output_step=float(np.ptp(y)) / INT8_LEVELS,
+        quant_source=f"{src.path.name} sha256:{digest}",
+        jacobian_bound=bound,
+    )
 
 
 def _try(
@@ -203,10 +196,12 @@ def _try(
     fp32_acc: float | None,
 ) -> Tried:
     meta = {
-        "cr_edge.precision": policy.precision,
-        "cr_edge.quant.format": policy.tag,
-        "cr_edge.quant.policy": json.dumps(policy.to_json()),
-        "cr_edge.quant.tool": f"onnxruntime.quantization {ort.__version__}",
+        **schema.props(
+            precision=policy.precision,
+            policy=policy.tag,
+            quant_config=policy.to_json(),
+            quant_tool=f"onnxruntime.quantization {ort.__version__}",
+        ),
         **(extra if policy.precision == "int8" else {}),
     }
     model, scales = apply_policy(src.model, policy, feeds_for(src.model, src.calib))
@@ -234,7 +229,7 @@ def _try(
     sec = None
     if src.secant is not None:
         d, ref = src.secant
-        step = float(meta.get(OUTPUT_STEP_KEY, extra[OUTPUT_STEP_KEY]))  # fp16: int8's, a figure
+        step = schema.read({**extra, **meta}).output_step  # fp16: int8's, a figure
         task = {p.key: p.value for p in src.model.metadata_props}
         floor = noise_floor(task, step, int(np.prod(ref.shape[1:])))
         at_b1 = AtBatch(qm.as_session(sess), 1)
@@ -279,7 +274,7 @@ def _output_step(model: onnx.ModelProto) -> dict[str, str]:
             zero = inits.get(node.input[2]) if len(node.input) > 2 else None
             eight_bit = zero is not None and zero.data_type in (TensorProto.INT8, TensorProto.UINT8)
             if scale.size == 1 and eight_bit:  # a 16-bit output keeps the 8-bit step: same policy
-                return {OUTPUT_STEP_KEY: repr(float(scale))}
+                return schema.props(output_step=float(scale))
     return {}
 
 

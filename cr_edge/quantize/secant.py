@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from cr_edge.artifacts import metadata as schema
 from cr_edge.runtimes.runtime import Session
 from cr_edge.validate.tolerances import INT8_LEVELS, INT8_OUTPUT_STEPS, SECANT_STEPS
 
-TASK_KEY = "cr_edge.task"
 ONE_SCORE_TASKS = ("regress", "ordinal")  # one score behind every output: J is rank one
 
 
@@ -75,6 +75,6 @@ def noise_floor(metadata: dict[str, str], output_step: float, outputs: int) -> f
     a direction wherever it is not zero, and the cosine stays the whole check (measured:
     under the 3-step floor the naive int8 policy's secant passed on digits-cr).
     """
-    if metadata.get(TASK_KEY) not in ONE_SCORE_TASKS:
+    if schema.read(metadata).task not in ONE_SCORE_TASKS:
         return 0.0
     return INT8_OUTPUT_STEPS * output_step * float(np.sqrt(outputs))

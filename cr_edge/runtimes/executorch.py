@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cr_edge.artifacts import metadata as schema
 from cr_edge.errors import InputError
 from cr_edge.runtimes.runtime import RunError, Runtime, Session, TensorSpec, Unavailable
 from cr_edge.runtimes.safe_load import Artifact, one_line
@@ -117,7 +118,7 @@ def sidecar_metadata(path: Path) -> dict[str, str]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{info_path}: not a readable sidecar ({one_line(e)}); re-export") from e
     if isinstance(info, dict) and info.get("format") == SIDECAR_FORMAT:
-        meta = info.get("metadata", {"cr_edge.precision": info.get("precision", "fp32")})
+        meta = info.get("metadata", schema.props(precision=info.get("precision", "fp32")))
         if isinstance(meta, dict):
             return {str(k): str(v) for k, v in meta.items()}
     raise InputError(f"{info_path}: not a {SIDECAR_FORMAT} sidecar with 'metadata'; re-export")

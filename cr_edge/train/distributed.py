@@ -33,15 +33,15 @@ if TYPE_CHECKING:
 _WORKER_ERROR = "cr-edge rank"  # how a rank's one-line error starts on stderr
 
 
-def check_nproc(nproc: int, force: bool) -> None:
+def check_nproc(nproc: int, oversubscribe: bool) -> None:
     """More processes than cores only time-slice (and slow every rank's collectives)."""
     cores = usable_cores() or 1
     if nproc < 1:
         raise InputError(f"--nproc {nproc}: give 1 or more processes")
-    if nproc > cores and not force:
+    if nproc > cores and not oversubscribe:
         raise InputError(
             f"--nproc {nproc}: this machine has {cores} usable cores; use --nproc {cores} or "
-            "less, or pass --force to oversubscribe"
+            "less, or pass --oversubscribe"
         )
 
 

@@ -18,14 +18,14 @@ digest differs) skips nothing.
 from __future__ import annotations
 
 import hashlib
-import json
 
 import numpy as np
 
+from cr_edge.artifacts import metadata as schema
 from cr_edge.errors import InputError
 from cr_edge.validate.oracle import Oracle
 
-KINKS_KEY = "cr_edge.quant.kinks"
+KINKS_KEY = schema.key("kinks")
 MAX_KINKS = 0.05  # more of the oracle at kinks than this and none is skipped
 
 
@@ -45,17 +45,16 @@ def kinks_metadata(mask: np.ndarray, oracle: Oracle, rule: str) -> dict[str, str
         "of": int(mask.size),
         "rule": rule,
     }
-    return {KINKS_KEY: json.dumps(entry)}
+    return schema.props(kinks=entry)
 
 
 def kink_mask(metadata: dict[str, str], oracle: Oracle, source: str) -> np.ndarray | None:
     """The samples of ``oracle`` the model's metadata names as kinks; None when it names
     none for this oracle (no entry, or one recorded for another oracle)."""
-    text = metadata.get(KINKS_KEY)
-    if text is None:
+    entry = schema.read(metadata, source).kinks
+    if entry is None:
         return None
     try:
-        entry = json.loads(text)
         digest, samples, of = entry["oracle"], entry["samples"], int(entry["of"])
     except (ValueError, KeyError, TypeError) as e:
         raise InputError(

@@ -82,7 +82,7 @@ def test_naive_int8_is_refused_by_quantize_with_the_measured_drop(int8, tmp_path
     args = [
         "--mode",
         "static",
-        "--poly",
+        "--chain-precision",
         "int8",
         "--no-equalize",
         "--calib",
