@@ -52,7 +52,7 @@ from cr_edge.task_metrics import TASKS
 @click.option(
     "--force",
     is_flag=True,
-    help="Rewrite a folder that holds a report (finished runs in records/ are still reused).",
+    help="Overwrite a report already in --out (finished runs in records/ are still reused).",
 )
 @click.option(
     "--reuse-stale",
