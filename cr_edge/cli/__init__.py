@@ -5,11 +5,21 @@ group has its own module, which registers itself on import; ``types`` holds the
 option types shared by the commands, ``terminal`` and ``progress`` what they print.
 """
 
-from cr_edge.cli import export, fairfight, pipeline, profile, quantize, train, validate
+from cr_edge.cli import (
+    device,
+    export,
+    fairfight,
+    pipeline,
+    profile,
+    quantize,
+    train,
+    validate,
+)
 from cr_edge.cli.group import cli, main
 
 __all__ = [
     "cli",
+    "device",
     "export",
     "fairfight",
     "main",

@@ -1,0 +1,190 @@
+"""The device side of a command: lock the workdir, lay out the files, run cr-edge, report.
+
+Sent by the host to the device's Python on stdin (``cr_edge.devices.remote``) together
+with ``fingerprint.py``, whose ``fingerprint`` it finds in its namespace; standard
+library only, Python 3.8+, so it runs before ``device setup`` too. Its one argument
+is a JSON spec; its stdout is one JSON envelope (``format``/``status``/...), which the
+host caps and checks; everything cr-edge itself prints goes to stderr.
+
+The workdir's lock is ``flock`` on ``<workdir>/.lock``: a validation takes it shared
+(validations of content-addressed files do not disturb each other), a profile or a
+setup exclusive (a timing needs the device to itself, a setup rewrites the venv). The
+kernel drops it when the process dies, so a killed command never leaves a stale lock.
+Each run gets its own folder under ``runs/``, of symlinks named as on the host to the
+blobs, removed afterwards; nothing is written outside the workdir (``TMPDIR`` points
+into it).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+FORMAT = "cr-edge-device-run"
+NEEDED = ("cr_edge", "numpy", "onnxruntime", "click", "rich")
+
+
+def main(argv: list) -> int:
+    spec = json.loads(argv[0])
+    os.umask(0o077)
+    workdir = spec["workdir"]
+    envelope = {"format": FORMAT, "version": 1, "status": "error", "message": ""}
+    try:
+        with _Lock(os.path.join(workdir, ".lock"), spec["lock"], spec["lock_timeout"]) as lock:
+            if not lock.held:
+                envelope.update(status="busy", message=lock.message)
+            elif spec["action"] == "run":
+                envelope.update(_run(spec, workdir))
+            elif spec["action"] == "setup":
+                envelope.update(_setup(spec, workdir))
+            else:
+                envelope["message"] = "unknown action " + repr(spec["action"])
+    except OSError as e:
+        envelope["message"] = f"{getattr(e, 'filename', None) or workdir}: {e.strerror}"
+    sys.stdout.write(json.dumps(envelope))
+    sys.stdout.flush()
+    return 0
+
+
+class _Lock:
+    def __init__(self, path: str, mode: str, timeout: float) -> None:
+        self.path, self.timeout, self.held, self.message = path, timeout, False, ""
+        self.kind = fcntl.LOCK_EX if mode == "exclusive" else fcntl.LOCK_SH
+
+    def __enter__(self) -> _Lock:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self.fd, self.kind | fcntl.LOCK_NB)
+                self.held = True
+                return self
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+            if time.monotonic() > deadline:
+                self.message = (
+                    "the device is busy: another cr-edge command holds its workdir "
+                    f"(waited {self.timeout:g} s); retry when it has finished"
+                )
+                return self
+            time.sleep(0.1)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)  # releases the lock
+
+
+def _run(spec: dict, workdir: str) -> dict:
+    result = {"fingerprint": _fingerprint(workdir)}
+    missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
+    if missing:
+        result.update(status="setup", message=f"no {', '.join(missing)} in {sys.executable}")
+        return result
+    tmp = os.path.join(workdir, "tmp")
+    os.makedirs(tmp, exist_ok=True)
+    run_dir = tempfile.mkdtemp(prefix="run-", dir=os.path.join(workdir, "runs"))
+    try:
+        for rel, digest in spec["files"]:
+            blob = os.path.join(workdir, "blobs", digest)
+            if not os.path.isfile(blob):
+                result["message"] = f"blob {digest[:12]} of {rel} is missing on the device"
+                return result
+            target = os.path.join(run_dir, rel)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.symlink(blob, target)
+        env = dict(os.environ, TMPDIR=tmp, PYTHONDONTWRITEBYTECODE="1")
+        report = os.path.join(run_dir, "report.json")
+        command = [sys.executable, "-m", "cr_edge.cli", *spec["argv"], "--json", report]
+        proc = subprocess.run(
+            command, cwd=run_dir, env=env, stdout=sys.stderr, stderr=subprocess.PIPE
+        )
+        sys.stderr.buffer.write(proc.stderr)
+        result.update(
+            exit_code=proc.returncode, stderr=proc.stderr[-4000:].decode("utf-8", "replace")
+        )
+        size = os.path.getsize(report) if os.path.isfile(report) else -1
+        if size > spec["max_report"]:
+            result["message"] = f"its report is {size} bytes, over the cap of {spec['max_report']}"
+        elif size >= 0:
+            with open(report, encoding="utf-8") as f:
+                result.update(status="ok", report=json.load(f))
+        else:
+            result["message"] = f"cr-edge wrote no report (exit {proc.returncode})"
+        return result
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _fingerprint(workdir: str) -> dict:
+    """``fingerprint`` (sent beside this script), providers cached per Python and boot."""
+    info = fingerprint(workdir, runtime=False)  # noqa: F821 - defined by the host's bootstrap
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    key = [sys.executable, info.get("onnxruntime"), boot]
+    cache = os.path.join(workdir, "fingerprint.json")
+    try:
+        with open(cache, encoding="utf-8") as f:
+            cached = json.load(f)
+        if cached.get("key") == key:
+            info["providers"] = cached["providers"]
+            return info
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    full = fingerprint(workdir, runtime=True)  # noqa: F821
+    tmp = f"{cache}.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"key": key, "providers": full.get("providers")}, f)
+    os.replace(tmp, cache)
+    return full
+
+
+def _setup(spec: dict, workdir: str) -> dict:
+    """A venv in ``<workdir>/venv`` with the pushed wheels, unless its stamp says it has them."""
+    venv = os.path.join(workdir, "venv")
+    stamp_path = os.path.join(venv, "cr-edge-stamp.json")
+    stamp = {"wheels": sorted(d for _, d in spec["files"]), "python": sys.executable}
+    if not spec.get("force") and os.path.isfile(stamp_path):
+        with open(stamp_path, encoding="utf-8") as f:
+            try:
+                if json.load(f) == stamp:
+                    return {"status": "ok", "message": "up to date", "changed": False}
+            except ValueError:
+                pass
+    house = tempfile.mkdtemp(prefix="wheels-", dir=workdir)
+    try:
+        for name, digest in spec["files"]:
+            os.symlink(os.path.join(workdir, "blobs", digest), os.path.join(house, name))
+        shutil.rmtree(venv, ignore_errors=True)
+        steps = [
+            ("venv", [sys.executable, "-m", "venv", "--without-pip", venv]),
+            ("pip install", [
+                os.path.join(venv, "bin", "python"),
+                os.path.join(house, spec["pip_wheel"], "pip"),
+                "install", "--no-index", "--find-links", house, "--no-cache-dir",
+                "--disable-pip-version-check", "--quiet", *spec["requirements"],
+            ]),
+        ]  # fmt: skip
+        env = dict(os.environ, TMPDIR=house, PIP_NO_INPUT="1")
+        for what, step in steps:
+            proc = subprocess.run(step, env=env, capture_output=True)
+            if proc.returncode != 0:
+                tail = (proc.stdout + proc.stderr).decode("utf-8", "replace").strip().splitlines()
+                return {"message": f"{what} failed: {(tail or [''])[-1]}"}
+        tmp = stamp_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(stamp, f)
+        os.replace(tmp, stamp_path)
+        return {"status": "ok", "message": "installed", "changed": True}
+    finally:
+        shutil.rmtree(house, ignore_errors=True)

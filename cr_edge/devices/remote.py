@@ -1,0 +1,263 @@
+"""Push, run, pull: one cr-edge command on one device, from the host.
+
+1. ``open_workdir``: one round trip creates the workdir (0700), makes its path
+   absolute and lists which of the files' sha256 the device lacks under ``blobs/``.
+2. The missing files are pushed, content-addressed (``blobs/<sha256>``, temporary
+   name, checked, renamed): a second run pushes nothing, an interrupted one leaves
+   nothing a later run takes as complete.
+3. ``agent.py`` (with ``fingerprint.py``) runs on the device's Python: it locks the
+   workdir, lays the blobs out under the file names the host uses, runs
+   ``python -m cr_edge.cli COMMAND ... --json`` there and returns one JSON envelope.
+4. The envelope is read with a size cap and checked (``reports``) before any of it is
+   believed: a device is a machine the host does not control.
+
+Every failure is a ``DeviceError`` (exit 2, one line naming the device); a device that
+lacks Python or cr-edge's packages says "run cr-edge device setup NAME".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cr_edge.devices import reports
+from cr_edge.devices.registry import Device
+from cr_edge.devices.transport import (
+    DeviceError,
+    ExecTransport,
+    Progress,
+    SshTransport,
+    Transport,
+    file_digest,
+    last_line,
+)
+from cr_edge.devices.url import DEFAULT_SSH_WORKDIR, EMULATED, SSH
+
+VENV_PYTHON = "venv/bin/python"  # under the workdir: what ``device setup`` makes
+MAX_ENVELOPE = 16 << 20  # bytes: a report of thousands of rows is a few MB
+RUN_TIMEOUT = 3600.0  # a validation under emulation takes minutes, not hours
+LOCK_TIMEOUT = 600.0  # how long a command waits for another one on the same device
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+INIT_SH = (
+    "umask 077; "
+    'case $1 in /*) ;; *) cd || exit 90 ;; esac; mkdir -p -- "$1" && chmod 700 -- "$1" '
+    '&& cd -- "$1" && mkdir -p blobs runs && pwd -P || exit 90; shift; '
+    'for s; do [ -f "blobs/$s" ] || echo "$s"; done; '
+    "find blobs -name '.part-*' -mmin +60 -exec rm -f {} + 2>/dev/null; exit 0"
+)
+_SOURCES = Path(__file__).parent
+BOOTSTRAP = (
+    "import sys\n"
+    "fp = {'__name__': 'cr_edge_fingerprint'}\n"
+    "exec(compile(FINGERPRINT, 'fingerprint.py', 'exec'), fp)\n"
+    "agent = {'__name__': 'cr_edge_agent', 'fingerprint': fp['fingerprint']}\n"
+    "exec(compile(AGENT, 'agent.py', 'exec'), agent)\n"
+    "sys.exit(agent['main'](sys.argv[1:]))\n"
+)
+
+
+@dataclass
+class DeviceRun:
+    """What one device returned: its fingerprint and the command's report, both checked."""
+
+    name: str
+    url: str
+    emulated: bool
+    fingerprint: dict
+    report: dict
+    exit_code: int
+    pushed: list[str] = field(default_factory=list)  # file names pushed this time
+    remote_paths: dict[str, str] = field(default_factory=dict)  # device rel path -> host path
+
+    def describe(self) -> dict:
+        """The report's ``devices`` entry: URL, fingerprint, and what was pushed."""
+        return {
+            "url": self.url,
+            "emulated": self.emulated,
+            "fingerprint": self.fingerprint,
+            "exit_code": self.exit_code,
+            "pushed": self.pushed,
+        }
+
+
+def label(device: Device) -> str:
+    return f"device {device.name} ({device.url})"
+
+
+def open_transport(device: Device) -> Transport:
+    """The transport for ``device``; an emulated device builds its ARM64 root on first use."""
+    url = device.parsed
+    if url.kind == SSH:
+        return SshTransport(
+            url.host,
+            label(device),
+            device.workdir or url.workdir or DEFAULT_SSH_WORKDIR,
+            device.timeout,
+            url.user,
+            url.port,
+            device.ssh_config,
+            device.ssh_options,
+        )
+    if url.kind == EMULATED:
+        from cr_edge.devices.emulated import EMULATED_WORKDIR, emulated_prefix
+
+        prefix = emulated_prefix(url.cpu)
+        return ExecTransport(prefix, label(device), device.workdir or EMULATED_WORKDIR, 600.0)
+    return ExecTransport(
+        url.prefix, label(device), device.workdir or DEFAULT_SSH_WORKDIR, device.timeout
+    )
+
+
+def device_python(device: Device, workdir: str) -> str:
+    """The Python that runs cr-edge there: the registry's ``python``, else setup's venv."""
+    if device.python:
+        return device.python
+    if device.parsed.kind == EMULATED:
+        from cr_edge.devices.emulated import EMULATED_PYTHON
+
+        return EMULATED_PYTHON
+    return f"{workdir}/{VENV_PYTHON}"
+
+
+def open_workdir(transport: Transport, digests: list[str]) -> list[str]:
+    """Create the workdir (0700), make ``transport.workdir`` absolute; the digests it lacks."""
+    code, out, err = transport.run(
+        ["sh", "-c", INIT_SH, "sh", transport.workdir, *digests], timeout=_timeout(transport)
+    )
+    lines = out.decode(errors="replace").splitlines()
+    if code != 0 or not lines or not lines[0].startswith("/"):
+        why = last_line(err) or f"exit {code}"
+        raise DeviceError(
+            f"{transport.label}: cannot create its workdir {transport.workdir}: {why}"
+        )
+    transport.workdir = lines[0]
+    missing = lines[1:]
+    if any(d not in digests for d in missing):
+        raise DeviceError(f"{transport.label}: answered the blob listing with something else")
+    return missing
+
+
+def push_blobs(
+    transport: Transport, files: dict[str, Path], on_bytes: Progress | None = None
+) -> None:
+    """Push each ``digest -> local file`` to ``blobs/<digest>``."""
+    for digest, path in files.items():
+        transport.push(path, f"blobs/{digest}", on_bytes)
+
+
+def run_agent(
+    transport: Transport,
+    python: str,
+    spec: dict,
+    device_name: str,
+    timeout: float = RUN_TIMEOUT,
+) -> dict:
+    """Run ``agent.py`` on the device with ``spec``; its envelope, size-capped and checked."""
+    script = (
+        f"FINGERPRINT = {(_SOURCES / 'fingerprint.py').read_text(encoding='utf-8')!r}\n"
+        f"AGENT = {(_SOURCES / 'agent.py').read_text(encoding='utf-8')!r}\n" + BOOTSTRAP
+    )
+    spec = {"workdir": transport.workdir, "lock_timeout": LOCK_TIMEOUT, **spec}
+    code, out, err = transport.run(
+        [python, "-", json.dumps(spec)],
+        stdin=script.encode(),
+        timeout=timeout,
+        max_output=MAX_ENVELOPE,
+    )
+    if code in (126, 127) or (code != 0 and not out and _no_python(err)):
+        raise DeviceError(
+            f"{transport.label}: no usable Python at {python} ({last_line(err) or f'exit {code}'}); "
+            f"run cr-edge device setup {device_name}"
+        )
+    envelope = reports.envelope(out, transport.label)
+    if envelope["status"] == "setup":
+        raise DeviceError(
+            f"{transport.label}: {envelope['message']}; run cr-edge device setup {device_name}"
+        )
+    if envelope["status"] != "ok":
+        why = envelope["message"] or last_line(err) or f"exit {code}"
+        raise DeviceError(f"{transport.label}: {why}")
+    return envelope
+
+
+def run_command(
+    device: Device,
+    command: str,
+    files: list[tuple[str, Path]],
+    argv: list[str],
+    progress: Callable[[int], Progress | None] | None = None,
+) -> DeviceRun:
+    """Run ``cr-edge COMMAND ARGV`` on ``device`` with ``files`` (device rel path, host path).
+
+    ``progress(total_bytes)`` is asked for a byte callback when there is anything to push.
+    """
+    transport = open_transport(device)
+    digests = {rel: file_digest(path)[0] for rel, path in files}
+    by_digest = {digests[rel]: path for rel, path in files}
+    missing = open_workdir(transport, sorted(by_digest))
+    todo = {d: by_digest[d] for d in missing}
+    if todo:
+        total = sum(p.stat().st_size for p in todo.values())
+        push_blobs(transport, todo, progress(total) if progress else None)
+    spec = {
+        "action": "run",
+        "lock": "exclusive" if command == "profile" else "shared",
+        "files": [[rel, digests[rel]] for rel, _ in files],
+        "argv": [command, *argv],
+        "max_report": MAX_ENVELOPE // 2,
+    }
+    envelope = run_agent(transport, device_python(device, transport.workdir), spec, device.name)
+    check = reports.validation if command == "validate" else reports.profile
+    report = check(envelope.get("report"), transport.label)
+    return DeviceRun(
+        device.name,
+        device.url,
+        device.parsed.kind == EMULATED,
+        envelope["fingerprint"],
+        report,
+        envelope.get("exit_code", 0),
+        pushed=sorted({todo[d].name for d in todo}),
+        remote_paths={rel: str(path) for rel, path in files},
+    )
+
+
+def _timeout(transport: Transport) -> float:
+    return float(getattr(transport, "timeout", 30.0))
+
+
+def _no_python(err: bytes) -> bool:
+    text = err.decode(errors="replace")
+    return "No such file or directory" in text or "not found" in text
+
+
+def progress_bar_factory() -> Callable[[int], Progress | None] | None:
+    """A rich progress bar on stderr for a push, when stderr is a terminal; else None."""
+    if not sys.stderr.isatty():
+        return None
+
+    def start(total: int) -> Progress:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TransferSpeedColumn,
+        )
+
+        bar = Progress("push", BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True)
+        bar.start()
+        task = bar.add_task("push", total=total)
+        sent = [0]
+
+        def update(n: int) -> None:
+            sent[0] += n
+            bar.update(task, completed=sent[0])
+            if sent[0] >= total:
+                bar.stop()
+
+        return update
+
+    return start

@@ -1,0 +1,159 @@
+"""Devices for the device tests: a real OpenSSH server on 127.0.0.1, and exec devices.
+
+``sshd`` starts Debian's ``/usr/sbin/sshd`` on a free loopback port with a throwaway host
+key and user key (``ssh-keygen``), its own ``sshd_config`` and a known_hosts file that
+holds the throwaway host key; the client reaches it through an ssh_config file
+(``ssh -F``) stored with the device, so host-key checking stays on. The device's Python
+is this test process's (it has cr-edge installed), so no ``device setup`` is needed.
+Without sshd the ssh tests skip, except under CI, where they fail: CI installs it.
+
+Test modules import the fixtures they use by name from here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cr_edge.devices import registry
+from cr_edge.devices.registry import Device
+
+SSHD = "/usr/sbin/sshd"
+
+
+@dataclass(frozen=True)
+class SshServer:
+    port: int
+    user: str
+    folder: Path
+    client_config: Path  # ssh -F: the user key, the known_hosts with the throwaway host key
+
+    def url(self, workdir: Path | str = "") -> str:
+        from urllib.parse import quote
+
+        path = quote(str(workdir)) if workdir else ""
+        return f"ssh://{self.user}@127.0.0.1:{self.port}{path}"
+
+    def device(self, name: str, workdir: Path, **settings: object) -> Device:
+        fields = {"python": sys.executable, "ssh_config": str(self.client_config), **settings}
+        return Device(name, self.url(workdir), **fields)  # type: ignore[arg-type]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "cr-edge-test", "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def _wait_for_banner(port: int, proc: subprocess.Popen, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sshd exited: {proc.stderr.read().decode(errors='replace')}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(64).startswith(b"SSH-"):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("sshd did not answer on its port")
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """A real sshd on 127.0.0.1 with throwaway keys; stopped (and its masters closed) at the end."""
+    if not (os.path.exists(SSHD) and shutil.which("ssh") and shutil.which("ssh-keygen")):
+        reason = (
+            "OpenSSH server/client not installed (apt-get install openssh-server openssh-client)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must install it (.ci/run)")
+        pytest.skip(reason)
+    folder = tmp_path_factory.mktemp("sshd")
+    _keygen(folder / "host_key")
+    _keygen(folder / "user_key")
+    shutil.copy(folder / "user_key.pub", folder / "authorized_keys")
+    port = free_port()
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
+    (folder / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder}/host_key\n"
+        f"PidFile {folder}/sshd.pid\nAuthorizedKeysFile {folder}/authorized_keys\n"
+        "StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nUsePAM no\n"
+        "LogLevel ERROR\nMaxSessions 50\nMaxStartups 50\n"
+    )
+    host_key = (folder / "host_key.pub").read_text().split()
+    (folder / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    config = folder / "ssh_config"
+    config.write_text(
+        f"Host *\n  IdentityFile {folder}/user_key\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {folder}/known_hosts\n  GlobalKnownHostsFile /dev/null\n"
+        "  StrictHostKeyChecking yes\n  LogLevel ERROR\n"
+    )
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
+    proc = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(folder / "sshd_config")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    server = SshServer(port, user, folder, config)
+    try:
+        _wait_for_banner(port, proc)
+        yield server
+    finally:
+        _close_masters(server)
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _close_masters(server: SshServer) -> None:
+    from cr_edge.devices.remote import open_transport
+
+    open_transport(server.device("x", Path("/tmp"))).close()
+
+
+@pytest.fixture
+def device_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private ``$XDG_CONFIG_HOME``, so the tests' devices never touch the user's list."""
+    home = tmp_path / "config"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def exec_device(device_home: Path, tmp_path: Path) -> Device:
+    """``here``: an exec device (prefix ``env``) that runs this Python, its workdir in tmp."""
+    device = Device("here", "exec:env", python=sys.executable, workdir=str(tmp_path / "work"))
+    registry.add(device)
+    return device
+
+
+@pytest.fixture
+def ssh_device(sshd: SshServer, device_home: Path, tmp_path: Path) -> Device:
+    """``box``: the loopback sshd as a device, its workdir in tmp."""
+    device = sshd.device("box", tmp_path / "box work")
+    registry.add(device)
+    return device
