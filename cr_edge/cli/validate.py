@@ -53,9 +53,14 @@ from cr_edge.validate.outcome import DERIVATIVE_METHODS
     help="Least cosine between a JVP and the oracle's.",
 )
 @click.option(
-    "--force",
+    "--accept-failed-export",
     is_flag=True,
     help="Validate an export that failed its own cpu parity check (to see every failure).",
+)
+@click.option(
+    "--on",
+    metavar="NAME[,NAME]",
+    help="Validate on these devices too (cr-edge device add); their rows are RUNTIME@NAME.",
 )
 def validate(
     artifacts: tuple[Path, ...],
@@ -67,7 +72,8 @@ def validate(
     rtol: float | None,
     deriv_rtol: float | None,
     min_cosine: float | None,
-    force: bool,
+    accept_failed_export: bool,
+    on: str | None,
 ) -> None:
     """Check outputs and derivatives of artifacts against the PyTorch oracle, per runtime."""
     from rich.console import Console
@@ -80,9 +86,24 @@ def validate(
 
     overrides = Overrides(atol=atol, rtol=rtol, deriv_rtol=deriv_rtol, min_cosine=min_cosine)
     for artifact in artifacts:  # torch-free here, as cr_edge.api.validate does it
-        refuse_failed_export(artifact, force)
-    report = run_validate(list(artifacts), list(runtime), ref, overrides, derivatives)
+        refuse_failed_export(artifact, accept_failed_export)
+    if on:  # the devices validate in threads while this machine does
+        from cr_edge.devices import commands, view
+
+        devices = commands.parse_names(on)
+        argv = commands.validate_argv(runtime, derivatives, overrides, accept_failed_export)
+        report = commands.validate_on(
+            devices,
+            list(artifacts),
+            argv,
+            ref,
+            lambda: run_validate(list(artifacts), list(runtime), ref, overrides, derivatives),
+        )
+    else:
+        report = run_validate(list(artifacts), list(runtime), ref, overrides, derivatives)
     render(report, Console())
+    if on:
+        view.print_devices(report.devices, Console())
     if json_out is not None:
         write_json(json_out, report.to_json())
     report.raise_for_status()
