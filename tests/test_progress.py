@@ -17,6 +17,7 @@ import pytest
 from rich.console import Console
 
 from cr_edge.cli import progress
+from cr_edge.pipeline import STEPS
 
 # What a redrawn bar leaves in a stream: ANSI escapes, carriage returns, rich's bar glyphs.
 BAR_MARKS = re.compile("[\x1b\r\u2501\u2578\u257a]")
@@ -32,15 +33,28 @@ def no_tty_override(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_train_without_a_terminal_writes_one_line_per_epoch(
     cli_run, tmp_path: Path, no_tty_override
 ) -> None:
-    epochs = 3
+    epochs = 2
     result = cli_run("train", "--recipe", "digits-cr", "--epochs", epochs, "--out", tmp_path / "ck")
     assert result.exit_code == 0, result.output
     assert not BAR_MARKS.search(result.stderr), repr(result.stderr[:300])
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith("train digits-cr: epoch")]
     # early stopping may end training before the last epoch, never add one
     assert 1 <= len(lines) <= epochs, result.stderr
-    numbers = [int(re.search(r"epoch (\d+)/3", ln).group(1)) for ln in lines]
+    numbers = [int(re.search(r"epoch (\d+)/2", ln).group(1)) for ln in lines]
     assert numbers == list(range(1, len(lines) + 1))
+
+
+@pytest.mark.slow
+def test_pipeline_without_a_terminal_writes_one_line_per_stage(
+    cli_run, tmp_path: Path, no_tty_override
+) -> None:
+    result = cli_run("pipeline", "--epochs", 1, "--runtime", "cpu", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert not BAR_MARKS.search(result.stderr), repr(result.stderr[:300])
+    stages = [ln for ln in result.stderr.splitlines() if ln.startswith("pipeline digits-cr: ")]
+    assert stages == [  # each stage the pipeline runs, once, in order
+        f"pipeline digits-cr: {step} ({k}/{len(STEPS)})" for k, step in enumerate(STEPS, 1)
+    ]
 
 
 def test_steps_without_a_terminal_are_one_line_each(capsys, no_tty_override) -> None:
