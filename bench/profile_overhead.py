@@ -6,7 +6,8 @@ weighs most. Four sides, interleaved round by round (a b c d a b c d ...):
 
   a  bare:     ``for _ in range(n): fn(arg)`` with the same IOBinding call, no clock
   b  harness:  ``timing.measure`` exactly as ``profile`` calls it, no progress bar
-  c  +bar:     the same with the rich progress bar the CLI draws on stderr
+  c  +bar:     the same with the progress display the CLI draws on stderr (a bar on a
+               terminal, one line per setting in a pipe)
   d  A/B:      two sessions of the model, n runs each in 100 interleaved rounds (``profile a b``)
 
 Overhead per inference = (wall time of the harness - the sum of the latencies it
@@ -34,8 +35,8 @@ from pathlib import Path
 import onnxruntime as ort
 
 from bench.pages import add_page_option, recorded
+from cr_edge.cli.progress import fraction_bar
 from cr_edge.profile.timing import measure
-from cr_edge.profile.view import progress_bar
 from cr_edge.profile.workload import fast_call, make_feeds
 from cr_edge.runtimes.registry import get_runtime
 from cr_edge.runtimes.safe_load import check_artifact
@@ -62,7 +63,7 @@ def bare(fn, arg, n: int) -> float:
 def harness(runners: list, n: int, bar: bool) -> tuple[float, float, float]:
     """(wall ns per run, p50 recorded latency ns, overhead ns per run outside the timed call)."""
     if bar:  # timed inside the bar: the CLI opens it once per command, not per measurement
-        with progress_bar() as update:
+        with fraction_bar() as update:
             update("bench", 0.0)
             start = time.perf_counter_ns()
             timings = measure(runners, n, None, 0.0, lambda f: update("bench", f))
