@@ -44,10 +44,21 @@ def splice(bench: str, block: str, body: str, fenced: bool = True) -> Path:
     text = page.read_text()
     if start not in text or end not in text:
         raise SystemExit(f"{page}: no {start} ... {end} markers")
-    content = f"```\n{body.strip()}\n```" if fenced else body.strip()
+    content = f"```\n{body.strip()}\n```" if fenced else _tables_apart(body.strip())
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     page.write_text(pattern.sub(lambda _: f"{start}\n{content}\n{end}", text))
     return page
+
+
+def _tables_apart(markdown: str) -> str:
+    """A blank line before each table that follows a line of text: without it Markdown
+    reads the table as the end of that paragraph."""
+    out: list[str] = []
+    for line in markdown.split("\n"):
+        if line.startswith("|") and out and out[-1].strip() and not out[-1].startswith("|"):
+            out.append("")
+        out.append(line)
+    return "\n".join(out)
 
 
 def add_page_option(parser: argparse.ArgumentParser, bench: str) -> None:

@@ -186,6 +186,9 @@ def test_a_bench_page_gets_its_block_rewritten_and_keeps_its_prose(
     block = text.split("<!-- bench.demo:output -->\n")[1].split("<!-- /bench.demo:output -->")[0]
     assert block.startswith("```\nCPU: ") and "ISA: " in block and "ratio 1.25" in block
     assert "old" not in text and text.startswith("# Demo\n\nprose\n") and text.endswith("more\n")
+    with pages.recorded("demo", enabled=True, fenced=False):  # a Markdown table after a line
+        print("CPU: x, ISA: y\n| a | b |\n|---|---|\n| 1 | 2 |")
+    assert "CPU: x, ISA: y\n\n| a | b |\n|---|---|\n| 1 | 2 |\n" in page.read_text()
     page.write_text("# no markers\n")
     with pytest.raises(SystemExit), pages.recorded("demo", enabled=True):
         print("x")
