@@ -6,6 +6,10 @@
 3. ``avx2``: the same with the x86 AVX2 u8 x s8 kernel emulated (int16 pair sums),
    what a machine without VNNI computes whatever machine this runs on.
 
+An fp16 graph has no integer kernel; its third way is ``fp16 hw`` (``fp16_eval``): fp16
+products summed in fp16, as a core with fp16 arithmetic (ARMv8.2-A FP16) runs its GEMM,
+judged at the worst of the plausible accumulation orders (``fp16_eval.ORDERS``).
+
 A candidate passes only if every way passes. The exact and emulated evaluations run
 at batch 1 as well only when the graph quantizes activations at run time (its
 result then depends on the batch); the emulation is skipped, and said so, when the
@@ -20,6 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from cr_edge.quantize.fp16_eval import ORDERS, Fp16Session, is_fp16
 from cr_edge.quantize.integer_eval import ReferenceSession, emulated_ops, integer_kernel_nodes
 from cr_edge.quantize.measure import Parity, as_session, parity, session
 from cr_edge.runtimes.runtime import Session
@@ -42,6 +47,8 @@ MEANING = {
 # CPU's onnxruntime has few fp16 kernels and runs the rest in fp32 behind Casts, so it
 # can miss an intermediate above fp16's 65504 that half-precision hardware overflows on.
 FP16_EXACT = "fails in true fp16 arithmetic (as fp16 hardware computes it)"
+FP16_HW = "fp16 hw"  # the way's name, then the accumulation order it failed (or passed) worst
+FP16_ACCUMULATION = "fails with fp16 accumulation (a GEMM on cores with fp16 arithmetic)"
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,9 @@ class Way:
             parts.append(p.kinks_too_many)
         if self.saturated:
             parts.append(f"{self.saturated} pair sums saturated")
+        if self.name.startswith(FP16_HW):
+            order = self.name.removeprefix(FP16_HW).strip(" ()")
+            return f"{FP16_ACCUMULATION}, {order} order: {', '.join(parts)}"
         fp16 = p.precision == "fp16" and self.name.startswith("exact")
         return f"{FP16_EXACT if fp16 else MEANING[self.name]}: {', '.join(parts)}"
 
@@ -122,7 +132,10 @@ def three_ways(
     pairs += _at_batches("exact", exact, batches)
     emulated = None
     refused = emulated_ops(model)
-    if refused is not None:
+    half = is_fp16(model)
+    if half:
+        notes.append(f"fp16: judged with fp16 accumulation, worst of {len(ORDERS)} orders")
+    elif refused is not None:
         notes.append(f"AVX2 emulation unavailable: {refused}")
     elif integer_kernel_nodes(model):
         emulated = (
@@ -138,12 +151,36 @@ def three_ways(
         par = parity(primal, comp, metadata, oracle)
         after = _saturated(primal, comp)
         ways.append(Way(name, par, None if after is None else after - before))
-    if refused is not None:  # unjudged for AVX2: the verdict would not hold on such a CPU
+    if half:
+        ways.append(_fp16_hardware(model, companion, metadata, oracle))
+    elif refused is not None:  # unjudged for AVX2: the verdict would not hold on such a CPU
         p = ways[0].parity
         ways.append(
             Way("avx2 unjudged", Parity(p.precision, float("nan"), p.atol, 0.0, None, False))
         )
     return ways, notes
+
+
+def _fp16_hardware(
+    model: onnx.ModelProto,
+    companion: onnx.ModelProto | None,
+    metadata: dict[str, str],
+    oracle: Oracle,
+) -> Way:
+    """``fp16 hw (order)``: the order of ``ORDERS`` that fails, or else the one nearest its
+    output tolerance; which order a phone's kernel sums in is not known here."""
+    worst: tuple[float, str, Parity] | None = None
+    for order in ORDERS:
+        comp = companion and Fp16Session(companion, order)
+        par = parity(Fp16Session(model, order), comp, metadata, oracle)
+        score = par.max_abs_err / par.atol if par.atol > 0 else par.max_abs_err
+        score = float("inf") if not par.ok or not np.isfinite(score) else score
+        if worst is None or score > worst[0]:
+            worst = (score, order, par)
+        if not par.ok:
+            break  # one failing order fails the model
+    _, order, par = worst  # type: ignore[misc]
+    return Way(f"{FP16_HW} ({order})", par)
 
 
 def _at_batches(
