@@ -31,7 +31,7 @@ from cr_edge.task_metrics import TASKS
     type=click.Choice(["quick", "standard", "full"]),
     default="quick",
     show_default=True,
-    help="quick: CI smoke run (<3 min); standard: the README's tables; full: a cluster job.",
+    help="quick: CI smoke run (<3 min); standard: the tables of docs/benchmarks/fairfight.md; full: a cluster job.",
 )
 @click.option(
     "--out",
