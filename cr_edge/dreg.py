@@ -21,6 +21,10 @@ import torch
 from torch import Tensor, nn
 
 DEFAULT_LAMBDA = 10**-2.5
+# How a conv layer's term reduces its output positions: "sum" (||J||_F^2 itself, what
+# checkpoints from before the choice trained with) or "mean" (per position, the scale of a
+# dense layer's term).
+POSITIONS = ("mean", "sum")
 
 
 def row_norms_sq(layer: nn.Module) -> Tensor:
@@ -31,16 +35,20 @@ def row_norms_sq(layer: nn.Module) -> Tensor:
     return (w * w).sum(dim=1)
 
 
-def layer_jacobian_sq(act_deriv: Tensor, layer: nn.Module) -> Tensor:
+def layer_jacobian_sq(act_deriv: Tensor, layer: nn.Module, positions: str = "sum") -> Tensor:
     """Per-sample ``||J||_F^2`` of ``act(layer(h))`` with respect to ``h``; shape ``(batch,)``.
 
     ``act_deriv`` is ``act'(z)`` at the layer's output, shape ``(batch, out, ...)``. On the small
     tensors DREG sees, kernel launches cost more than arithmetic: ``t * t`` backpropagates
     without the extra ``pow`` kernel of ``t.pow(2)``, and ``mv`` weights all units in one call.
+    ``positions`` (``POSITIONS``): a conv layer's term summed over its output positions (the
+    Frobenius norm itself), or their mean, the term per position, which is on the scale of a
+    dense layer's term so that one lambda fits MLP and conv nets alike.
     """
     sq = act_deriv * act_deriv
-    if sq.dim() > 2:  # conv: sum over positions first, then weight by channel
-        sq = sq.flatten(2).sum(dim=2)
+    if sq.dim() > 2:  # conv: reduce over positions first, then weight by channel
+        sq = sq.flatten(2)
+        sq = sq.mean(dim=2) if positions == "mean" else sq.sum(dim=2)
     return torch.mv(sq, row_norms_sq(layer))
 
 

@@ -49,6 +49,7 @@ class NetConfig:
     vocab: int = 0  # text: rows of the embedding table (hash buckets + the padding row 0)
     embed_dim: int = 0  # text: width of the pooled embedding the CR layers see
     poly_form: str = DEFAULT_FORM  # cr_edge.poly.FORMS
+    dreg_positions: str = "sum"  # cr_edge.dreg.POSITIONS: a conv layer's DREG term per position?
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -62,6 +63,10 @@ class NetConfig:
         check_degree(self.degree)
         if self.poly_form not in FORMS:
             raise ValueError(f"poly_form must be one of {FORMS}, got {self.poly_form!r}")
+        if self.dreg_positions not in dreg.POSITIONS:
+            raise ValueError(
+                f"dreg_positions must be one of {dreg.POSITIONS}, got {self.dreg_positions!r}"
+            )
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"hidden widths must be positive integers, got {list(self.hidden)}")
         if self.arch == "conv" and len(self.input_shape) not in CONV_RANKS:
@@ -88,6 +93,7 @@ class NetConfig:
     def from_json(cls, d: dict) -> NetConfig:
         # checkpoints written before the depressed form trained the monomial one
         d = {"poly_form": "monomial", **d}
+        d = {"dreg_positions": "sum", **d}  # ... and before DREG's per-position conv term
         return cls(**{**d, "input_shape": tuple(d["input_shape"]), "hidden": tuple(d["hidden"])})
 
 
@@ -159,7 +165,7 @@ class CRNet(nn.Module):
                 if isinstance(block, PolyAct):
                     excess.append(F.relu(x.abs() - self.config.fit_range).square().mean())
                 x, deriv = block.forward_with_derivative(x)
-                terms.append(dreg.layer_jacobian_sq(deriv, prev))
+                terms.append(dreg.layer_jacobian_sq(deriv, prev, self.config.dreg_positions))
             else:
                 x = block(x)
             prev = block

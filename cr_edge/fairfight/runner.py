@@ -37,6 +37,9 @@ NOISE_LEVELS = (0.1, 0.25, 0.5)
 SHIFT_SHARE = 0.1
 PROFILE_BATCHES = (1, 64)
 PROFILE_RUNTIMES = (("cpu", "onnx"), ("executorch-xnnpack", "pte"))
+# A run whose best validation epoch fell in this last share of its epoch budget may still have
+# been improving when the budget ended it: the report counts and flags it (``late_best``).
+LATE_SHARE = 0.1
 
 
 def run_task(task_json: dict) -> dict:
@@ -55,6 +58,7 @@ def run_task(task_json: dict) -> dict:
             "seed": task.seed,
             "lr": task.lr,
             "dreg": task.dreg,
+            "weight_decay": task.recipe.weight_decay,
             "fraction": task.fraction,
         }
         with tempfile.TemporaryDirectory(prefix="cr-edge-fight-") as tmp:
@@ -83,6 +87,10 @@ def run_task(task_json: dict) -> dict:
             "peak_volatility": m["peak_volatility"],
             "grad_mean": m["grad_mean"],
             "steps": len(step_norms),
+            "best_epoch": m["best_epoch"],
+            "epochs": m["epochs_trained"],
+            "epoch_budget": task.recipe.epochs,
+            "late_best": late_best(m["best_epoch"], task.recipe.epochs),
             "step_tail_ratio": _tail_ratio(steps),
             "step_peak_volatility": float(steps.max()) if steps.numel() else None,
         }
@@ -91,6 +99,11 @@ def run_task(task_json: dict) -> dict:
         return undefined_as_none(record)
     finally:
         torch.set_num_threads(before)
+
+
+def late_best(best_epoch: int, budget: int) -> bool:
+    """Whether ``best_epoch`` (1-based) lies in the last ``LATE_SHARE`` of ``budget`` epochs."""
+    return best_epoch > budget * (1 - LATE_SHARE)
 
 
 def _parameter_grad_norm(net: CRNet) -> float:

@@ -117,6 +117,7 @@ def net_config_for(recipe: Recipe, data: Dataset) -> NetConfig:
         degree=recipe.degree,
         shared=recipe.shared,
         poly_form=recipe.poly_form,
+        dreg_positions=recipe.dreg_positions,
     )
 
 
