@@ -17,7 +17,7 @@ from collections import defaultdict
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+import onnx_ir as ir
 
 from cr_edge.quantize.measure import probe
 
@@ -25,20 +25,58 @@ RANGE_FLOOR = 0.1  # activation ranges below this share of the median count as t
 Scales = dict[str, np.ndarray]  # weight initializer -> per-input-channel scale
 
 
-def gemm_users(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    """Constant ``B`` (with ``transB = 1``) -> the Gemms that multiply by it."""
-    inits = {t.name for t in model.graph.initializer}
-    users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+def gemm_users(graph: ir.Graph) -> dict[str, list[ir.Node]]:
+    """Constant ``B`` (with ``transB = 1``) -> the Gemms that multiply by it, in graph order."""
+    users: dict[str, list[ir.Node]] = defaultdict(list)
+    for node in graph:
         if (
             node.op_type == "Gemm"
-            and node.input[1] in inits
-            and attrs.get("transB", 0) == 1
-            and not attrs.get("transA", 0)
+            and len(node.inputs) > 1
+            and node.inputs[1] is not None
+            and node.inputs[1].is_initializer()
+            and node.attributes.get_int("transB", 0) == 1
+            and not node.attributes.get_int("transA", 0)
         ):
-            users[node.input[1]].append(node)
+            users[node.inputs[1].name].append(node)
     return users
+
+
+class EqualizeGemmInputs(ir.passes.InPlacePass):
+    """Divide each shared weight's columns by its scale and multiply each Gemm's input by it.
+
+    An onnx-ir pass rather than a rewrite rule: one weight is read by several Gemms (the
+    companion's primal and ``v`` paths), and it must be rescaled once, with one scale
+    initializer that every one of its Gemms multiplies by. Weights without a scale in
+    ``scales`` are left alone.
+    """
+
+    def __init__(self, scales: Scales) -> None:
+        super().__init__()
+        self.scales = scales
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        modified = False
+        for weight, gemms in gemm_users(graph).items():
+            if weight not in self.scales:
+                continue
+            s = self.scales[weight]
+            value = gemms[0].inputs[1]
+            w = value.const_value.numpy().astype(np.float64)
+            value.const_value = ir.tensor((w / s).astype(np.float32), name=weight)
+            scale = ir.Value(
+                name=f"{weight}__eq_scale",
+                const_value=ir.tensor(s.astype(np.float32), name=f"{weight}__eq_scale"),
+            )
+            graph.register_initializer(scale)
+            for gemm in gemms:
+                x = gemm.inputs[0]
+                mul = ir.Node("", "Mul", [x, scale], name=f"{gemm.name}__equalize")
+                mul.outputs[0].name = f"{x.name}__eq_{gemm.name}"
+                graph.insert_before(gemm, mul)
+                gemm.replace_input_with(0, mul.outputs[0])
+            modified = True
+        return ir.passes.PassResult(model, modified)
 
 
 def input_ranges(
@@ -59,36 +97,17 @@ def equalize(
     ``scales`` from the primal model are reused for its derivative companion, whose
     Gemms share the weights: both graphs must then hold the same (deployed) weights.
     """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    users = gemm_users(out)
-    inits = {t.name: t for t in out.graph.initializer}
+    irm = ir.from_proto(model)
+    users = gemm_users(irm.graph)
     scales = dict(scales or {})
-    todo = sorted({g.input[0] for w, gs in users.items() if w not in scales for g in gs})
-    ranges = input_ranges(out, todo, feeds) if todo else {}
-    new_nodes: dict[str, onnx.NodeProto] = {}  # Gemm name -> the Mul placed before it
+    todo = sorted({g.inputs[0].name for w, gs in users.items() if w not in scales for g in gs})
+    ranges = input_ranges(model, todo, feeds) if todo else {}
     for weight, gemms in users.items():
-        w = numpy_helper.to_array(inits[weight]).astype(np.float64)
         if weight not in scales:
-            scales[weight] = _scale(w, np.max([ranges[g.input[0]] for g in gemms], axis=0))
-        s = scales[weight]
-        inits[weight].CopyFrom(numpy_helper.from_array((w / s).astype(np.float32), weight))
-        scale = f"{weight}__eq_scale"
-        out.graph.initializer.append(numpy_helper.from_array(s.astype(np.float32), scale))
-        for g in gemms:
-            scaled = f"{g.input[0]}__eq_{g.name}"
-            new_nodes[g.name] = helper.make_node(
-                "Mul", [g.input[0], scale], [scaled], name=f"{g.name}__equalize"
-            )
-            g.input[0] = scaled
-    nodes = []
-    for node in out.graph.node:
-        if node.name in new_nodes:
-            nodes.append(new_nodes[node.name])
-        nodes.append(node)
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    return out, scales
+            w = gemms[0].inputs[1].const_value.numpy().astype(np.float64)
+            scales[weight] = _scale(w, np.max([ranges[g.inputs[0].name] for g in gemms], axis=0))
+    EqualizeGemmInputs(scales)(irm)
+    return ir.to_proto(irm), scales
 
 
 def _scale(w: np.ndarray, r_a: np.ndarray) -> np.ndarray:

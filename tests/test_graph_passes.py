@@ -1,0 +1,70 @@
+"""The graph edits of quantize, export and profile as onnx-ir passes, on inline models.
+
+Each test builds the pass's input from ONNX text, runs the pass, checks the result with
+the full ONNX checker, asserts the op types, and compares onnxruntime's outputs with
+numbers worked out by hand or by numpy (never by the code under test).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from cr_edge.quantize.equalize import equalize
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _checked_ops(model: onnx.ModelProto) -> list[str]:
+    """The op types in graph order, after the full checker has accepted ``model``."""
+    onnx.checker.check_model(model, full_check=True)
+    return [n.op_type for n in model.graph.node]
+
+
+def _init(model: onnx.ModelProto, name: str) -> np.ndarray:
+    return next(onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name)
+
+
+# Two Gemms read one transB weight (the companion's primal and v paths). Column maxima of
+# |W| are 4, 1, 1; the calibration input's column maxima of |x| are 1, 1, 4.
+EQUALIZE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[n, 3] x, float[n, 3] v) => (float[n, 2] y, float[n, 2] jv)
+<float[2, 3] w = {4, -1, 0.5, -2, 0.5, -1}, float[2] b = {0.5, -1}> {
+  [primal] y = Gemm<transB = 1>(x, w, b)
+  [tangent] jv = Gemm<transB = 1>(v, w)
+}
+"""
+W = np.array([[4, -1, 0.5], [-2, 0.5, -1]])
+X = np.array([[1, -1, 4], [-0.5, 0.25, -2]], dtype=np.float32)
+
+
+def test_equalize_scales_columns_once_and_multiplies_each_gemm_input():
+    model = onnx.parser.parse_model(EQUALIZE)
+    out, scales = equalize(model, {"x": X, "v": X})
+    # s = sqrt(r_w / r_a) = sqrt(4/1, 1/1, 1/4) = (2, 1, 0.5), whose geometric mean is 1.
+    np.testing.assert_allclose(scales["w"], [2, 1, 0.5], rtol=1e-12)
+    assert _checked_ops(out) == ["Mul", "Gemm", "Mul", "Gemm"]
+    np.testing.assert_array_equal(_init(out, "w"), [[2, -1, 1], [-1, 0.5, -2]])
+    # One scale initializer, read by both Muls; the weight's column ranges become 2, 1, 2.
+    assert [t.name for t in out.graph.initializer] == ["w", "b", "w__eq_scale"]
+    muls = [n for n in out.graph.node if n.op_type == "Mul"]
+    assert [n.input[1] for n in muls] == ["w__eq_scale", "w__eq_scale"]
+    assert [n.name for n in muls] == ["primal__equalize", "tangent__equalize"]
+    v = np.array([[2, 0, -1], [0, 1, 0]], dtype=np.float32)
+    y, jv = _session(out).run(None, {"x": X, "v": v})
+    np.testing.assert_allclose(y, X @ W.T + [0.5, -1], rtol=1e-6)
+    np.testing.assert_allclose(jv, [[7.5, -3], [-1, 0.5]], rtol=1e-6)  # by hand: rows of W . v
+    assert onnx.numpy_helper.to_array(model.graph.initializer[0])[0, 0] == 4  # input untouched
+
+
+def test_equalize_reuses_given_scales_without_measuring():
+    model = onnx.parser.parse_model(EQUALIZE)
+    out, scales = equalize(model, {}, {"w": np.array([1.0, 2.0, 4.0])})
+    assert list(scales) == ["w"]
+    np.testing.assert_array_equal(_init(out, "w"), [[4, -0.5, 0.125], [-2, 0.25, -0.25]])
+    y, _ = _session(out).run(None, {"x": X, "v": X})
+    np.testing.assert_allclose(y, X @ W.T + [0.5, -1], rtol=1e-6)
