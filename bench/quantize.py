@@ -16,7 +16,10 @@ the median per-round ratio with its p10-p90. Figures differ by CPU: the header n
 this one and its ISA flags.
 
 The zoo models hold a few thousand weights; ``digits-cr@512x512`` is the
-weights-dominated case, and ``digits-cr#S`` retrains digits-cr with seed ``S``.
+weights-dominated case, and ``digits-cr#S`` retrains digits-cr with seed ``S``;
+``yelp-full-cr`` trains on a generated review corpus of its shape (``--reviews``), its
+embedding table nearly all of it. Beside the chosen model every MatMulNBits candidate
+(``nb8`` at accuracy levels 4 and 0, ``nb4``) gets its own row.
 
 Run from the repository root: ``python -m bench.quantize [--epochs N] [--recipes a,b]
 [--page]``; ``--page`` rewrites the quantization and pipeline tables of
@@ -42,15 +45,17 @@ from cr_edge.export.exporter import export
 from cr_edge.quantize import measure as qm
 from cr_edge.quantize.gemm_to_matmul import gemm_to_matmul
 from cr_edge.quantize.judge import AtBatch, three_ways
-from cr_edge.quantize.policy import QuantConfig, QuantPolicy
+from cr_edge.quantize.policy import NBITS, QuantConfig, QuantPolicy
 from cr_edge.quantize.quantizer import QuantizeResult, Tried, quantize
 from cr_edge.quantize.secant import min_cosine, noise_floor, secant, secant_displacement
 from cr_edge.recipe import load_recipe, zoo_names
 from cr_edge.train.loop import train
 from cr_edge.validate.oracle import load_oracle
 from cr_edge.validate.tolerances import OUTPUT_STEP_KEY
+from tests.review_corpus import write_review_corpus
 
 WIDE = "digits-cr@512x512"
+TEXT = "yelp-full-cr"  # on a generated corpus of its shape (65,536 x 48 table), see --reviews
 SEEDS = ("digits-cr#1", "digits-cr#2", "digits-cr#3")
 NAIVE = "static/int8/minmax/no-eq"
 HEADER = (
@@ -165,8 +170,13 @@ def rows_for(name: str, ck: Path, ex: Path, work: Path) -> tuple[list[tuple], st
     rows = [
         _row(name, label, shown, result, ok),
         _row(name, "naive int8", naive, result, _failed(naive)),
-        _ort_default(name, ex, result, np.load(calib)["x"]),
     ]
+    # the MatMulNBits candidates, each level and nb4, whether kept or not (their figures)
+    nbits = [t for t in result.tried if t.policy.mode in NBITS and t is not shown]
+    rows += [_row(name, t.policy.label, t, result, _failed(t)) for t in nbits]
+    x = np.load(calib)["x"]
+    if x.dtype != np.int64:  # token ids: quantize_dynamic's defaults would take the table too
+        rows.append(_ort_default(name, ex, result, x))
     return rows, why
 
 
@@ -179,7 +189,9 @@ def table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
-def _recipe(name: str, epochs: int | None):
+def _recipe(name: str, epochs: int | None, work: Path | None = None, reviews: int = 0):
+    """``name``'s recipe; a Yelp-format recipe whose data is not here (yelp-full-cr) trains on a
+    generated corpus of ``reviews`` reviews in Yelp's layout, written under ``work``."""
     base, _, widths = name.partition("@")
     base, _, seed = base.partition("#")
     recipe = load_recipe(base)
@@ -187,6 +199,10 @@ def _recipe(name: str, epochs: int | None):
         recipe = recipe.replace(hidden=tuple(int(w) for w in widths.split("x")))
     if seed:
         recipe = recipe.replace(seed=int(seed))
+    if work is not None and recipe.data_format == "yelp" and not Path(recipe.data).is_file():
+        (work / "data").mkdir(parents=True, exist_ok=True)
+        data = write_review_corpus(work / "data" / "train.csv", reviews, layout="yelp")
+        recipe = recipe.replace(data=str(data))
     return recipe.replace(epochs=epochs) if epochs else recipe
 
 
@@ -216,9 +232,15 @@ def main() -> None:
     parser.add_argument(
         "--recipes",
         default=",".join(
-            [*(n for n in zoo_names() if load_recipe(n).data in BUILTINS), *SEEDS, WIDE]
+            [*(n for n in zoo_names() if load_recipe(n).data in BUILTINS), *SEEDS, WIDE, TEXT]
         ),
         help="Zoo names; NAME@AxB overrides the hidden widths, NAME#S the seed.",
+    )
+    parser.add_argument(
+        "--reviews",
+        type=int,
+        default=20000,
+        help="Reviews in the corpus generated for a Yelp recipe whose data is not here.",
     )
     add_page_option(parser, "quantize")
     args = parser.parse_args()
@@ -227,7 +249,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
         for name in args.recipes.split(","):
             work = Path(tmp) / name
-            train(_recipe(name, args.epochs), work / "ck", device="cpu")
+            train(_recipe(name, args.epochs, work, args.reviews), work / "ck", device="cpu")
             export(work / "ck", work / "ex")
             got, why = rows_for(name, work / "ck", work / "ex", work)
             rows += got
