@@ -27,6 +27,7 @@ QUANTIZED_LINEAR = frozenset(
         "QGemm",
         "DynamicQuantizeMatMul",
         "MatMulIntegerToFloat",
+        "MatMulNBits",  # onnxruntime's block-quantized weights (quantize --mode nb8/nb4)
     }
 )
 QUANTIZED_HORNER = frozenset({"QLinearMul", "QLinearAdd"})

@@ -13,6 +13,13 @@ both sides (onnxruntime fuses it into ``QLinearMatMul``/``MatMulIntegerToFloat``
 computes them in float) and are left to the reference evaluator. A ``QLinearConv``
 written as such (cr-edge's policies write QDQ) is not emulated: ``cr_edge.quantize``
 refuses the AVX2 verdict for it (``emulated_ops``).
+
+onnxruntime's contrib ops that cr-edge's policies write are evaluated here too:
+``MatMulNBits`` (``nbits_matmul``: at accuracy level 4 the activations are quantized per
+block exactly as MLAS's ``QuantizeARow_CompInt8`` does, then multiplied in exact integers)
+and ``GatherBlockQuantized`` (the gathered rows dequantized exactly). MLAS's 8-bit
+``MatMulNBits`` kernel for AVX2 without VNNI is not emulated (its pair-sum form was not
+verified); the AVX2 way computes those nodes exactly.
 """
 
 from __future__ import annotations
