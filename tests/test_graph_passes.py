@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
+import pytest
 
 from cr_edge.quantize.equalize import equalize
+from cr_edge.quantize.measure import ExposeValues, probe
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -68,3 +71,28 @@ def test_equalize_reuses_given_scales_without_measuring():
     np.testing.assert_array_equal(_init(out, "w"), [[4, -0.5, 0.125], [-2, 0.25, -0.25]])
     y, _ = _session(out).run(None, {"x": X, "v": X})
     np.testing.assert_allclose(y, X @ W.T + [0.5, -1], rtol=1e-6)
+
+
+PROBE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[n, 2] x) => (float[n, 2] y) <float[n, 2] a> {
+  a = Relu(x)
+  y = Mul(a, a)
+}
+"""
+
+
+def test_expose_values_adds_outputs_and_probe_reads_them():
+    model = onnx.parser.parse_model(PROBE)
+    irm = ir.from_proto(model)
+    assert ExposeValues(["a", "y", "x"])(irm).modified
+    out = ir.to_proto(irm)
+    assert _checked_ops(out) == ["Relu", "Mul"]
+    assert [o.name for o in out.graph.output] == ["y", "a", "x"]
+    x = np.array([[-1, 2], [3, -4]], dtype=np.float32)
+    got = probe(model, ["a", "x"], {"x": x})
+    np.testing.assert_array_equal(got["a"], [[0, 2], [3, 0]])
+    np.testing.assert_array_equal(got["x"], x)
+    assert [o.name for o in model.graph.output] == ["y"]  # the caller's model is untouched
+    with pytest.raises(ValueError, match="'b'"):
+        ExposeValues(["b"])(ir.from_proto(model))

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 
 from cr_edge.profile.timing import measure, ratio_stats
@@ -65,17 +66,40 @@ def session(model: onnx.ModelProto | bytes, threads: int = 1) -> ort.InferenceSe
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
+class ExposeValues(ir.passes.InPlacePass):
+    """Make the values ``names`` graph outputs too (after the model's own), to read them.
+
+    Intermediate values keep their recorded type as outputs; a name the graph does not
+    hold is refused with its name rather than left for onnxruntime to report.
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        self.names = names
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        values = ir.convenience.create_value_mapping(graph, include_subgraphs=False)
+        known = {o.name for o in graph.outputs}
+        added = False
+        for name in self.names:
+            if name in known:
+                continue
+            if name not in values:
+                raise ValueError(f"no value named {name!r} in graph {graph.name!r} to expose")
+            graph.outputs.append(values[name])
+            known.add(name)
+            added = True
+        return ir.passes.PassResult(model, modified=added)
+
+
 def probe(
     model: onnx.ModelProto, names: list[str], feeds: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """The values of the intermediate tensors ``names`` on ``feeds`` (exposed as outputs)."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    known = {o.name for o in exposed.graph.output}
-    exposed.graph.output.extend(
-        onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in known
-    )
-    sess = as_session(session(exposed, threads=0))
+    exposed = ir.from_proto(model)
+    ExposeValues(names)(exposed)
+    sess = as_session(session(ir.serde.serialize_model(exposed), threads=0))
     outputs = sess.run_all(feeds, CHUNK)
     return {n: outputs[sess.output_names.index(n)] for n in names}
 
