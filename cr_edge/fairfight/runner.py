@@ -18,12 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cr_edge import heads
+from cr_edge import dreg, heads
 from cr_edge.checkpoint import load_checkpoint
 from cr_edge.errors import TrainingFailed
 from cr_edge.export.exporter import ExportOptions, export
+from cr_edge.fairfight import smoothness
 from cr_edge.fairfight.ladder import Task
 from cr_edge.fairfight.metric import METRICS
+from cr_edge.fairfight.smoothness import StepProbe
 from cr_edge.fairfight.stats import undefined_as_none
 from cr_edge.nets import CRNet
 from cr_edge.profile.profiler import ProfileOptions, profile
@@ -49,6 +51,10 @@ def run_task(task_json: dict) -> dict:
     torch.set_num_threads(1)
     try:
         step_norms: list[float] = []
+        kind = task.recipe.loss
+        probe = StepProbe(
+            task.recipe.task, heads.default_loss(task.recipe.task) if kind == "auto" else kind
+        )
         record = {
             "key": task.key,
             "phase": task.phase,
@@ -69,6 +75,7 @@ def run_task(task_json: dict) -> dict:
                     device="cpu",
                     threads=1,
                     on_step=lambda net: step_norms.append(_parameter_grad_norm(net)),
+                    on_batch=probe,
                 )
             except TrainingFailed as e:
                 # a diverged or collapsed run is a result too: counted in the report, never chosen
@@ -78,21 +85,26 @@ def run_task(task_json: dict) -> dict:
         net = result.net.eval()
         m = result.metrics
         k = METRICS[task.recipe.task].key
-        steps = torch.tensor(step_norms, dtype=torch.float64)
+        x_test = torch.from_numpy(ckpt.normalisation.apply(calib["x_test"]))
+        per_sample = dreg.input_gradient_norms(net, x_test).double().numpy()
         record |= {
             "parameters": m["parameters"],
             f"val_{k}": m[f"val_{k}"],
             f"test_{k}": m[f"test_{k}"],
-            "tail_ratio": m["tail_ratio"],
-            "peak_volatility": m["peak_volatility"],
+            # smoothness (cr_edge.fairfight.smoothness): per test sample, per training batch,
+            # and per step over the shared weights without DREG; peak volatility is max/median
+            "tail_ratio": smoothness.tail_ratio(per_sample),
+            "peak_volatility": smoothness.peak_volatility(per_sample),
+            "peak_gradient": m["peak_volatility"],  # the raw max, in the inputs' units
             "grad_mean": m["grad_mean"],
+            **probe.metrics(),
             "steps": len(step_norms),
             "best_epoch": m["best_epoch"],
             "epochs": m["epochs_trained"],
             "epoch_budget": task.recipe.epochs,
             "late_best": late_best(m["best_epoch"], task.recipe.epochs),
-            "step_tail_ratio": _tail_ratio(steps),
-            "step_peak_volatility": float(steps.max()) if steps.numel() else None,
+            # every parameter, the whole loss (DREG's term included): the old step metric
+            "all_step_tail_ratio": smoothness.tail_ratio(step_norms),
         }
         if task.phase != "tune":
             record["corruption"] = corruption_scores(net, ckpt, calib, task.seed)
@@ -110,13 +122,6 @@ def _parameter_grad_norm(net: CRNet) -> float:
     """``||d loss / d theta||`` of one training step, over every parameter."""
     norms = [p.grad.detach().norm() for p in net.parameters() if p.grad is not None]
     return float(torch.stack(norms).norm()) if norms else 0.0
-
-
-def _tail_ratio(g: torch.Tensor) -> float | None:
-    """tau = p99 / mean, the definition ``dreg.gradient_metrics`` uses for per-sample norms."""
-    if g.numel() == 0 or g.mean() <= 0:
-        return None
-    return float(torch.quantile(g, 0.99) / g.mean())
 
 
 def corruption_scores(net: CRNet, ckpt, calib: dict, seed: int) -> dict[str, float]:

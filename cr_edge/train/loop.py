@@ -141,12 +141,14 @@ def train_unlocked(
     threads: int | None = None,
     on_step: Callable[[CRNet], None] | None = None,
     rank: Rank | None = None,
+    on_batch: Callable[[CRNet, Tensor, Tensor], None] | None = None,
 ) -> TrainResult:
     """Train ``recipe`` and write the checkpoint folder ``out`` (``train`` holds its lock).
 
     ``threads=None`` picks one CPU thread for small nets (``SINGLE_THREAD_BELOW``) and
     torch's default otherwise; the caller's thread setting is restored afterwards.
-    ``on_step`` sees the net after every optimiser step, its gradients still in place.
+    ``on_step`` sees the net after every optimiser step, its gradients still in place;
+    ``on_batch`` sees the net and the step's batch (inputs, targets) before the step.
     ``rank``: one process of a distributed run (``cr_edge.train.distributed``, whose launcher
     holds the lock and calls this unlocked): it trains its shard under
     DistributedDataParallel, and only rank 0 writes the checkpoint.
@@ -177,7 +179,7 @@ def train_unlocked(
     if threads is None and dev.type == "cpu" and net.n_parameters() < SINGLE_THREAD_BELOW:
         threads = 1
     with _cpu_threads(threads):
-        fit = _fit(net, recipe, tensors, labels, on_epoch, target_scale, on_step, rank)
+        fit = _fit(net, recipe, tensors, labels, on_epoch, target_scale, on_step, rank, on_batch)
     net.load_state_dict(fit.state)
     net.eval()
     metrics = evaluate(net, tensors["test"], labels["test"], recipe.dreg, target_scale)
@@ -228,6 +230,7 @@ def _fit(
     target_scale: TargetScale | None = None,
     on_step: Callable[[CRNet], None] | None = None,
     rank: Rank | None = None,
+    on_batch: Callable[[CRNet, Tensor, Tensor], None] | None = None,
 ) -> Fit:
     task = net.config.task
     forward = net.forward_with_terms if rank is None else ddp_forward(net)
@@ -251,6 +254,8 @@ def _fit(
         seen = 0  # n in one process; this rank's shard in a distributed run
         for idx in _batches(n, recipe, gen, epoch, rank, x["train"].device):
             set_lr(opt, scheduled_lr(recipe.lr, recipe.lr_schedule, step, total))
+            if on_batch:
+                on_batch(net, x["train"][idx], y["train"][idx])
             try:
                 loss, term = _step(
                     net,
