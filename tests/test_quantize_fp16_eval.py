@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +17,11 @@ from cr_edge.quantize.apply import apply_policy
 from cr_edge.quantize.fp16_eval import ORDERS, Fp16Session, dot16, is_fp16
 from cr_edge.quantize.integer_eval import ReferenceSession
 from cr_edge.quantize.judge import FP16_HW, three_ways
+from cr_edge.quantize.measure import parity
 from cr_edge.quantize.policy import QuantConfig, QuantPolicy
 from cr_edge.quantize.quantizer import quantize
-from cr_edge.validate.oracle import Oracle
+from cr_edge.runtimes.runtime import Session, TensorSpec
+from cr_edge.validate.oracle import Oracle, load_oracle
 from tests import trained
 
 H = np.float16
@@ -140,3 +146,96 @@ def test_an_fp32_graph_is_not_judged_as_fp16(tmp_path):
     oracle = Oracle(Path(tmp_path / "o.npz"), x, y64.astype(np.float32))
     ways, _ = three_ways(model, None, {"cr_edge.precision": "fp32"}, oracle)
     assert not any(w.name.startswith(FP16_HW) for w in ways)
+
+
+# --- against the emulated ARM64 device with fp16 arithmetic (cr_edge.devices.emulated) ---
+
+FP16_CORE = "neoverse-n1"  # ARMv8.2-A with FP16: onnxruntime runs fp16 Gemms in fp16 there
+DEVICE_RUN = """
+import sys, numpy as np, onnxruntime as ort
+d = sys.argv[1]
+s = ort.InferenceSession(d + "/model.onnx", providers=["CPUExecutionProvider"])
+f = np.load(d + "/feeds.npz")
+np.savez(d + "/out.npz", *s.run(None, {k: f[k] for k in f.files}))
+"""
+
+
+class DeviceSession(Session):
+    """``model`` under onnxruntime on the emulated device: one emulated process per run."""
+
+    def __init__(self, prefix: list[str], model: onnx.ModelProto) -> None:
+        from cr_edge.devices.emulated import EMULATED_PYTHON, EMULATED_WORKDIR, emulated_root
+
+        name = f"fp16-{uuid.uuid4().hex[:12]}"
+        self.host = emulated_root() / EMULATED_WORKDIR.lstrip("/") / name
+        self.host.mkdir(parents=True)
+        (self.host / "model.onnx").write_bytes(model.SerializeToString())
+        self.argv = [*prefix, EMULATED_PYTHON, "-c", DEVICE_RUN, f"{EMULATED_WORKDIR}/{name}"]
+        self.inputs = [TensorSpec(v.name, (None,), np.dtype(np.float32)) for v in model.graph.input]
+        self.outputs = [
+            TensorSpec(v.name, (None,), np.dtype(np.float32)) for v in model.graph.output
+        ]
+        self.metadata = {p.key: p.value for p in model.metadata_props}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        np.savez(self.host / "feeds.npz", **feeds)
+        done = subprocess.run(self.argv, capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        with np.load(self.host / "out.npz") as out:
+            return [out[f"arr_{i}"] for i in range(len(out.files))]
+
+
+def _fp16_core() -> list[str]:
+    """The emulated fp16 core's argv prefix; skipped where it cannot run (failed under CI)."""
+    from cr_edge.devices.emulated import emulated_prefix
+
+    missing = "not root (chroot and binfmt_misc need root)" if os.geteuid() != 0 else None
+    for tool in ("qemu-aarch64-static", "debootstrap", "chroot"):
+        if missing is None and not (shutil.which(tool) or Path("/usr/sbin", tool).is_file()):
+            missing = f"{tool} not installed (apt-get install qemu-user-static debootstrap)"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"emulated ARM64 device under CI: {missing}")
+        pytest.skip(f"emulated ARM64 device: {missing}")
+    return emulated_prefix(FP16_CORE)
+
+
+@pytest.mark.slow
+def test_where_the_emulated_fp16_core_fails_a_model_the_fp16_check_fails_it_too(
+    trained_root, tmp_path
+):
+    prefix = _fp16_core()
+    model, x, y64 = _ill_conditioned()
+    half, _ = apply_policy(model, QuantPolicy("fp16"), {"x": x})
+    cases = {"ill-conditioned": (half, Oracle(tmp_path / "c.npz", x, y64.astype(np.float32)))}
+    ex = trained.exported(trained_root, "digits-cr", "shipped")
+    ck = trained.checkpoint(trained_root, "digits-cr")
+    zoo = quantize(ex.files["onnx"], QuantConfig(tmp_path, QuantPolicy("fp16"), ck / "calib.npz"))
+    cases["digits-cr"] = (onnx.load(zoo.files["onnx"]), load_oracle(zoo.files["ref"]))
+    failed_on_device = []
+    for name, (m, oracle) in cases.items():
+        meta = {p.key: p.value for p in m.metadata_props} or {"cr_edge.precision": "fp16"}
+        on_device = DeviceSession(prefix, m)
+        device = parity(on_device, None, meta, oracle)
+        y_device = on_device.run({m.graph.input[0].name: oracle.x})[0]
+        same = [
+            o
+            for o in ORDERS
+            if np.array_equal(Fp16Session(m, o).run({m.graph.input[0].name: oracle.x})[0], y_device)
+        ]
+        shutil.rmtree(on_device.host)
+        assert same, f"{name}: no accumulation order reproduces {FP16_CORE}'s outputs"
+        ways, _ = three_ways(m, None, meta, oracle)
+        ours = next(w for w in ways if w.name.startswith(FP16_HW))
+        here = next(w for w in ways if w.name == "onnxruntime b64")
+        print(
+            f"{name}: {FP16_CORE} err {device.max_abs_err:.4g} ({'pass' if device.ok else 'FAIL'}),"
+            f" {ours.name} {ours.parity.max_abs_err:.4g}, onnxruntime here "
+            f"{here.parity.max_abs_err:.4g}, atol {device.atol:g}; bit-identical: {same}"
+        )
+        if not device.ok:
+            failed_on_device.append(name)
+            assert not ours.parity.ok, f"{name}: fails on {FP16_CORE}, passes the fp16 check"
+        # the model is no coarser than the core: its worst order errs at least as much
+        assert ours.parity.max_abs_err >= device.max_abs_err * 0.99
+    assert "ill-conditioned" in failed_on_device  # the implication was exercised
