@@ -12,9 +12,11 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto
 
 from cr_edge.quantize.equalize import equalize
 from cr_edge.quantize.measure import ExposeValues, probe
+from cr_edge.quantize.stale_types import ForgetStaleTypes
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -96,3 +98,30 @@ def test_expose_values_adds_outputs_and_probe_reads_them():
     assert [o.name for o in model.graph.output] == ["y"]  # the caller's model is untouched
     with pytest.raises(ValueError, match="'b'"):
         ExposeValues(["b"])(ir.from_proto(model))
+
+
+# What onnxruntime's fp16 converter can leave: value types recorded as fp16 for tensors a
+# Cast (or an fp32 op it kept) makes fp32.
+STALE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[n, 2] x) => (float[n, 2] y) <float16[n, 2] h, float[2] w = {0.5, -2}> {
+  h = Relu(x)
+  y = Mul(h, w)
+}
+"""
+
+
+def test_forget_stale_types_lets_strict_inference_retype_the_graph():
+    model = onnx.parser.parse_model(STALE)
+    model.graph.value_info.append(onnx.helper.make_tensor_value_info("w", TensorProto.FLOAT16, [2]))
+    with pytest.raises(onnx.shape_inference.InferenceError, match="differs"):
+        onnx.checker.check_model(model, full_check=True)
+    irm = ir.from_proto(model)
+    assert ForgetStaleTypes()(irm).modified
+    out = onnx.shape_inference.infer_shapes(ir.to_proto(irm), strict_mode=True)
+    assert _checked_ops(out) == ["Relu", "Mul"]
+    types = {v.name: v.type.tensor_type.elem_type for v in out.graph.value_info}
+    assert types == {"h": TensorProto.FLOAT, "w": TensorProto.FLOAT}
+    x = np.array([[-1, 2], [3, -4]], dtype=np.float32)
+    (y,) = _session(out).run(None, {"x": x})
+    np.testing.assert_array_equal(y, [[0, -4], [1.5, 0]])

@@ -36,6 +36,7 @@ from cr_edge.quantize.interval import overrides as interval_overrides
 from cr_edge.quantize.measure import as_session, probe, session
 from cr_edge.quantize.nbits import quantize_nbits
 from cr_edge.quantize.policy import NBITS, QuantPolicy
+from cr_edge.quantize.stale_types import ForgetStaleTypes
 from cr_edge.quantize.weight_only import WeightOnlyInt8
 from cr_edge.quiet import quiet
 
@@ -48,6 +49,8 @@ CALIBRATION = {
 # Percentile keeps 99.999% of each activation: clipping the rare extreme hurts a
 # polynomial more than a ReLU (p(z) grows like z^3), so it is conservative.
 CALIB_OPTIONS = {"CalibPercentile": 99.999}
+# After the fp16 converter: its stale value types first, then the order of its Casts.
+FP16_REPAIR = ir.passes.PassManager([ForgetStaleTypes(), TopologicalSortPass()])
 
 
 Handler = Callable[[onnx.ModelProto, QuantPolicy, dict[str, np.ndarray]], onnx.ModelProto]
@@ -91,9 +94,8 @@ def _fp16(model: onnx.ModelProto, policy: QuantPolicy, feeds: dict) -> onnx.Mode
     # Casts out of topological order and leaves those tensors' value_info typed fp16 where
     # a Cast now makes them fp32: onnxruntime runs it, shape inference (profile's FLOP
     # count) refused it. So the stale types are dropped and the graph sorted again.
-    del half.graph.value_info[:]
     irm = ir.from_proto(half)
-    TopologicalSortPass()(irm)
+    FP16_REPAIR(irm)
     return onnx.shape_inference.infer_shapes(ir.to_proto(irm), strict_mode=True)
 
 
