@@ -66,6 +66,5 @@ def test_mutated_models_give_a_verdict_or_input_error(model_dir, tmp_path, suffi
             continue
         # any other exception propagates and fails the test with the case in the traceback
         outcomes["FAIL" if report.failures() else "PASS"] += 1
-    assert sum(outcomes.values()) == CASES
     assert outcomes["InputError"] > CASES // 2  # most mutations break the file outright
     assert outcomes["FAIL"] > 0  # and some leave a loadable but different model

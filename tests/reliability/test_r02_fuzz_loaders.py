@@ -50,7 +50,9 @@ def test_a_loader_killed_by_a_signal_is_exit_2(exported, monkeypatch):
 def test_a_hanging_loader_is_exit_2(exported, monkeypatch):
     monkeypatch.setattr(sandbox, "child_args", lambda path: ["-c", "while 1: pass"])
     monkeypatch.setattr(sandbox, "TIMEOUT_S", 1)
-    result = run("profile", exported / "model.onnx", "--iters", "1", "--no-memory")
+    result = run(
+        "profile", exported / "model.onnx", "--runtime", "cpu", "--iters", "1", "--no-memory"
+    )
     assert result.exit_code == 2
     assert "took longer than 1 s" in one_line_error(result)
 

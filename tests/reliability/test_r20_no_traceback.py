@@ -43,7 +43,7 @@ def invocation(command: str, checkpoint: Path, exported: Path, out: Path) -> lis
         "export": ["export", checkpoint, "--out", out],
         "quantize": ["quantize", model, "--out", out, "--mode", "dynamic"],
         "validate": ["validate", model, "--runtime", "cpu"],
-        "profile": ["profile", model, "--iters", "1", "--no-memory"],
+        "profile": ["profile", model, "--runtime", "cpu", "--iters", "1", "--no-memory"],
         "pipeline": ["pipeline", "--out", out],
         "fairfight": ["fairfight", "--out", out],
     }[command]
@@ -90,7 +90,10 @@ def corpus(checkpoint: Path, exported: Path, work: Path) -> dict[str, tuple[Path
     model = ex / "model.onnx"
     return {
         "onnx-validate": (model, ["validate", model, "--runtime", "cpu"]),
-        "onnx-profile": (model, ["profile", model, "--iters", "1", "--no-memory"]),
+        "onnx-profile": (
+            model,
+            ["profile", model, "--runtime", "cpu", "--iters", "1", "--no-memory"],
+        ),
         "onnx-quantize": (model, ["quantize", model, "--out", out, "--mode", "dynamic", "--force"]),
         "ort": (ex / "model.ort", ["validate", ex / "model.ort", "--runtime", "ort-mobile"]),
         "oracle": (ex / "model.ref.npz", ["validate", model, "--runtime", "cpu"]),
