@@ -15,7 +15,7 @@ libraries block differently), so a verdict takes the worst case over ``ORDERS``:
 * ``sequential``: one accumulator per output, ``k = 0, 1, ...``: a GEMM micro-kernel
   that broadcasts ``a[i, k]`` against a row of ``b`` (MLAS's and XNNPACK's f16 GEMMs
   vectorise over outputs, so each output's sum runs down ``k`` in order);
-* ``pairwise``: a balanced binary tree over ``k`` (recursive-halving reductions);
+* ``pairwise``: a binary tree over ``k``, neighbours added level by level;
 * ``lanes4/8/16``: ``L`` accumulators, ``k`` going to lane ``k mod L`` (a SIMD register
   of ``L`` halves: 64-, 128-bit NEON, 256-bit SVE), then a pairwise horizontal sum of
   the lanes, as ``vaddvq``/``faddp`` do;
@@ -49,6 +49,7 @@ ORDERS = (
     "lanes8 fused",
 )
 PRODUCT_OPS = ("MatMul", "Gemm", "Conv")
+PAIRWISE_BYTES = 64 << 20  # the pairwise order holds every product of a block of rows
 
 
 def is_fp16(model: onnx.ModelProto) -> bool:
@@ -70,51 +71,56 @@ def dot16(a: np.ndarray, b: np.ndarray, order: str) -> np.ndarray:
 
     Products are rounded to fp16 before they are added, except for the ``fused`` orders,
     where ``acc + a * b`` is rounded once (the product of two halves is exact in float64,
-    and so is its sum with a half but for a rounding far below fp16's).
+    and so is its sum with a half but for a rounding far below fp16's). The arithmetic runs
+    in float32 rounded to fp16 after every operation: the same results as numpy's half
+    ufuncs (float32's 24 bits make a rounded sum or product of two halves correctly
+    rounded), about 30x faster.
     """
     if order not in ORDERS:
         raise ValueError(f"fp16 accumulation order {order!r}: one of {', '.join(ORDERS)}")
-    a, b = np.asarray(a, HALF), np.asarray(b, HALF)
+    a = np.asarray(a, HALF).astype(np.float32)
+    b = np.asarray(b, HALF).astype(np.float32)
     n, k = a.shape
     m = b.shape[1]
     if k == 0:
         return np.zeros((n, m), HALF)
     if order == "pairwise":
-        return _pairwise(a, b, 0, k)
+        rows = max(1, PAIRWISE_BYTES // (4 * k * m))
+        parts = [_pairwise(a[i : i + rows], b) for i in range(0, n, rows)]
+        return np.concatenate(parts).astype(HALF)
     head = order.split()[0]
     lanes = 1 if head == "sequential" else int(head.removeprefix("lanes"))
     fused = order.endswith("fused")
-    acc = np.zeros((lanes, n, m), HALF)
-    for i in range(k):
-        lane = acc[i % lanes]
+    acc = np.zeros((n, lanes, m), np.float64 if fused else np.float32)
+    for start in range(0, k, lanes):  # one step of every lane: k = start .. start + lanes - 1
+        step = slice(start, min(start + lanes, k))
+        width = step.stop - step.start
         if fused:
-            product = np.outer(a[:, i].astype(np.float64), b[i].astype(np.float64))
-            exact = lane.astype(np.float64) + product
-            acc[i % lanes] = exact.astype(HALF)
+            exact = a[:, step, None].astype(np.float64) * b[None, step].astype(np.float64)
+            acc[:, :width] = _half(acc[:, :width] + exact)
         else:
-            acc[i % lanes] = lane + _product(a[:, i], b[i])
-    return _tree(list(acc))
+            acc[:, :width] = _half(acc[:, :width] + _half(a[:, step, None] * b[None, step]))
+    return _tree(acc.astype(np.float32)).astype(HALF)
 
 
-def _product(column: np.ndarray, row: np.ndarray) -> np.ndarray:
-    """The outer product of two fp16 vectors, each product rounded to fp16."""
-    return column[:, None] * row[None, :]  # numpy: float32 product, one rounding to fp16
+def _half(x: np.ndarray) -> np.ndarray:
+    """``x`` rounded to fp16 (to nearest, ties to even; past 65504 to infinity), kept wide."""
+    return x.astype(HALF).astype(x.dtype)
 
 
-def _pairwise(a: np.ndarray, b: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """Products ``lo..hi-1`` summed as a balanced tree, each sum rounded to fp16."""
-    if hi - lo == 1:
-        return _product(a[:, lo], b[lo])
-    mid = (lo + hi) // 2
-    return _pairwise(a, b, lo, mid) + _pairwise(a, b, mid, hi)
+def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Every product rounded to fp16, then neighbours added level by level (``_tree``)."""
+    return _tree(_half(a[:, :, None] * b[None, :, :]))
 
 
-def _tree(parts: list[np.ndarray]) -> np.ndarray:
-    """A horizontal sum of SIMD lanes: pairs of neighbours added until one is left."""
-    while len(parts) > 1:
-        parts = [parts[i] + parts[i + 1] if i + 1 < len(parts) else parts[i]
-                 for i in range(0, len(parts), 2)]  # fmt: skip
-    return parts[0]
+def _tree(parts: np.ndarray) -> np.ndarray:
+    """``parts`` (N, L, M) summed over L as SIMD lanes are: neighbours added in pairs, each
+    sum rounded to fp16, level by level (an odd last one carried up) until one is left."""
+    while parts.shape[1] > 1:
+        even = parts.shape[1] // 2 * 2
+        pairs = _half(parts[:, 0:even:2] + parts[:, 1:even:2])
+        parts = np.concatenate([pairs, parts[:, even:]], axis=1)
+    return parts[:, 0]
 
 
 def _columns(x: np.ndarray, kernel: tuple[int, ...], conv: dict) -> tuple[np.ndarray, tuple]:
