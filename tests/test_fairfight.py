@@ -20,8 +20,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import cr_edge
 from cr_edge.cli import cli
-from cr_edge.fairfight.engine import Engine, RecordStore
+from cr_edge.fairfight.engine import (
+    TRAINING_PATH,
+    Engine,
+    RecordStore,
+    Workers,
+    code_version,
+    execute,
+)
 from cr_edge.fairfight.fight import _closest_cr, _pair, fairfight
 from cr_edge.fairfight.ladder import (
     BUDGETS,
@@ -42,6 +50,25 @@ from cr_edge.fairfight.verdict import (
 # ---- statistics, against values worked out by hand -----------------------------------
 
 
+def _t_sf(t: float, df: float) -> float:
+    """P(T > t) for Student's t with ``df`` degrees of freedom: its density, written out,
+    integrated by the trapezoid rule on a fine grid (an oracle independent of scipy)."""
+    c = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
+    grid = np.linspace(0.0, abs(t), 200_001)
+    density = c * (1 + grid**2 / df) ** (-(df + 1) / 2)
+    area = float(np.sum((density[1:] + density[:-1]) / 2 * np.diff(grid)))
+    return 0.5 - area if t >= 0 else 0.5 + area
+
+
+def _t_quantile(q: float, df: float) -> float:
+    """The t with ``P(T <= t) = q`` (q > 1/2), by bisection on ``_t_sf``."""
+    lo, hi = 0.0, 50.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if 1 - _t_sf(mid, df) < q else (lo, mid)
+    return (lo + hi) / 2
+
+
 def test_mean_ci_is_the_student_t_interval():
     # mean 3, sd sqrt(2.5), se sqrt(2.5/5) = 0.70711, t(0.975, 4) = 2.776445
     ci = mean_ci([1, 2, 3, 4, 5])
@@ -58,7 +85,11 @@ def test_welch_t_and_degrees_of_freedom():
     assert w.difference == pytest.approx(-2.5)
     assert w.t == pytest.approx(-math.sqrt(3))
     assert w.df == pytest.approx(75 / 17)
-    assert w.p == pytest.approx(0.9235, abs=2e-3)  # one-sided, P(T > -1.732) with df 4.41
+    # one-sided, P(T > -sqrt(3)) with df 75/17: the density integrated numerically
+    assert w.p == pytest.approx(_t_sf(-math.sqrt(3), 75 / 17), abs=1e-7)
+    assert w.p == pytest.approx(0.92421, abs=1e-5)
+    half = w.interval().high - w.difference  # t(0.975, 75/17) x se, t by bisection
+    assert half == pytest.approx(_t_quantile(0.975, 75 / 17) * math.sqrt(25 / 12), rel=1e-6)
     # a margin shifts the tested difference: H1 mean(a) > mean(b) - 3
     assert welch([1, 2, 3, 4], [2, 4, 6, 8], margin=3.0).t == pytest.approx(
         0.5 / math.sqrt(25 / 12)
@@ -163,6 +194,29 @@ def test_a_record_from_before_a_recipe_field_existed_is_reused(tmp_path: Path):
     assert changed.key != task.key  # a field away from its default is part of the key
 
 
+def test_a_stale_record_is_retrained_unless_reuse_stale(tmp_path: Path):
+    task = tuning_tasks("digits", BUDGETS["quick"], ("depth1",))[0]
+    RecordStore(tmp_path, code="0" * 16).put(task, {"val_accuracy": -1.0})  # other code
+    reusing = RecordStore(tmp_path, reuse_stale=True)
+    assert reusing.get(task) == {"val_accuracy": -1.0} and reusing.stale == {task.key}
+    store = RecordStore(tmp_path)
+    with Workers(Engine(workers=1)) as workers:
+        records, ran = execute([task], store, workers)
+    assert ran == 1 and store.stale == {task.key}
+    assert 0.0 <= records[0]["val_accuracy"] <= 1.0  # trained again, not the stale -1
+    stored = json.loads(store.path(task).read_text())
+    assert stored["code"] == code_version() and stored["record"] == records[0]
+    again = RecordStore(tmp_path)
+    assert again.get(task) == records[0] and not again.stale  # this code's record: reused
+
+
+def test_the_code_version_covers_the_training_path():
+    root = Path(cr_edge.__file__).parent
+    for name in TRAINING_PATH:
+        assert (root / name).exists(), name
+    assert len(code_version()) == 16 and int(code_version(), 16) >= 0
+
+
 def test_equal_accuracy_compares_the_smallest_points_reaching_the_threshold():
     runs = []
     for s, d in enumerate((-0.002, 0.0, 0.002)):
@@ -190,12 +244,21 @@ def test_fewer_parameters_tests_choose_on_validation_and_correct_with_holm():
             _rec("cr", 8, s, 0.99 + d, 190, val=0.50),
         ]
     tests = fewer_parameters_tests(runs)
+    assert {t["scope"] for t in tests} == {"mlp", "all"}  # depth1 only: no conv scope
+    tests = [t for t in tests if t["scope"] == "mlp"]
     by_k = {t["k"]: t for t in tests}
-    assert by_k[5.0]["cr"] == ["cr", "depth1", 4]
+    # k x params <= 1.05 x 1000: w4 (100) and w8 (190) for k = 1, 2, 5; none for 15.5
+    assert [by_k[k]["cr"] for k in (1.0, 2.0, 5.0)] == [["cr", "depth1", 4]] * 3
     assert by_k[15.5]["cr"] is None and by_k[15.5]["p"] == 1.0  # no CR net is 15.5x smaller
-    # cr w4 vs relu: difference 0.01, margin 0.005, sds 0.01 -> t = 0.015/sqrt(2e-4/3)
-    assert by_k[5.0]["t"] == pytest.approx(0.015 / math.sqrt(2e-4 / 3))
-    assert [t["p_holm"] for t in tests] == pytest.approx(holm([t["p"] for t in tests]))
+    # cr w4 vs relu: difference 0.01, margin 0.005, sds 0.01 -> t = 0.015/sqrt(2e-4/3),
+    # t^2 = 27/8, df = 4. Student's t with 4 df has the closed form
+    # F(t) = 1/2 + (3/8) u (1 - u^2 / 12), u = t / sqrt(1 + t^2/4), so u^2 = 108/59 and
+    # p = 1 - F = 1/2 - (3/8) sqrt(108/59) (50/59) = 0.0700330
+    assert by_k[5.0]["t"] == pytest.approx(math.sqrt(27 / 8))
+    assert by_k[5.0]["df"] == pytest.approx(4.0)
+    assert by_k[5.0]["p"] == pytest.approx(0.0700330, abs=1e-7)
+    # Holm over the scope's four: sorted p, p, p, 1 -> 4p, 4p, 4p, max(4p, 1 x 1)
+    assert [t["p_holm"] for t in tests] == pytest.approx([0.2801320] * 3 + [1.0], abs=1e-6)
 
 
 def test_every_family_gets_the_same_tuning_budget_and_validation_chooses():
@@ -204,8 +267,8 @@ def test_every_family_gets_the_same_tuning_budget_and_validation_chooses():
     per_family = {f: sum(t.family == f for t in tasks) for f in b.families}
     assert len(set(per_family.values())) == 1, per_family
     assert {t.dreg for t in tasks if not FAMILY_BY_NAME[t.family].dreg} == {0.0}
-    # both grids span the same learning rates (DREG's more coarsely, to pay for lambda)
-    assert min(b.lrs) <= min(b.dreg_lrs) and max(b.dreg_lrs) == max(b.lrs)
+    # every family tries the same learning rates (tests/test_fairfight_ladder.py has more)
+    assert len({tuple(sorted({t.lr for t in tasks if t.family == f})) for f in b.families}) == 1
     records = [
         {
             "family": "cr",
@@ -224,7 +287,7 @@ def test_every_family_gets_the_same_tuning_budget_and_validation_chooses():
             "test_accuracy": 0.10,
         },
     ]
-    assert choose(records) == {("cr", "depth1"): (8e-3, 1e-2)}
+    assert choose(records)[("cr", "depth1")][:2] == (8e-3, 1e-2)
 
 
 def test_shifts_move_each_spatial_axis_both_ways_with_edges_replicated():

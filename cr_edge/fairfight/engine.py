@@ -4,10 +4,17 @@ Every finished task's record is written atomically to ``records/<key>.json`` by 
 driver as soon as it arrives, so an interrupted fight loses at most the tasks that
 were running, and a rerun skips every task whose record is on disk. Workers only
 compute (``runner.run_task``): a Ray cluster needs no disk shared with the driver.
+
+Each record also carries the code version it was trained by (``code_version``): a
+digest of the training path's source. A record whose digest differs from this
+checkout's was made by other training code, so it is trained again, unless the
+caller asks to reuse stale records (``--reuse-stale``), and the fight counts them.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -23,6 +30,38 @@ from cr_edge.fairfight.runner import run_task
 
 # (finished so far, total, name of the task just finished or None at the start)
 Progress = Callable[[int, int, str | None], None]
+
+# The training path, relative to the cr_edge package: what a run's record is a function of,
+# beyond its task. Folders count with every .py file under them.
+TRAINING_PATH = (
+    "train",
+    "nets.py",
+    "poly.py",
+    "dreg.py",
+    "heads.py",
+    "data",
+    "fairfight/runner.py",
+)
+
+
+@functools.cache
+def code_version() -> str:
+    """A digest (16 hex digits) of the training path's source files: names and bytes.
+
+    A change to any of them may change what a run trains to, so a record made under
+    another digest is stale. Comments and docstrings count too: the digest errs towards
+    retraining, never towards reusing a record of other code.
+    """
+    root = Path(__file__).resolve().parents[1]
+    files: list[Path] = []
+    for name in TRAINING_PATH:
+        path = root / name
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for path in files:
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def default_workers() -> int:
@@ -45,10 +84,14 @@ class Engine:
 
 
 class RecordStore:
-    """One JSON file per finished task; a record counts only if it belongs to the same task."""
+    """One JSON file per finished task; a record counts only if it belongs to the same task
+    and was trained by this code version (or ``reuse_stale`` says any version will do)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, code: str | None = None, reuse_stale: bool = False) -> None:
         self.folder = Path(folder)
+        self.code = code or code_version()
+        self.reuse_stale = reuse_stale
+        self.stale: set[str] = set()  # keys of records found under another code version
 
     def path(self, task: Task) -> Path:
         return self.folder / f"{task.key}.json"
@@ -60,10 +103,18 @@ class RecordStore:
             same = Task.from_json(stored["task"]) == task
         except (OSError, ValueError, KeyError, TypeError, InputError):
             return None  # absent, unreadable, or of a recipe this version cannot read: rerun
-        return stored["record"] if same else None
+        if not same:
+            return None
+        if stored.get("code") != self.code:  # a record from before digests is stale too
+            self.stale.add(task.key)
+            if not self.reuse_stale:
+                return None
+        return stored["record"]
 
     def put(self, task: Task, record: dict) -> None:
-        atomic.write_json(self.path(task), {"task": task.to_json(), "record": record})
+        atomic.write_json(
+            self.path(task), {"task": task.to_json(), "code": self.code, "record": record}
+        )
 
 
 def execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,8 @@ from cr_edge.fairfight.ladder import (
     archs_for,
     budget_named,
     choose,
+    extension_tasks,
+    grid_edges,
     ladder_tasks,
     tuning_tasks,
 )
@@ -34,18 +37,21 @@ def fairfight(
     progress: Callable[[str], Progress] | None = None,
     latency: bool = True,
     task: str = "classify",
+    reuse_stale: bool = False,
 ) -> dict:
     """Run (or resume) the whole fight under ``out`` and write its report.
 
     ``progress(phase)`` returns the callback for that phase's tasks. ``latency=False``
     skips exporting and timing the equal-accuracy pair (the slowest single step). ``task``
-    is the recipes' ``--task``; it names the metric every net is compared on.
+    is the recipes' ``--task``; it names the metric every net is compared on. A finished
+    record made by other training code (``engine.code_version``) is trained again unless
+    ``reuse_stale``.
     """
     out = Path(out)
     b = budget_named(budget)
     metric = metric_for(task)
     engine = engine or Engine()
-    store = RecordStore(out / "records")
+    store = RecordStore(out / "records", reuse_stale=reuse_stale)
     # a task the data cannot have (regression on a class-only built-in) is refused here
     x = load_source(data, label, task).x
     if x.dtype.kind in "iu":  # detected as text (Yelp's layout): its ladder is not built
@@ -62,9 +68,22 @@ def fairfight(
             workers,
             progress and progress("tune"),
         )
+        # a grid whose edge won grows one step, round by round, up to the budget's limit
+        while more := extension_tasks(data, b, archs, tuned, label, task, metric):
+            extra, ran = execute(more, store, workers, progress and progress("tune"))
+            tuned, ran_t = tuned + extra, ran_t + ran
         chosen = choose(tuned, metric)
         tasks = ladder_tasks(data, b, archs, chosen, label, task)
         runs, ran_l = execute(tasks, store, workers, progress and progress("ladder"))
+        again = retry_tasks(tasks, runs, b.seeds)
+        retried, ran_r = execute(
+            [t for _, t in again], store, workers, progress and progress("retry")
+        )
+    runs += [
+        {**r, "retry_of": first.key, "retry_of_seed": first.seed}
+        for (first, _), r in zip(again, retried, strict=True)
+    ]
+    tasks += [t for _, t in again]
     records = tuned + runs
     v = verdict(records, b.bootstrap, metric)
     pair = None
@@ -85,11 +104,37 @@ def fairfight(
         "workers": engine.workers,
         "ray": engine.ray,
         "tasks": len(records),
-        "ran": ran_t + ran_l,
-        "reused": len(records) - ran_t - ran_l,
+        "ran": ran_t + ran_l + ran_r,
+        "reused": len(records) - ran_t - ran_l - ran_r,
+        "code_version": store.code,
+        "stale_records": len(store.stale),
+        "stale_reused": len(store.stale) if reuse_stale else 0,
         "wall_seconds": time.perf_counter() - start,
+        "tuning_edges": grid_edges(b, tuned, metric),  # where grids grew, where they still bind
     }
     return write_report(data, budget, records, chosen, v, pair, execution, out, task)
+
+
+def retry_tasks(
+    tasks: list[Task], records: list[dict], seeds: tuple[int, ...]
+) -> list[tuple[Task, Task]]:
+    """(diverged task, its retry) for every ladder or probe run whose training failed.
+
+    Each is retried once, with the next seed the budget does not use: the n-th failed seed
+    of a point (in seed order) gets ``max(seeds) + n``, so a resumed fight asks for the
+    same retries and finds their records. A retry that fails too stays failed.
+    """
+    failed: dict[tuple, list[Task]] = {}
+    for t, r in zip(tasks, records, strict=True):
+        if r.get("failed") and t.phase != "tune":
+            failed.setdefault((t.phase, t.family, t.arch, t.width, t.fraction), []).append(t)
+    out = []
+    for point in failed.values():
+        for n, first in enumerate(sorted(point, key=lambda t: t.seed), start=1):
+            seed = max(seeds) + n
+            recipe = dataclasses.replace(first.recipe, seed=seed)
+            out.append((first, dataclasses.replace(first, seed=seed, recipe=recipe)))
+    return out
 
 
 def _pair(
@@ -120,7 +165,7 @@ def _closest_cr(rows: list[dict], metric: Metric = ACCURACY) -> tuple[str, str, 
     """When no CR point reaches T, time the one that came closest: the best mean validation
     metric (the widest net is not it when a small conv beats every MLP)."""
     r = max(
-        (r for r in rows if r["family"] == CR_FAMILY),
+        (r for r in rows if r["family"] == CR_FAMILY and not r.get("insufficient")),
         key=lambda r: metric.score(r[f"val_{metric.key}"]),
     )
     return (r["family"], r["arch"], r["width"])

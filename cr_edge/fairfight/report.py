@@ -13,13 +13,16 @@ from pathlib import Path
 import numpy as np
 
 from cr_edge.artifacts import atomic
-from cr_edge.fairfight.ladder import FAMILIES
+from cr_edge.fairfight.ladder import FAMILIES, Setting
 from cr_edge.fairfight.metric import ACCURACY, METRICS, Metric
 from cr_edge.fairfight.stats import mean_ci
 from cr_edge.fairfight.verdict import (
     LATENCY_BATCH,
     LATENCY_MIN_RATIO,
     LATENCY_TARGET,
+    MATCH,
+    MIN_SEEDS,
+    SCOPE_NAMES,
     aggregate,
     latency_target,
 )
@@ -62,14 +65,21 @@ def _metric(report: dict) -> Metric:
 
 
 def ladder_matrix(rows: list[dict], metric: Metric = ACCURACY) -> list[str]:
-    """The metric's mean ± CI half-width (parameters) per (family, arch) and width."""
+    """The *validation* metric's mean ± CI half-width (parameters) per (family, arch) and
+    width: what every choice is made on. A point short of ``MIN_SEEDS`` finished runs says so.
+    """
     widths = sorted({r["width"] for r in rows})
     cells: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
-    k = metric.key
+    k = f"val_{metric.key}"
     for r in rows:
-        half = (r[f"{k}_ci"][1] - r[f"{k}_ci"][0]) / 2
+        if r.get("insufficient") or k not in r:
+            cells[(r["family"], r["arch"])][r["width"]] = (
+                f"insufficient ({r['seeds']} of {MIN_SEEDS} seeds)"
+            )
+            continue
+        ci = r.get(f"{k}_ci") or [r[k], r[k]]
         cells[(r["family"], r["arch"])][r["width"]] = (
-            f"{r[k]:.3f}±{half:.3f} ({_short(r['parameters'])})"
+            f"{r[k]:.3f}±{(ci[1] - ci[0]) / 2:.3f} ({_short(r['parameters'])})"
         )
     order = [f.name for f in FAMILIES]
     lines = [
@@ -81,6 +91,46 @@ def ladder_matrix(rows: list[dict], metric: Metric = ACCURACY) -> list[str]:
     ):
         lines.append(f"| {family} | {arch} | " + " | ".join(row.get(w, "") for w in widths) + " |")
     return lines
+
+
+def _equal_accuracy_lines(v: dict, metric: Metric) -> list[str]:
+    """Per scope: T, the smallest points reaching it (chosen on validation), their test
+    scores (reported only), and the parameter ratio with its interval."""
+    sign = "-" if metric.higher_is_better else "+"
+    lines = [
+        "",
+        f"Equal {metric.name}, chosen on validation: T = the best baseline point's mean "
+        f"validation {metric.name} {sign} {metric.slack_text()}; the smallest points whose "
+        f"validation mean reaches T; test {metric.name} (mean [95% CI]) is reported for the "
+        "chosen points only.",
+        "",
+        "| scope | T (val) | best baseline | smallest baseline at T (test) | smallest CR at T "
+        "(test) | parameter ratio [95% CI] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for scope, sv in {"all": v, **v.get("by_architecture", {})}.items():
+        if sv is None:
+            lines.append(f"| {SCOPE_NAMES[scope]} | — | — | — | — | — |")
+            continue
+        test = sv.get("test_at_chosen_points", {})
+        ci = sv["parameter_ratio_ci"]
+        ratio = f"**{_f(sv['parameter_ratio'], '.2f')}x**" + (
+            f" [{_f(ci['low'], '.2f')}, {_f(ci['high'], '.2f')}]" if ci else ""
+        )
+        lines.append(
+            f"| {SCOPE_NAMES[scope]} | {sv['threshold']:.4f} | {_point(sv['best_baseline'])} "
+            f"{_ci(test.get('best_baseline'))} | "
+            f"{_point(sv['smallest_baseline_at_threshold'])} ({sv['parameters']['baseline']}) "
+            f"{_ci(test.get('baseline'))} | {_point(sv['smallest_cr_at_threshold'])} "
+            f"({sv['parameters']['cr'] or '—'}) {_ci(test.get('cr'))} | {ratio} |"
+        )
+    return lines
+
+
+def _ci(ci: dict | None) -> str:
+    if not ci:
+        return ""
+    return f"{ci['estimate']:.4f} [{_f(ci['low'])}, {_f(ci['high'])}]"
 
 
 def _probe_tables(report: dict) -> list[str]:
@@ -118,23 +168,34 @@ def _probe_tables(report: dict) -> list[str]:
             )
         if any(cells):  # a family outside the budget has no probes
             lines.append(f"| {fam.name} | " + " | ".join(cells) + " |")
-    full = [r for r in runs if r["fraction"] == 1.0 and r.get("corruption")]
-    keys = sorted({k for r in full for k in r["corruption"]})
-    lines += [
+    return lines
+
+
+def _robustness_table(report: dict) -> list[str]:
+    """Per architecture, the drop from clean to corrupted score of its best CR net and best
+    baseline net (both chosen on validation), with 95% CIs; absolute scores beside it."""
+    rows = report["verdict"].get("robustness", [])
+    if not rows:
+        return []
+    name = _metric(report).name
+    lines = [
         "",
-        f"Robustness ({probe['arch']} w{probe['width']}, full training split; "
-        f"mean test {metric.name}):",
+        f"Robustness: drop of test {name} from clean to the mean over corruptions (noise "
+        "x3, shift), mean [95% CI]; each architecture's best CR and best baseline net, "
+        "chosen on validation; difference = baseline drop - CR drop (Welch interval, "
+        "positive favours CR):",
         "",
-        "| family | clean | " + " | ".join(keys) + " |",
-        "|---|---|" + "---|" * len(keys),
+        f"| arch | net | clean {name} | corrupted {name} | drop | difference |",
+        "|---|---|---|---|---|---|",
     ]
-    for fam in FAMILIES:
-        rs = [r for r in full if r["family"] == fam.name]
-        if rs:
+    for r in rows:
+        i = r["interval"]
+        diff = f"{r['difference']:+.4f} [{_f(i['low'], '+.4f')}, {_f(i['high'], '+.4f')}]"
+        for role in ("cr", "baseline"):
+            x = r[role]
             lines.append(
-                f"| {fam.name} | {np.mean([r[test] for r in rs]):.4f} | "
-                + " | ".join(f"{np.mean([r['corruption'][k] for r in rs]):.4f}" for k in keys)
-                + " |"
+                f"| {r['arch']} | {_point(x['point'])} | {_ci(x['clean'])} | "
+                f"{_ci(x['corrupted'])} | {_ci(x['drop'])} | {diff if role == 'cr' else ''} |"
             )
     return lines
 
@@ -197,14 +258,34 @@ def _latency_table(
 def markdown(report: dict) -> str:
     v, ex = report["verdict"], report["execution"]
     metric = _metric(report)
-    sign = "-" if metric.higher_is_better else "+"
+    retries = v.get("retries", {})
     lines = [
         f"# Fair Fight on {report['dataset']} ({report['budget']} budget)",
         "",
         f"{ex['tasks']} runs ({ex['ran']} trained now, {ex['reused']} reused), "
         f"wall time {ex['wall_seconds'] / 60:.1f} min with "
         + (f"Ray at {ex['ray']}" if ex["ray"] else f"{ex['workers']} local worker(s)")
-        + f". Runs whose training failed (left out): {len(v['failed_runs'])}.",
+        + f". Runs whose training failed (left out): {len(v['failed_runs'])}"
+        + (
+            f"; diverged runs {retries['diverged']}, retried with the next seed "
+            f"{retries['retried']}, of which finished {retries['recovered']}"
+            if retries
+            else ""
+        )
+        + ".",
+    ]
+    if "code_version" in ex:
+        lines[-1] += (
+            f" Training code version {ex['code_version']}; records of other code found: "
+            f"{ex['stale_records']} ({ex['stale_reused']} reused by --reuse-stale, the rest "
+            "retrained)."
+        )
+    if v.get("insufficient_points"):
+        lines[-1] += (
+            f" Insufficient points (fewer than {v['min_seeds']} finished seeds; left out of "
+            "every choice): " + ", ".join(_point(p) for p in v["insufficient_points"]) + "."
+        )
+    lines += [
         "",
         "Tuned on the validation split (same number of trials per family):",
         "",
@@ -213,36 +294,32 @@ def markdown(report: dict) -> str:
     ]
     for t in report["tuning"]:
         lines.append(f"| {t['family']} | {t['arch']} | {t['lr']:.3g} | {t['dreg']:.3g} |")
-    lines += ["", f"Test {metric.name}, mean ± 95% CI half-width (parameters):", ""]
-    ladder_rows = report["rows"]
-    lines += ladder_matrix(ladder_rows, metric)
-    ci = v["parameter_ratio_ci"]
     lines += [
         "",
-        f"Threshold T = best baseline mean {metric.name} {sign} {metric.slack_text()} "
-        f"= {v['threshold']:.4f} "
-        f"(best: {_point(v['best_baseline'])}). Smallest baseline reaching T: "
-        f"{_point(v['smallest_baseline_at_threshold'])} ({v['parameters']['baseline']} params); "
-        f"smallest CR: {_point(v['smallest_cr_at_threshold'])} "
-        f"({v['parameters']['cr'] or '—'} params); parameter ratio "
-        f"**{_f(v['parameter_ratio'], '.2f')}x**"
-        + (f", 95% bootstrap CI [{_f(ci['low'], '.2f')}, {_f(ci['high'], '.2f')}]" if ci else "")
-        + ".",
+        f"Validation {metric.name}, mean ± 95% CI half-width (parameters); every choice "
+        "below is made on these:",
+        "",
+    ]
+    lines += ladder_matrix(report["rows"], metric)
+    lines += _equal_accuracy_lines(v, metric)
+    lines += [
         "",
         (
             "CR at least as accurate as B"
             if metric.higher_is_better
             else f"CR's {metric.name} at most B's"
         )
-        + f" (margin {metric.slack_text()}) with k x fewer parameters; "
-        f"points chosen on validation {metric.name}; Welch one-sided, Holm over all rows:",
+        + f" (margin {metric.slack_text()}) with k x fewer parameters (k = 1: within "
+        f"{MATCH:.0%}); both points chosen on validation {metric.name}, compared on test; "
+        "Welch one-sided, Holm within each scope:",
         "",
-        "| baseline | k | CR | difference | t | df | p | p (Holm) | held |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scope | baseline | k | CR | difference | t | df | p | p (Holm) | held |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in v["fewer_parameters_tests"]:
         lines.append(
-            f"| {_point(t['baseline'])} ({t['baseline_parameters']}) | {t['k']:g} | "
+            f"| {SCOPE_NAMES[t.get('scope', 'all')]} | "
+            f"{_point(t['baseline'])} ({t['baseline_parameters']}) | {t['k']:g} | "
             f"{_point(t['cr'])} ({t['cr_parameters'] or '—'}) | {_f(t['difference'], '+.4f')} | "
             f"{_f(t['t'], '.2f')} | {_f(t['df'], '.1f')} | {t['p']:.3g} | {t['p_holm']:.3g} | "
             f"{'yes' if t['held'] else 'no'} |"
@@ -251,6 +328,7 @@ def markdown(report: dict) -> str:
         [r for r in report["runs"] if r["phase"] == "ladder" and not r.get("failed")]
     )
     lines += _probe_tables(report)
+    lines += _robustness_table(report)
     lines += _latency_table(report.get("latency"), v["parameter_ratio"], metric)
     lines += anchor(report)
     lines += ["", "| claim | paper | measured | held |", "|---|---|---|---|"]
@@ -266,20 +344,24 @@ def anchor(report: dict) -> list[str]:
         return []
     from cr_edge.data.mnist1d_set import PAPER_ACCURACY
 
-    relu = [r for r in report["rows"] if r["family"] == "relu"]
-    mlp = max((r["accuracy"] for r in relu if r["arch"] != "conv"), default=None)
-    cnn = max((r["accuracy"] for r in relu if r["arch"] == "conv"), default=None)
+    relu = [r for r in report["rows"] if r["family"] == "relu" and not r.get("insufficient")]
+
+    def best(rows: list[dict]) -> float | None:  # chosen on validation, its test reported
+        return max(rows, key=lambda r: r["val_accuracy"])["accuracy"] if rows else None
+
+    mlp = best([r for r in relu if r["arch"] != "conv"])
+    cnn = best([r for r in relu if r["arch"] == "conv"])
     paper = ", ".join(f"{name} {acc:.0f}%" for name, acc in PAPER_ACCURACY.items())
     return [
         "",
-        f"Sanity anchor (Greydanus & Kobak): {paper}; ours (best ReLU ladder point, "
-        f"this budget's epochs): MLP {_f(mlp and mlp * 100, '.1f')}%, CNN "
-        f"{_f(cnn and cnn * 100, '.1f')}%.",
+        f"Sanity anchor (Greydanus & Kobak): {paper}; ours (test accuracy of the ReLU ladder "
+        f"point best on validation, this budget's epochs): MLP {_f(mlp and mlp * 100, '.1f')}%, "
+        f"CNN {_f(cnn and cnn * 100, '.1f')}%.",
     ]
 
 
 def plot(rows: list[dict], out: Path, metric: Metric = ACCURACY) -> Path | None:
-    """The metric vs parameters per (family, arch), with the 95% CI as error bars."""
+    """The validation metric (what chooses) vs parameters per (family, arch), 95% CI bars."""
     try:
         import matplotlib
 
@@ -287,7 +369,8 @@ def plot(rows: list[dict], out: Path, metric: Metric = ACCURACY) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    k = metric.key
+    k = f"val_{metric.key}"
+    rows = [r for r in rows if not r.get("insufficient") and k in r]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (family, arch), pts in sorted(_groups(rows).items()):
         pts.sort(key=lambda r: r["parameters"])
@@ -306,13 +389,13 @@ def plot(rows: list[dict], out: Path, metric: Metric = ACCURACY) -> Path | None:
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("parameters")
-    ax.set_ylabel(f"test {metric.name} (mean, 95% CI)")
+    ax.set_ylabel(f"validation {metric.name} (mean, 95% CI)")
     ax.legend(fontsize=6, ncol=3)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    path = out / f"{k}_vs_parameters.png"
+    path = out / f"{metric.key}_vs_parameters.png"
     atomic.write_bytes(path, buf.getvalue())
     return path
 
@@ -328,7 +411,7 @@ def write_report(
     dataset: str,
     budget: str,
     runs: list[dict],
-    chosen: dict[tuple[str, str], tuple[float, float]],
+    chosen: dict[tuple[str, str], Setting],
     verdict: dict,
     latency: dict | None,
     execution: dict,
@@ -342,12 +425,10 @@ def write_report(
         "task": task,
         "execution": execution,
         "tuning": [
-            {"family": f, "arch": a, "lr": lr, "dreg": lam} for (f, a), (lr, lam) in chosen.items()
+            {"family": f, "arch": a, **setting._asdict()} for (f, a), setting in chosen.items()
         ],
         "runs": runs,
-        "rows": aggregate(
-            [r for r in runs if r["phase"] == "ladder" and not r.get("failed")], METRICS[task]
-        ),
+        "rows": aggregate([r for r in runs if r["phase"] == "ladder"], METRICS[task]),
         "verdict": verdict,
         "latency": latency,
     }
