@@ -36,8 +36,11 @@ def main(argv: list) -> int:
     spec = json.loads(argv[0])
     os.umask(0o077)
     workdir = spec["workdir"]
+    if sys.path and sys.path[0] in ("", "."):
+        sys.path.pop(0)  # ``python -`` looks in the caller's folder first: not a device's module
     envelope = {"format": FORMAT, "version": 1, "status": "error", "message": ""}
     try:
+        os.chdir(workdir)
         with _Lock(os.path.join(workdir, ".lock"), spec["lock"], spec["lock_timeout"]) as lock:
             if not lock.held:
                 envelope.update(status="busy", message=lock.message)

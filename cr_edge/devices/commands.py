@@ -25,6 +25,7 @@ from cr_edge.devices import registry, reports
 from cr_edge.devices.registry import Device
 from cr_edge.devices.remote import DeviceRun, progress_bar_factory, run_command
 from cr_edge.errors import InputError
+from cr_edge.profile.profiler import ProfileReport
 from cr_edge.runtimes.safe_load import COMPANION_TAG, DEFAULT_ORACLE, ORACLE_SUFFIX
 from cr_edge.validate.outcome import UNAVAILABLE
 from cr_edge.validate.tolerances import Overrides
@@ -213,3 +214,44 @@ def profile_json(runs: list[DeviceRun]) -> dict:
         }
         for run in runs
     }
+
+
+def profile_argv(
+    runtimes: tuple[str, ...] | list[str] | str,
+    batches: tuple[int, ...],
+    threads: tuple[int, ...] | str | None,
+    warmup: int,
+    iters: int | None,
+    seconds: float | None,
+    per_op: bool,
+    memory: bool,
+    floor: bool,
+) -> list[str]:
+    """The options of a local ``profile`` call, as the device's command line takes them."""
+    names = runtimes if isinstance(runtimes, str) else ",".join(runtimes)
+    argv = ["--runtime", names, "--batch", ",".join(map(str, batches)), "--warmup", str(warmup)]
+    if threads is not None:
+        argv += ["--threads", threads if isinstance(threads, str) else ",".join(map(str, threads))]
+    if iters is not None:
+        argv += ["--iters", str(iters)]
+    if seconds is not None:
+        argv += ["--seconds", repr(float(seconds))]
+    argv += ["--per-op"] if per_op else []
+    argv += ["--memory" if memory else "--no-memory", "--floor" if floor else "--no-floor"]
+    return argv
+
+
+@dataclass
+class DevicesProfile(ProfileReport):
+    """A profile of this machine, with each device's runs (``device_runs``)."""
+
+    device_runs: list[DeviceRun] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), "devices": profile_json(self.device_runs)}
+
+
+def profile_with_devices(report: ProfileReport, runs: list[DeviceRun]) -> DevicesProfile:
+    """``report`` with the devices' runs beside it, for printing and for the JSON report."""
+    fields = {k: getattr(report, k) for k in report.__dataclass_fields__}
+    return DevicesProfile(**fields, device_runs=runs)

@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import os
 import shlex
+import signal
 import stat
 import subprocess
 import tempfile
@@ -37,6 +38,7 @@ from cr_edge.errors import InputError
 MAX_OUTPUT = 64 << 20  # bytes a device may send on stdout for one command
 STDERR_TAIL = 64 << 10  # the end of stderr is kept: the error is at the end
 CHUNK = 1 << 20
+READER_GRACE = 5.0  # seconds for its pipes to close once the process has exited
 Progress = Callable[[int], None]  # called with each chunk's byte count as it is sent
 
 # Exit codes of the push script, so the host can say what went wrong on the device.
@@ -247,6 +249,7 @@ def call(
             stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: a kill reaches what it started
         )
     except OSError as e:
         raise DeviceError(
@@ -257,7 +260,7 @@ def call(
 
     def expire() -> None:
         expired.set()
-        proc.kill()
+        _kill(proc)
 
     timer = threading.Timer(timeout, expire)
     readers = [
@@ -272,13 +275,16 @@ def call(
             _feed(proc, stdin, on_bytes)
         proc.wait()
     except BaseException:  # Ctrl-C or any error: the device side sees the stream end early
-        proc.kill()
+        _kill(proc)
         proc.wait()
         raise
     finally:
         timer.cancel()
-        for reader in readers:
-            reader.join()
+        for reader in readers:  # a child it left behind may hold a pipe open: end its group
+            reader.join(READER_GRACE)
+            if reader.is_alive():
+                _kill(proc)
+                reader.join()
     if expired.is_set():
         raise DeviceError(
             f"{label}: no answer within {timeout:g} s; check the device is up, or raise its "
@@ -325,13 +331,21 @@ class _Sink:
             if self.size > self.limit:
                 if self.keep == "head":
                     self.overflow = True
-                    proc.kill()
+                    _kill(proc)
                     return
                 data = b"".join(self.chunks)[-self.limit :]
                 self.chunks, self.size = [data], len(data)
 
     def data(self) -> bytes:
         return b"".join(self.chunks)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the process and its group (what it started: a device command's children)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
 
 
 def file_digest(path: Path) -> tuple[str, int]:
