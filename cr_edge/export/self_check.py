@@ -4,7 +4,9 @@ An export that says done must be one that ``validate`` passes: otherwise a user 
 of a broken model (a wrong fold, a coefficient that a float32 Horner chain cannot
 evaluate) only when something downstream fails. So the export runs ``validate``'s own
 cpu rows (``cr_edge.validate.validator.cpu_parity``: outputs and derivatives, the
-tolerances derived from the graph) and records the verdict in the folder's manifest.
+tolerances derived from the graph's measured float64 rounding, the derivatives' too, each
+with its policy value as a floor) and records the verdict, and where each bound came from,
+in the folder's manifest.
 A failed export keeps its files for inspection; ``validate`` and ``quantize`` refuse
 it unless forced (``cr_edge.artifacts.manifest.refuse_failed_export``).
 """
@@ -37,6 +39,10 @@ def check_export(out: Path, files: dict[str, Path]) -> tuple[ValidationReport, l
         report = cpu_parity(files["onnx"])
     failed = [name for row in report.results for name in row.failed_parity()]
     verdict = {"state": CHECK_FAILED if failed else CHECK_PASSED, "runtime": "cpu"}
+    # where each bound came from: the graph's measured float64 rounding or the policy floor
+    tolerances = [row.tolerances for row in report.results if row.tolerances is not None]
+    if tolerances:
+        verdict["tolerances"] = tolerances[0].sources
     if failed:
         verdict.update(failed=failed, failures=report.failures())
     write_manifest(out, files.values(), verdict)
