@@ -87,16 +87,27 @@ def validate(
     deriv_rtol: float | None = None,
     min_cosine: float | None = None,
     accept_failed_export: bool = False,
+    on: str | list[str] | None = None,
 ) -> ValidationReport:
     """Validate artifacts; tolerances left ``None`` come from each model's precision (see
     ``cr_edge.validate.tolerances``). An export that failed its own cpu check needs
-    ``accept_failed_export=True``."""
+    ``accept_failed_export=True``. ``on``: device names (``cr-edge device add``) that
+    validate the same artifacts too; their rows are ``RUNTIME@NAME``."""
     for artifact in artifacts:
         refuse_failed_export(Path(artifact), accept_failed_export)
     overrides = Overrides(atol=atol, rtol=rtol, deriv_rtol=deriv_rtol, min_cosine=min_cosine)
-    return _validate(
-        [Path(a) for a in artifacts], runtimes, ref and Path(ref), overrides, derivatives
-    )
+    paths = [Path(a) for a in artifacts]
+
+    def here() -> ValidationReport:
+        return _validate(paths, runtimes, ref and Path(ref), overrides, derivatives)
+
+    if not on:
+        return here()
+    from cr_edge.devices import commands
+
+    devices = commands.parse_names(on)
+    argv = commands.validate_argv(runtimes, derivatives, overrides, accept_failed_export)
+    return commands.validate_on(devices, paths, argv, ref and Path(ref), here)
 
 
 def profile(
@@ -111,8 +122,12 @@ def profile(
     memory: bool = True,
     floor: bool = True,
     on_progress: Callable[[float], None] | None = None,
+    on: str | list[str] | None = None,
 ) -> ProfileReport:
-    """Time artifacts on this machine, interleaved; ``iters`` defaults to 1000 runs."""
+    """Time artifacts on this machine, interleaved; ``iters`` defaults to 1000 runs.
+
+    ``on``: device names that profile the same artifacts afterwards, one at a time; the
+    result then carries their runs (``device_runs``; an emulated one is not a timing)."""
     if iters is not None and seconds is not None:
         raise InputError("give --iters or --seconds, not both")
     options = ProfileOptions(
@@ -126,7 +141,19 @@ def profile(
         memory=memory,
         floor=floor,
     )
-    return _profile([Path(a) for a in artifacts], options, on_progress)
+    devices = []
+    if on:
+        from cr_edge.devices import commands
+
+        devices = commands.parse_names(on)  # an unknown name fails before any timing
+    report = _profile([Path(a) for a in artifacts], options, on_progress)
+    if not devices:
+        return report
+    argv = commands.profile_argv(
+        runtimes, batches, threads, warmup, iters, seconds, per_op, memory, floor
+    )
+    runs = commands.profile_on(devices, [Path(a) for a in artifacts], argv)
+    return commands.profile_with_devices(report, runs)
 
 
 def pipeline(

@@ -8,12 +8,11 @@ import click
 
 from cr_edge.cli.group import cli
 from cr_edge.cli.types import RUNTIME_HELP, RUNTIMES, IntList
-from cr_edge.errors import InputError
 
 
 @cli.command()
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--runtime", type=RUNTIMES, default="cpu", show_default=True, help=RUNTIME_HELP)
+@click.option("--runtime", type=RUNTIMES, default="all", show_default=True, help=RUNTIME_HELP)
 @click.option(
     "--batch",
     type=IntList("1,8,64"),
@@ -58,6 +57,11 @@ from cr_edge.errors import InputError
 @click.option(
     "--plot", type=click.Path(path_type=Path), help="Latency distribution PNG (matplotlib)."
 )
+@click.option(
+    "--on",
+    metavar="NAME[,NAME]",
+    help="Profile on these devices too, after this machine (cr-edge device add).",
+)
 def profile(
     artifacts: tuple[Path, ...],
     runtime: tuple[str, ...],
@@ -71,32 +75,38 @@ def profile(
     floor: bool,
     json_out: Path | None,
     plot: Path | None,
+    on: str | None,
 ) -> None:
     """Latency, memory and per-op cost of artifacts on this machine; several are interleaved."""
+    from cr_edge.api import profile as run_profile
     from cr_edge.artifacts.atomic import write_json
     from cr_edge.cli.progress import fraction_bar
     from cr_edge.profile import view as profile_view
-    from cr_edge.profile.profiler import ProfileOptions, thread_counts
-    from cr_edge.profile.profiler import profile as run_profile
 
-    if iters is not None and seconds is not None:
-        raise InputError("give --iters or --seconds, not both")
     if plot is not None:
         profile_view.require_matplotlib()
-    options = ProfileOptions(
-        runtimes=",".join(runtime),
-        batches=batch,
-        threads=thread_counts(threads),
-        warmup=warmup,
-        iters=iters or 1000,
-        seconds=seconds,
-        per_op=per_op,
-        memory=memory,
-        floor=floor,
-    )
     with fraction_bar() as on_progress:
-        report = run_profile(list(artifacts), options, on_progress)
+        report = run_profile(
+            list(artifacts),
+            runtime,
+            batch,
+            threads,
+            warmup,
+            iters,
+            seconds,
+            per_op,
+            memory,
+            floor,
+            on_progress,
+            on,
+        )
     profile_view.print_report(report)
+    if on:
+        from rich.console import Console
+
+        from cr_edge.devices.view import print_profiles
+
+        print_profiles(report.device_runs, Console())
     if json_out is not None:
         write_json(json_out, report.to_json())
     if plot is not None:

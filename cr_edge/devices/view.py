@@ -48,7 +48,7 @@ def print_profiles(runs: list[DeviceRun], console: Console) -> None:
             table.add_column(name, justify="left" if name in ("model", "runtime") else "right")
         for row in run.report.get("results", []):
             lat = row["latency"]
-            cells = [f"{lat[k]:.4g} ms" for k in ("p50_ms", "p90_ms", "p99_ms")]
+            cells = [_ms(lat[k]) for k in ("p50_ms", "p90_ms", "p99_ms")]
             if emulated:
                 cells = [f"[dim]{c}[/dim]" for c in cells]
             table.add_row(
@@ -68,3 +68,7 @@ def print_profiles(runs: list[DeviceRun], console: Console) -> None:
             console.print(
                 f"@{escape(run.name)} comparison: {escape(str(comparison))}", highlight=False
             )
+
+
+def _ms(value: float) -> str:
+    return f"{value * 1e3:.1f}µs" if value < 1 else f"{value:.2f}ms"
