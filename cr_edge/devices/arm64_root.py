@@ -86,9 +86,19 @@ def build(root: Path, log: Log) -> None:
     _remove_tree(partial)
     partial.mkdir(parents=True)
     started = time.monotonic()
-    _step(log, "debootstrap --foreign (download arm64 python3)", _debootstrap, partial)
-    _step(log, "unpack the .debs with dpkg -x", _unpack_debs, partial)
-    _step(log, "aarch64 wheels of the core (" + ", ".join(CORE_PACKAGES) + ")", _wheels, partial)
+    wheels = _start_wheels(partial)  # both are mostly downloads: fetch them side by side
+    try:
+        _step(log, "debootstrap --foreign (download arm64 python3)", _debootstrap, partial)
+        _step(log, "unpack the .debs with dpkg -x", _unpack_debs, partial)
+        _finish_wheels(wheels, partial)
+        log(
+            f"arm64 root: aarch64 wheels of the core ({', '.join(CORE_PACKAGES)}), "
+            f"alongside: {time.monotonic() - started:.0f} s"
+        )
+    finally:
+        if wheels.poll() is None:
+            wheels.kill()
+            wheels.wait()
     _make_venv(partial)
     (partial / WORK).mkdir(parents=True, exist_ok=True)
     (partial / WORK).chmod(0o700)
@@ -181,16 +191,31 @@ def _unpack_debs(root: Path) -> None:
         raise InputError(f"the arm64 root {root} has no usr/bin/python3 after unpacking")
 
 
-def _wheels(root: Path) -> None:
+def _pip_argv(root: Path, packages: list[str]) -> list[str]:
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
-    base = [sys.executable, "-m", "pip", "install", "--quiet", "--no-input"]
-    base += ["--disable-pip-version-check", *platforms, "--python-version", PYTHON_VERSION]
-    base += ["--implementation", "cp", "--abi", "cp" + PYTHON_VERSION.replace(".", "")]
-    base += ["--only-binary=:all:", "--target", str(root / SITE)]
-    try:  # the host's versions, so that host and device differ only by ISA
-        _run([*base, *core_pins()], "pip install (aarch64 wheels)")
-    except InputError:  # a host version without an aarch64 wheel: the newest that has one
-        _run([*base, *CORE_PACKAGES], "pip install (aarch64 wheels)")
+    argv = [sys.executable, "-m", "pip", "install", "--quiet", "--no-input"]
+    argv += ["--disable-pip-version-check", *platforms, "--python-version", PYTHON_VERSION]
+    argv += ["--implementation", "cp", "--abi", "cp" + PYTHON_VERSION.replace(".", "")]
+    return [*argv, "--only-binary=:all:", "--target", str(root / SITE), *packages]
+
+
+def _start_wheels(root: Path) -> subprocess.Popen:
+    """pip for the host's core versions, so that host and device differ only by ISA."""
+    (root / SITE).mkdir(parents=True)
+    return subprocess.Popen(
+        _pip_argv(root, core_pins()),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish_wheels(pip: subprocess.Popen, root: Path) -> None:
+    pip.communicate()  # pip prints only on failure, and then the unpinned retry speaks
+    if pip.returncode != 0:  # a host version without an aarch64 wheel: the newest with one
+        shutil.rmtree(root / SITE)
+        (root / SITE).mkdir(parents=True)
+        _run(_pip_argv(root, list(CORE_PACKAGES)), "pip install (aarch64 wheels)")
 
 
 def _make_venv(root: Path) -> None:
