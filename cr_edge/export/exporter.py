@@ -23,13 +23,13 @@ from cr_edge.checkpoint import Checkpoint, load_checkpoint
 from cr_edge.errors import InputError, NonFiniteError
 from cr_edge.export import onnx as onnx_export
 from cr_edge.export.emit import JvpNet, PrimalNet
-from cr_edge.export.int8_stages import int8_stages
 from cr_edge.export.folds import (
     CLIP_GUARD_PASSES,
     DEFAULT_PASSES,
     activation_stages,
     run_passes,
 )
+from cr_edge.export.int8_stages import int8_net, int8_stages
 from cr_edge.export.oracle_writer import ReferenceNet, build_oracle, reference_inputs, save_oracle
 from cr_edge.export.self_check import SelfCheckFailed, check_export, failure_message
 from cr_edge.export.stages import Poly, calibrate_ranges, stages_from_checkpoint
@@ -221,7 +221,7 @@ def int8_program(
     stages, _ = lower(ckpt, replace(options, fold=False), ckpt.calib()["x"])
     stages = int8_stages(stages, tuple(ckpt.net_config.input_shape))
     samples = torch.from_numpy(np.ascontiguousarray(x))
-    primal = PrimalNet(stages)
+    primal = int8_net(stages)
     return export_pte(primal, example, path, True, options.fixed_batch, samples, scheme)
 
 

@@ -15,9 +15,10 @@ behind the flatten and its offset in the first bias, see ``pte``'s docstring.
 * The leading coefficient folds only where that leaves the next layer's weight rounding,
   in the unfolded layer's units, no coarser (digits-cr: it helps; digits-conv: its
   per-channel ``a_n`` spread over one conv row made 25 steps of error).
-* The input normalisation (a column fold) stays an input Mul/Add, moved behind a leading
-  flatten: a reshape between two delegated ops splits the XNNPACK graph in two (1.6 KB
-  more on digits-cr).
+* The input normalisation's scale (a column fold) stays an input Mul, moved behind a
+  leading flatten (a reshape between two delegated ops splits the XNNPACK graph in two:
+  1.6 KB more on digits-cr); its offset goes into the first layer's bias (``b + W o``:
+  rows only), so ``int8_net`` runs the normalisation as that one Mul.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import torch
+from torch import Tensor, nn
 
 from cr_edge.export import folds
+from cr_edge.export.emit import PrimalNet
 from cr_edge.export.stages import Affine, Flatten, InputAffine, Stage
 
 INT8_MAX = 127  # XNNPACK's symmetric per-channel weights: codes -127..127
@@ -69,12 +73,36 @@ def _rounding(stages: list[Stage], units: list[Stage]) -> float:
 
 
 def _normalise_behind_flatten(stages: list[Stage], sample_shape: tuple[int, ...]) -> list[Stage]:
-    """``[InputAffine, Flatten, Linear, ...]`` as ``[Flatten, InputAffine, Linear, ...]``."""
-    if len(stages) < 3 or not isinstance(stages[0], InputAffine):
+    """``[InputAffine, (Flatten,) Linear, ...]`` as ``[(Flatten,) x * scale, Linear + W o, ...]``."""
+    if not stages or not isinstance(stages[0], InputAffine):
         return stages
-    head, flatten, first = stages[:3]
-    if not isinstance(flatten, Flatten) or not isinstance(first, Affine) or first.conv:
+    head, rest = stages[0], stages[1:]
+    flatten = rest[:1] if rest and isinstance(rest[0], Flatten) else []
+    first = rest[len(flatten)] if len(rest) > len(flatten) else None
+    if not isinstance(first, Affine) or first.conv:
         return stages
     scale = np.broadcast_to(head.scale, sample_shape).reshape(-1)
     offset = np.broadcast_to(head.offset, sample_shape).reshape(-1)
-    return [flatten, InputAffine(scale.copy(), offset.copy()), first, *stages[3:]]
+    first.bias = first.bias + first.weight @ offset
+    normalise = InputAffine(scale.copy(), np.zeros_like(scale))
+    return [*flatten, normalise, *rest[len(flatten) :]]
+
+
+class _Scale(nn.Module):
+    """``h * scale``: an input normalisation whose offset is in the next layer's bias."""
+
+    def __init__(self, scale: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h * self.scale
+
+
+def int8_net(stages: list[Stage]) -> PrimalNet:
+    """``PrimalNet(stages)``, a normalisation without offset run as its Mul alone."""
+    net = PrimalNet(stages)
+    for i, stage in enumerate(stages[: len(net.layers)]):
+        if isinstance(stage, InputAffine) and not np.any(stage.offset):
+            net.layers[i] = _Scale(np.asarray(stage.scale))
+    return net
