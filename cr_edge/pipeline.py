@@ -31,7 +31,7 @@ from cr_edge.profile.profiler import ProfileOptions, profile
 from cr_edge.quantize.policy import QuantConfig, QuantPolicy
 from cr_edge.quantize.quantizer import quantize
 from cr_edge.recipe import Recipe
-from cr_edge.runtimes.executorch import sidecar_of
+from cr_edge.runtimes.executorch import floor_of, sidecar_of
 from cr_edge.runtimes.registry import parse_runtimes
 from cr_edge.train.loop import train
 from cr_edge.validate.outcome import UNAVAILABLE
@@ -162,20 +162,25 @@ def _int8_program(out: Path, oracle: Path) -> tuple[dict, list[RuntimeResult]]:
         try:
             pte = export_int8_pte(out / "checkpoint", path, x)
         except ExportError as e:  # the fp32 program stands; say why there is no int8 one
-            _remove(folder, [path, sidecar_of(path)])
+            _remove(folder, _program_files(path))
             return {"file": INT8_PTE, "bytes": None, "kept": False, "note": f"not written: {e}"}, []
         ref = folder / oracle.name
         if not ref.is_file():
             atomic.write_bytes(ref, oracle.read_bytes())
-        write_manifest(folder, [pte.path, pte.info_path, ref])
+        write_manifest(folder, [*_program_files(pte.path), ref])
     checked = validate([path], "executorch-xnnpack")
     entry = {"file": INT8_PTE, "bytes": path.stat().st_size, "kept": checked.passed}
     if checked.passed:
         return entry, checked.results
     with writing(folder, "quantize"):
-        _remove(folder, [path, pte.info_path])
+        _remove(folder, _program_files(path))
     entry["note"] = f"not kept: {checked.failures()[0]}"
     return entry, []
+
+
+def _program_files(pte: Path) -> list[Path]:
+    """A ``.pte``, its sidecar, and its dispatch floor (``export_floor``) with the floor's."""
+    return [pte, sidecar_of(pte), floor_of(pte), sidecar_of(floor_of(pte))]
 
 
 def _remove(folder: Path, files: list[Path]) -> None:
