@@ -43,8 +43,6 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-pytestmark = pytest.mark.slow
-
 WITHOUT, WITH = "cortex-a72", "neoverse-n1"  # fp16 arithmetic and dotprod: without, with
 # Linux arm64 AT_HWCAP bits (arch/arm64/include/uapi/asm/hwcap.h), written out here as
 # the oracle rather than taken from cr-edge.
@@ -133,6 +131,7 @@ print(json.dumps({"machine": platform.machine(), "hwcap": libc.getauxval(16), "c
 """
 
 
+@pytest.mark.slow
 def test_root_runs_aarch64_with_each_cpu_models_features(device) -> None:
     seen = {}
     for cpu, prefix in device.items():
@@ -150,6 +149,7 @@ def test_root_runs_aarch64_with_each_cpu_models_features(device) -> None:
         assert {"asimddp", "fphp", "asimdhp"} <= set(seen[WITH]["cpuinfo"])
 
 
+@pytest.mark.slow
 def test_validate_on_both_cpus_passes_the_export_and_fails_a_1pct_corruption(
     device, trained_root: Path, tmp_path: Path
 ) -> None:
@@ -184,8 +184,9 @@ def _scale_first_gemm_weight(path: Path, factor: float) -> None:
     onnx.save(model, path)
 
 
-def test_the_root_holds_pyprojects_core_and_refuses_an_unknown_cpu(device) -> None:
-    """The wheels in the root are pyproject's core list (never torch); a bad CPU is named."""
+@pytest.mark.slow
+def test_the_root_holds_pyprojects_core_and_no_torch(device) -> None:
+    """The wheels in the root are pyproject's core list, and torch is never among them."""
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
     names = {d.split(">")[0].split("=")[0].split(";")[0].strip() for d in deps}
@@ -193,10 +194,52 @@ def test_the_root_holds_pyprojects_core_and_refuses_an_unknown_cpu(device) -> No
     site = emulated_root() / arm64_root.SITE
     assert (site / "onnxruntime").is_dir() and (site / "cr_edge" / "cli").is_dir()
     assert not (site / "torch").exists()
-    with pytest.raises(InputError, match="cortex-a999"):
+
+
+def test_an_unknown_cpu_model_is_refused_by_name() -> None:
+    with pytest.raises(InputError, match=r"'cortex-a999'.*neoverse-n1"):
         emulated_prefix("cortex-a999")
 
 
+def test_a_root_without_its_stamp_or_from_another_recipe_is_not_taken_as_built(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "arm64-root"
+    (root / arm64_root.OPT).mkdir(parents=True)
+    assert not arm64_root.is_built(root)  # half-built: no stamp
+    stale = {**arm64_root.recipe(), "recipe": arm64_root.RECIPE_VERSION - 1}
+    (root / arm64_root.STAMP).write_text(json.dumps(stale))
+    assert not arm64_root.is_built(root)
+    (root / arm64_root.STAMP).write_text(json.dumps(arm64_root.recipe()))
+    assert arm64_root.is_built(root)
+
+
+def test_the_code_refresh_copies_once_and_replaces_a_stale_copy(tmp_path: Path) -> None:
+    root = tmp_path / "arm64-root"
+    site = root / arm64_root.SITE
+    site.mkdir(parents=True)
+    arm64_root.refresh_code(root, lambda line: None)
+    copied = site / "cr_edge" / "devices" / "emulated.py"
+    assert (
+        copied.read_bytes()
+        == Path(__file__)
+        .resolve()
+        .parents[1]
+        .joinpath("cr_edge", "devices", "emulated.py")
+        .read_bytes()
+    )
+    marker = site / "cr_edge" / "marker"
+    marker.write_text("left by an earlier copy")
+    arm64_root.refresh_code(root, lambda line: None)  # same digest: nothing copied
+    assert marker.exists()
+    (root / arm64_root.CODE_DIGEST).write_text("stale")
+    lines: list[str] = []
+    arm64_root.refresh_code(root, lines.append)
+    assert not marker.exists() and copied.is_file() and len(lines) == 1
+    assert not list(site.glob(".cr_edge*"))  # no scratch copy left behind
+
+
+@pytest.mark.slow
 def test_an_fp16_model_that_passes_here_errs_more_on_a_core_with_fp16_arithmetic(
     device, trained_root: Path, tmp_path: Path, cli_run
 ) -> None:
