@@ -139,16 +139,8 @@ def test_a_kink_much_closer_than_the_step_is_skipped_not_failed(cli_run, relu_ki
     assert "kink within the step" in row["tolerances"]["sources"]["finite_differences"]
 
 
-@pytest.fixture(scope="module")
-def cr_export(tmp_path_factory) -> Path:
-    """A small CR net's export, with its companion."""
-    root = tmp_path_factory.mktemp("cr")
-    train(Recipe(name="cr", hidden=(16,), epochs=2), root / "ck")
-    export(root / "ck", root / "export")
-    return root / "export"
-
-
-def test_a_one_percent_corrupted_companion_still_fails(cli_run, cr_export, tmp_path):
+def test_a_one_percent_corrupted_companion_still_fails(cli_run, exported, tmp_path):
+    cr_export = exported  # conftest's session export: a small CR net, guard and companion
     model = cr_export / "model.onnx"
     companion = onnx.load(cr_export / "model.jvp.onnx")
     names = [t.name for t in companion.graph.initializer if t.name.split(".")[-1][:1] == "c"]
@@ -171,9 +163,9 @@ def test_a_one_percent_corrupted_companion_still_fails(cli_run, cr_export, tmp_p
         assert row["outputs"]["status"] == "PASS", name
 
 
-def test_a_one_percent_corruption_fails_finite_differences_too(cli_run, cr_export, tmp_path):
+def test_a_one_percent_corruption_fails_finite_differences_too(cli_run, exported, tmp_path):
     plain = tmp_path / "plain"
-    shutil.copytree(cr_export, plain)
+    shutil.copytree(exported, plain)
     (plain / "model.jvp.onnx").unlink()  # no companion: finite differences judge
     (plain / "manifest.json").unlink()
     code, row = _validate(cli_run, plain / "model.onnx", tmp_path)
