@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
+from cr_edge.artifacts import metadata as schema
 from cr_edge.quantize.equalize import equalize
 from cr_edge.quantize.measure import ExposeValues, probe
 from cr_edge.quantize.stale_types import ForgetStaleTypes
@@ -125,3 +126,31 @@ def test_forget_stale_types_lets_strict_inference_retype_the_graph():
     x = np.array([[-1, 2], [3, -4]], dtype=np.float32)
     (y,) = _session(out).run(None, {"x": x})
     np.testing.assert_array_equal(y, [[0, -4], [1.5, 0]])
+
+
+RECORDED = """
+<ir_version: 8, opset_import: ["" : 17], metadata_props: ["z.user": "kept", "cr_edge.policy": "fp32"]>
+g (float[n, 2] x) => (float[n, 2] y) <float[2] w = {3, -1}> {
+  y = Mul(x, w)
+}
+"""
+
+
+def test_metadata_writes_change_the_record_and_nothing_else():
+    model = onnx.parser.parse_model(RECORDED)
+    graph = model.graph.SerializeToString()
+    schema.merge_props_(model, {"cr_edge.policy": "a8w7", "a.key": "1"})
+    assert [(p.key, p.value) for p in model.metadata_props] == [
+        ("a.key", "1"),
+        ("cr_edge.policy", "a8w7"),
+        ("z.user", "kept"),
+    ]
+    schema.write_props_(model, {"cr_edge.degree": 3}, producer=schema.PRODUCER)
+    assert _checked_ops(model) == ["Mul"]
+    assert model.graph.SerializeToString() == graph
+    sess = _session(model)
+    meta = sess.get_modelmeta()
+    assert meta.custom_metadata_map == {"cr_edge.degree": "3"}
+    assert meta.producer_name == "cr-edge"
+    (y,) = sess.run(None, {"x": np.array([[1, 2]], dtype=np.float32)})
+    np.testing.assert_array_equal(y, [[3, -2]])

@@ -21,9 +21,12 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cr_edge.errors import InputError
+
+if TYPE_CHECKING:
+    import onnx
 
 SCHEMA_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -174,3 +177,34 @@ def _decode(kind: str, text: str, key: str, source: str) -> Any:
             "re-quantize the model"
         ) from e
     return text
+
+
+# --- writing the record into an ONNX model: the one place any stage does it -------------
+
+PRODUCER = "cr-edge"  # an export's ``producer_name``
+
+
+def write_props_(
+    model: onnx.ModelProto, props: Mapping[str, Any], producer: str | None = None
+) -> None:
+    """Make ``model``'s ``metadata_props`` exactly ``props`` (sorted by key), in place.
+
+    Only the model-level record changes, through onnx's own setter: no graph is touched,
+    so no type, value or byte of the graph moves (a round trip through an IR would add
+    value types to the file, and quantize compares file sizes). ``producer`` also sets the
+    ``producer_name``. onnx is imported here: the readers of this module (validate and
+    runtimes, on a device) need none.
+    """
+    from onnx.helper import set_model_props
+
+    set_model_props(model, {k: str(props[k]) for k in sorted(props)})
+    if producer is not None:
+        model.producer_name = producer
+
+
+def merge_props_(model: onnx.ModelProto, updates: Mapping[str, Any]) -> None:
+    """Merge ``updates`` into ``model``'s ``metadata_props`` (sorted by key), in place.
+
+    What quantize adds to an export's record: the keys it does not update are kept.
+    """
+    write_props_(model, {**{p.key: p.value for p in model.metadata_props}, **updates})

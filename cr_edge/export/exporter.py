@@ -18,7 +18,14 @@ import torch
 
 from cr_edge import __version__
 from cr_edge.artifacts.folder_lock import holds_out
-from cr_edge.artifacts.metadata import COMPANION_ROLE, SCHEMA_VERSION, ModelMetadata, props
+from cr_edge.artifacts.metadata import (
+    COMPANION_ROLE,
+    PRODUCER,
+    SCHEMA_VERSION,
+    ModelMetadata,
+    props,
+    write_props_,
+)
 from cr_edge.checkpoint import Checkpoint, load_checkpoint
 from cr_edge.errors import InputError, NonFiniteError
 from cr_edge.export import onnx as onnx_export
@@ -136,7 +143,7 @@ def export(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()
     ref_net = ReferenceNet(ckpt, guard)
     oracle = build_oracle(ref_net, reference_inputs(calib, vocab=ckpt.net_config.vocab))
     meta = metadata(ckpt, options, stages, refusals, primal, calib["x"])
-    onnx_export.replace_metadata(model, meta)
+    write_props_(model, meta, producer=PRODUCER)
     check_model(model, options.runtime_version, options.formats)  # before anything is written
     onnx_export.check(model, str(out / "model.onnx"))
     files = {"onnx": out / "model.onnx"}
@@ -150,7 +157,7 @@ def export(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()
             options.opset,
             options.fixed_batch,
         )
-        onnx_export.replace_metadata(jvp, {**meta, **props(role=COMPANION_ROLE)})
+        write_props_(jvp, {**meta, **props(role=COMPANION_ROLE)}, producer=PRODUCER)
         onnx_export.check(jvp, str(out / "model.jvp.onnx"))
         files["jvp"] = out / "model.jvp.onnx"
         onnx_export.save(jvp, files["jvp"])

@@ -1,4 +1,4 @@
-"""Torch -> ONNX through the PyTorch (dynamo) exporter, with checks and metadata.
+"""Torch -> ONNX through the PyTorch (dynamo) exporter, with checks (metadata: ``artifacts.metadata``).
 
 The torch module given here is already in deploy form (``cr_edge.export.emit``):
 the exporter only has to trace Gemm/Conv and the Mul/Add of the Horner chains.
@@ -61,15 +61,6 @@ def to_onnx(
     model = cleanup.clean(program.model_proto)
     model.ir_version = _IR_FOR_OPSET[opset]
     return model
-
-
-def replace_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
-    """``metadata_props`` become exactly ``props``; the producer becomes cr-edge."""
-    del model.metadata_props[:]
-    for key, value in sorted(props.items()):
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, str(value)
-    model.producer_name = "cr-edge"
 
 
 def check(model: onnx.ModelProto, where: str) -> None:

@@ -106,11 +106,3 @@ def horner_chain(model: onnx.ModelProto) -> Chain:
 
 def metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
-
-
-def set_metadata(model: onnx.ModelProto, updates: dict[str, str]) -> None:
-    """Merge ``updates`` into ``metadata_props`` in place (the quantizers drop or keep them)."""
-    merged = {**metadata(model), **updates}
-    del model.metadata_props[:]
-    for key in sorted(merged):
-        model.metadata_props.add(key=key, value=merged[key])

@@ -32,7 +32,7 @@ from cr_edge.export.mobile import convert_to_ort
 from cr_edge.quantize import measure as qm
 from cr_edge.quantize.apply import apply_policy
 from cr_edge.quantize.calibration import feeds_for, read_calibration
-from cr_edge.quantize.graph import horner_chain, load_float_model, set_metadata
+from cr_edge.quantize.graph import horner_chain, load_float_model
 from cr_edge.quantize.judge import AtBatch, Way, three_ways
 from cr_edge.quantize.kink_search import RULE, kink_samples
 from cr_edge.quantize.policy import REPORT_ONLY, QuantConfig, QuantPolicy, auto_candidates
@@ -209,12 +209,12 @@ def _try(
     kinks = _kinks(src, model)
     if kinks is not None:
         meta.update(kinks_metadata(kinks, src.oracle, RULE))
-    set_metadata(model, meta)
+    schema.merge_props_(model, meta)  # the quantizers drop or keep the export's
     companion = None
     if src.companion is not None:
         feeds = feeds_for(src.companion, src.calib)
         companion, _ = apply_policy(src.companion, policy, feeds, scales)
-        set_metadata(companion, meta)
+        schema.merge_props_(companion, meta)
     sess = qm.session(model)
     ways: list[Way] = []
     if src.oracle is not None:
