@@ -14,7 +14,8 @@ Each net sees what ``cr-edge train`` would show it: its own seed's split, normal
 initial weights and batch order. What differs is floating-point summation order, so a
 stacked run matches its single run within seed noise, not bit for bit
 (``tests/test_stacked.py``). Classification only, on CPU or one device; no checkpoint is
-written (the fight keeps records, not checkpoints).
+written (the fight keeps records, not checkpoints), and ``train``'s collapse watch is not
+run: a net whose loss turns non-finite is marked ``failed`` and stops, the others go on.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from cr_edge import dreg, heads
-from cr_edge.data import fit_normalisation, load_source, split, subsample_train
+from cr_edge.data import Dataset, fit_normalisation, load_source, split, subsample_train
 from cr_edge.errors import InputError
 from cr_edge.nets import CRNet, build_net
 from cr_edge.poly import PolyAct
@@ -83,8 +84,11 @@ def check_stackable(recipes: Sequence[Recipe]) -> None:
         raise InputError("train_stacked: text nets are not stacked; train them one at a time")
 
 
-def _data(recipes: Sequence[Recipe], dev: torch.device) -> dict[str, tuple[Tensor, Tensor]]:
-    """Each net's splits (its own seed's), stacked: ``{split: (x (M, n, ...), y (M, n))}``."""
+def _data(
+    recipes: Sequence[Recipe], dev: torch.device
+) -> tuple[dict[str, tuple[Tensor, Tensor]], list[Dataset]]:
+    """Each net's splits (its own seed's), stacked: ``{split: (x (M, n, ...), y (M, n))}``,
+    and the datasets they came from (for each net's input shape and classes)."""
     r0 = recipes[0]
     raw = load_source(r0.data, r0.label, r0.task, r0.text_column, r0.data_format)
     per = "channel" if r0.arch == "conv" else "feature"
@@ -99,8 +103,7 @@ def _data(recipes: Sequence[Recipe], dev: torch.device) -> dict[str, tuple[Tenso
             ys.append(torch.from_numpy(getattr(d, f"y_{k}")).long())
         datasets.append(d)
     out = {k: (torch.stack(xs).to(dev), torch.stack(ys).to(dev)) for k, (xs, ys) in parts.items()}
-    out["_datasets"] = datasets  # type: ignore[assignment]
-    return out
+    return out, datasets
 
 
 def _per_power(base: CRNet, params: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -125,10 +128,10 @@ def train_stacked(recipes: Sequence[Recipe], device: str = "cpu") -> list[Stacke
     dev = torch.device(device)
     torch.use_deterministic_algorithms(True, warn_only=True)
     r0, m = recipes[0], len(recipes)
-    data = _data(recipes, dev)
+    data, datasets = _data(recipes, dev)
     nets = [
         build_net(net_config_for(r, d), seed=r.seed).to(dev)
-        for r, d in zip(recipes, data.pop("_datasets"), strict=True)  # type: ignore[arg-type]
+        for r, d in zip(recipes, datasets, strict=True)
     ]
     base = _WithTerms(copy.deepcopy(nets[0])).to("meta")
     params, buffers = stack_module_state([_WithTerms(n) for n in nets])
