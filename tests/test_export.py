@@ -285,7 +285,7 @@ def _conv_x(dims: int = 2) -> np.ndarray:
 CONV_DIMS = pytest.mark.parametrize("dims", [1, 2], ids=["conv1d", "conv2d"])
 
 
-def _assert_exact(stages: list[Stage], fold: folds.FoldPass, x: np.ndarray) -> folds.PassResult:
+def _assert_exact(stages: list[Stage], fold: folds.FoldPass, x: np.ndarray) -> folds.FoldResult:
     before = _evaluate(stages, x)
     result = fold(stages)
     np.testing.assert_allclose(_evaluate(result.stages, x), before, rtol=1e-11, atol=1e-11)

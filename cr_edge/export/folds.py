@@ -1,8 +1,13 @@
 """Exact folds of a CR net's stages, one small pass each, in one ordered list.
 
-Each pass takes the stage list and returns a ``PassResult`` saying whether it
+Each pass takes the stage list and returns a ``FoldResult`` saying whether it
 changed anything and, for every place it declined, why. All arithmetic is in
 float64 on the trained weights; nothing here approximates the model.
+
+These run before any ONNX graph exists, over the stage list, so their result is not
+onnx-ir's ``ir.passes.PassResult`` (whose ``model`` is an ``ir.Model``) and does not
+take its name: a fold's result carries stages and refusals. The graph passes of the
+exported model (``export.cleanup``, ``quantize.*``) are onnx-ir passes.
 """
 
 from __future__ import annotations
@@ -27,13 +32,15 @@ MAX_GUARD_WIDENING = 3.0
 
 
 @dataclass
-class PassResult:
+class FoldResult:
+    """What a fold pass made of the stage list: the stages, whether they changed, and why not."""
+
     stages: list[Stage]
     modified: bool
     refusals: list[str] = field(default_factory=list)
 
 
-FoldPass = Callable[[list[Stage]], PassResult]
+FoldPass = Callable[[list[Stage]], FoldResult]
 
 
 def _next_affine(stages: list[Stage], i: int) -> tuple[Affine | None, bool]:
@@ -87,16 +94,16 @@ def leading_share(poly: Poly) -> np.ndarray:
     return terms[-1] / np.maximum(terms.max(axis=0), 1e-300)
 
 
-def fold_input_normalisation(stages: list[Stage]) -> PassResult:
+def fold_input_normalisation(stages: list[Stage]) -> FoldResult:
     """``(x - mean) / std`` into the first layer; kept apart only before a zero-padded conv."""
     head = stages[0]
     if not isinstance(head, InputAffine):
-        return PassResult(stages, False)
+        return FoldResult(stages, False)
     first, clean = _next_affine(stages, 0)
     if first is None or not clean:
-        return PassResult(stages, False, ["normalisation kept: no linear layer follows the input"])
+        return FoldResult(stages, False, ["normalisation kept: no linear layer follows the input"])
     if first.conv and first.padding:
-        return PassResult(
+        return FoldResult(
             stages,
             False,
             [
@@ -107,7 +114,7 @@ def fold_input_normalisation(stages: list[Stage]) -> PassResult:
     scale, offset = head.scale.reshape(-1), head.offset.reshape(-1)
     _input_constant(first, offset)
     _input_weights(first, scale)
-    return PassResult(stages[1:], True)
+    return FoldResult(stages[1:], True)
 
 
 def _onto_unit(poly: Poly, prev: Affine, offset: np.ndarray, half: np.ndarray) -> None:
@@ -134,7 +141,7 @@ def _guarded_after_affine(stages: list[Stage], i: int) -> tuple[Poly, Affine] | 
     return poly, prev
 
 
-def centred_range_guard(stages: list[Stage]) -> PassResult:
+def centred_range_guard(stages: list[Stage]) -> FoldResult:
     """A depressed chain's guard as one ``Clip(t, -1, 1)`` that keeps it depressed.
 
     Scaling ``u = z + s`` by ``1 / R`` adds no ``t**(n-1)`` term (a shift would), so each
@@ -162,10 +169,10 @@ def centred_range_guard(stages: list[Stage]) -> PassResult:
         _onto_unit(poly, prev, np.zeros_like(radius), radius)
         poly.lo, poly.hi = centre - radius, centre + radius
         modified = True
-    return PassResult(stages, modified, refusals)
+    return FoldResult(stages, modified, refusals)
 
 
-def unit_range_guard(stages: list[Stage]) -> PassResult:
+def unit_range_guard(stages: list[Stage]) -> FoldResult:
     """Map every channel's guarded range onto ``[-1, 1]`` through the previous layer's rows.
 
     ``t = (z - mid) / half`` per channel goes into the previous layer's weights and bias, and
@@ -185,10 +192,10 @@ def unit_range_guard(stages: list[Stage]) -> PassResult:
         mid, half = (poly.hi + poly.lo) / 2, np.maximum((poly.hi - poly.lo) / 2, 1e-6)
         _onto_unit(poly, prev, mid + poly.shift, half)
         poly.shifted, modified = False, True
-    return PassResult(stages, modified, refusals)
+    return FoldResult(stages, modified, refusals)
 
 
-def shift_to_depressed(stages: list[Stage]) -> PassResult:
+def shift_to_depressed(stages: list[Stage]) -> FoldResult:
     """Remove the ``z**(n-1)`` term by shifting ``z`` through the previous layer's bias.
 
     A net trained in the depressed form brings its shift along (``Poly.trained``): it is folded
@@ -227,7 +234,7 @@ def shift_to_depressed(stages: list[Stage]) -> PassResult:
         q[n - 1] = 0.0
         _shift_into(poly, prev, s, q)
         modified = True
-    return PassResult(stages, modified, refusals)
+    return FoldResult(stages, modified, refusals)
 
 
 def _shift_into(poly: Poly, prev: Affine, s: np.ndarray, q: np.ndarray) -> None:
@@ -236,7 +243,7 @@ def _shift_into(poly: Poly, prev: Affine, s: np.ndarray, q: np.ndarray) -> None:
     prev.bias = prev.bias + (s if s.shape[0] == prev.bias.shape[0] else s[0])
 
 
-def fold_leading_coefficient(stages: list[Stage]) -> PassResult:
+def fold_leading_coefficient(stages: list[Stage]) -> FoldResult:
     """Divide the chain by ``a_n`` (it becomes monic) and multiply the next weights by it."""
     modified, refusals = False, []
     for i, poly in enumerate(stages):
@@ -258,10 +265,10 @@ def fold_leading_coefficient(stages: list[Stage]) -> PassResult:
         poly.coeffs = poly.coeffs / lead
         poly.coeffs[-1] = 1.0
         poly.scale, poly.monic, modified = poly.scale * lead, True, True
-    return PassResult(stages, modified, refusals)
+    return FoldResult(stages, modified, refusals)
 
 
-def fold_constant_term(stages: list[Stage]) -> PassResult:
+def fold_constant_term(stages: list[Stage]) -> FoldResult:
     """Add ``a_0`` (times the next weights) to the next layer's bias and drop the chain's last Add."""
     modified, refusals = False, []
     for i, poly in enumerate(stages):
@@ -281,7 +288,7 @@ def fold_constant_term(stages: list[Stage]) -> PassResult:
         poly.coeffs = poly.coeffs.copy()
         poly.coeffs[0] = 0.0
         poly.constant_folded, modified = True, True
-    return PassResult(stages, modified, refusals)
+    return FoldResult(stages, modified, refusals)
 
 
 # The order matters: the shift rewrites the coefficients whose end-points the next two fold.
@@ -302,14 +309,14 @@ CLIP_GUARD_PASSES: tuple[FoldPass, ...] = (
 )
 
 
-def run_passes(stages: list[Stage], passes: tuple[FoldPass, ...] = DEFAULT_PASSES) -> PassResult:
+def run_passes(stages: list[Stage], passes: tuple[FoldPass, ...] = DEFAULT_PASSES) -> FoldResult:
     """Apply ``passes`` in order; the refusals of all of them are collected."""
     modified, refusals = False, []
     for fold in passes:
         result = fold(stages)
         stages, modified = result.stages, modified or result.modified
         refusals += [f"{fold.__name__}: {r}" for r in result.refusals]
-    return PassResult(stages, modified, refusals)
+    return FoldResult(stages, modified, refusals)
 
 
 def activation_stages(stages: list[Stage]) -> list[Poly | Act]:
