@@ -9,19 +9,22 @@ the per-net test accuracies, which must agree within seed noise. The single side
 what a fight task pays per run (loading and splitting the data, the checkpoint written to a
 temporary folder); imports and torch.func's first-call set-up are paid once, before round 1.
 
-Run from the repository root: ``python -m bench.stacked_training [--rounds 3] [--epochs 3]``.
+Run from the repository root: ``python -m bench.stacked_training [--rounds 3] [--epochs 3]
+[--page]``; ``--page`` writes the table into ``docs/benchmarks/stacked_training.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from bench.pages import add_page_option, recorded
 from cr_edge.fairfight.stacked import train_stacked
 from cr_edge.recipe import Recipe
 from cr_edge.train.loop import train_unlocked
@@ -67,6 +70,7 @@ def main() -> None:
     p.add_argument("--lrs", type=float, nargs="+", default=[4e-3, 1.6e-2])
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
+    add_page_option(p, "stacked_training")
     args = p.parse_args()
     torch.set_num_threads(1)
     rs = recipes(args)
@@ -91,4 +95,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("stacked_training", "--page" in sys.argv[1:]):
+        main()
