@@ -192,3 +192,19 @@ def test_a_bench_page_gets_its_block_rewritten_and_keeps_its_prose(
     page.write_text("# no markers\n")
     with pytest.raises(SystemExit), pages.recorded("demo", enabled=True):
         print("x")
+
+
+def test_every_bench_script_writes_its_own_page() -> None:
+    """A script under bench/ that prints figures (it has a ``__main__``) writes them into
+    ``docs/benchmarks/<name>.md`` (``--page``), and the page is in the site's navigation."""
+    nav = (REPO / "mkdocs.yml").read_text()
+    for script in sorted((REPO / "bench").glob("*.py")):
+        source = script.read_text()
+        if '__name__ == "__main__"' not in source:
+            continue  # a helper module (floor_nets, pages)
+        name = script.stem
+        page = REPO / "docs" / "benchmarks" / f"{name}.md"
+        assert page.is_file(), f"bench/{script.name} has no page docs/benchmarks/{name}.md"
+        assert "add_page_option" in source, f"bench/{script.name} has no --page option"
+        assert f"<!-- bench.{name}:" in page.read_text(), f"{page.name} has no bench markers"
+        assert f"benchmarks/{name}.md" in nav, f"{page.name} is not in mkdocs.yml's nav"
