@@ -15,9 +15,11 @@ import pytest
 from onnx import TensorProto
 
 from cr_edge.artifacts import metadata as schema
+from cr_edge.profile.limit import floor_artifact
 from cr_edge.quantize.equalize import equalize
 from cr_edge.quantize.measure import ExposeValues, probe
 from cr_edge.quantize.stale_types import ForgetStaleTypes
+from cr_edge.runtimes.ort import OrtSession
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -154,3 +156,29 @@ def test_metadata_writes_change_the_record_and_nothing_else():
     assert meta.producer_name == "cr-edge"
     (y,) = sess.run(None, {"x": np.array([[1, 2]], dtype=np.float32)})
     np.testing.assert_array_equal(y, [[3, -2]])
+
+
+# A text-like model: int64 ids in, two float outputs of different widths.
+TWO_OUTPUTS = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (int64[n, 3] ids) => (float[n, 3] y, float[n, 1] total) <int64[1] axes = {1}> {
+  y = Cast<to = 1>(ids)
+  total = ReduceSum<keepdims = 1>(y, axes)
+}
+"""
+
+
+def test_floor_artifact_keeps_inputs_and_outputs_and_does_no_arithmetic(tmp_path):
+    model = onnx.parser.parse_model(TWO_OUTPUTS)
+    ids = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.int64)
+    sess = OrtSession(_session(model))
+    art = floor_artifact(sess, {"ids": ids}, tmp_path / "floor.onnx")
+    assert onnx.load(tmp_path / "floor.onnx") == art.model
+    assert _checked_ops(art.model) == ["Identity", "Identity"]
+    assert [(i.name, i.type.tensor_type.elem_type) for i in art.model.graph.input] == [
+        ("ids", TensorProto.INT64)
+    ]
+    y, total = _session(art.model).run(None, {"ids": ids})
+    assert [o.name for o in art.model.graph.output] == ["y", "total"]
+    np.testing.assert_array_equal(y, np.zeros((2, 3), np.float32))
+    np.testing.assert_array_equal(total, np.zeros((2, 1), np.float32))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+import onnx_ir as ir
 
 from cr_edge.runtimes.runtime import Session
 from cr_edge.runtimes.safe_load import Artifact
@@ -88,27 +88,37 @@ def floor_artifact(session: Session, feeds: dict[str, np.ndarray], path: Path) -
 
     Each output is an ``Identity`` of a constant shaped like that output at this batch, so
     a run does what any run must (take the inputs, hand back buffers of the outputs'
-    sizes) and no arithmetic.
+    sizes) and no arithmetic. Built as an onnx-ir graph.
     """
     outputs = session.run(feeds)
-    inputs = [_value_info(name, value) for name, value in feeds.items()]
-    results, nodes, constants = [], [], []
+    graph = ir.Graph(
+        [_typed(ir.Value(name=name), value) for name, value in feeds.items()],
+        [],
+        nodes=[],
+        opset_imports={"": FLOOR_OPSET},
+        name="dispatch_floor",
+    )
     for spec, value in zip(session.outputs, outputs, strict=True):
-        constant = numpy_helper.from_array(np.zeros_like(value), f"{spec.name}_floor")
-        constants.append(constant)
-        nodes.append(helper.make_node("Identity", [constant.name], [spec.name]))
-        results.append(_value_info(spec.name, value))
-    graph = helper.make_graph(nodes, "dispatch_floor", inputs, results, constants)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", FLOOR_OPSET)])
-    model.ir_version = 8  # loadable by every onnxruntime release cr-edge supports
+        name = f"{spec.name}_floor"
+        constant = ir.Value(name=name, const_value=ir.tensor(np.zeros_like(value), name=name))
+        graph.register_initializer(constant)
+        identity = ir.Node("", "Identity", [constant], name="")  # unnamed: no name to invent
+        graph.append(identity)
+        result = _typed(identity.outputs[0], value)
+        result.name = spec.name
+        graph.outputs.append(result)
+    # ir_version 8: loadable by every onnxruntime release cr-edge supports
+    model = ir.serde.serialize_model(ir.Model(graph, ir_version=8))
     data = model.SerializeToString()
     path.write_bytes(data)
     return Artifact(path, "onnx", data, model)
 
 
-def _value_info(name: str, value: np.ndarray) -> onnx.ValueInfoProto:
-    dtype = helper.np_dtype_to_tensor_dtype(value.dtype) if value.size else TensorProto.FLOAT
-    return helper.make_tensor_value_info(name, dtype, list(value.shape))
+def _typed(value: ir.Value, like: np.ndarray) -> ir.Value:
+    """``value`` typed as ``like`` (an empty array counts as float32) with its shape."""
+    dtype = ir.DataType.from_numpy(like.dtype) if like.size else ir.DataType.FLOAT
+    value.type, value.shape = ir.TensorType(dtype), ir.Shape(like.shape)
+    return value
 
 
 def split(p50_ms: float, floor_ms: float, flops: int | None, batch: int) -> dict[str, float | None]:
