@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from cr_edge.checkpoint import load_checkpoint
-from cr_edge.export.emit import PrimalNet
 from cr_edge.export.exporter import ExportOptions, export_int8_pte, lower
-from cr_edge.export.int8_stages import int8_stages
+from cr_edge.export.int8_stages import int8_net, int8_stages
 from cr_edge.export.stages import Affine
 from cr_edge.pipeline import executorch_installed
 from cr_edge.runtimes.executorch import floor_of, sidecar_of
@@ -84,16 +83,19 @@ def test_the_int8_program_is_smaller_than_fp32_and_keeps_no_fp32_weights(
 def test_the_int8_stages_compute_the_shipped_model(trained_root):
     """The guard folds widen a depressed chain's guard; the int8 program must clip there too
     (with the calibrated guard instead, outputs moved by up to 5.6 int8 steps)."""
-    for name in (*NETS, "breast-cancer-cr"):
-        fp32 = exported(trained_root, name, "pte", PTE)
-        ref = oracle(fp32)
+    cases = [(name, "pte", PTE) for name in (*NETS, "breast-cancer-cr")]
+    cases.append(("digits-cr", "minmax", ExportOptions(clip_guard=False, companion=False)))
+    for name, kind, options in cases:
+        ref = oracle(exported(trained_root, name, kind, options))
         ckpt = load_checkpoint(checkpoint(trained_root, name))
-        stages, _ = lower(ckpt, replace(ExportOptions(), fold=False), ckpt.calib()["x"])
-        net = PrimalNet(int8_stages(stages, tuple(ckpt.net_config.input_shape)))
+        stages, _ = lower(ckpt, replace(options, fold=False), ckpt.calib()["x"])
+        shape = tuple(ckpt.net_config.input_shape)
+        net = int8_net(int8_stages(stages, shape, options.clip_guard))
         with torch.no_grad():
             y = net(torch.from_numpy(ref["x"])).numpy()
         y = y[0] if isinstance(y, tuple) else y
-        np.testing.assert_allclose(y, ref["y"], atol=1e-4 * np.abs(ref["y"]).max(), err_msg=name)
+        scale = np.abs(ref["y"]).max()
+        np.testing.assert_allclose(y, ref["y"], atol=1e-4 * scale, err_msg=f"{name} {kind}")
 
 
 def test_the_int8_program_has_its_floor(programs):

@@ -226,7 +226,7 @@ def int8_program(
 
     x = ckpt.calib()["x"] if calibration is None else calibration
     stages, _ = lower(ckpt, replace(options, fold=False), ckpt.calib()["x"])
-    stages = int8_stages(stages, tuple(ckpt.net_config.input_shape))
+    stages = int8_stages(stages, tuple(ckpt.net_config.input_shape), options.clip_guard)
     samples = torch.from_numpy(np.ascontiguousarray(x))
     primal = int8_net(stages)
     return export_pte(primal, example, path, True, options.fixed_batch, samples, scheme)

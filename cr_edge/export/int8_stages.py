@@ -34,16 +34,19 @@ from cr_edge.export.emit import PrimalNet
 from cr_edge.export.stages import Affine, Flatten, InputAffine, Stage
 
 INT8_MAX = 127  # XNNPACK's symmetric per-channel weights: codes -127..127
-ROW_FOLDS: tuple[folds.FoldPass, ...] = (
-    folds.shift_to_depressed,
-    folds.centred_range_guard,
-    folds.unit_range_guard,
-)
+GUARD_FOLDS: tuple[folds.FoldPass, ...] = (folds.centred_range_guard, folds.unit_range_guard)
 
 
-def int8_stages(stages: list[Stage], sample_shape: tuple[int, ...]) -> list[Stage]:
-    """``stages`` (unfolded, guarded) folded as far as per-row int8 weights allow."""
-    stages = folds.run_passes(copy.deepcopy(stages), ROW_FOLDS).stages
+def int8_stages(
+    stages: list[Stage], sample_shape: tuple[int, ...], clip_guard: bool = True
+) -> list[Stage]:
+    """``stages`` (unfolded, guarded) folded as far as per-row int8 weights allow.
+
+    ``clip_guard``: as ``ExportOptions.clip_guard``, whether the shipped model's guards
+    are the Clip folds (else its calibrated per-channel Max/Min, kept as they are).
+    """
+    row_folds = (folds.shift_to_depressed, *(GUARD_FOLDS if clip_guard else ()))
+    stages = folds.run_passes(copy.deepcopy(stages), row_folds).stages
     leading = folds.fold_leading_coefficient(copy.deepcopy(stages)).stages
     if _rounding(leading, stages) <= _rounding(stages, stages):
         stages = leading
