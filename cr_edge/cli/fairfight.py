@@ -7,24 +7,15 @@ from pathlib import Path
 import click
 
 from cr_edge.cli.group import cli
-from cr_edge.task_metrics import TASKS
+from cr_edge.cli.types import DATA_HELP, label_option, task_option
 
 
 @cli.command()
-@click.option(
-    "--data",
-    default="digits",
-    show_default=True,
-    help="Built-in dataset (digits, breast-cancer, wine, mnist1d, diabetes, anes96) or a "
-    "CSV/NPZ/IDX file.",
-)
-@click.option("--label", help="CSV column holding the labels (CSV data only).")
-@click.option(
-    "--task",
-    type=click.Choice(TASKS),
-    default="classify",
-    show_default=True,
-    help="What the label is; nets are compared on accuracy, MAE (regress) or ordinal accuracy.",
+@click.option("--data", default="digits", show_default=True, help=DATA_HELP)
+@label_option
+@task_option(
+    "classify",
+    "What the label is; nets are compared on accuracy, MAE (regress) or ordinal accuracy.",
 )
 @click.option(
     "--budget",

@@ -8,30 +8,21 @@ import click
 
 from cr_edge.artifacts.manifest import refuse_existing
 from cr_edge.cli.group import cli
-from cr_edge.cli.types import IntList
+from cr_edge.cli.types import DATA_HELP, IntList, label_option, task_option
 from cr_edge.errors import InputError
-from cr_edge.task_metrics import TASKS
 
 
 @cli.command()
 @click.option("--recipe", help="A zoo recipe name (see models/) or a .toml file.")
-@click.option(
-    "--data",
-    help="Built-in dataset (digits, breast-cancer, wine, mnist1d, diabetes, anes96) "
-    "or a CSV/NPZ/IDX file.",
-)
-@click.option("--label", help="CSV column holding the labels (CSV data only).")
+@click.option("--data", help=DATA_HELP)
+@label_option
 @click.option("--text-column", help="Text CSV: the column holding the text (a header row).")
 @click.option(
     "--data-format",
     type=click.Choice(["auto", "header", "yelp"]),
     help='CSV layout: a header row, or Yelp\'s headerless "label","text" rows [default: auto].',
 )
-@click.option(
-    "--task",
-    type=click.Choice(TASKS),
-    help="What the label is: classes, a number, or ordered classes (e.g. 1-5 stars).",
-)
+@task_option(None, "What the label is: classes, a number, or ordered classes (e.g. 1-5 stars).")
 @click.option(
     "--loss", type=click.Choice(["auto", "mse", "huber"]), help="Regression loss (--task regress)."
 )
@@ -53,9 +44,7 @@ from cr_edge.task_metrics import TASKS
     help="depressed: learn p(z) = P(z + s) without the z**(n-1) term, the form export lowers "
     "to in 2n-3 nodes; monomial: learn the coefficients of z**k.",
 )
-@click.option(
-    "--dreg-lambda", type=click.FloatRange(min=0), help="DREG lambda; 0 disables."
-)
+@click.option("--dreg-lambda", type=click.FloatRange(min=0), help="DREG lambda; 0 disables.")
 @click.option(
     "--epochs", type=click.IntRange(1), help="Most epochs (early stopping may end sooner)."
 )

@@ -87,6 +87,23 @@ RUNTIMES = NameList("cr_edge.runtimes.registry:RUNTIME_NAMES", "runtime", all_wo
 RUNTIME_HELP = "cpu, ort-mobile, xnnpack, nnapi, coreml, executorch-xnnpack: a comma list, or all."
 
 
+# The data options train and fairfight share: one text for one meaning.
+DATA_HELP = (
+    "Built-in dataset (digits, breast-cancer, wine, mnist1d, diabetes, anes96) or a "
+    "CSV/NPZ/IDX file."
+)
+label_option = click.option("--label", help="CSV column holding the labels (CSV data only).")
+
+
+def task_option(default: str | None, help: str):
+    """``--task``: the label's kind, one vocabulary for every command that takes data."""
+    from cr_edge.task_metrics import TASKS
+
+    return click.option(
+        "--task", type=click.Choice(TASKS), default=default, show_default=default, help=help
+    )
+
+
 # Flags renamed so that one spelling means one thing in every command, kept for one
 # release as hidden spellings that print a one-line deprecation: command -> old -> new.
 RENAMED: dict[str, dict[str, tuple[str, ...]]] = {
