@@ -103,10 +103,12 @@ def validate(
 
     if not on:
         return here()
-    from cr_edge.devices import commands
+    from cr_edge.devices import commands, launch
 
-    devices = commands.parse_names(on)
-    argv = commands.validate_argv(runtimes, derivatives, overrides, accept_failed_export)
+    devices = launch.parse_names(on)
+    argv = launch.validate_argv(
+        runtimes, derivatives, atol, rtol, deriv_rtol, min_cosine, accept_failed_export
+    )
     return commands.validate_on(devices, paths, argv, ref and Path(ref), here)
 
 
@@ -143,13 +145,13 @@ def profile(
     )
     devices = []
     if on:
-        from cr_edge.devices import commands
+        from cr_edge.devices import commands, launch
 
-        devices = commands.parse_names(on)  # an unknown name fails before any timing
+        devices = launch.parse_names(on)  # an unknown name fails before any timing
     report = _profile([Path(a) for a in artifacts], options, on_progress)
     if not devices:
         return report
-    argv = commands.profile_argv(
+    argv = launch.profile_argv(
         runtimes, batches, threads, warmup, iters, seconds, per_op, memory, floor
     )
     runs = commands.profile_on(devices, [Path(a) for a in artifacts], argv)

@@ -76,33 +76,34 @@ def validate(
     on: str | None,
 ) -> None:
     """Check outputs and derivatives of artifacts against the PyTorch oracle, per runtime."""
+    from cr_edge.artifacts.manifest import refuse_failed_export
+
+    for artifact in artifacts:  # torch-free here, as cr_edge.api.validate does it
+        refuse_failed_export(artifact, accept_failed_export)
+    pending = None
+    if on:  # started first: the devices start up and validate while this machine does
+        from cr_edge.devices import launch
+
+        argv = launch.validate_argv(
+            runtime, derivatives, atol, rtol, deriv_rtol, min_cosine, accept_failed_export
+        )
+        pending = launch.start_validation(launch.parse_names(on), list(artifacts), argv, ref)
+
     from rich.console import Console
 
     from cr_edge.artifacts.atomic import write_json
-    from cr_edge.artifacts.manifest import refuse_failed_export
     from cr_edge.validate.parity_table import render
     from cr_edge.validate.tolerances import Overrides
     from cr_edge.validate.validator import validate as run_validate
 
     overrides = Overrides(atol=atol, rtol=rtol, deriv_rtol=deriv_rtol, min_cosine=min_cosine)
-    for artifact in artifacts:  # torch-free here, as cr_edge.api.validate does it
-        refuse_failed_export(artifact, accept_failed_export)
-    if on:  # the devices validate in threads while this machine does
+    report = run_validate(list(artifacts), list(runtime), ref, overrides, derivatives)
+    if pending is not None:
         from cr_edge.devices import commands, view
 
-        devices = commands.parse_names(on)
-        argv = commands.validate_argv(runtime, derivatives, overrides, accept_failed_export)
-        report = commands.validate_on(
-            devices,
-            list(artifacts),
-            argv,
-            ref,
-            lambda: run_validate(list(artifacts), list(runtime), ref, overrides, derivatives),
-        )
-    else:
-        report = run_validate(list(artifacts), list(runtime), ref, overrides, derivatives)
+        report = commands.with_devices(report, pending)
     render(report, Console())
-    if on:
+    if pending is not None:
         view.print_devices(report.devices, Console())
     if json_out is not None:
         write_json(json_out, report.to_json())

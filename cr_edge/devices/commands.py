@@ -1,9 +1,6 @@
 """``validate --on`` and ``profile --on``: the local command, then the same on each device.
 
-The host decides which files a command needs (the artifact, its siblings in other
-formats, its derivative companion, its oracle, its folder's manifest), gives each
-source folder a number so that two artifacts called ``model.onnx`` stay apart, and
-sends the command with paths relative to the run folder the device lays out. Device
+``launch`` starts the devices (which files, which options, a thread each). Device
 rows come back as the same objects the local command makes, labelled
 ``RUNTIME@NAME`` and pointing at the host's files, so the table, the failure lines
 and the exit code treat them like any other row. A validation on the devices runs
@@ -16,24 +13,19 @@ A latency measured under emulation is never a timing: such rows are printed, mar
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cr_edge.devices import registry, reports
+from cr_edge.devices import reports
+from cr_edge.devices.launch import Pending, layout, start, start_validation
 from cr_edge.devices.registry import Device
-from cr_edge.devices.remote import DeviceRun, progress_bar_factory, run_command
-from cr_edge.errors import InputError
+from cr_edge.devices.remote import DeviceRun
 from cr_edge.profile.profiler import ProfileReport
-from cr_edge.runtimes.safe_load import COMPANION_TAG, DEFAULT_ORACLE, ORACLE_SUFFIX
 from cr_edge.validate.outcome import UNAVAILABLE
-from cr_edge.validate.tolerances import Overrides
 from cr_edge.validate.validator import RuntimeResult, ValidationReport
 
 NOT_A_TIMING = "emulated: not a timing"
-_FORMATS = (".onnx", ".ort", ".pte")
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -44,89 +36,6 @@ class DevicesValidation(ValidationReport):
 
     def to_json(self) -> dict:
         return {**super().to_json(), "devices": self.devices}
-
-
-def parse_names(on: str | list[str] | tuple[str, ...] | None) -> list[Device]:
-    """``"a,b"`` or ``["a", "b"]`` -> the registered devices, each named once."""
-    if on is None:
-        return []
-    names = [n.strip() for part in ([on] if isinstance(on, str) else on) for n in part.split(",")]
-    if not all(names):
-        raise InputError(f"--on {on!r}: give device names separated by commas")
-    devices = registry.load()
-    chosen = []
-    for name in dict.fromkeys(names):
-        chosen.append(devices[name] if name in devices else registry.get(name))
-    return chosen
-
-
-def layout(artifacts: list[Path], kind: str, ref: Path | None = None) -> tuple[list, list[str]]:
-    """(files, paths): (device rel path, host path) for every file ``kind`` needs, and the
-    artifacts' device paths, in order. Each source folder becomes ``<k>/`` on the device."""
-    folders: dict[Path, str] = {}
-    files: dict[str, Path] = {}
-    paths = []
-    for artifact in map(Path, artifacts):
-        folder = artifact.resolve().parent
-        prefix = folders.setdefault(folder, str(len(folders)))
-        for path in _needed(artifact, kind, ref is None):
-            files.setdefault(f"{prefix}/{path.name}", path)
-        paths.append(f"{prefix}/{artifact.name}")
-    if ref is not None and kind == "validate":
-        files[f"ref/{Path(ref).name}"] = Path(ref)
-    return sorted(files.items()), paths
-
-
-def _needed(artifact: Path, kind: str, oracle: bool) -> list[Path]:
-    stem = artifact.with_suffix("")
-    candidates = [artifact, artifact.parent / MANIFEST]
-    candidates += [stem.with_suffix(s) for s in _FORMATS]
-    if kind == "validate":
-        candidates += [stem.with_name(stem.name + COMPANION_TAG + s) for s in _FORMATS]
-        if oracle:
-            candidates += [
-                stem.with_name(stem.name + ORACLE_SUFFIX),
-                artifact.parent / DEFAULT_ORACLE,
-            ]
-    else:
-        candidates += [stem.with_suffix(".pte.json"), stem.with_suffix(".floor.pte")]
-    return [p for p in dict.fromkeys(candidates) if p.is_file()]
-
-
-class Pending:
-    """Device runs started in threads; ``wait`` returns them in order or raises the first error."""
-
-    def __init__(self, devices: list[Device], start: Callable[[Device], DeviceRun]) -> None:
-        self.results: dict[str, DeviceRun | BaseException] = {}
-        self.devices = devices
-        self.threads = [
-            threading.Thread(target=self._one, args=(d, start), daemon=True) for d in devices
-        ]
-        for t in self.threads:
-            t.start()
-
-    def _one(self, device: Device, start: Callable[[Device], DeviceRun]) -> None:
-        try:
-            self.results[device.name] = start(device)
-        except BaseException as e:  # carried to the main thread, raised there
-            self.results[device.name] = e
-
-    def wait(self) -> list[DeviceRun]:
-        for t in self.threads:
-            t.join()
-        runs = []
-        for device in self.devices:
-            result = self.results[device.name]
-            if isinstance(result, BaseException):
-                raise result
-            runs.append(result)
-        return runs
-
-
-def start(devices: list[Device], command: str, files: list, argv: list[str]) -> Pending:
-    """Begin ``cr-edge COMMAND ARGV`` on every device, each in its own thread."""
-    progress = progress_bar_factory()
-    return Pending(devices, lambda d: run_command(d, command, files, argv, progress))
 
 
 def validation_rows(run: DeviceRun) -> list[RuntimeResult]:
@@ -158,11 +67,12 @@ def validate_on(
     local: Callable[[], ValidationReport],
 ) -> DevicesValidation:
     """``local()`` here while each device validates the same artifacts; every row together."""
-    files, paths = layout(artifacts, "validate", ref)
-    if ref is not None:
-        argv = [*argv, "--ref", f"ref/{Path(ref).name}"]
-    pending = start(devices, "validate", files, [*paths, *argv])
-    report = local()
+    pending = start_validation(devices, artifacts, argv, ref)
+    return with_devices(local(), pending)
+
+
+def with_devices(report: ValidationReport, pending: Pending) -> DevicesValidation:
+    """``report`` with the rows of the devices ``pending`` runs on, once they have finished."""
     runs = pending.wait()
     rows = list(report.results)
     for run in runs:
@@ -187,22 +97,6 @@ def profile_on(devices: list[Device], artifacts: list[Path], argv: list[str]) ->
     return runs
 
 
-def validate_argv(
-    runtimes: tuple[str, ...] | list[str] | str,
-    derivatives: str,
-    overrides: Overrides | None,
-    force: bool,
-) -> list[str]:
-    """The options of a local ``validate`` call, as the device's command line takes them."""
-    names = runtimes if isinstance(runtimes, str) else ",".join(runtimes)
-    argv = ["--runtime", names, "--derivatives", derivatives]
-    for name in ("atol", "rtol", "deriv_rtol", "min_cosine"):
-        value = getattr(overrides, name, None) if overrides else None
-        if value is not None:
-            argv += [f"--{name.replace('_', '-')}", repr(float(value))]
-    return [*argv, "--accept-failed-export"] if force else argv
-
-
 def profile_json(runs: list[DeviceRun]) -> dict:
     """The ``devices`` section of a profile report: each device's fingerprint and rows."""
     return {
@@ -214,31 +108,6 @@ def profile_json(runs: list[DeviceRun]) -> dict:
         }
         for run in runs
     }
-
-
-def profile_argv(
-    runtimes: tuple[str, ...] | list[str] | str,
-    batches: tuple[int, ...],
-    threads: tuple[int, ...] | str | None,
-    warmup: int,
-    iters: int | None,
-    seconds: float | None,
-    per_op: bool,
-    memory: bool,
-    floor: bool,
-) -> list[str]:
-    """The options of a local ``profile`` call, as the device's command line takes them."""
-    names = runtimes if isinstance(runtimes, str) else ",".join(runtimes)
-    argv = ["--runtime", names, "--batch", ",".join(map(str, batches)), "--warmup", str(warmup)]
-    if threads is not None:
-        argv += ["--threads", threads if isinstance(threads, str) else ",".join(map(str, threads))]
-    if iters is not None:
-        argv += ["--iters", str(iters)]
-    if seconds is not None:
-        argv += ["--seconds", repr(float(seconds))]
-    argv += ["--per-op"] if per_op else []
-    argv += ["--memory" if memory else "--no-memory", "--floor" if floor else "--no-floor"]
-    return argv
 
 
 @dataclass

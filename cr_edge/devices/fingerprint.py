@@ -145,6 +145,8 @@ def _packages(runtime: bool) -> dict:
             out[key] = metadata.version(dist)
         except Exception:  # PackageNotFoundError, or a broken install's metadata
             out[key] = None
+    if out["cr_edge"] is None:
+        out["cr_edge"] = _source_version("cr_edge")  # copied in without metadata (emulated root)
     if runtime and out["onnxruntime"]:
         try:
             import onnxruntime
@@ -154,6 +156,23 @@ def _packages(runtime: bool) -> dict:
             out["providers"] = None
             out["onnxruntime_error"] = (str(e).splitlines() or [type(e).__name__])[0][:200]
     return out
+
+
+def _source_version(module: str) -> str | None:
+    """``__version__`` read from a package's ``__init__.py`` without importing it."""
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.origin:
+            return None
+        with open(spec.origin, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("__version__"):
+                    return line.split("=", 1)[1].strip().strip("\"'")
+    except (ImportError, OSError, ValueError):
+        return None
+    return None
 
 
 if __name__ == "__main__":

@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 import re
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cr_edge.devices import reports
 from cr_edge.devices.registry import Device
 from cr_edge.devices.transport import (
     DeviceError,
@@ -173,6 +173,8 @@ def run_agent(
             f"{transport.label}: no usable Python at {python} ({last_line(err) or f'exit {code}'}); "
             f"run cr-edge device setup {device_name}"
         )
+    from cr_edge.devices import reports  # onnx and onnxruntime: not before they are needed
+
     envelope = reports.envelope(out, transport.label)
     if envelope["status"] == "setup":
         raise DeviceError(
@@ -180,7 +182,8 @@ def run_agent(
         )
     if envelope["status"] != "ok":
         why = envelope["message"] or last_line(err) or f"exit {code}"
-        raise DeviceError(f"{transport.label}: {why}")
+        said = last_line(envelope.get("stderr", "").encode())
+        raise DeviceError(f"{transport.label}: {why}{f' ({said})' if said else ''}")
     return envelope
 
 
@@ -202,7 +205,12 @@ def run_command(
     todo = {d: by_digest[d] for d in missing}
     if todo:
         total = sum(p.stat().st_size for p in todo.values())
-        push_blobs(transport, todo, progress(total) if progress else None)
+        on_bytes = progress(total) if progress else None
+        try:
+            push_blobs(transport, todo, on_bytes)
+        finally:
+            if on_bytes is not None and hasattr(on_bytes, "finish"):
+                on_bytes.finish()
     spec = {
         "action": "run",
         "lock": "exclusive" if command == "profile" else "shared",
@@ -211,6 +219,9 @@ def run_command(
         "max_report": MAX_ENVELOPE // 2,
     }
     envelope = run_agent(transport, device_python(device, transport.workdir), spec, device.name)
+    named(device, envelope["fingerprint"])
+    from cr_edge.devices import reports
+
     check = reports.validation if command == "validate" else reports.profile
     report = check(envelope.get("report"), transport.label)
     return DeviceRun(
@@ -225,6 +236,14 @@ def run_command(
     )
 
 
+def named(device: Device, fingerprint: dict) -> dict:
+    """An emulated CPU has no model name the guest can read: it is the one qemu was given."""
+    url = device.parsed
+    if url.kind == EMULATED and fingerprint.get("cpu") in (None, "unknown"):
+        fingerprint["cpu"] = f"{url.cpu} (qemu)"
+    return fingerprint
+
+
 def _timeout(transport: Transport) -> float:
     return float(getattr(transport, "timeout", 30.0))
 
@@ -235,29 +254,51 @@ def _no_python(err: bytes) -> bool:
 
 
 def progress_bar_factory() -> Callable[[int], Progress | None] | None:
-    """A rich progress bar on stderr for a push, when stderr is a terminal; else None."""
+    """Push progress on stderr when it is a terminal (else None): one rich bar per push,
+    all in one display, which closes when every push has finished."""
     if not sys.stderr.isatty():
         return None
+    return _PushBars()
 
-    def start(total: int) -> Progress:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TransferSpeedColumn,
-        )
 
-        bar = Progress("push", BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True)
-        bar.start()
-        task = bar.add_task("push", total=total)
-        sent = [0]
+class _PushBars:
+    """One rich ``Progress`` shared by the pushes of several devices (threads)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.bar = None
+        self.open = 0
+
+    def __call__(self, total: int) -> Progress:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+        with self.lock:
+            if self.bar is None:
+                self.bar = Progress(
+                    "push", BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True
+                )
+                self.bar.start()
+            bar = self.bar
+            task = bar.add_task("push", total=total)
+            self.open += 1
+        state = {"sent": 0, "open": True}
+
+        def finish() -> None:
+            """Close this push's bar (finished or failed); the display goes with the last."""
+            with self.lock:
+                if not state["open"]:
+                    return
+                state["open"] = False
+                self.open -= 1
+                if self.open == 0 and self.bar is not None:
+                    self.bar.stop()
+                    self.bar = None
 
         def update(n: int) -> None:
-            sent[0] += n
-            bar.update(task, completed=sent[0])
-            if sent[0] >= total:
-                bar.stop()
+            state["sent"] += n
+            bar.update(task, completed=state["sent"])
+            if state["sent"] >= total:
+                finish()
 
+        update.finish = finish  # type: ignore[attr-defined]
         return update
-
-    return start

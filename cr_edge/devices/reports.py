@@ -32,7 +32,7 @@ class _Bad(ValueError):
 
 def envelope(data: bytes, label: str) -> dict:
     """The agent's envelope from raw stdout: parsed strictly, each field checked."""
-    doc = _parse(data, label, "its answer")
+    doc = parse(data, label, "its answer")
     try:
         _require(isinstance(doc, dict), "answer", "an object")
         _require(doc.get("format") == FORMAT, "format", repr(FORMAT))
@@ -233,7 +233,7 @@ def _profile_row(doc: object, where: str) -> None:
         _number(latency.get(key), f"{where}.latency.{key}")
 
 
-def _parse(data: bytes, label: str, what: str) -> object:
+def parse(data: bytes, label: str, what: str) -> object:
     def refuse(token: str) -> None:
         raise ValueError(f"{token} is not a JSON number")
 

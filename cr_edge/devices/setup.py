@@ -20,11 +20,11 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from cr_edge.devices import reports
 from cr_edge.devices.registry import Device
 from cr_edge.devices.remote import (
     VENV_PYTHON,
     device_python,
+    named,
     open_transport,
     open_workdir,
     progress_bar_factory,
@@ -53,7 +53,9 @@ def fingerprint_with(transport: Transport, python: str) -> dict | None:
         if code in (126, 127) or "No such file" in err.decode(errors="replace"):
             return None
         raise DeviceError(f"{transport.label}: {python} failed: {last_line(err) or f'exit {code}'}")
-    return reports.fingerprint(reports._parse(out, transport.label, "its fingerprint"))
+    from cr_edge.devices import reports
+
+    return reports.fingerprint(reports.parse(out, transport.label, "its fingerprint"))
 
 
 def check_device(device: Device) -> dict:
@@ -73,6 +75,7 @@ def check_device(device: Device) -> dict:
         note = f"not set up: run cr-edge device setup {device.name}"
     elif not info.get("cr_edge"):
         note = f"no cr-edge in {python}: run cr-edge device setup {device.name}"
+    named(device, info)
     return {
         "device": device.name,
         "url": device.url,
