@@ -14,8 +14,8 @@ fp32 at batch 1 and 2.66x at 64, against 1.05x and 1.20x for ``GatherBlockQuanti
 
 onnxruntime's ``MatMulNBitsQuantizer`` writes ``GatherBlockQuantized`` for 4-bit tables
 only; the codes here are the same symmetric round-to-nearest for 8 and 4 bits. The block
-is chosen as ``quantize.nbits`` chooses its own: the largest whose error is within
-``BLOCK_ERROR_GAIN`` x the finest block's. Codes depend on the table alone, so the
+is chosen as ``quantize.nbits`` chooses its own (``choose_block``: a block with more
+scales must halve the error). Codes depend on the table alone, so the
 model and its derivative companion (whose ``v`` enters after the pooling) get the same.
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from cr_edge.quantize.nbits import BLOCK_ERROR_GAIN
+from cr_edge.quantize.nbits import choose_block
 from cr_edge.quantize.policy import BLOCKS
 
 DOMAIN = "com.microsoft"
@@ -71,14 +71,13 @@ def table_error(table: np.ndarray, bits: int, block: int) -> float:
 
 
 def choose_table_block(table: np.ndarray, bits: int) -> int:
-    """The largest block (up to one per row) within ``BLOCK_ERROR_GAIN`` x the finest's error."""
+    """The table's block by ``nbits.choose_block``, up to one block per row."""
     dim = table.shape[1]
-    candidates = [b for b in BLOCKS if b < dim] + [
-        next((b for b in BLOCKS if b >= dim), BLOCKS[-1])
-    ]
+    row = next((b for b in BLOCKS if b >= dim), BLOCKS[-1])
+    candidates = [b for b in BLOCKS if b < dim] + [row]
     errors = {b: table_error(table, bits, b) for b in candidates}
-    finest = errors[min(errors)]
-    return max(b for b, e in errors.items() if e <= BLOCK_ERROR_GAIN * finest)
+    size = {b: -(-dim // b) * 4 + dim * bits // 8 for b in candidates}  # bytes per row
+    return choose_block(errors, size)
 
 
 def embedding_gathers(model: onnx.ModelProto) -> list[onnx.NodeProto]:

@@ -9,10 +9,10 @@ computes in float with the dequantized weights.
 
 Gemm is lowered to MatMul + Add first (``gemm_to_matmul``): the quantizer knows MatMul
 only. The block size, unless the policy fixes it, is chosen from the calibration
-error (``choose_block``): a larger block stores fewer scales, and is taken as long as
-the error it puts into the layers' outputs stays within ``BLOCK_ERROR_GAIN`` x that of
-the finest block; among those the one storing the fewest bytes is kept (a block longer
-than a layer's K pads its codes). Blocks run along K, so an input channel far larger
+error (``choose_block``), by the rule ``weight_only`` uses for its scale axis: start
+from the block that stores the fewest bytes (a block longer than a layer's K pads its
+codes) and take a finer one, with more scales, only while it at least divides the error
+it puts into the layers' outputs by ``FINER_BLOCK_GAIN``. Blocks run along K, so an input channel far larger
 than its neighbours (export folds ``1/std`` of the input normalisation into the first
 layer) would set the scale of its whole block: the weights are equalized first
 (``quantize.equalize``, as for the integer policies), which measured 0.02 output error
@@ -35,7 +35,7 @@ from cr_edge.quantize.measure import probe
 from cr_edge.quantize.policy import BLOCKS, NBITS, QuantPolicy
 from cr_edge.quiet import quiet
 
-BLOCK_ERROR_GAIN = 1.5  # a larger block may add this much output error over the finest one
+FINER_BLOCK_GAIN = 2.0  # a block with more scales must cut the output error this much
 
 
 def layers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
@@ -89,11 +89,14 @@ def nbits_bytes(shapes: list[tuple[int, int]], bits: int, block: int) -> int:
 
 
 def choose_block(errors: dict[int, float], size: dict[int, int]) -> int:
-    """The block storing the fewest bytes (``size``) among those whose error is within
-    ``BLOCK_ERROR_GAIN`` x the finest block's; the larger block on a tie."""
-    finest = errors[min(errors)]
-    within = [b for b, e in errors.items() if e <= BLOCK_ERROR_GAIN * finest]
-    return min(within, key=lambda b: (size[b], -b))
+    """From the block storing the fewest bytes (``size``; the larger block on a tie), each
+    costlier one in turn replaces it only if it cuts the error by ``FINER_BLOCK_GAIN``."""
+    order = sorted(errors, key=lambda b: (size[b], -b))
+    chosen = order[0]
+    for block in order[1:]:
+        if errors[block] * FINER_BLOCK_GAIN <= errors[chosen]:
+            chosen = block
+    return chosen
 
 
 def _input_rms(model: onnx.ModelProto, found: dict[str, onnx.NodeProto], feeds: dict) -> dict:
