@@ -15,6 +15,7 @@ from cr_edge.export.exporter import export
 from cr_edge.quantize.apply import apply_policy
 from cr_edge.quantize.integer_eval import ReferenceSession, nbits_weight
 from cr_edge.quantize.measure import session
+from cr_edge.quantize.nbits import choose_block
 from cr_edge.quantize.policy import MAX_LATENCY_RATIO, QuantConfig, QuantPolicy
 from cr_edge.quantize.quantizer import qualifies, quantize
 from cr_edge.recipe import load_recipe
@@ -106,6 +107,15 @@ def test_level_4_moves_each_output_by_at_most_half_an_activation_step_per_weight
     diff = np.abs(outs[4] - outs[0])
     assert np.all(diff <= bound * (1 + 1e-5) + 1e-6)
     assert diff.max() > 0
+
+
+def test_block_rule_takes_more_scales_only_for_half_the_error():
+    """Worked by hand: from the fewest bytes (64), 32 must halve 64's error, 16 halve 32's."""
+    size = {16: 400, 32: 300, 64: 250, 128: 260}  # 128 pads a short layer: more bytes than 64
+    assert choose_block({16: 1.0, 32: 1.2, 64: 1.5, 128: 1.6}, size) == 64
+    assert choose_block({16: 1.0, 32: 1.2, 64: 2.5, 128: 2.6}, size) == 32
+    assert choose_block({16: 0.5, 32: 1.2, 64: 2.5, 128: 2.6}, size) == 16
+    assert choose_block({16: 0.5, 32: 0.6, 64: 5.0, 128: 0.1}, size) == 128
 
 
 @pytest.fixture(scope="module")
