@@ -21,12 +21,16 @@ delegate), because one int8 scale cannot hold a cubic's heavy-tailed range. The 
 passes the stages folded only as far as per-row weight scales allow
 (``export.int8_stages``). The original fp32 weights stay attached to the converted
 module as unused buffers, and ``torch.export`` would serialise them beside the int8
-ones: they are dropped first. Measured against the oracle (60-epoch nets, calibrated on
-its 462 inputs), max error in output steps (range/255; the tolerance is 3) and bytes
-against the fp32 program: digits-cr dynamic 2.39 steps, 0.58x; static 4.68, 0.65x;
-digits-conv (644 weights: its program is mostly graph, not weights) dynamic 1.81 steps,
-0.97x; static 2.88, 1.13x. Before (every fold skipped, the calibrated guard, fp32 weights
-kept): digits-cr static 7.4 steps at 1.47x.
+ones: they are dropped first. Measured by ``bench/pte_int8.py`` (60-epoch nets,
+calibrated on the oracle's 462 inputs; AMD EPYC, one thread, batch 1, interleaved): max
+error against the oracle in output steps (range/255; the tolerance is 3), bytes and
+latency against the fp32 program. digits-cr: dynamic 2.01 steps, 0.57x, 1.11x
+(p10-p90 1.10-1.11); static 4.10 steps, 0.64x, 1.18x. digits-conv (644 weights: its
+program is mostly XNNPACK graph, not weights): dynamic 1.82 steps, 0.98x, 1.20x; static
+3.07 steps, 1.14x, 1.29x. At these sizes the int8 program is a size trade that costs
+speed (the activation quantize/convert nodes outweigh the tiny fp32 GEMMs). Before
+(every fold skipped, the calibrated guard, fp32 weights kept): digits-cr static 7.4
+steps at 1.47x the fp32 bytes.
 
 A ``.pte`` has no metadata of its own, so the sidecar's ``metadata`` carries the keys
 ``validate`` reads from an ONNX model's ``metadata_props``: ``cr_edge.precision`` (the
