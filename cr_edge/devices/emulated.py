@@ -93,21 +93,33 @@ def emulated_prefix(cpu: str, log: Log | None = None) -> list[str]:
     root = emulated_root()
     root.parent.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(root.parent / "arm64-root.lock"), timeout=_BUILD_TIMEOUT_S)
+    _acquire(lock, log)
     try:
-        with lock:
-            if not arm64_root.is_built(root):
-                log(f"emulated:arm64: building the arm64 root in {root} (once, about a minute)")
-                arm64_root.build(root, log)
-            arm64_root.refresh_code(root, log)
-            if interpreter is not None:
-                _copy_interpreter(qemu, root, interpreter)
-    except filelock.Timeout as e:
-        raise InputError(
-            f"another cr-edge has held {lock.lock_file} for {_BUILD_TIMEOUT_S:.0f} s while "
-            "building the arm64 root: wait for it, or remove the lock if no cr-edge runs"
-        ) from e
+        if not arm64_root.is_built(root):
+            log(f"emulated:arm64: building the arm64 root in {root} (once, about a minute)")
+            arm64_root.build(root, log)
+        arm64_root.refresh_code(root, log)
+        if interpreter is not None:
+            _copy_interpreter(qemu, root, interpreter)
+    finally:
+        lock.release()
     env = ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/root", "LANG=C.UTF-8", f"QEMU_CPU={cpu}"]
     return ["chroot", str(root), "/usr/bin/env", "-i", *env]
+
+
+def _acquire(lock: filelock.BaseFileLock, log: Log) -> None:
+    """Take the build lock, saying so when another process holds it (a build: a minute)."""
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        log(f"emulated:arm64: waiting for another cr-edge that holds {lock.lock_file}")
+        try:
+            lock.acquire()
+        except filelock.Timeout as e:
+            raise InputError(
+                f"another cr-edge has held {lock.lock_file} for {_BUILD_TIMEOUT_S:.0f} s while "
+                "building the arm64 root: wait for it, or remove the lock if no cr-edge runs"
+            ) from e
 
 
 def check_cpu(cpu: str) -> None:
