@@ -39,7 +39,6 @@ from cr_edge.validate.validator import RuntimeResult, ValidationReport, validate
 
 # The main job's steps, in order. ("Stages" in cr_edge.export are a net's deploy-time layers.)
 STEPS = ("train", "export", "quantize", "validate", "profile")
-TEXT_KEPT_FP32 = "kept fp32: a text model takes int64 token ids; quantize calibrates float inputs"
 SUMMARY = "summary.json"
 INT8_PTE = "model.a8w8.pte"  # int8 activations (static, per tensor) and int8 weights
 
@@ -92,10 +91,7 @@ def run_pipeline(
     failures: list[str] = []
     models = [exported.files["onnx"]]
     text = trained.net.config.arch == "text"
-    if text:  # int64 ids in: quantize calibrates on float inputs, and there are none
-        quant = {"precision": "fp32", "policy": None, "label": None, "note": TEXT_KEPT_FP32, "skipped": True}
-    else:
-        quant = _quantized(exported.files["onnx"], out, formats, models, failures)
+    quant = _quantized(exported.files["onnx"], out, formats, models, failures)
     int8_pte, int8_rows = None, []
     if "executorch" in formats and not text:
         int8_pte, int8_rows = _int8_program(out, exported.files["ref"])
