@@ -70,11 +70,21 @@ def quantize(
     config: QuantConfig,
     force: bool = False,
     accept_failed_export: bool = False,
+    certify_on: str | list[str] | None = None,
 ) -> QuantizeResult:
-    """Quantize an export; ``force`` overwrites ``config.out``."""
+    """Quantize an export; ``force`` overwrites ``config.out``. ``certify_on``: device
+    names (or ``auto``, the emulated ARM64 device) on which a candidate must pass too."""
     refuse_existing(config.out, "quantize.json", force)
     refuse_failed_export(Path(model), accept_failed_export)
-    return _quantize(Path(model), config)
+    hook, note = None, ""
+    if certify_on:
+        from cr_edge.devices.certify import certifier
+
+        hook, note = certifier(certify_on)
+    result = _quantize(Path(model), config, hook)
+    if note:
+        result.notes.append(note)
+    return result
 
 
 def validate(

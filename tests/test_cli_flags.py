@@ -28,6 +28,7 @@ MEANINGS = {
     "--task": r"^What the label is",
     "--epochs": r"epochs",
     "--on": r"device",
+    "--certify-on": r"^Certify quantize's candidates on these devices",
 }
 
 

@@ -8,7 +8,7 @@ import click
 
 from cr_edge.artifacts.manifest import refuse_existing
 from cr_edge.cli.group import cli
-from cr_edge.cli.types import NameList
+from cr_edge.cli.types import CERTIFY_HELP, NameList
 from cr_edge.errors import CheckFailed
 from cr_edge.quantize.policy import METHODS, MODES, POLYS
 
@@ -79,6 +79,11 @@ from cr_edge.quantize.policy import METHODS, MODES, POLYS
     is_flag=True,
     help="Quantize an export that failed its own parity check.",
 )
+@click.option(
+    "--certify-on",
+    metavar="NAME[,NAME]",
+    help=CERTIFY_HELP,
+)
 def quantize(
     model: Path,
     out: Path,
@@ -92,6 +97,7 @@ def quantize(
     require: bool,
     force: bool,
     accept_failed_export: bool,
+    certify_on: str | None,
 ) -> None:
     """Quantize an export (and its derivative companion) to int8 or fp16, with a parity report."""
     from cr_edge.artifacts.manifest import refuse_failed_export
@@ -105,7 +111,14 @@ def quantize(
     refuse_failed_export(
         model, accept_failed_export
     )  # torch-free here, as cr_edge.api.quantize does it
-    result = run_quantize(model, config)
+    hook = None
+    if certify_on:
+        from cr_edge.devices.certify import certifier
+
+        hook, note = certifier(certify_on)
+        if note:
+            click.echo(f"warning: {note}", err=True)
+    result = run_quantize(model, config, hook)
     print_quantize(result)
     if result.chosen is not None and not result.chosen.passed:  # explicit policy, kept to inspect
         raise CheckFailed(f"{result.files['onnx']}: {result.chosen.why}")

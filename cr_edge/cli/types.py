@@ -85,6 +85,12 @@ class NameList(click.ParamType):
 
 RUNTIMES = NameList("cr_edge.runtimes.registry:RUNTIME_NAMES", "runtime", all_word="all")
 RUNTIME_HELP = "cpu, ort-mobile, xnnpack, nnapi, coreml, executorch-xnnpack: a comma list, or all."
+# quantize and pipeline: one meaning for --certify-on
+CERTIFY_HELP = (
+    "Certify quantize's candidates on these devices too (cr-edge device add): one qualifies "
+    "only if it passes there as well as here; auto: the emulated ARM64 device "
+    "(neoverse-n1) where it can be built; none: no device."
+)
 
 
 # The data options train and fairfight share: one text for one meaning.

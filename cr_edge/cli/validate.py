@@ -103,8 +103,17 @@ def validate(
 
         report = commands.with_devices(report, pending)
     render(report, Console())
+    reasons: list[str] = []
     if pending is not None:
+        from cr_edge.devices.diagnosis import disagreements
+
         view.print_devices(report.devices, Console())
+        reasons = disagreements(report.results, report.devices)
+        for line in reasons:  # by how much on each side, and the CPU feature behind it
+            click.echo(line)
     if json_out is not None:
-        write_json(json_out, report.to_json())
+        doc = report.to_json()
+        if pending is not None:
+            doc["disagreements"] = reasons
+        write_json(json_out, doc)
     report.raise_for_status()

@@ -17,7 +17,14 @@ def _num(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _row(t: Tried, fp32_bytes: int, chosen: bool) -> list[str]:
+def _device_cell(t: Tried, name: str) -> str:
+    """pass/FAIL with the device's error over the tolerance; "-" where it was not run
+    (failed here, not a candidate auto could keep, or a better one already passed)."""
+    verdict = t.devices.get(name)
+    return "-" if verdict is None else verdict.cell()
+
+
+def _row(t: Tried, fp32_bytes: int, chosen: bool, devices: list[str] = ()) -> list[str]:
     p = t.parity
     return [
         ("*" if chosen else "") + t.policy.label,
@@ -30,6 +37,7 @@ def _row(t: Tried, fp32_bytes: int, chosen: bool) -> list[str]:
         _num(t.secant_cos, ".4f"),
         *(f"{v['ratio']:.2f}x" for v in t.latency.values()),
         ",".join(w.name.replace("onnxruntime", "ort") for w in t.ways if not w.parity.ok) or "-",
+        *(_device_cell(t, name) for name in devices),
         "pass" if t.passed else "FAIL",
     ]
 
@@ -43,6 +51,7 @@ def print_quantize(result: QuantizeResult) -> None:
     (integer maths), avx2 (the u8s8 kernel of x86 without VNNI). "kinks" counts the
     oracle samples left out of "jvp cos" and "secant cos" because they lie at a guard or
     ReLU kink of the candidate (``cr_edge.validate.kink_skips``): skipped, not passed.
+    "@NAME" (``--certify-on``) is the device's verdict, with its error over the tolerance.
     """
     acc = "" if result.fp32_accuracy is None else f", fp32 accuracy {result.fp32_accuracy:.4f}"
     table = Table(
@@ -60,11 +69,12 @@ def print_quantize(result: QuantizeResult) -> None:
         "secant cos",
         *(f"t b{b}" for b in batches),
         "failed ways",
+        *(f"@{name}" for name in result.certified_on),
         "ok",
     ):
         table.add_column(name, justify="left" if name == "policy" else "right", no_wrap=True)
     for t in result.tried:
-        table.add_row(*_row(t, result.fp32_bytes, t is result.chosen))
+        table.add_row(*_row(t, result.fp32_bytes, t is result.chosen, result.certified_on))
     _stdout.print(table)
     if result.chosen is None:
         _stdout.print("[bold]kept fp32[/bold]: no quantized model written (see the reasons below)")

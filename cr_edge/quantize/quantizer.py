@@ -32,6 +32,7 @@ from cr_edge.export.mobile import convert_to_ort
 from cr_edge.quantize import measure as qm
 from cr_edge.quantize.apply import apply_policy
 from cr_edge.quantize.calibration import feeds_for, read_calibration
+from cr_edge.quantize.certification import CandidateFiles, Certify, certify_candidates
 from cr_edge.quantize.graph import horner_chain, load_float_model
 from cr_edge.quantize.judge import AtBatch, Way, three_ways
 from cr_edge.quantize.kink_search import RULE, kink_samples
@@ -64,6 +65,7 @@ class Tried:
     companion: onnx.ModelProto | None = field(repr=False)
     ways: list[Way] = field(default_factory=list)
     secant_cos: float | None = None  # primal secant vs fp32's at the same step, batch 1
+    devices: dict = field(default_factory=dict)  # device name -> certification.DeviceVerdict
 
     def to_json(self) -> dict:
         return {
@@ -77,6 +79,7 @@ class Tried:
             "latency": {f"batch{b}": v for b, v in self.latency.items()},
             "passed": self.passed,
             "why": self.why,
+            "devices": {name: v.to_json() for name, v in self.devices.items()},
         }
 
 
@@ -91,6 +94,7 @@ class QuantizeResult:
     fp32_bytes: int
     fp32_accuracy: float | None
     notes: list[str]
+    certified_on: list[str] = field(default_factory=list)  # device names (``--certify-on``)
 
     def to_json(self) -> dict:
         return {
@@ -100,6 +104,7 @@ class QuantizeResult:
             "precision": self.chosen.policy.precision if self.chosen else "fp32",
             "fp32": {"bytes": self.fp32_bytes, "accuracy": self.fp32_accuracy},
             "tried": [t.to_json() for t in self.tried],
+            "certified_on": self.certified_on,
             "notes": self.notes,
         }
 
@@ -118,8 +123,11 @@ class _Inputs:
 
 
 @holds_out("quantize", where="config.out")
-def quantize(model: Path, config: QuantConfig) -> QuantizeResult:
-    """Quantize the export ``model`` (and ``X.jvp.onnx``) into the folder ``config.out``."""
+def quantize(model: Path, config: QuantConfig, certify: Certify | None = None) -> QuantizeResult:
+    """Quantize the export ``model`` (and ``X.jvp.onnx``) into the folder ``config.out``.
+
+    ``certify``: the devices' verdicts on a candidate (``certification``); a candidate
+    that fails on any of them does not pass."""
     policy, out = config.policy, config.out
     src = _load(Path(model), policy, config.calib)
     extra = _extra_metadata(src)
@@ -129,6 +137,8 @@ def quantize(model: Path, config: QuantConfig) -> QuantizeResult:
     fp32_bytes = len(src.model.SerializeToString())
     policies = auto_candidates(policy) if policy.mode == "auto" else [policy]
     tried = [_try(src, p, extra, fp32, fp32_acc) for p in policies]
+    if certify is not None:
+        _certify(src, tried, fp32_bytes, config, certify)
     if policy.mode == "auto":
         chosen = _choose(tried, fp32_bytes, config.max_latency_ratio)
         if chosen is None and config.require:
@@ -139,6 +149,7 @@ def quantize(model: Path, config: QuantConfig) -> QuantizeResult:
     if chosen is None:
         src.notes.append(_kept_fp32(tried, config.max_latency_ratio))
     result = QuantizeResult(out, files, chosen, tried, fp32_bytes, fp32_acc, src.notes)
+    result.certified_on = list(certify.devices) if certify is not None else []
     write_json(out / "quantize.json", result.to_json())  # non-finite figures as "NaN" etc.
     files["report"] = out / "quantize.json"
     write_manifest(out, files.values())
@@ -329,6 +340,35 @@ def _choose(tried: list[Tried], fp32_bytes: int, cap: float) -> Tried | None:
     best = min(pool, key=lambda t: score(t, fp32_bytes))
     best.why = f"chosen: {best.why}"
     return best
+
+
+def _certify(
+    src: _Inputs, tried: list[Tried], fp32_bytes: int, config: QuantConfig, certify: Certify
+) -> None:
+    """Certify on the devices what could be kept, best first: auto's qualifying candidates
+    by score, or the one explicit policy if it passed here."""
+    if src.oracle is None:
+        raise InputError(f"{src.path}: certifying on devices needs the parity oracle beside it")
+    if config.policy.mode == "auto":
+        cap = config.max_latency_ratio
+        pool = [t for t in tried if qualifies(t, fp32_bytes, cap) is None]
+        order = sorted(pool, key=lambda t: score(t, fp32_bytes))
+    else:
+        order = [t for t in tried if t.passed]
+    certify_candidates(order, certify, lambda t, folder: _candidate_files(src, t, folder))
+
+
+def _candidate_files(src: _Inputs, t: Tried, folder: Path) -> CandidateFiles:
+    """``t`` written into ``folder`` as ``_write`` ships it: model, companion, oracle."""
+    path = folder / f"{src.path.stem}.{t.policy.tag}.onnx"
+    write_bytes(path, t.model.SerializeToString())
+    companion = None
+    if t.companion is not None:
+        companion = companion_of(path)
+        write_bytes(companion, t.companion.SerializeToString())
+    oracle = folder / "model.ref.npz"
+    write_bytes(oracle, src.oracle.path.read_bytes())
+    return CandidateFiles(t.policy.label, t.policy.precision, path, companion, oracle)
 
 
 def _kept_fp32(tried: list[Tried], cap: float) -> str:
