@@ -37,6 +37,15 @@ def machine() -> str:
     )
 
 
+def _names_machine(body: str) -> bool:
+    """Whether the script's output already names this CPU and its ISA flags (either spelling)."""
+    from cr_edge.profile.device import describe_device
+
+    d = describe_device()
+    flags = (", ".join(d["isa"]), " ".join(d["isa"]))
+    return d["cpu"] in body and any(f in body for f in flags)
+
+
 def splice(bench: str, block: str, body: str, fenced: bool = True) -> Path:
     """Replace the block between the page's markers with ``body`` (in a fence, or as Markdown)."""
     page = page_of(bench)
@@ -100,6 +109,6 @@ def recorded(bench: str, enabled: bool, block: str = "output", fenced: bool = Tr
     with contextlib.redirect_stdout(_Tee(sys.stdout, copy)):
         yield
     body = copy.getvalue()
-    if "ISA" not in body:
+    if not _names_machine(body):
         body = machine() + ("\n" if fenced else "\n\n") + body
     print(f"wrote {splice(bench, block, body, fenced)}", file=sys.stderr)
