@@ -15,15 +15,22 @@ import pytest
 from onnx import TensorProto
 
 from cr_edge.artifacts import metadata as schema
+from cr_edge.errors import ExportError
 from cr_edge.profile.limit import floor_artifact
+from cr_edge.quantize.companion import tie_nbits_, tie_weights
 from cr_edge.quantize.equalize import equalize
 from cr_edge.quantize.measure import ExposeValues, probe
 from cr_edge.quantize.stale_types import ForgetStaleTypes
 from cr_edge.runtimes.ort import OrtSession
 
 
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+def _session(model: onnx.ModelProto, optimize: bool = True) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
 def _checked_ops(model: onnx.ModelProto) -> list[str]:
@@ -182,3 +189,75 @@ def test_floor_artifact_keeps_inputs_and_outputs_and_does_no_arithmetic(tmp_path
     assert [o.name for o in art.model.graph.output] == ["y", "total"]
     np.testing.assert_array_equal(y, np.zeros((2, 3), np.float32))
     np.testing.assert_array_equal(total, np.zeros((2, 1), np.float32))
+
+
+# A companion after dynamic quantization: the primal path reads W's int8 codes (here by a
+# Cast and a per-column scale, as a quantized kernel would), the v path still reads the
+# float W, which differs from the deployed weights in one entry (16.5 vs 8 x 2).
+DYNAMIC_COMPANION = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[n, 2] x, float[n, 2] v) => (float[n, 2] y, float[n, 2] jv)
+<int8[2, 2] w_quantized = {2, -4, 6, 8}, float[2] w_scale = {0.5, 2},
+ int8[2] w_zero_point = {0, 0}, float[2, 2] w = {1, -8, 3, 16.5}> {
+  [codes] wc = Cast<to = 1>(w_quantized)
+  [deployed] wd = Mul(wc, w_scale)
+  [primal] y = MatMul(x, wd)
+  [tangent] jv = MatMul(v, w)
+}
+"""
+
+
+def test_tie_weights_points_the_v_path_at_the_deployed_int8_weights():
+    model = onnx.parser.parse_model(DYNAMIC_COMPANION)
+    out = tie_weights(model, {"tangent"})
+    assert _checked_ops(out) == ["DequantizeLinear", "Cast", "Mul", "MatMul", "MatMul"]
+    assert "w" not in {t.name for t in out.graph.initializer}  # the float W is gone
+    dq = out.graph.node[0]
+    assert list(dq.input) == ["w_quantized", "w_scale", "w_zero_point"]
+    assert dq.attribute[0].i == 1  # MatMul: the output channels are W's columns
+    x = np.array([[1, 0], [0, 1]], dtype=np.float32)
+    v = np.array([[1, 1], [2, -1]], dtype=np.float32)
+    # Unoptimised: onnxruntime would fuse DequantizeLinear -> MatMul into an integer
+    # kernel that quantizes v as well; the graph's own arithmetic is what is checked here.
+    y, jv = _session(out, optimize=False).run(None, {"x": x, "v": v})
+    # Deployed W = codes x column scales = [[1, -8], [3, 16]], by hand.
+    np.testing.assert_array_equal(y, [[1, -8], [3, 16]])
+    np.testing.assert_array_equal(jv, [[4, 8], [-1, -32]])
+    assert len(model.graph.node) == 4 and "w" in {t.name for t in model.graph.initializer}
+
+
+def test_tie_weights_refuses_a_v_path_weight_without_int8_codes():
+    model = onnx.parser.parse_model(DYNAMIC_COMPANION.replace("w_quantized", "u_quantized"))
+    with pytest.raises(ExportError, match="'w_quantized'"):
+        tie_weights(model, {"tangent"})
+
+
+# MatMulNBits codes of W (K = 16, N = 2, 8 bits, one block per column, zero point 128):
+# column 0 is 0.5 x (1..16), column 1 is 2 x (-1). The v path reads a float W 0.25 above.
+_K = 16
+_CODES = [128 + k + 1 for k in range(_K)] + [127] * _K
+_W_FLOAT = [[0.5 * (k + 1) + 0.25, -2 + 0.25] for k in range(_K)]
+NBITS_COMPANION = f"""
+<ir_version: 8, opset_import: ["" : 17, "com.microsoft" : 1]>
+g (float[n, {_K}] x, float[n, {_K}] v) => (float[n, 2] y, float[n, 2] jv)
+<uint8[2, 1, {_K}] w_Q8 = {{{", ".join(map(str, _CODES))}}}, float[2] w_scales = {{0.5, 2}},
+ float[{_K}, 2] w = {{{", ".join(str(c) for row in _W_FLOAT for c in row)}}}> {{
+  [primal] y = com.microsoft.MatMulNBits<K = {_K}, N = 2, bits = 8, block_size = {_K},
+    accuracy_level = 4>(x, w_Q8, w_scales)
+  [tangent] jv = MatMul(v, w)
+}}
+"""
+
+
+def test_tie_nbits_reads_the_primal_codes_at_accuracy_level_0():
+    model = onnx.parser.parse_model(NBITS_COMPANION)
+    tie_nbits_(model, {"tangent"})
+    assert _checked_ops(model) == ["MatMulNBits", "MatMulNBits"]
+    tied = model.graph.node[1]
+    assert tied.name == "tangent__deployed" and list(tied.output) == ["jv"]
+    assert "accuracy_level" not in {a.name for a in tied.attribute}
+    assert {t.name for t in model.graph.initializer} == {"w_Q8", "w_scales"}
+    v = np.ones((1, _K), dtype=np.float32)
+    _, jv = _session(model).run(None, {"x": v, "v": v})
+    # sum of 0.5 x (1..16) = 68 and 16 x -2 = -32, by hand (the float W would give 72, -28).
+    np.testing.assert_allclose(jv, [[68, -32]], rtol=1e-6)

@@ -27,7 +27,7 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from cr_edge.errors import ExportError, InputError
 from cr_edge.quantize.calibration import NpzReader
-from cr_edge.quantize.companion import derivative_only, tie_weights_
+from cr_edge.quantize.companion import derivative_only, tie_weights
 from cr_edge.quantize.embedding import quantize_embeddings
 from cr_edge.quantize.equalize import Scales, equalize
 from cr_edge.quantize.gemm_to_matmul import gemm_to_matmul
@@ -165,9 +165,7 @@ def _static_policy(model: onnx.ModelProto, policy: QuantPolicy, feeds: dict) -> 
 
 
 def _tied(quantized: onnx.ModelProto, derivative: set[str]) -> onnx.ModelProto:
-    if derivative:
-        tie_weights_(quantized, derivative)
-    return quantized
+    return tie_weights(quantized, derivative) if derivative else quantized
 
 
 def _through_files(

@@ -7,15 +7,21 @@ companion only the nodes the primal model also has are quantized, and the
 derivative-only nodes (the ``v`` path, ``p'(z)``) stay float but multiply by the
 very int8 weights the primal path dequantizes. Quantizing the ``v`` path as well
 would measure quantization noise of a tensor the deployed model never computes.
+
+The tying is two onnx-ir passes rather than rewrite rules: a weight is dequantized once,
+however many ``v``-path nodes read it, and the float weights go once nothing reads them.
 """
 
 from __future__ import annotations
 
 import onnx
-from onnx import helper
+import onnx_ir as ir
 
 from cr_edge.errors import ExportError
 from cr_edge.quantize.graph import LINEAR
+from cr_edge.quantize.unused import DropUnusedInitializers
+
+MS_DOMAIN = "com.microsoft"
 
 
 def derivative_only(model: onnx.ModelProto) -> set[str]:
@@ -31,54 +37,57 @@ def derivative_only(model: onnx.ModelProto) -> set[str]:
     return {n.name for n in model.graph.node} - needed
 
 
-def tie_weights_(model: onnx.ModelProto, nodes: set[str]) -> None:
-    """Point the linear ``nodes`` (left float) at the int8 weights of the primal path, in place.
+class TieToDeployedWeights(ir.passes.InPlacePass):
+    """Point the linear ``nodes`` (left float) at the int8 weights of the primal path.
 
     onnxruntime names a quantized weight ``W_quantized`` with ``W_scale`` and
     ``W_zero_point``; static QDQ already dequantizes it for the primal path, dynamic
-    mode does not, so a ``DequantizeLinear`` is added once per weight.
+    mode does not, so a ``DequantizeLinear`` is added once per weight, at the start of
+    the graph. A weight no layer reads any more is dropped.
     """
-    inits = {t.name: t for t in model.graph.initializer}
-    dequantized = {
-        n.input[0]: n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"
-    }
-    added = []
-    for node in model.graph.node:
-        if node.name not in nodes or node.op_type not in LINEAR:
-            continue
-        weight = node.input[1]
-        if weight not in inits:  # static QDQ already fed it the dequantized weight
-            continue
-        if len(inits[weight].dims) == 1:  # a weighted sum (the sensitivity's row norms),
-            continue  # not a layer: nothing on the primal path to share, it stays float
-        quantized = f"{weight}_quantized"
-        if quantized not in inits:
-            raise ExportError(
-                f"companion node {node.name!r}: no int8 weight {quantized!r} "
-                "on the primal path to share"
-            )
-        if quantized not in dequantized:
-            dequantized[quantized] = f"{weight}__deployed"
-            axis = 1 if node.op_type == "MatMul" else 0  # the output-channel axis of W
-            added.append(
-                helper.make_node(
-                    "DequantizeLinear",
-                    [quantized, f"{weight}_scale", f"{weight}_zero_point"],
-                    [dequantized[quantized]],
-                    name=f"{weight}__deployed",
-                    axis=axis,
-                )
-            )
-        node.input[1] = dequantized[quantized]
-    for i, node in enumerate(added):
-        model.graph.node.insert(i, node)
-    used = {i for n in model.graph.node for i in n.input}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+
+    def __init__(self, nodes: set[str]) -> None:
+        super().__init__()
+        self.nodes = nodes
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        inits = graph.initializers
+        dequantized = {
+            n.inputs[0].name: n.outputs[0] for n in graph if n.op_type == "DequantizeLinear"
+        }
+        added: list[ir.Node] = []
+        modified = False
+        for node in list(graph):
+            if node.name not in self.nodes or node.op_type not in LINEAR:
+                continue
+            weight = node.inputs[1]
+            if weight is None or not weight.is_initializer():
+                continue  # static QDQ already fed it the dequantized weight
+            if len(weight.const_value.shape) == 1:  # a weighted sum (the sensitivity's row
+                continue  # norms), not a layer: nothing on the primal path to share, it stays float
+            quantized = f"{weight.name}_quantized"
+            if quantized not in dequantized:
+                codes = [inits.get(f"{weight.name}{end}") for end in _CODES]
+                if None in codes:
+                    raise ExportError(
+                        f"companion node {node.name!r}: no int8 weight {quantized!r} "
+                        "on the primal path to share"
+                    )
+                axis = 1 if node.op_type == "MatMul" else 0  # the output-channel axis of W
+                name = f"{weight.name}__deployed"
+                dq = ir.Node("", "DequantizeLinear", codes, [ir.AttrInt64("axis", axis)], name=name)
+                dq.outputs[0].name = name
+                added.append(dq)
+                dequantized[quantized] = dq.outputs[0]
+            node.replace_input_with(1, dequantized[quantized])
+            modified = True
+        if added:
+            graph.insert_before(next(iter(graph)), added)
+        return ir.passes.PassResult(model, DropUnusedInitializers()(model).modified or modified)
 
 
-def tie_nbits_(model: onnx.ModelProto, nodes: set[str]) -> None:
+class TieToDeployedCodes(ir.passes.InPlacePass):
     """Point the derivative-only MatMuls ``nodes`` at the primal path's ``MatMulNBits`` codes.
 
     onnxruntime's quantizer names the codes of weight ``W`` ``W_Q<bits>`` (scales
@@ -87,34 +96,52 @@ def tie_nbits_(model: onnx.ModelProto, nodes: set[str]) -> None:
     straight-through view (the activation rounding of level 4 is a quantizer, taken as
     the identity). A weight the primal path left float (a 1-D weighted sum) stays float.
     """
-    quantized = {
-        n.input[1]: n
-        for n in model.graph.node
-        if n.op_type == "MatMulNBits" and n.name not in nodes
-    }
-    for i, node in enumerate(model.graph.node):
-        if node.name not in nodes or node.op_type != "MatMul":
-            continue
-        primal = next(
-            (q for w, q in quantized.items() if w.rsplit("_Q", 1)[0] == node.input[1]), None
-        )
-        if primal is None:
-            continue
-        attrs = {
-            a.name: helper.get_attribute_value(a)
-            for a in primal.attribute
-            if a.name != "accuracy_level"
+
+    def __init__(self, nodes: set[str]) -> None:
+        super().__init__()
+        self.nodes = nodes
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        quantized = {
+            n.inputs[1].name: n
+            for n in graph
+            if n.op_type == "MatMulNBits" and n.name not in self.nodes
         }
-        tied = helper.make_node(
-            "MatMulNBits",
-            [node.input[0], *primal.input[1:]],
-            list(node.output),
-            name=f"{node.name}__deployed",
-            domain="com.microsoft",
-            **attrs,
-        )
-        model.graph.node[i].CopyFrom(tied)
-    used = {i for n in model.graph.node for i in n.input}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+        modified = False
+        for node in list(graph):
+            if node.name not in self.nodes or node.op_type != "MatMul":
+                continue
+            weight = node.inputs[1].name
+            primal = next((q for w, q in quantized.items() if w.rsplit("_Q", 1)[0] == weight), None)
+            if primal is None:
+                continue
+            attrs = [a for k, a in primal.attributes.items() if k != "accuracy_level"]
+            tied = ir.Node(
+                MS_DOMAIN,
+                "MatMulNBits",
+                [node.inputs[0], *primal.inputs[1:]],
+                attrs,
+                name=f"{node.name}__deployed",
+            )
+            ir.convenience.replace_nodes_and_values(
+                graph, node, [node], [tied], node.outputs, tied.outputs
+            )
+            modified = True
+        return ir.passes.PassResult(model, DropUnusedInitializers()(model).modified or modified)
+
+
+_CODES = ("_quantized", "_scale", "_zero_point")  # onnxruntime's names for W's int8 codes
+
+
+def tie_weights(model: onnx.ModelProto, nodes: set[str]) -> onnx.ModelProto:
+    """A copy of ``model`` with ``TieToDeployedWeights(nodes)`` applied (``model`` if no change)."""
+    irm = ir.from_proto(model)
+    return ir.to_proto(irm) if TieToDeployedWeights(nodes)(irm).modified else model
+
+
+def tie_nbits_(model: onnx.ModelProto, nodes: set[str]) -> None:
+    """``TieToDeployedCodes(nodes)`` applied to ``model`` in place."""
+    irm = ir.from_proto(model)
+    if TieToDeployedCodes(nodes)(irm).modified:
+        model.CopyFrom(ir.to_proto(irm))
