@@ -18,6 +18,7 @@ from cr_edge.artifacts import metadata as schema
 from cr_edge.errors import ExportError
 from cr_edge.profile.limit import floor_artifact
 from cr_edge.quantize.companion import tie_nbits_, tie_weights
+from cr_edge.quantize.embedding import quantize_embeddings
 from cr_edge.quantize.equalize import equalize
 from cr_edge.quantize.measure import ExposeValues, probe
 from cr_edge.quantize.stale_types import ForgetStaleTypes
@@ -261,3 +262,40 @@ def test_tie_nbits_reads_the_primal_codes_at_accuracy_level_0():
     _, jv = _session(model).run(None, {"x": v, "v": v})
     # sum of 0.5 x (1..16) = 68 and 16 x -2 = -32, by hand (the float W would give 72, -28).
     np.testing.assert_allclose(jv, [[68, -32]], rtol=1e-6)
+
+
+EMBEDDING = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (int64[n, 2] ids) => (float[n, 2, 4] e)
+<float[3, 4] table = {127, -5, 3, 0, -127, 1, 2, 3, 127, 127, -127, 0}> {
+  [embed] e = Gather<axis = 0>(table, ids)
+}
+"""
+IDS = np.array([[2, 0], [1, 1]], dtype=np.int64)
+TABLE = np.array([[127, -5, 3, 0], [-127, 1, 2, 3], [127, 127, -127, 0]], dtype=np.float32)
+
+
+def test_embedding_rule_codes_the_table_and_gathers_its_rows():
+    model = onnx.parser.parse_model(EMBEDDING)
+    out = quantize_embeddings(model, 8)
+    assert _checked_ops(out) == ["GatherBlockQuantized"]
+    node = out.graph.node[0]
+    assert node.name == "embed_q8" and node.domain == "com.microsoft"
+    assert [t.name for t in out.graph.initializer] == ["table_q8", "table_q8_scales"]
+    assert not out.graph.node[0].metadata_props
+    (e,) = _session(out).run(None, {"ids": IDS})
+    # Each row's largest |value| is 127 = 127 levels: every entry is a whole code, exact.
+    np.testing.assert_array_equal(e, TABLE[IDS])
+    (e4,) = _session(quantize_embeddings(model, 4)).run(None, {"ids": IDS})
+    # 4 bits: steps of 127/7 ~ 18.1, so entries below 9.07 in size round to 0, by hand.
+    four = np.array([[127, 0, 0, 0], [-127, 0, 0, 0], [127, 127, -127, 0]], dtype=np.float32)
+    np.testing.assert_allclose(e4, four[IDS], rtol=1e-6)
+
+
+def test_embedding_rule_leaves_a_gather_of_activations_alone():
+    text = EMBEDDING.replace("(int64[n, 2] ids)", "(int64[n, 2] ids, float[3, 4] table)")
+    text = text.replace(
+        "<float[3, 4] table = {127, -5, 3, 0, -127, 1, 2, 3, 127, 127, -127, 0}>", ""
+    )
+    model = onnx.parser.parse_model(text)
+    assert quantize_embeddings(model, 8) is model

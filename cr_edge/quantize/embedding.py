@@ -23,10 +23,19 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+import onnx_ir as ir
+from onnxscript.rewriter import (
+    RULE_NAME_TAG,
+    MatchResult,
+    RewritePass,
+    RewriteRuleSet,
+    pattern,
+)
 
 from cr_edge.quantize.nbits import choose_block
 from cr_edge.quantize.policy import BLOCKS
+from cr_edge.quantize.unused import DropUnusedInitializers
+from cr_edge.quiet import quiet
 
 DOMAIN = "com.microsoft"
 
@@ -80,63 +89,72 @@ def choose_table_block(table: np.ndarray, bits: int) -> int:
     return choose_block(errors, size)
 
 
-def embedding_gathers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The Gathers of a constant 2-D float table along axis 0 (a text model's embedding)."""
-    inits = {t.name: t for t in model.graph.initializer}
-    found = []
-    for node in model.graph.node:
-        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx"):
-            continue
-        table = inits.get(node.input[0])
-        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
-        flat = table is not None and len(table.dims) == 2 and axis == 0
-        if flat and table.data_type == onnx.TensorProto.FLOAT:
-            found.append(node)
-    return found
+class EmbeddingToGatherBlockQuantized(pattern.RewriteRuleClassBase):
+    """``Gather(table, ids)`` of a constant 2-D float table by rows -> ``GatherBlockQuantized``.
 
+    An onnxscript rewrite rule: the pattern is one node. A table read by several Gathers
+    is coded once, and each of them reads the same codes and scales.
+    """
 
-def quantize_embeddings(model: onnx.ModelProto, bits: int = 8) -> onnx.ModelProto:
-    """A copy of ``model`` with each embedding table as ``GatherBlockQuantized`` codes."""
-    gathers = embedding_gathers(model)
-    if not gathers:
-        return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    inits = {t.name: t for t in out.graph.initializer}
-    done: dict[str, tuple[str, str, int]] = {}
-    by_name = {n.name: n for n in gathers}
-    for i, node in enumerate(out.graph.node):
-        if node.name not in by_name or node.input[0] not in inits:
-            continue
-        name = node.input[0]
-        if name not in done:
-            table = numpy_helper.to_array(inits[name])
-            block = choose_table_block(table, bits)
-            codes, scales = quantize_table(table, bits, block)
-            out.graph.initializer.extend(
-                [
-                    numpy_helper.from_array(codes, f"{name}_q{bits}"),
-                    numpy_helper.from_array(scales, f"{name}_q{bits}_scales"),
-                ]
+    def __init__(self, bits: int) -> None:
+        super().__init__(name=f"embedding_q{bits}")
+        self.bits = bits
+        self._coded: dict[str, tuple[ir.Value, ir.Value, int]] = {}
+        self._gather = ""  # the matched Gather's name, for the node that replaces it
+
+    def setup(self) -> None:
+        self._coded = {}
+
+    def pattern(self, op, table: ir.Value, ids: ir.Value) -> ir.Value:
+        return op.Gather(table, ids, _allow_other_attributes=True)
+
+    def check(self, context, table: ir.Value, ids: ir.Value, **_) -> MatchResult:
+        result = MatchResult()
+        tensor = table.const_value if table.is_initializer() else None
+        if tensor is None:
+            return result.fail(f"{table.name!r} is not a constant initializer: no table to code")
+        if len(tensor.shape) != 2 or tensor.dtype != ir.DataType.FLOAT:
+            return result.fail(f"{table.name!r} is not a 2-D float32 table")
+        axis = context.root.attributes.get_int("axis", 0)
+        if axis != 0:
+            return result.fail(f"gathers along axis {axis}, not the table's rows")
+        self._gather = context.root.name or ""
+        return result
+
+    def rewrite(self, op, table: ir.Value, ids: ir.Value, **_) -> ir.Value:
+        bits = self.bits
+        if table.name not in self._coded:
+            rows = table.const_value.numpy()
+            block = choose_table_block(rows, bits)
+            codes, scales = quantize_table(rows, bits, block)
+            self._coded[table.name] = (
+                op.initializer(ir.tensor(codes), name=f"{table.name}_q{bits}"),
+                op.initializer(ir.tensor(scales), name=f"{table.name}_q{bits}_scales"),
+                block,
             )
-            done[name] = (f"{name}_q{bits}", f"{name}_q{bits}_scales", block)
-        codes_name, scales_name, block = done[name]
-        quantized = helper.make_node(
-            "GatherBlockQuantized",
-            [codes_name, node.input[1], scales_name],
-            list(node.output),
-            name=f"{node.name}_q{bits}",
-            domain=DOMAIN,
+        codes, scales, block = self._coded[table.name]
+        return op.GatherBlockQuantized(
+            codes,
+            ids,
+            scales,
+            _domain=DOMAIN,
+            _name=f"{self._gather}_q{bits}",
             bits=bits,
             block_size=block,
             gather_axis=0,
             quantize_axis=1,
         )
-        out.graph.node[i].CopyFrom(quantized)
-    if not any(o.domain == DOMAIN for o in out.opset_import):
-        out.opset_import.append(helper.make_opsetid(DOMAIN, 1))
-    used = {i for n in out.graph.node for i in n.input}
-    keep = [t for t in out.graph.initializer if t.name in used]
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(keep)
-    return out
+
+
+def quantize_embeddings(model: onnx.ModelProto, bits: int = 8) -> onnx.ModelProto:
+    """A copy of ``model`` with each embedding table as ``GatherBlockQuantized`` codes
+    (``model`` itself when it has none)."""
+    irm = ir.from_proto(model)
+    rules = RewriteRuleSet([EmbeddingToGatherBlockQuantized.rule(bits)])
+    with quiet("onnxscript"):  # it logs each rewrite at INFO
+        if not RewritePass(rules)(irm).modified:
+            return model
+    for node in irm.graph:  # the rewriter tags what it wrote; the file needs no such tag
+        node.metadata_props.pop(RULE_NAME_TAG, None)
+    DropUnusedInitializers()(irm)
+    return ir.to_proto(irm)
