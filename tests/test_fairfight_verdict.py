@@ -12,6 +12,7 @@ import pytest
 
 from cr_edge.fairfight.fight import retry_tasks
 from cr_edge.fairfight.ladder import BUDGETS, ladder_tasks
+from cr_edge.fairfight.report import ladder_matrix
 from cr_edge.fairfight.verdict import (
     _by_seed,
     aggregate,
@@ -158,6 +159,8 @@ def test_a_point_with_fewer_than_three_finished_seeds_is_insufficient():
     assert all(t["cr"] != ["cr", "depth1", 64] for t in v["fewer_parameters_tests"])
     row = next(r for r in aggregate(runs) if r["width"] == 64)
     assert row["insufficient"] and row["seeds"] == 2 and row["failed"] == 1
+    table = "\n".join(ladder_matrix(aggregate(runs)))
+    assert "insufficient (2 of 3 seeds)" in table and "0.990" not in table
     # its retry, finished, makes three: the point counts again
     retry = _run("cr", "depth1", 64, 3, 900, 0.99, 0.99, retry_of="x", retry_of_seed=2)
     v = verdict([*runs, retry], n_boot=100)

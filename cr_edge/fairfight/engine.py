@@ -32,7 +32,9 @@ from cr_edge.fairfight.runner import run_task
 Progress = Callable[[int, int, str | None], None]
 
 # The training path, relative to the cr_edge package: what a run's record is a function of,
-# beyond its task. Folders count with every .py file under them.
+# beyond its task. Folders count with every .py file under them. recipe.py holds the
+# training defaults, which a task's key leaves out (``ladder._settings``), and
+# task_metrics.py the figures a record holds.
 TRAINING_PATH = (
     "train",
     "nets.py",
@@ -40,6 +42,8 @@ TRAINING_PATH = (
     "dreg.py",
     "heads.py",
     "data",
+    "recipe.py",
+    "task_metrics.py",
     "fairfight/runner.py",
 )
 
