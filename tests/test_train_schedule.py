@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -79,3 +80,14 @@ def test_the_schedule_changes_training_and_the_metrics_say_when_the_best_epoch_w
     assert 1 <= m["best_epoch"] <= m["epochs_trained"] <= 3
     w_cos, w_const = (next(r.net.parameters()) for r in (cosine, constant))
     assert not torch.equal(w_cos, w_const)  # the schedule is applied, not just recorded
+
+
+def test_cli_lr_schedule_reaches_the_recipe(cli_run, tmp_path: Path):
+    out = tmp_path / "ck"
+    args = ["--data", "digits", "--hidden", "8", "--epochs", "1", "--lr-schedule", "constant"]
+    result = cli_run("train", *args, "--out", out)
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["recipe"]["lr_schedule"] == "constant"
+    bad = cli_run("train", "--data", "digits", "--lr-schedule", "linear", "--out", tmp_path / "x")
+    assert bad.exit_code == 2 and "--lr-schedule" in bad.output

@@ -50,6 +50,12 @@ from cr_edge.errors import InputError
 )
 @click.option("--batch-size", type=click.IntRange(1), help="Training mini-batch size.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate.")
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(["cosine", "constant"]),
+    help="The learning rate over the epochs: cosine decay from --lr to 1% of it, or "
+    "constant [default: cosine].",
+)
 @click.option("--seed", type=int, help="Seed for the split, the initialisation and the batches.")
 @click.option(
     "--clip-grad",
@@ -100,6 +106,7 @@ def train(
     epochs: int | None,
     batch_size: int | None,
     lr: float | None,
+    lr_schedule: str | None,
     seed: int | None,
     clip_grad: float | None,
     range_penalty: float | None,
@@ -135,6 +142,7 @@ def train(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
+        lr_schedule=lr_schedule,
         seed=seed,
         clip_grad=clip_grad,
         range_penalty=range_penalty,
