@@ -44,9 +44,16 @@ def _cell(outcome: Outcome) -> str:
 def _tolerance_line(r: RuntimeResult) -> str:
     t = r.tolerances
     src = t.sources
-    return (
+    line = (
         f"tolerance {r.loaded or r.artifact} [{r.runtime}]: outputs atol={t.atol:.3g} "
         f"({src.get('atol', 'policy')}), rtol={t.rtol:.3g} ({src.get('rtol', 'policy')}); "
         f"companion derivatives rel<={t.companion.rtol:.3g}, cos>={t.companion.min_cosine:g} "
         f"({src.get('derivatives', 'policy')})"
     )
+    fd = t.finite_differences
+    if fd is not None and "finite_differences" in src:  # measured on the float64 copy
+        line += (
+            f"; finite differences rel<={fd.rtol:.3g}, cos>={fd.min_cosine:g} "
+            f"({src['finite_differences']})"
+        )
+    return line
