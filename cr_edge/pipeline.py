@@ -73,8 +73,12 @@ def run_pipeline(
     force: bool = False,
     profile_iters: int = 300,
     on_step: Callable[[str], None] | None = None,
+    certify_on: str | list[str] | None = None,
 ) -> PipelineResult:
-    """Run every step for ``recipe`` into ``out``; failed checks are collected, not hidden."""
+    """Run every step for ``recipe`` into ``out``; failed checks are collected, not hidden.
+
+    ``certify_on``: devices quantize's choice must pass on too (``auto``: the emulated ARM64
+    device where it can be built); the best candidate that passes everywhere is kept."""
     out = Path(out)
     if (out / SUMMARY).exists() and not force and not is_incomplete(out):
         raise InputError(f"--out {out}: already holds a pipeline run; pass --force to overwrite")
@@ -91,7 +95,7 @@ def run_pipeline(
     failures: list[str] = []
     models = [exported.files["onnx"]]
     text = trained.net.config.arch == "text"
-    quant = _quantized(exported.files["onnx"], out, formats, models, failures)
+    quant = _quantized(exported.files["onnx"], out, formats, models, failures, certify_on)
     int8_pte, int8_rows = None, []
     if "executorch" in formats and not text:
         int8_pte, int8_rows = _int8_program(out, exported.files["ref"])
@@ -118,15 +122,26 @@ def run_pipeline(
 
 
 def _quantized(
-    model: Path, out: Path, formats: tuple[str, ...], models: list[Path], failures: list[str]
+    model: Path,
+    out: Path,
+    formats: tuple[str, ...],
+    models: list[Path],
+    failures: list[str],
+    certify_on: str | list[str] | None = None,
 ) -> dict:
-    """The quantize step: auto's choice (appended to ``models``) or why fp32 stays."""
+    """The quantize step: auto's choice (appended to ``models``) or why fp32 stays.
+
+    Certified on ``certify_on`` best first, stopping at the first candidate that passes
+    everywhere (``devices.certify``): one emulated validation per candidate tried."""
+    from cr_edge.devices.certify import certifier, summary_entry
+
     quant: dict = {}
+    hook, note = certifier(certify_on, first_only=True) if certify_on else (None, "")
     try:
         config = QuantConfig(
             out / "quantized", QuantPolicy(mode="auto"), ort_format="ort" in formats
         )
-        q = quantize(model, config)
+        q = quantize(model, config, hook)
         quant = {"precision": "fp32", "policy": None, "label": None, "note": q.notes[-1]}
         if q.chosen is not None:
             models.append(q.files["onnx"])
@@ -138,6 +153,8 @@ def _quantized(
                 "fp32_accuracy": q.fp32_accuracy,
                 "file": q.files["onnx"].name,
             }
+        if certify_on:
+            quant["certified"] = summary_entry(q, note)
     except CheckFailed as e:
         failures.append(f"quantize: {e}")
     return quant
@@ -253,6 +270,10 @@ def summary_markdown(s: dict) -> str:
         )
     elif q:
         lines.append(f"- quantized: {q['note']}")
+    if q and "certified" in q:
+        from cr_edge.devices.certify import summary_lines
+
+        lines += summary_lines(q["certified"])
     pte = s.get("executorch_int8")
     if pte:
         size = "" if pte["bytes"] is None else f", {pte['bytes']:,} B"

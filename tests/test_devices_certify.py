@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 
 from cr_edge import api
 from cr_edge.devices import diagnosis
-from cr_edge.devices.certify import DeviceCertifier, resolve
+from cr_edge.devices.certify import DeviceCertifier, resolve, summary_entry, summary_lines
 from cr_edge.devices.registry import Device
 from cr_edge.quantize.certification import CandidateFiles, DeviceVerdict
 from cr_edge.quantize.policy import QuantConfig
@@ -96,6 +96,13 @@ def test_what_a_model_computes_in_is_read_from_its_graph():
         assert diagnosis.kernels(_graph([nbits], [q, s])) == kind
 
 
+def test_auto_without_root_certifies_nothing_and_the_summary_says_why(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    devices, note = resolve("auto")
+    assert devices == [] and "needs root" in note and "neoverse-n1" in note
+    assert summary_lines({"on": [], "note": note, "chosen": {}, "refused": {}}) == [f"- {note}"]
+
+
 def test_certify_on_none_and_an_unknown_name(device_home: Path):
     from cr_edge.errors import InputError
 
@@ -147,6 +154,10 @@ def test_auto_never_keeps_a_candidate_a_device_fails(exported: Path, tmp_path: P
     assert row["devices"]["phone"]["passed"] is False
     assert row["devices"]["phone"]["fingerprint"] == N1
     assert row["devices"]["phone"]["error_over_tolerance"] == pytest.approx(5.0)
+    # what the pipeline's summary says: the kept model's figures, and who refused what
+    lines = summary_lines(summary_entry(result, ""))
+    assert lines[0].startswith("- certified on @phone (neoverse-n1 (qemu)): outputs error")
+    assert any(f"{refused.policy.label} not kept: fails on @phone" in ln for ln in lines)
 
 
 @pytest.mark.slow  # an auto quantize: ~17 s

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def run_dir(cli_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pipeline") / "digits"
-    result = cli_run("pipeline", "--recipe", "digits-cr", "--epochs", "20", "--out", out)
+    # certification on the emulated device is its own test (test_devices_certify)
+    args = ["pipeline", "--recipe", "digits-cr", "--epochs", "20", "--certify-on", "none"]
+    result = cli_run(*args, "--out", out)
     assert result.exit_code == 0, result.output  # every stage ran and every check passed
     return out
 
@@ -113,6 +115,8 @@ def test_sigint_mid_pipeline_leaves_no_partial_file(tmp_path: Path):
             "pipeline",
             "--epochs",
             "20",
+            "--certify-on",
+            "none",
             "--out",
             str(out),
         ],

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cr_edge.cli.group import cli
-from cr_edge.cli.types import RUNTIME_HELP, RUNTIMES
+from cr_edge.cli.types import CERTIFY_HELP, RUNTIME_HELP, RUNTIMES
 
 
 @cli.command()
@@ -27,8 +27,16 @@ from cr_edge.cli.types import RUNTIME_HELP, RUNTIMES
 )
 @click.option("--epochs", type=click.IntRange(1), help="Override the recipe's epochs.")
 @click.option("--force", is_flag=True, help="Overwrite a run folder that holds results.")
+@click.option(
+    "--certify-on", metavar="NAME[,NAME]", default="auto", show_default=True, help=CERTIFY_HELP
+)
 def pipeline(
-    recipe: str, out: Path | None, runtime: tuple[str, ...], epochs: int | None, force: bool
+    recipe: str,
+    out: Path | None,
+    runtime: tuple[str, ...],
+    epochs: int | None,
+    force: bool,
+    certify_on: str,
 ) -> None:
     """Train, export, quantize, validate and profile in one go, with one summary."""
     from cr_edge.api import pipeline as run_pipeline
@@ -39,6 +47,8 @@ def pipeline(
 
     chosen = load_recipe(recipe).replace(epochs=epochs)
     with step_bar(STEPS, f"pipeline {chosen.name}") as on_step:
-        result = run_pipeline(chosen, out, runtime, force=force, on_step=on_step)
+        result = run_pipeline(
+            chosen, out, runtime, force=force, on_step=on_step, certify_on=certify_on
+        )
     print_summary(result.summary, result.out)
     raise_for_failures(result)

@@ -73,5 +73,10 @@ def print_summary(summary: dict, out: Path) -> None:
     for key, us in summary["p50_latency_us"].items():
         table.add_row(escape(f"p50 {key}"), f"{us:.1f} µs")
     _stdout.print(table)
+    if quant and "certified" in quant:  # on which devices auto's choice was certified, or why not
+        from cr_edge.devices.certify import summary_lines
+
+        for line in summary_lines(quant["certified"]):
+            _stdout.print(escape(line[2:]))
     _stdout.print(escape(f"results: {out}"))
     _stdout.print(escape(verdict(summary)))

@@ -136,3 +136,49 @@ def certifier(
     """The hook ``--certify-on`` asks for (None: no device), and ``resolve``'s note."""
     devices, note = resolve(certify_on)
     return (DeviceCertifier(devices, first_only) if devices else None), note
+
+
+def summary_entry(result, note: str) -> dict:
+    """The pipeline summary's ``certified`` entry for a ``QuantizeResult``: the devices,
+    the kept model's verdicts, and each candidate a device turned down with the reason."""
+    chosen = result.chosen
+    return {
+        "on": list(result.certified_on),
+        "note": note,
+        "chosen": {n: _brief(v) for n, v in (chosen.devices if chosen else {}).items()},
+        "refused": {
+            t.policy.label: [v.reason() for v in t.devices.values() if not v.passed]
+            for t in result.tried
+            if any(not v.passed for v in t.devices.values())
+        },
+    }
+
+
+def _brief(v: DeviceVerdict) -> dict:
+    return {
+        "passed": v.passed,
+        "check": v.check,
+        "host_error": v.host_error,
+        "device_error": v.device_error,
+        "tolerance": v.tolerance,
+        "cause": v.cause,
+        "cpu": v.fingerprint.get("cpu"),
+        "isa": v.fingerprint.get("isa"),
+    }
+
+
+def summary_lines(entry: dict | None) -> list[str]:
+    """The summary.md lines of ``summary_entry``: where it was certified, or why not."""
+    if not entry:
+        return []
+    if not entry["on"]:
+        return [f"- {entry['note']}"] if entry["note"] else ["- not certified on a device"]
+    lines = []
+    for name, v in entry["chosen"].items():
+        lines.append(
+            f"- certified on @{name} ({v['cpu']}): {v['check']} error {v['device_error']:.3g} "
+            f"there, {v['host_error']:.3g} here, tolerance {v['tolerance']:.3g}"
+        )
+    for label, reasons in entry["refused"].items():
+        lines += [f"- {label} not kept: {r}" for r in reasons]
+    return lines
