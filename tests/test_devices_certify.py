@@ -96,6 +96,36 @@ def test_what_a_model_computes_in_is_read_from_its_graph():
         assert diagnosis.kernels(_graph([nbits], [q, s])) == kind
 
 
+def _row(artifact: Path, runtime: str, status: str, err: float):
+    from cr_edge.validate.outcome import Check, Outcome
+    from cr_edge.validate.tolerances import POLICY
+    from cr_edge.validate.validator import RuntimeResult
+
+    tol = POLICY["fp16"]
+    check = Check("y", (4, 10), status == "PASS", "atol=0.01 rtol=0.01", err, err)
+    outputs = Outcome(status, f"max abs {err}", [check])
+    none = Outcome.unavailable("not measured")
+    return RuntimeResult(str(artifact), runtime, str(artifact), outputs, none, none, tol)
+
+
+def test_validate_on_says_by_how_much_and_why_a_device_disagrees(tmp_path: Path):
+    """The rows validate --on prints: an fp16 model passes here and fails on a core with
+    fp16 arithmetic; the line gives both errors, the tolerance and the feature."""
+    w16 = helper.make_tensor("w", TensorProto.FLOAT16, [4, 4], [0] * 16)
+    fp16 = _graph([helper.make_node("MatMul", ["x", "w"], ["y"])], [w16], TensorProto.FLOAT16)
+    path = tmp_path / "model.fp16.onnx"
+    onnx.save(fp16, path)
+    rows = [
+        _row(path, "cpu", "PASS", 0.0071),
+        _row(path, "cpu@a72", "PASS", 0.0072),  # agrees: no line
+        _row(path, "cpu@n1", "FAIL", 0.037),
+    ]
+    devices = {"a72": {"fingerprint": A72}, "n1": {"fingerprint": N1}}
+    lines = diagnosis.disagreements(rows, devices)
+    assert len(lines) == 1 and lines[0].startswith("@n1 outputs: error 0.037 there (5.2x)")
+    assert "0.0071 here, tolerance 0.01" in lines[0] and "fp16 arithmetic" in lines[0]
+
+
 def test_auto_without_root_certifies_nothing_and_the_summary_says_why(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     devices, note = resolve("auto")
