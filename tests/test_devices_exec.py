@@ -396,3 +396,40 @@ def test_two_commands_on_one_device_at_once(
     blobs = Path(exec_device.workdir) / "blobs"
     for blob in blobs.iterdir():
         assert file_digest(blob)[0] == blob.name  # nothing corrupted, no .part left
+
+
+@pytest.mark.slow
+def test_profile_on_an_exec_device(
+    cli_run, exec_device: Device, exported: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "profile.json"
+    model = exported / "model.onnx"
+    result = cli_run(
+        "profile", model, exported / "model.ort", "--runtime", "cpu", "--iters", "50", "--warmup", "5",
+        "--no-memory", "--no-floor", "--on", "here", "--json", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "latency on @here" in result.output
+    device = json.loads(out.read_text())["devices"]["here"]
+    assert device["timing"] == "measured on the device" and not device["emulated"]
+    assert {r["runtime"] for r in device["results"]} == {"cpu@here"}
+    assert {r["artifact"] for r in device["results"]} == {str(model), str(exported / "model.ort")}
+    assert len(device["comparisons"]) == 1  # two models interleaved: their ratio, measured there
+
+
+def test_an_emulated_latency_is_never_a_timing(exec_device: Device, exported: Path) -> None:
+    """The same device answer, as if it came from qemu: rows marked, no ratio kept."""
+    from cr_edge.devices.commands import NOT_A_TIMING, label_profile
+    from cr_edge.devices.remote import DeviceRun
+
+    row = {"artifact": "0/model.onnx", "file": "0/model.onnx", "runtime": "cpu", "batch": 1,
+           "threads": None, "latency": {"p50_ms": 1.0}}  # fmt: skip
+    for emulated in (False, True):
+        report = {"results": [dict(row)], "comparisons": [{"ratio": 1.5}]}
+        run = DeviceRun("pi", "emulated:arm64", emulated, {}, report, 0,
+                        remote_paths={"0/model.onnx": str(exported / "model.onnx")})  # fmt: skip
+        labelled = label_profile(run).report
+        assert labelled["results"][0]["runtime"] == "cpu@pi"
+        assert labelled["results"][0]["file"] == str(exported / "model.onnx")
+        assert (labelled["results"][0].get("timing") == NOT_A_TIMING) is emulated
+        assert (labelled["comparisons"] == []) is emulated

@@ -174,3 +174,43 @@ def test_silent_host_times_out_in_one_line(
         for s in held:
             s.close()
         listener.close()
+
+
+@pytest.mark.slow
+def test_setup_installs_the_torch_free_core_once(
+    cli_run, sshd, device_home, exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Row 24 and ``device setup``: a device without cr-edge says what to run; setup makes a
+    venv there from wheels the host downloaded (no torch), once; then validate runs there.
+
+    The wheels of the first setup are kept for the second: other work on this source tree
+    between the two would rightly change cr-edge's own wheel, and reinstall it."""
+    from cr_edge.devices import setup
+
+    kept = tmp_path / "wheels"
+    download = setup.download_wheels
+
+    def once(info: dict, folder: Path, label: str) -> list[Path]:
+        if not kept.is_dir():
+            kept.mkdir()
+            for wheel in download(info, folder, label):
+                shutil.copy(wheel, kept / wheel.name)
+        return sorted(kept.glob("*.whl"))
+
+    monkeypatch.setattr(setup, "download_wheels", once)
+    workdir = tmp_path / "fresh"
+    registry.add(Device("fresh", sshd.url(workdir), ssh_config=str(sshd.client_config)))
+    before = cli_run("validate", exported / "model.onnx", "--runtime", "cpu", "--on", "fresh")
+    assert before.exit_code == 2 and "run cr-edge device setup fresh" in before.output
+    first = cli_run("device", "setup", "fresh")
+    assert first.exit_code == 0, first.output
+    assert "installed" in first.output
+    again = cli_run("device", "setup", "fresh")
+    assert again.exit_code == 0 and "up to date" in again.output and " 0 pushed" in again.output
+    site = list((workdir / "venv" / "lib").glob("python3*/site-packages"))
+    installed = {p.name.split("-")[0].lower() for p in site[0].glob("*.dist-info")}
+    assert {"cr_edge", "numpy", "onnxruntime", "onnx"} <= installed
+    assert not any(name.startswith("torch") for name in installed)
+    after = cli_run("validate", exported / "model.onnx", "--runtime", "cpu", "--on", "fresh")
+    assert after.exit_code == 0, after.output
+    assert "cpu@fresh" in after.output

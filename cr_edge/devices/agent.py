@@ -48,6 +48,7 @@ def main(argv: list) -> int:
                 envelope.update(_run(spec, workdir))
             elif spec["action"] == "setup":
                 envelope.update(_setup(spec, workdir))
+                envelope["fingerprint"] = fingerprint(workdir, runtime=False)  # noqa: F821
             else:
                 envelope["message"] = "unknown action " + repr(spec["action"])
     except OSError as e:

@@ -85,16 +85,21 @@ def profile_on(devices: list[Device], artifacts: list[Path], argv: list[str]) ->
     host's CPU, as two emulated or loopback devices would); rows name the host's files."""
     files, paths = layout(artifacts, "profile")
     runs = [start([d], "profile", files, [*paths, *argv]).wait()[0] for d in devices]
-    for run in runs:
-        for row in run.report.get("results", []):
-            row["artifact"] = run.remote_paths.get(row["artifact"], row["artifact"])
-            row["file"] = run.remote_paths.get(row["file"], row["file"])
-            row["runtime"] = f"{row['runtime']}@{run.name}"
-            if run.emulated:
-                row["timing"] = NOT_A_TIMING
+    return [label_profile(run) for run in runs]
+
+
+def label_profile(run: DeviceRun) -> DeviceRun:
+    """Rows named ``RUNTIME@NAME`` with the host's paths; an emulated device's latencies
+    marked as no timing, and its comparisons (ratios of latencies) dropped."""
+    for row in run.report.get("results", []):
+        row["artifact"] = run.remote_paths.get(row["artifact"], row["artifact"])
+        row["file"] = run.remote_paths.get(row["file"], row["file"])
+        row["runtime"] = f"{row['runtime']}@{run.name}"
         if run.emulated:
-            run.report["comparisons"] = []  # no ratio reads an emulated latency
-    return runs
+            row["timing"] = NOT_A_TIMING
+    if run.emulated:
+        run.report["comparisons"] = []  # no ratio reads an emulated latency
+    return run
 
 
 def profile_json(runs: list[DeviceRun]) -> dict:
