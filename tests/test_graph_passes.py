@@ -18,7 +18,7 @@ from cr_edge.artifacts import metadata as schema
 from cr_edge.errors import ExportError
 from cr_edge.profile.limit import floor_artifact
 from cr_edge.quantize.companion import tie_nbits_, tie_weights
-from cr_edge.quantize.embedding import quantize_embeddings
+from cr_edge.quantize.embedding import CodeEmbeddingTables, quantize_embeddings
 from cr_edge.quantize.equalize import equalize
 from cr_edge.quantize.measure import ExposeValues, probe
 from cr_edge.quantize.stale_types import ForgetStaleTypes
@@ -275,14 +275,13 @@ IDS = np.array([[2, 0], [1, 1]], dtype=np.int64)
 TABLE = np.array([[127, -5, 3, 0], [-127, 1, 2, 3], [127, 127, -127, 0]], dtype=np.float32)
 
 
-def test_embedding_rule_codes_the_table_and_gathers_its_rows():
+def test_embedding_pass_codes_the_table_and_gathers_its_rows():
     model = onnx.parser.parse_model(EMBEDDING)
     out = quantize_embeddings(model, 8)
     assert _checked_ops(out) == ["GatherBlockQuantized"]
     node = out.graph.node[0]
     assert node.name == "embed_q8" and node.domain == "com.microsoft"
     assert [t.name for t in out.graph.initializer] == ["table_q8", "table_q8_scales"]
-    assert not out.graph.node[0].metadata_props
     (e,) = _session(out).run(None, {"ids": IDS})
     # Each row's largest |value| is 127 = 127 levels: every entry is a whole code, exact.
     np.testing.assert_array_equal(e, TABLE[IDS])
@@ -292,10 +291,15 @@ def test_embedding_rule_codes_the_table_and_gathers_its_rows():
     np.testing.assert_allclose(e4, four[IDS], rtol=1e-6)
 
 
-def test_embedding_rule_leaves_a_gather_of_activations_alone():
+def test_embedding_pass_says_why_it_leaves_a_gather_alone():
     text = EMBEDDING.replace("(int64[n, 2] ids)", "(int64[n, 2] ids, float[3, 4] table)")
     text = text.replace(
         "<float[3, 4] table = {127, -5, 3, 0, -127, 1, 2, 3, 127, 127, -127, 0}>", ""
     )
     model = onnx.parser.parse_model(text)
     assert quantize_embeddings(model, 8) is model
+    columns = ir.from_proto(onnx.parser.parse_model(EMBEDDING.replace("axis = 0", "axis = 1")))
+    reasons = [
+        CodeEmbeddingTables.refusal(n) for n in (*ir.from_proto(model).graph, *columns.graph)
+    ]
+    assert "not a constant initializer" in reasons[0] and "axis 1" in reasons[1]

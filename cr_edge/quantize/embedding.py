@@ -24,18 +24,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnxscript.rewriter import (
-    RULE_NAME_TAG,
-    MatchResult,
-    RewritePass,
-    RewriteRuleSet,
-    pattern,
-)
 
 from cr_edge.quantize.nbits import choose_block
 from cr_edge.quantize.policy import BLOCKS
 from cr_edge.quantize.unused import DropUnusedInitializers
-from cr_edge.quiet import quiet
 
 DOMAIN = "com.microsoft"
 
@@ -89,72 +81,79 @@ def choose_table_block(table: np.ndarray, bits: int) -> int:
     return choose_block(errors, size)
 
 
-class EmbeddingToGatherBlockQuantized(pattern.RewriteRuleClassBase):
-    """``Gather(table, ids)`` of a constant 2-D float table by rows -> ``GatherBlockQuantized``.
+class CodeEmbeddingTables(ir.passes.InPlacePass):
+    """Each ``Gather(table, ids)`` of a constant 2-D float table by rows -> ``GatherBlockQuantized``.
 
-    An onnxscript rewrite rule: the pattern is one node. A table read by several Gathers
-    is coded once, and each of them reads the same codes and scales.
+    A table read by several Gathers is coded once, and each of them reads the same codes
+    and scales; the float table goes once nothing reads it. An onnx-ir pass, not an
+    onnxscript rewrite rule: the quantizer is torch-free and installs with the core
+    dependencies, and onnxscript comes only with the ``train`` extra.
     """
 
     def __init__(self, bits: int) -> None:
-        super().__init__(name=f"embedding_q{bits}")
+        super().__init__()
         self.bits = bits
-        self._coded: dict[str, tuple[ir.Value, ir.Value, int]] = {}
-        self._gather = ""  # the matched Gather's name, for the node that replaces it
 
-    def setup(self) -> None:
-        self._coded = {}
-
-    def pattern(self, op, table: ir.Value, ids: ir.Value) -> ir.Value:
-        return op.Gather(table, ids, _allow_other_attributes=True)
-
-    def check(self, context, table: ir.Value, ids: ir.Value, **_) -> MatchResult:
-        result = MatchResult()
-        tensor = table.const_value if table.is_initializer() else None
-        if tensor is None:
-            return result.fail(f"{table.name!r} is not a constant initializer: no table to code")
-        if len(tensor.shape) != 2 or tensor.dtype != ir.DataType.FLOAT:
-            return result.fail(f"{table.name!r} is not a 2-D float32 table")
-        axis = context.root.attributes.get_int("axis", 0)
-        if axis != 0:
-            return result.fail(f"gathers along axis {axis}, not the table's rows")
-        self._gather = context.root.name or ""
-        return result
-
-    def rewrite(self, op, table: ir.Value, ids: ir.Value, **_) -> ir.Value:
-        bits = self.bits
-        if table.name not in self._coded:
-            rows = table.const_value.numpy()
-            block = choose_table_block(rows, bits)
-            codes, scales = quantize_table(rows, bits, block)
-            self._coded[table.name] = (
-                op.initializer(ir.tensor(codes), name=f"{table.name}_q{bits}"),
-                op.initializer(ir.tensor(scales), name=f"{table.name}_q{bits}_scales"),
-                block,
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph, bits = model.graph, self.bits
+        coded: dict[str, tuple[ir.Value, ir.Value, int]] = {}
+        modified = False
+        for node in list(graph):
+            if self.refusal(node) is not None:
+                continue
+            table = node.inputs[0]
+            if table.name not in coded:
+                rows = table.const_value.numpy()
+                block = choose_table_block(rows, bits)
+                codes, scales = quantize_table(rows, bits, block)
+                coded[table.name] = (
+                    _initializer(graph, codes, f"{table.name}_q{bits}"),
+                    _initializer(graph, scales, f"{table.name}_q{bits}_scales"),
+                    block,
+                )
+            codes_value, scales_value, block = coded[table.name]
+            attributes = {"bits": bits, "block_size": block, "gather_axis": 0, "quantize_axis": 1}
+            quantized = ir.Node(
+                DOMAIN,
+                "GatherBlockQuantized",
+                [codes_value, node.inputs[1], scales_value],
+                [ir.AttrInt64(k, v) for k, v in attributes.items()],
+                name=f"{node.name}_q{bits}",
             )
-        codes, scales, block = self._coded[table.name]
-        return op.GatherBlockQuantized(
-            codes,
-            ids,
-            scales,
-            _domain=DOMAIN,
-            _name=f"{self._gather}_q{bits}",
-            bits=bits,
-            block_size=block,
-            gather_axis=0,
-            quantize_axis=1,
-        )
+            ir.convenience.replace_nodes_and_values(
+                graph, node, [node], [quantized], node.outputs, quantized.outputs
+            )
+            modified = True
+        if modified:
+            graph.opset_imports.setdefault(DOMAIN, 1)
+            DropUnusedInitializers()(model)
+        return ir.passes.PassResult(model, modified)
+
+    @staticmethod
+    def refusal(node: ir.Node) -> str | None:
+        """Why ``node`` is not coded (None: it is)."""
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx"):
+            return "not a Gather"
+        table = node.inputs[0]
+        tensor = table.const_value if table is not None and table.is_initializer() else None
+        if tensor is None:
+            return "its table is not a constant initializer: nothing to code"
+        if len(tensor.shape) != 2 or tensor.dtype != ir.DataType.FLOAT:
+            return f"{table.name!r} is not a 2-D float32 table"
+        axis = node.attributes.get_int("axis", 0)
+        if axis != 0:
+            return f"it gathers along axis {axis}, not the table's rows"
+        return None
+
+
+def _initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
 
 
 def quantize_embeddings(model: onnx.ModelProto, bits: int = 8) -> onnx.ModelProto:
     """A copy of ``model`` with each embedding table as ``GatherBlockQuantized`` codes
     (``model`` itself when it has none)."""
     irm = ir.from_proto(model)
-    rules = RewriteRuleSet([EmbeddingToGatherBlockQuantized.rule(bits)])
-    with quiet("onnxscript"):  # it logs each rewrite at INFO
-        if not RewritePass(rules)(irm).modified:
-            return model
-    for node in irm.graph:  # the rewriter tags what it wrote; the file needs no such tag
-        node.metadata_props.pop(RULE_NAME_TAG, None)
-    DropUnusedInitializers()(irm)
-    return ir.to_proto(irm)
+    return ir.to_proto(irm) if CodeEmbeddingTables(bits)(irm).modified else model
