@@ -20,6 +20,7 @@ that sends gigabytes costs the host nothing but an error.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import os
@@ -39,6 +40,7 @@ MAX_OUTPUT = 64 << 20  # bytes a device may send on stdout for one command
 STDERR_TAIL = 64 << 10  # the end of stderr is kept: the error is at the end
 CHUNK = 1 << 20
 READER_GRACE = 5.0  # seconds for its pipes to close once the process has exited
+_LIVE: set[subprocess.Popen] = set()  # device commands running now, ended at exit
 Progress = Callable[[int], None]  # called with each chunk's byte count as it is sent
 
 # Exit codes of the push script, so the host can say what went wrong on the device.
@@ -255,6 +257,7 @@ def call(
         raise DeviceError(
             f"{label}: cannot start {argv[0]} ({e.strerror}); install it or fix the device URL"
         ) from e
+    _LIVE.add(proc)
     out, err = _Sink(max_output, keep="head"), _Sink(STDERR_TAIL, keep="tail")
     expired = threading.Event()
 
@@ -279,6 +282,7 @@ def call(
         proc.wait()
         raise
     finally:
+        _LIVE.discard(proc)
         timer.cancel()
         for reader in readers:  # a child it left behind may hold a pipe open: end its group
             reader.join(READER_GRACE)
@@ -338,6 +342,14 @@ class _Sink:
 
     def data(self) -> bytes:
         return b"".join(self.chunks)
+
+
+@atexit.register
+def _end_live() -> None:
+    """A command interrupted on the host (Ctrl-C) ends what it still runs on its devices:
+    each device command runs in its own process group, out of reach of the terminal's signal."""
+    for proc in list(_LIVE):
+        _kill(proc)
 
 
 def _kill(proc: subprocess.Popen) -> None:
