@@ -94,6 +94,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from cr_edge.artifacts import metadata as schema
 from cr_edge.errors import InputError
 from cr_edge.validate.differences import (  # noqa: F401  (the step rule, read from here too)
     COMPUTE_EPS,
@@ -102,10 +103,7 @@ from cr_edge.validate.differences import (  # noqa: F401  (the step rule, read f
 )
 from cr_edge.validate.rounding import RoundingError
 
-PRECISIONS = ("fp32", "fp16", "int8")
-PRECISION_KEY = "cr_edge.precision"
-OUTPUT_STEP_KEY = "cr_edge.quant.output_step"
-JACOBIAN_BOUND_KEY = "cr_edge.jacobian_bound"
+PRECISIONS = schema.PRECISIONS
 INT8_OUTPUT_STEPS = 3.0
 INT8_LEVELS = 255
 SECANT_STEPS = 4  # input quantization steps the int8 primal secant spans
@@ -187,12 +185,7 @@ POLICY: dict[str, Tolerances] = {
 
 def precision_of(metadata: dict[str, str], source: str) -> str:
     """The precision a model declares; an absent key means fp32 (not a quantized export)."""
-    value = metadata.get(PRECISION_KEY, "fp32")
-    if value not in PRECISIONS:
-        raise InputError(
-            f"{source}: metadata {PRECISION_KEY}={value!r}; expected one of {PRECISIONS}"
-        )
-    return value
+    return schema.read(metadata, source).precision or "fp32"
 
 
 def tolerances_for(
@@ -210,18 +203,19 @@ def tolerances_for(
     oracle sample, the int8 fallback for ``L``. For fp32, ``rounding`` (the graph's
     measured float32 error) and ``oracle_error`` (``Oracle.own_error``) raise the floor.
     """
-    precision = precision_of(metadata, source)
+    meta = schema.read(metadata, source)
+    precision = meta.precision or "fp32"
     tol = POLICY[precision]
     sources = {"atol": f"policy {precision}", "rtol": f"policy {precision}"}
     sources["derivatives"] = f"policy {precision}"
     if precision == "fp32" and rounding is not None:
         tol = _from_rounding(tol, rounding, oracle_error, sources)
     if precision == "int8":
-        step, step_src = _metadata_float(metadata, OUTPUT_STEP_KEY, source)
+        step, step_src = _positive(meta.output_step, "output_step", source)
         if step is None:
             step = float(np.ptp(y_ref)) / INT8_LEVELS
             step_src = "oracle output range / 255 (no cr_edge.quant.output_step)"
-        bound, bound_src = _metadata_float(metadata, JACOBIAN_BOUND_KEY, source)
+        bound, bound_src = _positive(meta.jacobian_bound, "jacobian_bound", source)
         if bound is None and jvp_per_unit is not None and jvp_per_unit.size:
             bound = float(np.max(jvp_per_unit))
             bound_src = "max ||Jv||/||v|| over the oracle (no cr_edge.jacobian_bound)"
@@ -318,13 +312,11 @@ def _override(d: DerivativeTolerance, o: Overrides) -> DerivativeTolerance:
     )
 
 
-def _metadata_float(metadata: dict[str, str], key: str, source: str) -> tuple[float | None, str]:
-    if key not in metadata:
+def _positive(value: float | None, name: str, source: str) -> tuple[float | None, str]:
+    """A recorded tolerance input, which must be a positive number to mean anything."""
+    if value is None:
         return None, ""
-    try:
-        value = float(metadata[key])
-    except ValueError:
-        value = float("nan")
-    if not (np.isfinite(value) and value > 0):
-        raise InputError(f"{source}: metadata {key}={metadata[key]!r} is not a positive number")
+    key = schema.key(name)
+    if not value > 0:
+        raise InputError(f"{source}: metadata {key}={value!r} is not a positive number")
     return value, f"metadata {key}"
