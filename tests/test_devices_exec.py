@@ -433,3 +433,14 @@ def test_an_emulated_latency_is_never_a_timing(exec_device: Device, exported: Pa
         assert labelled["results"][0]["file"] == str(exported / "model.onnx")
         assert (labelled["results"][0].get("timing") == NOT_A_TIMING) is emulated
         assert (labelled["comparisons"] == []) is emulated
+
+
+def test_check_of_a_device_not_set_up_says_what_to_run(
+    cli_run, device_home: Path, tmp_path: Path
+) -> None:
+    """Row 24 for ``device check``: it still describes the device, from its python3."""
+    registry.add(Device("new", "exec:env", workdir=str(tmp_path / "w")))
+    result = cli_run("device", "check", "new")
+    assert result.exit_code == 0, result.output
+    assert "run cr-edge device setup new" in result.output
+    assert f"workdir        {tmp_path / 'w'}" in result.output

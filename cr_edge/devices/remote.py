@@ -18,7 +18,6 @@ lacks Python or cr-edge's packages says "run cr-edge device setup NAME".
 from __future__ import annotations
 
 import json
-import re
 import sys
 import threading
 from collections.abc import Callable
@@ -41,7 +40,6 @@ VENV_PYTHON = "venv/bin/python"  # under the workdir: what ``device setup`` make
 MAX_ENVELOPE = 16 << 20  # bytes: a report of thousands of rows is a few MB
 RUN_TIMEOUT = 3600.0  # a validation under emulation takes minutes, not hours
 LOCK_TIMEOUT = 600.0  # how long a command waits for another one on the same device
-_SHA = re.compile(r"^[0-9a-f]{64}$")
 INIT_SH = (
     "umask 077; "
     'case $1 in /*) ;; *) cd || exit 90 ;; esac; mkdir -p -- "$1" && chmod 700 -- "$1" '
