@@ -57,7 +57,7 @@ def test_graph_takes_int64_ids_and_pools_with_gather(exported):
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("Gather") == 1 and "ReduceSum" in ops and "Pow" not in ops
     meta = {p.key: p.value for p in model.metadata_props}
-    assert Tokenizer.from_json(meta["cr_edge.data.tokenizer"]) == Tokenizer(buckets=512, max_len=24)
+    assert Tokenizer.from_json(meta["cr_edge.tokenizer"]) == Tokenizer(buckets=512, max_len=24)
     assert "cr_edge.normalisation" not in meta
 
 
