@@ -85,8 +85,8 @@ def test_readme_commands_name_real_subcommands_and_options() -> None:
 
 
 def test_docs_commands_name_real_subcommands_and_options() -> None:
-    """The guides' ``bash`` blocks too (output samples sit in unlabelled blocks, and the
-    device commands still being built in ``text`` ones)."""
+    """The guides' ``bash`` blocks too (output samples sit in unlabelled blocks, which are
+    not commands)."""
     shown = [
         (page, words)
         for page in sorted((REPO / "docs").rglob("*.md"))
