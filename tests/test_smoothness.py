@@ -34,6 +34,13 @@ def test_tail_ratio_and_peak_volatility_by_hand():
     }
 
 
+def test_batch_means_average_whole_chunks_only():
+    # chunks (1, 3), (5, 7); the lone 100 is dropped -> means 2 and 6
+    assert smoothness.batch_means([1, 3, 5, 7, 100], 2).tolist() == [2.0, 6.0]
+    # tail ratio of (2, 6): p99 = 2 + 0.99 * 4 = 5.96, mean 4
+    assert tail_ratio(smoothness.batch_means([1, 3, 5, 7, 100], 2)) == pytest.approx(5.96 / 4)
+
+
 def _linear() -> nn.Linear:
     layer = nn.Linear(2, 2)
     with torch.no_grad():

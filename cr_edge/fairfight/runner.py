@@ -98,6 +98,9 @@ def run_task(task_json: dict) -> dict:
             "peak_gradient": m["peak_volatility"],  # the raw max, in the inputs' units
             "grad_mean": m["grad_mean"],
             **probe.metrics(),
+            **smoothness.summary(
+                "test_batch", smoothness.batch_means(per_sample, task.recipe.batch_size)
+            ),
             "steps": len(step_norms),
             "best_epoch": m["best_epoch"],
             "epochs": m["epochs_trained"],

@@ -9,6 +9,9 @@ published 1.07-1.09:
 * ``per_sample``: tau and peak volatility over the test samples' input-gradient norms.
 * ``batch``: over training steps, the mini-batch *mean* input-gradient norm (one value a
   step); averaging over the batch removes the per-sample spread.
+* ``test_batch``: the trained net's per-sample norms on the test split, averaged over
+  consecutive mini-batches of the training batch size: the batch reading without the drift
+  of a norm that grows (or shrinks) while the net trains.
 * ``step``: over training steps, the norm of the task loss's gradient with respect to
   the shared weights (every Linear/Conv ``W`` and ``b``) only: no polynomial coefficients
   (94-100% of a CR step's norm, and measured before their per-power update scaling), no
@@ -59,6 +62,14 @@ def summary(prefix: str, values: Sequence[float] | np.ndarray) -> dict[str, floa
         f"{prefix}_tail_ratio": tail_ratio(values),
         f"{prefix}_peak_volatility": peak_volatility(values),
     }
+
+
+def batch_means(values: Sequence[float] | np.ndarray, size: int) -> np.ndarray:
+    """Means of consecutive chunks of ``size`` values; a last, shorter chunk is dropped (it
+    would be the noisiest value, and p99 reads the tail)."""
+    v = np.asarray(values, dtype=np.float64)
+    whole = (len(v) // size) * size
+    return v[:whole].reshape(-1, size).mean(axis=1)
 
 
 def shared_weights(net: nn.Module) -> list[Tensor]:
