@@ -123,7 +123,7 @@ def test_validate_on_says_by_how_much_and_why_a_device_disagrees(tmp_path: Path)
     devices = {"a72": {"fingerprint": A72}, "n1": {"fingerprint": N1}}
     lines = diagnosis.disagreements(rows, devices)
     assert len(lines) == 1 and lines[0].startswith("@n1 outputs: error 0.037 there (5.2x)")
-    assert "0.0071 here, tolerance 0.01" in lines[0] and "fp16 arithmetic" in lines[0]
+    assert "0.0071 here, tolerance 0.01 + 0.01|y|" in lines[0] and "fp16 arithmetic" in lines[0]
 
 
 def test_auto_without_root_certifies_nothing_and_the_summary_says_why(monkeypatch):

@@ -126,7 +126,7 @@ def verdict(
     ) or "; ".join(getattr(device, col).summary for col in failed)
     return DeviceVerdict(
         name, not failed, check, host_error, device_error, tolerance, cause, detail,
-        fingerprint, emulated,
+        fingerprint, emulated, diagnosis.relative_of(device, check),
     )  # fmt: skip
 
 
@@ -160,7 +160,7 @@ def _brief(v: DeviceVerdict) -> dict:
         "check": v.check,
         "host_error": v.host_error,
         "device_error": v.device_error,
-        "tolerance": v.tolerance,
+        "tolerance": v.bound(),
         "cause": v.cause,
         "cpu": v.fingerprint.get("cpu"),
         "isa": v.fingerprint.get("isa"),
@@ -177,7 +177,7 @@ def summary_lines(entry: dict | None) -> list[str]:
     for name, v in entry["chosen"].items():
         lines.append(
             f"- certified on @{name} ({v['cpu']}): {v['check']} error {v['device_error']:.3g} "
-            f"there, {v['host_error']:.3g} here, tolerance {v['tolerance']:.3g}"
+            f"there, {v['host_error']:.3g} here, tolerance {v['tolerance']}"
         )
     for label, reasons in entry["refused"].items():
         lines += [f"- {label} not kept: {r}" for r in reasons]

@@ -129,14 +129,16 @@ def explain(
     tolerance: float | None,
     kind: str,
     fingerprint: dict,
+    rtol: float = 0.0,
 ) -> str:
     """One line: the error on each side against the tolerance, and the likely cause."""
     ratio = ""
     if host_error and device_error is not None:
         ratio = f" ({device_error / host_error:.1f}x)"
+    bound = _g(tolerance) + (f" + {_g(rtol)}|y|" if rtol else "")
     return (
         f"@{device} {check}: error {_g(device_error)} there{ratio}, {_g(host_error)} here, "
-        f"tolerance {_g(tolerance)}; likely cause: {likely_cause(kind, fingerprint)}"
+        f"tolerance {bound}; likely cause: {likely_cause(kind, fingerprint)}"
     )
 
 
@@ -174,6 +176,13 @@ def tolerance_of(row, column: str) -> float | None:
     return bound.rtol if bound is not None else None
 
 
+def relative_of(row, column: str) -> float:
+    """The outputs' relative term ``rtol`` (0 for the derivatives, whose bound is ``rtol``)."""
+    if row is None or row.tolerances is None or column != "outputs":
+        return 0.0
+    return float(row.tolerances.rtol)
+
+
 def disagreements(results: list, devices: dict) -> list[str]:
     """One ``explain`` line per device row (``RUNTIME@NAME``) whose outputs or derivatives
     disagree with the host's row of the same artifact and runtime (``disagrees``)."""
@@ -197,5 +206,6 @@ def disagreements(results: list, devices: dict) -> list[str]:
                 fingerprint = (devices.get(name) or {}).get("fingerprint") or {}
                 kind = kernels_of(row.artifact)
                 tol = tolerance_of(row, column)
-                lines.append(explain(name, column, h, d, tol, kind, fingerprint))
+                rel = relative_of(row, column)
+                lines.append(explain(name, column, h, d, tol, kind, fingerprint, rel))
     return lines

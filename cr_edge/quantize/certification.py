@@ -41,7 +41,10 @@ class DeviceVerdict:
     ``check`` is the column the headline figures come from (the failing one, else
     ``outputs``); ``host_error``/``device_error`` are that column's error here and
     there (max abs error for outputs, max relative error for derivatives) and
-    ``tolerance`` its bound (``atol``, or the derivative's ``rtol``). ``cause`` is the
+    ``tolerance`` its bound (``atol``, or the derivative's ``rtol``); ``rtol`` is the
+    outputs' relative term (fp16: ``|err| <= atol + rtol |y|`` element by element, so a
+    max abs error over ``atol`` may still pass and no single ratio says how far from
+    failing it is: the error over the tolerance is given only where ``rtol`` is 0). ``cause`` is the
     device's CPU feature that likely explains a disagreement (``devices.diagnosis``).
     """
 
@@ -55,27 +58,41 @@ class DeviceVerdict:
     detail: str = ""  # the failing checks' own lines, or why nothing was measured
     fingerprint: dict = field(default_factory=dict)
     emulated: bool = False
+    rtol: float = 0.0
 
     @property
     def over(self) -> float | None:
-        """The device's error over the tolerance (None when either is not a number)."""
-        if self.device_error is None or not self.tolerance:
+        """The device's error over the tolerance (None when either is not a number, or the
+        bound has a relative term)."""
+        if self.device_error is None or not self.tolerance or self.rtol:
             return None
         return self.device_error / self.tolerance
 
     def cell(self) -> str:
-        """The table cell: pass/FAIL and the device's error over the tolerance."""
+        """The table cell: pass/FAIL and the device's error over the tolerance (with a
+        relative term in the bound: the error there, absolute)."""
         mark = "pass" if self.passed else "FAIL"
         over = self.over
-        figure = "" if over is None or not math.isfinite(over) else f" {over:.2g}x"
+        if over is not None and math.isfinite(over):
+            figure = f" {over:.2g}x"
+        elif self.device_error is not None:
+            figure = f" err {self.device_error:.2g}"
+        else:
+            figure = ""
         short = "" if self.passed or self.check == "outputs" else f" {self.check[:5]}"
         return f"{mark}{short}{figure}"
+
+    def bound(self) -> str:
+        """The tolerance as a reader checks it."""
+        if self.rtol and self.check == "outputs":
+            return f"{_g(self.tolerance)} + {_g(self.rtol)}|y|"
+        return _g(self.tolerance)
 
     def reason(self) -> str:
         """One line: by how much on each side, and the likely cause."""
         sides = (
             f"{self.check} error {_g(self.host_error)} here, {_g(self.device_error)} on "
-            f"@{self.device}, tolerance {_g(self.tolerance)}"
+            f"@{self.device}, tolerance {self.bound()}"
         )
         verdict = "passes" if self.passed else "fails"
         cause = f"; likely cause: {self.cause}" if self.cause else ""
@@ -90,6 +107,7 @@ class DeviceVerdict:
             "host_error": self.host_error,
             "device_error": self.device_error,
             "tolerance": self.tolerance,
+            "rtol": self.rtol,
             "error_over_tolerance": self.over,
             "cause": self.cause,
             "detail": self.detail,
