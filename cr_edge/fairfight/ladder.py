@@ -106,7 +106,11 @@ class Budget:
     def widths_for(self, arch: str, dataset: str) -> tuple[int, ...]:
         if arch == "conv":
             return self.conv_widths
-        extra = (self.wide_width,) if dataset in self.wide_datasets else ()
+        extra = (
+            (self.wide_width,)
+            if dataset in self.wide_datasets and self.wide_width not in self.widths
+            else ()
+        )
         return (*self.widths, *extra)
 
     def tune_widths_for(self, arch: str) -> tuple[int, ...]:
@@ -173,8 +177,8 @@ BUDGETS = {
     # stopped early. lambda spans 1e-4..1e-1 (per position for conv, so one grid fits both);
     # each axis may grow 2 steps past each edge.
     "standard": Budget(
-        widths=(4, 32, 256),
-        conv_widths=(4, 16),
+        widths=(8, 16, 32, 64, 128, 256, 512),  # 2x steps resolve ratios between 1x and 8x
+        conv_widths=(4, 8, 16, 32, 64),
         seeds=(0, 1, 2, 3, 4),
         epochs=60,
         patience=12,
@@ -193,8 +197,8 @@ BUDGETS = {
     ),
     # a cluster job (--ray ADDRESS): every family, more seeds, widths and epochs, a finer grid
     "full": Budget(
-        widths=(2, 4, 8, 16, 32, 64, 128, 256),
-        conv_widths=(4, 8, 16, 32, 64, 128),
+        widths=(8, 16, 32, 64, 128, 256, 512),
+        conv_widths=(4, 8, 16, 32, 64),
         seeds=tuple(range(10)),
         epochs=150,
         patience=20,
