@@ -18,6 +18,7 @@ from cr_edge.fairfight.ladder import (
     ladder_tasks,
     tuning_tasks,
 )
+from cr_edge.fairfight.report import convergence, convergence_lines, tuning_edge_lines
 
 STANDARD = BUDGETS["standard"]
 
@@ -109,6 +110,32 @@ def test_an_edge_winning_grid_is_extended_up_to_its_limit_and_the_report_says_wh
     [edges] = grid_edges(STANDARD, records)
     assert edges["added_lrs"] == pytest.approx([top * 2, top * 4])
     assert edges["bound"] == ["lr high"] and edges["added_second"] == []
+    text = "\n".join(tuning_edge_lines([edges]))
+    assert f"| cr | depth1 | {top * 2:.3g}, {top * 4:.3g} | — | lr high |" in text
+    assert "Still binding at the limit: cr depth1 (lr high)" in text
+
+
+def test_the_report_counts_and_flags_runs_that_peaked_late():
+    def run(phase: str, late: bool, failed: bool = False) -> dict:
+        r = {"key": f"{phase}-{late}", "phase": phase, "late_best": late}
+        return {**r, "failed": "diverged"} if failed else r
+
+    # 1 late of 20 finished runs = 5%: not over the flag; the failed run is not counted
+    runs = [run("ladder", i == 0) for i in range(20)] + [run("ladder", True, failed=True)]
+    c = convergence(runs)
+    assert (c["runs"], c["late_best"], c["flagged"]) == (20, 1, False)
+    assert "no flag" in "".join(convergence_lines(c))
+    # 2 of 20 (10%) is flagged, and counted per phase
+    runs[1] = run("tune", True)
+    c = convergence(runs)
+    assert (c["late_best"], c["flagged"]) == (2, True)
+    assert c["by_phase"] == {
+        "ladder": {"runs": 19, "late_best": 1},
+        "tune": {"runs": 1, "late_best": 1},
+    }
+    assert "FLAG" in "".join(convergence_lines(c))
+    # records from before late_best existed are not counted at all
+    assert convergence([{"key": "old", "phase": "ladder"}])["runs"] == 0
 
 
 def test_the_low_edge_and_the_regulariser_grow_too():

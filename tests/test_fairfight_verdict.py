@@ -12,7 +12,7 @@ import pytest
 
 from cr_edge.fairfight.fight import retry_tasks
 from cr_edge.fairfight.ladder import BUDGETS, ladder_tasks
-from cr_edge.fairfight.report import ladder_matrix
+from cr_edge.fairfight.report import _smoothness_table, ladder_matrix, match_lines
 from cr_edge.fairfight.verdict import (
     _by_seed,
     aggregate,
@@ -136,6 +136,20 @@ def test_k_1_pairs_the_parameter_matched_net():
     assert conv[1.0]["cr"] == ["cr", "conv", 16]
     assert conv[2.0]["cr"] == ["cr", "conv", 4]  # 2 x 310 <= 3152.1 < 2 x 3130
     assert conv[15.5]["cr"] is None  # 15.5 x 310 = 4805 > 3152.1
+    assert conv[1.0]["matched"]  # 3130 >= 3002 / 1.05 = 2859
+
+
+def test_k_1_says_when_the_ladder_has_no_parameter_matched_cr_net():
+    tests = fewer_parameters_tests(_ladder(lambda p, s: 0.9))
+    mlp = {t["k"]: t for t in tests if t["scope"] == "mlp" and t["baseline"][0] == "relu"}
+    # relu's best MLP is w32 (400); the only CR MLP, w8, has 110 < 400 / 1.05 = 381
+    assert mlp[1.0]["cr"] == ["cr", "depth1", 8] and not mlp[1.0]["matched"]
+    lines = "\n".join(match_lines(tests, aggregate(_ladder())))
+    assert "no CR net within 5% of relu depth1 w32's 400 parameters" in lines
+    assert "cr depth1 w8 (110 parameters, 0.28x)" in lines
+    # same width: CR 110 / relu 100 (w8) for MLPs, 310 / 300 and 3130 / 3002 for conv
+    assert "depth1 1.100-1.100x" in lines and "conv 1.033-1.043x" in lines
+    assert "gelu conv w16" not in lines  # conv's k = 1 pair is matched: nothing to say
 
 
 def test_holm_runs_within_each_scope_on_hand_computed_p_values():
@@ -227,3 +241,20 @@ def test_equal_accuracy_reports_test_only_for_the_chosen_points():
     half = 4.302653 * 0.1 / math.sqrt(3)
     assert eq["test"]["cr"]["estimate"] == pytest.approx(0.6)
     assert eq["test"]["cr"]["low"] == pytest.approx(0.6 - half, abs=1e-6)
+
+
+def test_the_report_says_which_tau_reading_puts_the_baselines_at_the_papers_figure():
+    rows = [
+        _run("relu", "depth1", 8, 0, 100, 0.9, 0.9, test_batch_tail_ratio=1.08),
+        _run("gelu", "depth1", 8, 0, 100, 0.9, 0.9, test_batch_tail_ratio=1.20),
+        _run("cr", "depth1", 8, 0, 110, 0.9, 0.9, test_batch_tail_ratio=1.05),
+    ]
+    text = "\n".join(_smoothness_table(rows))
+    # measured, per family: relu inside 1.07-1.09, gelu not; per-sample 1.5 from _run
+    assert (
+        "baselines measure relu 1.080, gelu 1.200 here (inside the papers' 1.07-1.09 for relu)"
+        in text
+    )
+    assert "under the per-sample reading 1.500-1.500" in text
+    assert "CR under the test-batch reading: 1.050" in text
+    assert "| relu | 1.500 | 1.080 | — |" in text  # a reading no run has is a dash

@@ -15,13 +15,17 @@ import numpy as np
 from cr_edge.artifacts import atomic
 from cr_edge.fairfight.ladder import FAMILIES, Setting
 from cr_edge.fairfight.metric import ACCURACY, METRICS, Metric
+from cr_edge.fairfight.runner import LATE_SHARE
 from cr_edge.fairfight.stats import mean_ci
 from cr_edge.fairfight.verdict import (
+    BASELINES,
+    CR_FAMILY,
     LATENCY_BATCH,
     LATENCY_MIN_RATIO,
     LATENCY_TARGET,
     MATCH,
     MIN_SEEDS,
+    PAPER,
     SCOPE_NAMES,
     aggregate,
     latency_target,
@@ -36,11 +40,17 @@ FAMILY_COLOURS = {
     "gelu-dreg": "tab:olive",
 }
 ARCH_MARKERS = {"depth1": "o", "depth2": "s", "conv": "^"}
+# The report flags a fight in which more than this share of runs peaked late (``late_best``).
+LATE_FLAG = 0.05
 DEFINITIONS = (
-    "Definitions. *tau* = p99 / mean and *peak volatility* = max of a set of gradient norms. "
-    "Per run they are computed twice: over the test samples' input-gradient norms "
-    "||d logit_pred / dx|| of the trained net (`tail_ratio`, `peak_volatility`), and over "
-    "the training steps' parameter-gradient norms ||d loss / d theta|| (`step_*`). "
+    "Definitions. *tau* = p99 / mean and *peak volatility* = max / median of a set of "
+    "gradient norms. Per run they are computed over: the test samples' input-gradient norms "
+    "||d logit_pred / dx|| of the trained net (`tail_ratio`, `peak_volatility`; the raw "
+    "max is `peak_gradient`), those norms averaged over mini-batches of the training batch "
+    "size (`test_batch_*`), the mini-batch mean input-gradient norm over training steps "
+    "(`batch_*`), and the task loss's gradient norm over the shared weights W, b without "
+    "DREG over training steps (`step_*`; the old all-parameter reading is "
+    "`all_step_tail_ratio`). "
     "Corruptions: Gaussian noise with sigma = 0.1, 0.25, 0.5 x the training inputs' std, "
     "and a shift by 10% of each spatial axis both ways (1 pixel on digits, 4 steps on "
     "MNIST-1D), edges replicated. Intervals are 95%: Student-t for means over seeds, "
@@ -200,28 +210,129 @@ def _robustness_table(report: dict) -> list[str]:
     return lines
 
 
-def _smoothness_table(rows: list[dict]) -> list[str]:
-    lines = [
+def width_overhead(rows: list[dict]) -> dict[str, list[float]]:
+    """Per architecture, CR's parameters / a baseline's at the same width, over the widths
+    both have: why a same-width pair is not parameter-matched (the polynomial's
+    coefficients)."""
+    params = {(r["family"], r["arch"], r["width"]): r.get("parameters") for r in rows}
+    out: dict[str, list[float]] = defaultdict(list)
+    for (family, arch, width), n in params.items():
+        if family != CR_FAMILY or not n:
+            continue
+        for b in BASELINES:
+            m = params.get((b, arch, width))
+            if m:
+                out[arch].append(n / m)
+                break
+    return dict(out)
+
+
+def match_lines(tests: list[dict], rows: list[dict]) -> list[str]:
+    """Says, per scope, whether k = 1 paired parameter-matched nets (within ``MATCH``), and
+    when the ladder has no CR net that close, what it compared instead."""
+    lines = []
+    for t in tests:
+        if t["k"] != 1 or t.get("matched", True):
+            continue
+        scope = SCOPE_NAMES[t.get("scope", "all")]
+        if t["cr"] is None:
+            got = "no CR net at or under that budget, so the test could not run"
+        else:
+            got = (
+                f"the test compares {_point(t['cr'])} ({t['cr_parameters']} parameters, "
+                f"{t['cr_parameters'] / t['baseline_parameters']:.2f}x)"
+            )
+        lines.append(
+            f"- k = 1, {scope}: the ladder has no CR net within {MATCH:.0%} of "
+            f"{_point(t['baseline'])}'s {t['baseline_parameters']} parameters; {got}."
+        )
+    if not lines:
+        return []
+    over = width_overhead(rows)
+    why = "; ".join(f"{arch} {min(v):.3f}-{max(v):.3f}x" for arch, v in sorted(over.items()) if v)
+    return [
         "",
-        "Gradient smoothness (means over every ladder run of the family):",
+        "Parameter matching at k = 1 (a 2x ladder places a CR net within 5% of a baseline "
+        "only where the polynomial's coefficients cost little; CR / baseline parameters at "
+        f"the same width here: {why or '—'}):",
         "",
-        "| family | tau (input) | peak (input) | tau (steps) | peak (steps) |",
-        "|---|---|---|---|---|",
+        *lines,
     ]
+
+
+SMOOTHNESS_COLUMNS = (
+    ("tail_ratio", "tau per sample"),
+    ("test_batch_tail_ratio", "tau test batch"),
+    ("batch_tail_ratio", "tau train batch"),
+    ("step_tail_ratio", "tau step (W, b)"),
+    ("peak_volatility", "peak per sample"),
+    ("step_peak_volatility", "peak step (W, b)"),
+)
+
+
+def smoothness_means(rows: list[dict]) -> dict[str, dict[str, float | None]]:
+    """Per family, each smoothness reading's mean over its finished ladder runs (``None``
+    where no run has it, as in records from before the reading existed)."""
+    out = {}
     for fam in FAMILIES:
         rs = [r for r in rows if r["family"] == fam.name]
         if not rs:
             continue
+        out[fam.name] = {}
+        for key, _ in SMOOTHNESS_COLUMNS:
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            out[fam.name][key] = float(np.mean(vals)) if vals else None
+    return out
 
-        def m(key: str, rs: list[dict] = rs) -> float | None:
-            vals = [r[key] for r in rs if r[key] is not None]
-            return float(np.mean(vals)) if vals else None
 
+def _smoothness_table(rows: list[dict]) -> list[str]:
+    means = smoothness_means(rows)
+    lines = [
+        "",
+        "Gradient smoothness, means over every ladder run of the family. tau = p99/mean, "
+        "peak = max/median, of: the trained net's per-test-sample input-gradient norms (per "
+        "sample); those norms averaged over mini-batches of the training batch size (test "
+        "batch); the mini-batch mean input-gradient norm over training steps (train batch); "
+        "the task loss's gradient norm over the shared weights W, b, without DREG, over "
+        "training steps (step):",
+        "",
+        "| family | " + " | ".join(name for _, name in SMOOTHNESS_COLUMNS) + " |",
+        "|---|" + "---|" * len(SMOOTHNESS_COLUMNS),
+    ]
+    for family, m in means.items():
         lines.append(
-            f"| {fam.name} | {_f(m('tail_ratio'), '.3f')} | {_f(m('peak_volatility'), '.3f')} | "
-            f"{_f(m('step_tail_ratio'), '.3f')} | {_f(m('step_peak_volatility'), '.3f')} |"
+            f"| {family} | " + " | ".join(_f(m[key], ".3f") for key, _ in SMOOTHNESS_COLUMNS) + " |"
         )
+    lines += _paper_reading(means)
     return lines
+
+
+def _paper_reading(means: dict[str, dict[str, float | None]]) -> list[str]:
+    """Which reading puts the baselines at the papers' tau, said as measured here."""
+    key = "test_batch_tail_ratio"
+    base = {f: m[key] for f, m in means.items() if f in BASELINES and m[key] is not None}
+    cr = means.get(CR_FAMILY, {}).get(key)
+    if not base:
+        return []
+    lo, hi = PAPER["tail_ratio_standard"]
+    inside = [f for f, v in base.items() if lo - 0.005 <= v <= hi + 0.005]
+    measured = ", ".join(f"{f} {v:.3f}" for f, v in base.items())
+    where = (
+        f"inside the papers' {lo:.2f}-{hi:.2f} for {', '.join(inside)}"
+        if inside
+        else f"outside the papers' {lo:.2f}-{hi:.2f}"
+    )
+    per_sample = [means[f]["tail_ratio"] for f in base if means[f]["tail_ratio"] is not None]
+    return [
+        "",
+        f"Which reading matches the papers' baseline tau: under the test-batch reading the "
+        f"baselines measure {measured} here ({where}); under the per-sample reading "
+        + (f"{min(per_sample):.3f}-{max(per_sample):.3f}" if per_sample else "—")
+        + f". CR under the test-batch reading: {_f(cr, '.3f')} (the papers report "
+        f"{PAPER['tail_ratio_cr'][0]:.2f}-{PAPER['tail_ratio_cr'][1]:.2f}). This is a "
+        "measurement of which definition reproduces the published baseline figures, not a "
+        "claim that it is the papers' definition.",
+    ]
 
 
 def _latency_table(
@@ -255,6 +366,81 @@ def _latency_table(
     return lines
 
 
+def convergence(runs: list[dict]) -> dict:
+    """How many finished runs had their best validation epoch in the last ``LATE_SHARE`` of
+    their epoch budget (``late_best``): they may still have been improving when it ended
+    them. Per phase and overall; ``flagged`` when over ``LATE_FLAG`` of them."""
+    done = [r for r in runs if not r.get("failed") and "late_best" in r]
+    phases = {}
+    for phase in sorted({r["phase"] for r in done}):
+        rs = [r for r in done if r["phase"] == phase]
+        phases[phase] = {"runs": len(rs), "late_best": sum(bool(r["late_best"]) for r in rs)}
+    late = [r for r in done if r["late_best"]]
+    share = len(late) / len(done) if done else None
+    return {
+        "runs": len(done),
+        "late_best": len(late),
+        "share": share,
+        "flag_above": LATE_FLAG,
+        "flagged": share is not None and share > LATE_FLAG,
+        "by_phase": phases,
+        "late_keys": [r["key"] for r in late if "key" in r],
+    }
+
+
+def convergence_lines(c: dict | None) -> list[str]:
+    if not c or not c["runs"]:
+        return []
+    flag = (
+        f" **FLAG: more than {c['flag_above']:.0%} of runs may have stopped while still "
+        "improving; a longer epoch budget would change their figures.**"
+        if c["flagged"]
+        else f" (at most {c['flag_above']:.0%}: no flag)"
+    )
+    per = ", ".join(f"{p} {v['late_best']} of {v['runs']}" for p, v in c["by_phase"].items())
+    return [
+        "",
+        f"Convergence: {c['late_best']} of {c['runs']} finished runs "
+        f"({c['share']:.1%}) had their best validation epoch in the last "
+        f"{LATE_SHARE:.0%} of their epoch budget ({per}).{flag}",
+    ]
+
+
+def tuning_edge_lines(edges: list[dict] | None) -> list[str]:
+    """Where a grid's edge won and the grid grew, and where a chosen setting still sits on an
+    edge with no step left (the optimum may lie outside what was tried)."""
+    if edges is None:
+        return []
+    grew = [e for e in edges if e["added_lrs"] or e["added_second"]]
+    bound = [e for e in edges if e["bound"]]
+    if not grew and not bound:
+        return ["", "Tuning edges: no chosen setting sat on an edge of its grid."]
+
+    def values(xs: list[float]) -> str:
+        return ", ".join(f"{x:.3g}" for x in xs)
+
+    lines = ["", "Tuning edges (a grid whose edge won grew one step per round, up to the limit):"]
+    lines.append("")
+    lines += ["| family | arch | learning rates added | second axis added | still binding |"]
+    lines += ["|---|---|---|---|---|"]
+    for e in edges:
+        if not (e["added_lrs"] or e["added_second"] or e["bound"]):
+            continue
+        second = f"{e['axis']} {values(e['added_second'])}" if e["added_second"] else "—"
+        lines.append(
+            f"| {e['family']} | {e['arch']} | {values(e['added_lrs']) or '—'} | {second} | "
+            f"{', '.join(e['bound']) or 'no'} |"
+        )
+    if bound:
+        lines += [
+            "",
+            "Still binding at the limit: "
+            + "; ".join(f"{e['family']} {e['arch']} ({', '.join(e['bound'])})" for e in bound)
+            + ". Their optimum may lie outside the grid.",
+        ]
+    return lines
+
+
 def markdown(report: dict) -> str:
     v, ex = report["verdict"], report["execution"]
     metric = _metric(report)
@@ -285,15 +471,21 @@ def markdown(report: dict) -> str:
             f" Insufficient points (fewer than {v['min_seeds']} finished seeds; left out of "
             "every choice): " + ", ".join(_point(p) for p in v["insufficient_points"]) + "."
         )
+    lines += convergence_lines(report.get("convergence"))
     lines += [
         "",
-        "Tuned on the validation split (same number of trials per family):",
+        "Tuned on the validation split (same number of trials per family; a DREG family "
+        "tunes lambda, the others weight decay):",
         "",
-        "| family | arch | lr | DREG lambda |",
-        "|---|---|---|---|",
+        "| family | arch | lr | DREG lambda | weight decay |",
+        "|---|---|---|---|---|",
     ]
     for t in report["tuning"]:
-        lines.append(f"| {t['family']} | {t['arch']} | {t['lr']:.3g} | {t['dreg']:.3g} |")
+        wd = t.get("weight_decay")  # reports from before weight decay was tuned lack it
+        lines.append(
+            f"| {t['family']} | {t['arch']} | {t['lr']:.3g} | {t['dreg']:.3g} | {_f(wd, '.3g')} |"
+        )
+    lines += tuning_edge_lines(ex.get("tuning_edges"))
     lines += [
         "",
         f"Validation {metric.name}, mean ± 95% CI half-width (parameters); every choice "
@@ -324,6 +516,7 @@ def markdown(report: dict) -> str:
             f"{_f(t['t'], '.2f')} | {_f(t['df'], '.1f')} | {t['p']:.3g} | {t['p_holm']:.3g} | "
             f"{'yes' if t['held'] else 'no'} |"
         )
+    lines += match_lines(v["fewer_parameters_tests"], report["rows"])
     lines += _smoothness_table(
         [r for r in report["runs"] if r["phase"] == "ladder" and not r.get("failed")]
     )
@@ -428,6 +621,7 @@ def write_report(
             {"family": f, "arch": a, **setting._asdict()} for (f, a), setting in chosen.items()
         ],
         "runs": runs,
+        "convergence": convergence(runs),
         "rows": aggregate([r for r in runs if r["phase"] == "ladder"], METRICS[task]),
         "verdict": verdict,
         "latency": latency,
