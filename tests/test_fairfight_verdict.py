@@ -258,3 +258,48 @@ def test_the_report_says_which_tau_reading_puts_the_baselines_at_the_papers_figu
     assert "under the per-sample reading 1.500-1.500" in text
     assert "CR under the test-batch reading: 1.050" in text
     assert "| relu | 1.500 | 1.080 | — |" in text  # a reading no run has is a dash
+
+
+def test_sample_efficiency_probes_each_architecture_at_equal_optimiser_steps():
+    quick = BUDGETS["quick"]
+    tasks = [t for t in ladder_tasks("digits", quick, ("depth1", "conv"), {}) if t.phase == "probe"]
+    assert {t.arch for t in tasks} == {"depth1", "conv"}
+    for t in tasks:  # 3 epochs on 25% of the data: 12 epochs of a quarter-size split
+        assert t.recipe.epochs == round(quick.epochs / t.fraction) == 12
+        assert t.recipe.patience == round(quick.patience / t.fraction)
+    ladder = [t for t in ladder_tasks("digits", quick, ("depth1",), {}) if t.phase == "ladder"]
+    assert {t.recipe.epochs for t in ladder} == {quick.epochs}
+
+
+def test_each_probed_architecture_is_compared_with_its_own_best_baseline():
+    # relu is the best depth1 baseline, gelu the best conv one
+    points = [
+        ("relu", "depth1", 8, 100, 0.90),
+        ("gelu", "depth1", 8, 100, 0.80),
+        ("cr", "depth1", 8, 110, 0.88),
+        ("relu", "conv", 4, 300, 0.85),
+        ("gelu", "conv", 4, 300, 0.95),
+        ("cr", "conv", 4, 310, 0.93),
+    ]
+    runs = []
+    for f, a, w, n, val in points:
+        for s, d in enumerate(OFFSETS):
+            runs.append(_run(f, a, w, s, n, val + d, val + d))
+            cr_gain = 0.1 if f == "cr" else 0.0  # CR clearly ahead on a quarter of the data
+            runs.append(
+                _run(f, a, w, s, n, val + d, val / 2 + cr_gain + d, phase="probe", fraction=0.25)
+                | {"key": f"probe-{f}-{a}-w{w}-s{s}"}
+            )
+    v = verdict(runs, n_boot=200)
+    assert [(p["arch"], p["width"], p["baseline_family"]) for p in v["probes"]] == [
+        ("depth1", 8, "relu"),
+        ("conv", 4, "gelu"),
+    ]
+    se = {(r["arch"], r["fraction"]): r for r in v["sample_efficiency"]}
+    # 25%: CR's test mean is the baseline's + (val_cr - val_b) / 2 + 0.1
+    assert se["depth1", 0.25]["difference"] == pytest.approx((0.88 - 0.90) / 2 + 0.1)
+    assert se["conv", 0.25]["difference"] == pytest.approx((0.93 - 0.95) / 2 + 0.1)
+    assert se["conv", 1.0]["difference"] == pytest.approx(0.93 - 0.95)
+    claims = [c["claim"] for c in v["claims"] if "training fraction" in c["claim"]]
+    assert any("conv w4 vs gelu" in c for c in claims)
+    assert any("depth1 w8 vs relu" in c for c in claims)

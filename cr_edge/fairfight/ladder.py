@@ -8,7 +8,8 @@ family, weight decay for the others, on grids of equal length. A grid whose edge
 extended by one step, in rounds, up to ``Budget.extend_limit`` steps per edge
 (``extension_tasks``; ``grid_edges`` says where that happened). The **ladder** then
 trains every family at every width and seed with its chosen settings, and the **probes**
-retrain one width on 10-50% of the training split (sample efficiency). Epochs, the cosine
+retrain one MLP and one conv width on 10-50% of the training split (sample efficiency),
+each for as many optimiser steps as a run on the whole split. Epochs, the cosine
 learning-rate schedule, early stopping, batch size and optimiser are shared; the test
 split never chooses anything.
 """
@@ -51,7 +52,8 @@ FAMILY_BY_NAME = {f.name: f for f in FAMILIES}
 # Architectures: one or two hidden layers of the ladder's width, or two convolution stages
 # (Conv2d on images, Conv1d on sequences) of that many channels.
 ARCHS = ("depth1", "depth2", "conv")
-PROBE_ARCH = "depth1"  # the sample-efficiency and robustness probes' architecture
+PROBE_ARCH = "depth1"  # every budget's sample-efficiency probes include this architecture
+PROBE_ARCHS = ("depth1", "conv")  # ... and these where the budget and the data have them
 
 
 DEFAULT_WEIGHT_DECAY = Recipe().weight_decay
@@ -301,6 +303,7 @@ def _task(
     task: str = "classify",
 ) -> Task:
     hidden = (width, width) if arch in ("depth2", "conv") else (width,)
+    epochs, patience = fixed_steps(budget.epochs, budget.patience, fraction)
     recipe = Recipe(
         name=f"{family.name}-{arch}-w{width}",
         data=data,
@@ -316,8 +319,8 @@ def _task(
         lr=setting.lr,
         lr_schedule="cosine",
         weight_decay=setting.weight_decay,
-        epochs=budget.epochs,
-        patience=budget.patience,
+        epochs=epochs,  # on a fraction of the data: the full split's number of steps
+        patience=patience,
         seed=seed,
         train_fraction=fraction,
         # the papers' recipe, unstabilised: clipping would also cap the step-gradient norms
@@ -495,8 +498,9 @@ def ladder_tasks(
     label: str | None = None,
     task: str = "classify",
 ) -> list[Task]:
-    """The ladder (every width and seed) and the sample-efficiency probes (depth 1 at the
-    probe width, every seed and fraction), each with its family's tuned settings."""
+    """The ladder (every width and seed) and the sample-efficiency probes (depth 1 and conv
+    at their probe widths, every seed and fraction, at the full split's number of optimiser
+    steps), each with its family's tuned settings."""
     make = functools.partial(_task, budget=budget, data=data, label=label, task=task)
     tasks = []
     for fam in budget.family_list:
@@ -505,15 +509,33 @@ def ladder_tasks(
             for width in budget.widths_for(arch, data):
                 for seed in budget.seeds:
                     tasks.append(make("ladder", fam, arch, width, seed, setting))
-        setting = Setting(*chosen.get((fam.name, PROBE_ARCH), budget.default_setting(fam)))
-        width = probe_width(budget, data)
-        for fraction in budget.fractions:
-            for seed in budget.seeds:
-                tasks.append(
-                    make("probe", fam, PROBE_ARCH, width, seed, setting, fraction=fraction)
-                )
+        for arch in probe_archs(archs):
+            setting = Setting(*chosen.get((fam.name, arch), budget.default_setting(fam)))
+            width = probe_width(budget, data, arch)
+            for fraction in budget.fractions:
+                for seed in budget.seeds:
+                    tasks.append(make("probe", fam, arch, width, seed, setting, fraction=fraction))
     return tasks
 
 
-def probe_width(budget: Budget, data: str) -> int:
-    return _tune_width(budget, PROBE_ARCH, data)
+def probe_archs(archs: tuple[str, ...]) -> tuple[str, ...]:
+    """The architectures whose sample efficiency is probed: an MLP and, where the data
+    convolves, a conv net (each compared with its own architecture's best baseline)."""
+    return tuple(a for a in PROBE_ARCHS if a in archs)
+
+
+def probe_width(budget: Budget, data: str, arch: str = PROBE_ARCH) -> int:
+    """The ladder width nearest the probe width: ``tune_width`` for MLPs, the largest conv
+    tuning width for conv nets (both are ladder points, so 100% comes from the ladder)."""
+    if arch == "conv":
+        target = max(budget.conv_tune_widths)
+        return min(budget.conv_widths, key=lambda w: abs(w - target))
+    return _tune_width(budget, arch, data)
+
+
+def fixed_steps(epochs: int, patience: int, fraction: float) -> tuple[int, int]:
+    """Epochs and patience that give a run on ``fraction`` of the training split as many
+    optimiser steps (and as many steps of patience) as ``epochs`` on all of it: sample
+    efficiency compares what data buys at equal optimisation, not how fast a net learns
+    in a fixed number of (shorter) epochs."""
+    return max(1, round(epochs / fraction)), max(1, round(patience / fraction))

@@ -144,40 +144,73 @@ def _ci(ci: dict | None) -> str:
 
 
 def _probe_tables(report: dict) -> list[str]:
-    probe = report["verdict"]["probe"]
+    """Per probed architecture (an MLP, a conv net): the test metric at each training
+    fraction, every fraction trained for the same number of optimiser steps, and CR's
+    difference from that architecture's best baseline family."""
+    v = report["verdict"]
+    # verdicts from before conv was probed name one probe
+    probes = v.get("probes") or [{**v["probe"], "baseline_family": v.get("baseline_family")}]
     metric = _metric(report)
     test = f"test_{metric.key}"
-    runs = [
-        r
-        for r in report["runs"]
-        if r["phase"] in ("probe", "ladder")
-        and not r.get("failed")
-        and r["arch"] == probe["arch"]
-        and r["width"] == probe["width"]
-    ]
-    fractions = sorted({r["fraction"] for r in runs})
-    lines = [
-        "",
-        f"Sample efficiency ({probe['arch']} w{probe['width']}, test {metric.name} mean ± CI "
-        "half-width; tau of input gradients):",
-        "",
-        "| family | " + " | ".join(f"{f:.0%}" for f in fractions) + " |",
-        "|---|" + "---|" * len(fractions),
-    ]
-    for fam in FAMILIES:
-        cells = []
-        for f in fractions:
-            rs = [r for r in runs if r["family"] == fam.name and r["fraction"] == f]
-            if not rs:
-                cells.append("")
-                continue
-            ci = mean_ci([r[test] for r in rs])
-            tau = [r["tail_ratio"] for r in rs if r["tail_ratio"] is not None]
-            cells.append(
-                f"{ci.estimate:.3f}±{(ci.high - ci.low) / 2:.3f} (τ {_f(np.mean(tau) if tau else None, '.2f')})"
+    lines = []
+    for p in probes:
+        runs = [
+            r
+            for r in report["runs"]
+            if r["phase"] in ("probe", "ladder")
+            and not r.get("failed")
+            and r["arch"] == p["arch"]
+            and r["width"] == p["width"]
+        ]
+        fractions = sorted({r["fraction"] for r in runs})
+        steps = [
+            _f(
+                np.mean(s)
+                if (s := [r["steps"] for r in runs if r["fraction"] == f and "steps" in r])
+                else None,
+                ".0f",
             )
-        if any(cells):  # a family outside the budget has no probes
-            lines.append(f"| {fam.name} | " + " | ".join(cells) + " |")
+            for f in fractions
+        ]
+        lines += [
+            "",
+            f"Sample efficiency, {p['arch']} w{p['width']} (test {metric.name} mean ± CI "
+            "half-width; tau of input gradients), every fraction trained for the whole "
+            "split's number of optimiser steps (epochs and patience scaled by 1 / fraction; "
+            "mean steps taken: "
+            + ", ".join(f"{f:.0%} {n}" for f, n in zip(fractions, steps, strict=True))
+            + "):",
+            "",
+            "| family | " + " | ".join(f"{f:.0%}" for f in fractions) + " |",
+            "|---|" + "---|" * len(fractions),
+        ]
+        for fam in FAMILIES:
+            cells = []
+            for f in fractions:
+                rs = [r for r in runs if r["family"] == fam.name and r["fraction"] == f]
+                if not rs:
+                    cells.append("")
+                    continue
+                ci = mean_ci([r[test] for r in rs])
+                tau = [r["tail_ratio"] for r in rs if r["tail_ratio"] is not None]
+                cells.append(
+                    f"{ci.estimate:.3f}±{(ci.high - ci.low) / 2:.3f} "
+                    f"(τ {_f(np.mean(tau) if tau else None, '.2f')})"
+                )
+            if any(cells):  # a family outside the budget has no probes
+                lines.append(f"| {fam.name} | " + " | ".join(cells) + " |")
+        se = [r for r in v["sample_efficiency"] if r.get("arch", "depth1") == p["arch"]]
+        if se and p.get("baseline_family"):
+            lines += [
+                "",
+                f"CR - {p['baseline_family']} (this architecture's best baseline family, on "
+                "validation), Welch, Holm over fractions: "
+                + "; ".join(
+                    f"{r['fraction']:.0%} {_f(r['difference'], '+.4f')} (p Holm {r['p_holm']:.3g})"
+                    for r in se
+                )
+                + ".",
+            ]
     return lines
 
 

@@ -377,11 +377,7 @@ def verdict(records: list[dict], n_boot: int = 1000, metric: Metric = ACCURACY) 
                 _seed_bootstrap(ladder, change, n_boot)
             ),
         }
-    probe_width = _probe_width(records)
-    probe = [r for r in records if r["phase"] == "probe"] + [
-        r for r in ladder if r["arch"] == "depth1" and r["width"] == probe_width
-    ]
-    fractions = sorted({r["fraction"] for r in probe})
+    probes = probe_points(records, ladder, metric)
     out = {
         "failed_runs": failed,
         "retries": retry_counts([*records, *[{"failed": k} for k in failed]]),
@@ -391,10 +387,17 @@ def verdict(records: list[dict], n_boot: int = 1000, metric: Metric = ACCURACY) 
         "by_architecture": scopes,
         "fewer_parameters_tests": fewer_parameters_tests(ladder, metric),
         "smoothness": smooth,
-        "probe": {"arch": "depth1", "width": probe_width},
-        "sample_efficiency": _probe_comparison(
-            probe, fractions, base_family, lambda r: metric.score(r[f"test_{metric.key}"])
-        ),
+        "probes": [{k: v for k, v in p.items() if k != "runs"} for p in probes],
+        "sample_efficiency": [
+            {"arch": p["arch"], "baseline_family": p["baseline_family"], **row}
+            for p in probes
+            for row in _probe_comparison(
+                p["runs"],
+                sorted({r["fraction"] for r in p["runs"]}),
+                p["baseline_family"],
+                lambda r: metric.score(r[f"test_{metric.key}"]),
+            )
+        ],
         "robustness": robustness(ladder, metric),
     }
     out["claims"] = claims(out, metric)
@@ -434,9 +437,32 @@ def retry_counts(records: list[dict]) -> dict[str, int]:
     }
 
 
-def _probe_width(records: list[dict]) -> int | None:
-    widths = {r["width"] for r in records if r["phase"] == "probe"}
-    return min(widths) if widths else None
+def probe_points(records: list[dict], ladder: list[dict], metric: Metric = ACCURACY) -> list[dict]:
+    """Per probed architecture: its probe width, the baseline family it is compared with
+    (the family of that architecture's best baseline ladder point, on validation), and its
+    runs: the probes on fractions of the data plus the ladder's runs at that width (100%)."""
+    out = []
+    probe = [r for r in records if r["phase"] == "probe" and not r.get("failed")]
+    for arch in sorted({r["arch"] for r in probe}, key=lambda a: (a != "depth1", a)):
+        width = min(r["width"] for r in probe if r["arch"] == arch)
+        base = best_baseline_family(ladder, arch, metric)
+        if base is None:
+            continue
+        runs = [r for r in probe if r["arch"] == arch and r["width"] == width] + [
+            r for r in ladder if r["arch"] == arch and r["width"] == width
+        ]
+        out.append({"arch": arch, "width": width, "baseline_family": base, "runs": runs})
+    return out
+
+
+def best_baseline_family(ladder: list[dict], arch: str, metric: Metric = ACCURACY) -> str | None:
+    """The family of ``arch``'s best baseline ladder point by mean validation score."""
+    points = {p: rs for p, rs in _by_point(ladder).items() if p[1] == arch and p[0] in BASELINES}
+    if not points:
+        return None
+    k = f"val_{metric.key}"
+    best = max(points, key=lambda p: _mean([metric.score(r[k]) for r in points[p]]))
+    return best[0]
 
 
 SCOPE_NAMES = {"all": "all architectures", "mlp": "MLP vs MLP", "conv": "conv vs conv"}
@@ -522,17 +548,19 @@ def claims(v: dict, metric: Metric = ACCURACY) -> list[dict]:
             )
             held = "yes" if at_paper else "partly" if held == "yes" else held
         out.append(_claim(name, "1.01-1.02 (CR) vs 1.07-1.09", measured, held))
-    se = v["sample_efficiency"]
-    wins = [r for r in se if r["p_holm"] < ALPHA]
-    out.append(
-        _claim(
-            ("more accurate" if metric.higher_is_better else f"lower {metric.name}")
-            + " at every training fraction (Welch, Holm)",
-            "across every data fraction",
-            ", ".join(f"{r['fraction']:.0%}: {r['difference']:+.4f}" for r in se) or "—",
-            "yes" if se and len(wins) == len(se) else "partly" if wins else "no",
+    for p in v.get("probes", []):
+        se = [r for r in v["sample_efficiency"] if r.get("arch", "depth1") == p["arch"]]
+        wins = [r for r in se if r["p_holm"] < ALPHA]
+        out.append(
+            _claim(
+                ("more accurate" if metric.higher_is_better else f"lower {metric.name}")
+                + f" at every training fraction, {p['arch']} w{p['width']} vs "
+                f"{p['baseline_family']} (equal optimiser steps; Welch, Holm)",
+                "across every data fraction",
+                ", ".join(f"{r['fraction']:.0%}: {r['difference']:+.4f}" for r in se) or "—",
+                "yes" if se and len(wins) == len(se) else "partly" if wins else "no",
+            )
         )
-    )
     for r in v["robustness"]:
         i, cr, b = r["interval"], r["cr"], r["baseline"]
         out.append(
