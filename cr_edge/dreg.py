@@ -52,8 +52,8 @@ def layer_jacobian_sq(act_deriv: Tensor, layer: nn.Module, positions: str = "sum
     return torch.mv(sq, row_norms_sq(layer))
 
 
-def penalty(terms: list[Tensor], lam: float = DEFAULT_LAMBDA) -> Tensor:
-    """``lam * sum_layers mean_batch ||J_l||_F^2``.
+def penalty(terms: list[Tensor], dreg_lambda: float = DEFAULT_LAMBDA) -> Tensor:
+    """``dreg_lambda * sum_layers mean_batch ||J_l||_F^2``.
 
     When the terms share one shape (one batch, as ``forward_with_jacobians`` gives them), the
     sum of per-layer means is one sum over the stacked terms: three autograd nodes, however
@@ -63,8 +63,8 @@ def penalty(terms: list[Tensor], lam: float = DEFAULT_LAMBDA) -> Tensor:
         raise ValueError("DREG needs at least one activated layer")
     if len({t.shape for t in terms}) == 1:
         stacked = torch.stack(terms)
-        return stacked.sum() * (lam * len(terms) / stacked.numel())
-    return lam * torch.stack([t.mean() for t in terms]).sum()
+        return stacked.sum() * (dreg_lambda * len(terms) / stacked.numel())
+    return dreg_lambda * torch.stack([t.mean() for t in terms]).sum()
 
 
 def relu_derivative(z: Tensor) -> Tensor:

@@ -57,7 +57,7 @@ class Recipe:
     shared: bool = False
     poly_form: str = DEFAULT_FORM  # see cr_edge.poly: the form export lowers, or monomial
     # train
-    dreg: float = DEFAULT_LAMBDA  # 0 disables the penalty
+    dreg_lambda: float = DEFAULT_LAMBDA  # 0 disables the penalty
     # a conv layer's DREG term: its mean over output positions (one lambda then fits conv and
     # MLP nets alike), or their sum, which on mnist1d Conv1d made the default lambda ~20x a
     # dense layer's and held w32 nets at 0.73 test accuracy, against 0.89 per position
@@ -105,14 +105,14 @@ class Recipe:
                 f"recipe field 'hidden': widths must be positive, got {list(self.hidden)}"
             )
         if not (
-            self.dreg >= 0
+            self.dreg_lambda >= 0
             and self.lr > 0
             and self.weight_decay >= 0
             and self.clip_grad >= 0
             and self.range_penalty >= 0
         ):
             raise InputError(
-                "recipe fields 'dreg', 'weight_decay', 'clip_grad', 'range_penalty' must be "
+                "recipe fields 'dreg_lambda', 'weight_decay', 'clip_grad', 'range_penalty' must be "
                 ">= 0 and 'lr' > 0"
             )
         if not 0 < self.train_fraction <= 1:
@@ -138,6 +138,8 @@ class Recipe:
         d = {k: v for k, v in d.items() if k != "recipe_version"}
         if "target" in d:  # checkpoints written before the field was named for what it holds
             d["label"] = d.pop("target")
+        if "dreg" in d:  # ... and before DREG's lambda had one name everywhere
+            d["dreg_lambda"] = d.pop("dreg")
         d.setdefault("poly_form", "monomial")  # checkpoints written before the depressed form
         d.setdefault("lr_schedule", "constant")  # ... and before the learning-rate schedule
         d.setdefault("dreg_positions", "sum")  # ... and before DREG's per-position conv term
@@ -198,6 +200,8 @@ def _from_toml(doc: dict, path: Path) -> Recipe:
                     f"{path}: field 'target' is now called 'label' (the CSV column holding the "
                     "labels); rename it"
                 )
+            if k == "dreg":  # recipes written before DREG's lambda had one name everywhere
+                k = "dreg_lambda"
             if k not in known:
                 raise InputError(
                     f"{path}: unknown field {k!r}; known fields: {', '.join(sorted(known))}"

@@ -127,10 +127,10 @@ def test_dreg_gradient_equals_gradient_of_exact_jacobian_norm() -> None:
 
 def test_penalty_is_lambda_times_sum_of_batch_means() -> None:
     terms = [torch.tensor([1.0, 3.0]), torch.tensor([2.0, 6.0])]
-    assert math.isclose(dreg.penalty(terms, lam=0.5).item(), 0.5 * (2.0 + 4.0))
+    assert math.isclose(dreg.penalty(terms, dreg_lambda=0.5).item(), 0.5 * (2.0 + 4.0))
     assert math.isclose(dreg.penalty(terms).item(), dreg.DEFAULT_LAMBDA * 6.0, rel_tol=1e-6)
     uneven = [torch.tensor([1.0, 3.0]), torch.tensor([2.0, 4.0, 6.0])]
-    assert math.isclose(dreg.penalty(uneven, lam=1.0).item(), 2.0 + 4.0)
+    assert math.isclose(dreg.penalty(uneven, dreg_lambda=1.0).item(), 2.0 + 4.0)
     with pytest.raises(ValueError, match="at least one"):
         dreg.penalty([])
 
@@ -155,7 +155,7 @@ def _digits() -> tuple[Tensor, Tensor]:
     return x, torch.tensor(data.target)
 
 
-def _train(x: Tensor, y: Tensor, lam: float, steps: int = 150) -> tuple[float, float]:
+def _train(x: Tensor, y: Tensor, dreg_lambda: float, steps: int = 150) -> tuple[float, float]:
     """Train a CR MLP from seed 0; return its mean DREG sum over the data, and its accuracy."""
     net = build_net(NetConfig(input_shape=(64,), hidden=(32, 32), n_classes=10), seed=0)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
@@ -164,21 +164,21 @@ def _train(x: Tensor, y: Tensor, lam: float, steps: int = 150) -> tuple[float, f
         idx = torch.randint(0, x.shape[0], (128,), generator=gen)
         logits, terms = net.forward_with_jacobians(x[idx])
         loss = F.cross_entropy(logits, y[idx])
-        if lam > 0:
-            loss = loss + dreg.penalty(terms, lam)
+        if dreg_lambda > 0:
+            loss = loss + dreg.penalty(terms, dreg_lambda)
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
         logits, terms = net.forward_with_jacobians(x)
     accuracy = (logits.argmax(dim=1) == y).float().mean().item()
-    return dreg.penalty(terms, lam=1.0).item(), accuracy
+    return dreg.penalty(terms, dreg_lambda=1.0).item(), accuracy
 
 
 def test_training_with_dreg_lowers_the_dreg_term() -> None:
     x, y = _digits()
-    plain, plain_acc = _train(x, y, lam=0.0)
-    regular, regular_acc = _train(x, y, lam=dreg.DEFAULT_LAMBDA)
+    plain, plain_acc = _train(x, y, dreg_lambda=0.0)
+    regular, regular_acc = _train(x, y, dreg_lambda=dreg.DEFAULT_LAMBDA)
     assert regular < 0.1 * plain  # measured: about 30 against 58,000
     assert min(plain_acc, regular_acc) > 0.9  # both nets learned; DREG did not just shrink them
 

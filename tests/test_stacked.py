@@ -12,7 +12,7 @@ from cr_edge.fairfight.stacked import check_stackable, stack_groups, train_stack
 from cr_edge.recipe import Recipe
 from cr_edge.train.loop import train
 
-BASE = Recipe(data="digits", hidden=(8,), epochs=2, patience=2, dreg=1e-2)
+BASE = Recipe(data="digits", hidden=(8,), epochs=2, patience=2, dreg_lambda=1e-2)
 
 
 def test_only_seeds_and_tuned_settings_may_differ_in_a_stack():

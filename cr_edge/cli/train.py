@@ -138,7 +138,7 @@ def train(
         activation=activation,
         degree=degree,
         poly_form=poly_form,
-        dreg=dreg_lambda,
+        dreg_lambda=dreg_lambda,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,

@@ -271,7 +271,7 @@ def metadata(
         activation=cfg.activation,
         degree=cfg.degree if poly_net else None,
         hidden=list(cfg.hidden),
-        dreg_lambda=ckpt.recipe.dreg,
+        dreg_lambda=ckpt.recipe.dreg_lambda,
         input_shape=list(cfg.input_shape),
         normalisation=ckpt.normalisation.to_json() if ckpt.normalisation is not None else None,
         labels=ckpt.label_names,

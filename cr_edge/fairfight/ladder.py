@@ -275,7 +275,7 @@ def _settings(recipe: Recipe) -> dict:
     settings = {k: v for k, v in recipe.to_json().items() if v != default.get(k)}
     if recipe.activation != "poly":
         settings.pop("poly_form", None)
-    if recipe.arch != "conv" or recipe.dreg == 0:  # the reduction has nothing to reduce
+    if recipe.arch != "conv" or recipe.dreg_lambda == 0:  # the reduction has nothing to reduce
         settings.pop("dreg_positions", None)
     return settings
 
@@ -312,7 +312,7 @@ def _task(
         arch="conv" if arch == "conv" else "mlp",
         hidden=hidden,
         activation=family.activation,
-        dreg=setting.dreg,
+        dreg_lambda=setting.dreg,
         # per output position: one lambda grid fits MLP and conv nets (at initialisation the
         # summed conv term was ~20x a dense layer's on mnist1d)
         dreg_positions="mean",

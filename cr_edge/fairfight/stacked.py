@@ -39,7 +39,7 @@ from cr_edge.recipe import Recipe
 from cr_edge.train.loop import net_config_for, scheduled_lr
 
 # What may differ between the recipes of one stack; every other field must match.
-PER_NET = ("name", "seed", "lr", "dreg", "weight_decay")
+PER_NET = ("name", "seed", "lr", "dreg_lambda", "weight_decay")
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW's defaults, which train uses
 
 
@@ -137,7 +137,7 @@ def train_stacked(recipes: Sequence[Recipe], device: str = "cpu") -> list[Stacke
     params, buffers = stack_module_state([_WithTerms(n) for n in nets])
     scale = _per_power(base.net, params)
     kind = heads.default_loss(r0.task) if r0.loss == "auto" else r0.loss
-    lam = torch.tensor([r.dreg for r in recipes], device=dev)
+    lam = torch.tensor([r.dreg_lambda for r in recipes], device=dev)
     lr0 = torch.tensor([r.lr for r in recipes], device=dev)
     wd = torch.tensor([r.weight_decay for r in recipes], device=dev)
 

@@ -182,7 +182,7 @@ def train_unlocked(
         fit = _fit(net, recipe, tensors, labels, on_epoch, target_scale, on_step, rank, on_batch)
     net.load_state_dict(fit.state)
     net.eval()
-    metrics = evaluate(net, tensors["test"], labels["test"], recipe.dreg, target_scale)
+    metrics = evaluate(net, tensors["test"], labels["test"], recipe.dreg_lambda, target_scale)
     val = score(net, tensors["val"], labels["val"], target_scale)
     metrics.update({f"val_{k}": v for k, v in val.items()})
     metrics.update({"best_epoch": fit.best_epoch, "epochs_trained": fit.epochs})
@@ -262,7 +262,7 @@ def _fit(
                     opt,
                     x["train"][idx],
                     y["train"][idx],
-                    recipe.dreg,
+                    recipe.dreg_lambda,
                     step,
                     recipe.clip_grad,
                     recipe.range_penalty,
@@ -284,7 +284,7 @@ def _fit(
             val_score = rank.from_rank0(val_score)
         info = _information(net, x["val"])
         if on_epoch:
-            dreg_mean = recipe.dreg * term_sum / seen
+            dreg_mean = recipe.dreg_lambda * term_sum / seen
             on_epoch(EpochStats(epoch, loss_sum / seen, dreg_mean, val_score, metric))
         watch.check_epoch(epoch, loss_sum / seen, term_sum / seen, info, _coefficients(net))
         if val_score > best_score:
@@ -348,7 +348,7 @@ def _step(
     opt: torch.optim.Optimizer,
     xb: Tensor,
     yb: Tensor,
-    lam: float,
+    dreg_lambda: float,
     step: int,
     clip: float = 0.0,
     bound: float = 0.0,
@@ -364,7 +364,7 @@ def _step(
     """
     logits, terms, excess = (forward or net.forward_with_terms)(xb)
     term = dreg.penalty(terms, 1.0)
-    penalty = lam * term if lam > 0 else torch.zeros((), device=xb.device)
+    penalty = dreg_lambda * term if dreg_lambda > 0 else torch.zeros((), device=xb.device)
     ce = heads.loss(net.config.task, kind, logits, yb)
     loss = ce + penalty
     if bound > 0 and excess:
@@ -471,7 +471,7 @@ def evaluate(
     net: CRNet,
     x: Tensor,
     y: Tensor,
-    lam: float = dreg.DEFAULT_LAMBDA,
+    dreg_lambda: float = dreg.DEFAULT_LAMBDA,
     target_scale: TargetScale | None = None,
 ) -> dict:
     """Test metrics of a trained net: the task's metrics, size, DREG term, gradient metrics."""
@@ -487,7 +487,7 @@ def evaluate(
         **{f"test_{k}": v for k, v in test.items()},
         "parameters": net.n_parameters(),
         "dreg_term": dreg_term(net, x),
-        "dreg_lambda": lam,
+        "dreg_lambda": dreg_lambda,
         **dreg.gradient_metrics(norms),
     }
 
