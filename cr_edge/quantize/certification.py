@@ -153,7 +153,9 @@ def join(tried, verdicts: list[DeviceVerdict]) -> None:
     """Record ``verdicts`` on ``tried``: a failing one turns it down and says why."""
     tried.devices = {v.device: v for v in verdicts}
     failed = [v for v in verdicts if not v.passed]
-    if failed:
+    if failed and not tried.passed:  # an explicit policy that failed here as well
+        tried.why = f"{tried.why}; also " + "; ".join(v.reason() for v in failed)
+    elif failed:
         tried.passed = False
         tried.why = "passes here, but " + "; ".join(v.reason() for v in failed)
     elif verdicts:

@@ -346,7 +346,7 @@ def _certify(
     src: _Inputs, tried: list[Tried], fp32_bytes: int, config: QuantConfig, certify: Certify
 ) -> None:
     """Certify on the devices what could be kept, best first: auto's qualifying candidates
-    by score, or the one explicit policy if it passed here."""
+    by score, or the one explicit policy (even if it failed here: the devices' figures)."""
     if src.oracle is None:
         raise InputError(f"{src.path}: certifying on devices needs the parity oracle beside it")
     if config.policy.mode == "auto":
@@ -354,7 +354,7 @@ def _certify(
         pool = [t for t in tried if qualifies(t, fp32_bytes, cap) is None]
         order = sorted(pool, key=lambda t: score(t, fp32_bytes))
     else:
-        order = [t for t in tried if t.passed]
+        order = list(tried)
     certify_candidates(order, certify, lambda t, folder: _candidate_files(src, t, folder))
 
 
