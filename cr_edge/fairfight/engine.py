@@ -26,7 +26,7 @@ from pathlib import Path
 from cr_edge.artifacts import atomic
 from cr_edge.errors import InputError
 from cr_edge.fairfight.ladder import Task
-from cr_edge.fairfight.runner import run_task
+from cr_edge.fairfight.runner import run_group, run_task, stackable
 
 # (finished so far, total, name of the task just finished or None at the start)
 Progress = Callable[[int, int, str | None], None]
@@ -45,6 +45,7 @@ TRAINING_PATH = (
     "recipe.py",
     "task_metrics.py",
     "fairfight/runner.py",
+    "fairfight/stacked.py",
 )
 
 
@@ -81,6 +82,9 @@ class Engine:
 
     workers: int = 1
     ray: str | None = None  # an address, or "auto" for the cluster this machine belongs to
+    # tuning runs of one (family, arch, width) trained as one stack (``runner.run_group``);
+    # False: one run per task, as every other phase
+    stacked: bool = True
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -165,37 +169,45 @@ class Workers:
     def run(self, tasks: list[Task]) -> Iterator[tuple[Task, dict]]:
         if not tasks:
             return iter(())
+        units = work_units(tasks, self.engine.stacked)
         if self.engine.ray:
-            return self._on_ray(tasks)
+            return self._on_ray(units)
         if self.engine.workers == 1:
-            return ((t, run_task(t.to_json())) for t in tasks)
-        return self._in_pool(tasks)
+            return (
+                pair for stack, unit in units for pair in zip(unit, _call(stack, unit), strict=True)
+            )
+        return self._in_pool(units)
 
-    def _in_pool(self, tasks: list[Task]) -> Iterator[tuple[Task, dict]]:
+    def _in_pool(self, units: list[Unit]) -> Iterator[tuple[Task, dict]]:
         if self._pool is None:
             # spawn, not fork: forking a parent that runs torch's thread pools can deadlock
             self._pool = ProcessPoolExecutor(
                 max_workers=self.engine.workers, mp_context=get_context("spawn")
             )
-        pending = {self._pool.submit(run_task, t.to_json()): t for t in tasks}
+        # the largest stacks first: a long one started last would leave a core idle at the end
+        pending = {
+            self._pool.submit(_run_unit, _jsons(u), stack): u for stack, u in _longest_first(units)
+        }
         try:
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    yield pending.pop(future), future.result()
+                    unit = pending.pop(future)
+                    yield from zip(unit, future.result(), strict=True)
         finally:
             for future in pending:
                 future.cancel()
 
-    def _on_ray(self, tasks: list[Task]) -> Iterator[tuple[Task, dict]]:
+    def _on_ray(self, units: list[Unit]) -> Iterator[tuple[Task, dict]]:
         ray = self._connect()
-        remote = ray.remote(num_cpus=1)(run_task)
-        pending = {remote.remote(t.to_json()): t for t in tasks}
+        remote = ray.remote(num_cpus=1)(_run_unit)
+        pending = {remote.remote(_jsons(u), stack): u for stack, u in _longest_first(units)}
         try:
             while pending:
                 finished, _ = ray.wait(list(pending), num_returns=1)
                 for ref in finished:
-                    yield pending.pop(ref), ray.get(ref)
+                    unit = pending.pop(ref)
+                    yield from zip(unit, ray.get(ref), strict=True)
         finally:
             for ref in pending:
                 ray.cancel(ref)
@@ -219,3 +231,36 @@ class Workers:
             ) from e
         self._ray = ray
         return ray
+
+
+# One worker call: whether it is a stack (``runner.run_group``), and its tasks.
+Unit = tuple[bool, list[Task]]
+
+
+def work_units(tasks: list[Task], stacked: bool = True) -> list[Unit]:
+    """What one worker call trains: with ``stacked``, the stackable tasks
+    (``runner.stackable``) of one (phase, family, arch, width) as one stack, trained
+    together; every other task alone. Records stay one per task, under the task's own key."""
+    units: dict[tuple, Unit] = {}
+    for i, t in enumerate(tasks):
+        stack = stacked and stackable(t)
+        key = (t.phase, t.family, t.arch, t.width) if stack else (i,)
+        units.setdefault(key, (stack, []))[1].append(t)
+    return list(units.values())
+
+
+def _jsons(unit: list[Task]) -> list[dict]:
+    return [t.to_json() for t in unit]
+
+
+def _longest_first(units: list[Unit]) -> list[Unit]:
+    return sorted(units, key=lambda u: len(u[1]), reverse=True)
+
+
+def _call(stack: bool, unit: list[Task]) -> list[dict]:
+    return _run_unit(_jsons(unit), stack)
+
+
+def _run_unit(task_jsons: list[dict], stack: bool) -> list[dict]:
+    """One worker call: a stack (``run_group``) or a single run (``run_task``)."""
+    return run_group(task_jsons) if stack else [run_task(task_jsons[0])]

@@ -55,18 +55,7 @@ def run_task(task_json: dict) -> dict:
         probe = StepProbe(
             task.recipe.task, heads.default_loss(task.recipe.task) if kind == "auto" else kind
         )
-        record = {
-            "key": task.key,
-            "phase": task.phase,
-            "family": task.family,
-            "arch": task.arch,
-            "width": task.width,
-            "seed": task.seed,
-            "lr": task.lr,
-            "dreg": task.dreg,
-            "weight_decay": task.recipe.weight_decay,
-            "fraction": task.fraction,
-        }
+        record = _identity(task)
         with tempfile.TemporaryDirectory(prefix="cr-edge-fight-") as tmp:
             try:
                 result = train(
@@ -114,6 +103,63 @@ def run_task(task_json: dict) -> dict:
         return undefined_as_none(record)
     finally:
         torch.set_num_threads(before)
+
+
+def _identity(task: Task) -> dict:
+    """What names a run in its record: the task's fields, before anything it measured."""
+    return {
+        "key": task.key,
+        "phase": task.phase,
+        "family": task.family,
+        "arch": task.arch,
+        "width": task.width,
+        "seed": task.seed,
+        "lr": task.lr,
+        "dreg": task.dreg,
+        "weight_decay": task.recipe.weight_decay,
+        "fraction": task.fraction,
+    }
+
+
+def stackable(task: Task) -> bool:
+    """Whether ``run_group`` can train ``task``: a tuning run (it needs the validation score
+    and convergence only, not the smoothness and corruption columns run_task measures) of a
+    classifier on numeric features (``stacked.check_stackable``)."""
+    return task.phase == "tune" and task.recipe.task == "classify" and task.recipe.arch != "text"
+
+
+def run_group(task_jsons: list[dict]) -> list[dict]:
+    """Train tasks of one shape together (``stacked.train_stacked``: seeds and settings of
+    one family, architecture and width) and return one record per task, in order.
+
+    A stacked record carries what tuning reads (validation and test accuracy, best epoch,
+    epochs, ``late_best``) and ``trainer: "stacked"``; its key is the task's, as a single
+    run's would be. One CPU thread, as ``run_task``."""
+    from cr_edge.fairfight.stacked import train_stacked
+
+    tasks = [Task.from_json(t) for t in task_jsons]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = train_stacked([t.recipe for t in tasks])
+    finally:
+        torch.set_num_threads(before)
+    out = []
+    for task, run in zip(tasks, runs, strict=True):
+        record = {**_identity(task), "trainer": "stacked"}
+        if run.failed:
+            out.append({**record, "failed": run.failed})
+            continue
+        record |= {
+            "val_accuracy": run.val_accuracy,
+            "test_accuracy": run.test_accuracy,
+            "best_epoch": run.best_epoch,
+            "epochs": run.epochs,
+            "epoch_budget": task.recipe.epochs,
+            "late_best": late_best(run.best_epoch, task.recipe.epochs),
+        }
+        out.append(undefined_as_none(record))
+    return out
 
 
 def late_best(best_epoch: int, budget: int) -> bool:

@@ -1,0 +1,53 @@
+"""The engine trains each tuning group (one family, architecture and width) as one stack,
+keeps one record per task under the task's own key, and runs everything else singly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from cr_edge.fairfight.engine import Engine, RecordStore, Workers, execute, work_units
+from cr_edge.fairfight.ladder import BUDGETS, ladder_tasks, tuning_tasks
+
+# the quick budget with three tuning seeds and two learning rates: 6 tasks per group
+BUDGET = dataclasses.replace(BUDGETS["quick"], tune_seeds=(0, 1, 2), lrs=(5e-3, 1e-2))
+
+
+def test_tuning_tasks_of_one_family_arch_and_width_form_one_stack():
+    tune = tuning_tasks("digits", BUDGET, ("depth1", "conv"))
+    units = work_units(tune)
+    # quick: one tuning width per arch, so one stack per (family, arch), every setting and seed
+    assert len(units) == len(BUDGET.families) * 2
+    for stack, unit in units:
+        assert stack and len(unit) == len(BUDGET.lrs) * len(BUDGET.tune_seeds)
+        assert len({(t.family, t.arch, t.width) for t in unit}) == 1
+    assert sorted(t.key for _, u in units for t in u) == sorted(t.key for t in tune)
+    # the ladder and probes measure smoothness and corruption: one run per task
+    ladder = ladder_tasks("digits", BUDGET, ("depth1",), {})
+    assert all(not stack and len(u) == 1 for stack, u in work_units(ladder))
+    # stacking off: every task alone
+    assert all(not stack and len(u) == 1 for stack, u in work_units(tune, stacked=False))
+    # regression is not stacked (train_stacked classifies only)
+    regress = tuning_tasks("diabetes", BUDGET, ("depth1",), task="regress")
+    assert all(not stack for stack, _ in work_units(regress))
+
+
+def test_a_stacked_group_gives_one_record_per_task_under_its_key(tmp_path: Path):
+    tasks = [t for t in tuning_tasks("digits", BUDGET, ("depth1",)) if t.family == "cr"]
+    store = RecordStore(tmp_path)
+    with Workers(Engine(workers=1)) as workers:
+        records, ran = execute(tasks, store, workers)
+    assert ran == len(tasks) == 6
+    for task, r in zip(tasks, records, strict=True):
+        assert r["key"] == task.key and r["trainer"] == "stacked"
+        assert (r["lr"], r["seed"]) == (task.lr, task.seed)
+        assert 0.5 < r["val_accuracy"] <= 1.0  # digits w16, 3 epochs: well above chance (0.1)
+        assert 1 <= r["best_epoch"] <= r["epochs"] <= BUDGET.epochs
+        assert r["late_best"] == (r["best_epoch"] > 0.9 * BUDGET.epochs)
+        stored = json.loads(store.path(task).read_text())
+        assert stored["record"] == r
+    # a resumed fight reuses them: nothing is trained again
+    with Workers(Engine(workers=1)) as workers:
+        again, ran = execute(tasks, RecordStore(tmp_path), workers)
+    assert ran == 0 and again == records
