@@ -172,7 +172,7 @@ def summary_lines(entry: dict | None) -> list[str]:
     if not entry:
         return []
     if not entry["on"]:
-        return [f"- {entry['note']}"] if entry["note"] else ["- not certified on a device"]
+        return [f"- {entry['note'] or 'not certified on a device (--certify-on none)'}"]
     lines = []
     for name, v in entry["chosen"].items():
         lines.append(
