@@ -484,6 +484,11 @@ def markdown(report: dict) -> str:
         f"{ex['tasks']} runs ({ex['ran']} trained now, {ex['reused']} reused), "
         f"wall time {ex['wall_seconds'] / 60:.1f} min with "
         + (f"Ray at {ex['ray']}" if ex["ray"] else f"{ex['workers']} local worker(s)")
+        + (
+            "; tuning runs of one (family, arch, width) trained together as one stack"
+            if ex.get("stacked")
+            else ""
+        )
         + f". Runs whose training failed (left out): {len(v['failed_runs'])}"
         + (
             f"; diverged runs {retries['diverged']}, retried with the next seed "
