@@ -176,18 +176,20 @@ def pipeline(
     force: bool = False,
     on_step: Callable[[str], None] | None = None,
     certify_on: str | list[str] | None = "auto",
+    on: str | list[str] | None = None,
 ) -> PipelineResult:
     """Train, export, quantize, validate and profile into ``out`` (default runs/RECIPE).
 
     ``certify_on``: devices quantize's choice must pass on too; ``auto``, the emulated
-    ARM64 device where it can be built (the summary says when it cannot); ``none``: off."""
+    ARM64 device where it can be built (the summary says when it cannot); ``none``: off.
+    ``on``: devices that validate and profile the models too."""
     from cr_edge.pipeline import run_pipeline as _pipeline
     from cr_edge.recipe import Recipe, load_recipe
 
     chosen = (recipe if isinstance(recipe, Recipe) else load_recipe(recipe)).replace(epochs=epochs)
     folder = Path(out) if out is not None else Path("runs") / chosen.name
     names = runtimes if isinstance(runtimes, str) else ",".join(runtimes)
-    return _pipeline(chosen, folder, names, force, on_step=on_step, certify_on=certify_on)
+    return _pipeline(chosen, folder, names, force, on_step=on_step, certify_on=certify_on, on=on)
 
 
 def fairfight(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cr_edge.artifacts import atomic
@@ -40,6 +40,7 @@ from cr_edge.validate.validator import RuntimeResult, ValidationReport, validate
 # The main job's steps, in order. ("Stages" in cr_edge.export are a net's deploy-time layers.)
 STEPS = ("train", "export", "quantize", "validate", "profile")
 SUMMARY = "summary.json"
+DEVICE_PROFILES = "profile.devices.json"  # pipeline --on: each device's profile
 INT8_PTE = "model.a8w8.pte"  # int8 activations (static, per tensor) and int8 weights
 
 
@@ -74,14 +75,19 @@ def run_pipeline(
     profile_iters: int = 300,
     on_step: Callable[[str], None] | None = None,
     certify_on: str | list[str] | None = None,
+    on: str | list[str] | None = None,
 ) -> PipelineResult:
     """Run every step for ``recipe`` into ``out``; failed checks are collected, not hidden.
 
     ``certify_on``: devices quantize's choice must pass on too (``auto``: the emulated ARM64
-    device where it can be built); the best candidate that passes everywhere is kept."""
+    device where it can be built); the best candidate that passes everywhere is kept.
+    ``on``: devices that validate and profile the models as well (``validate --on``)."""
+    from cr_edge.devices import launch
+
     out = Path(out)
     if (out / SUMMARY).exists() and not force and not is_incomplete(out):
         raise InputError(f"--out {out}: already holds a pipeline run; pass --force to overwrite")
+    devices = launch.parse_names(on)  # an unknown name fails before any training
     step = on_step or (lambda _: None)
     step("train")
     trained = train(recipe, out / "checkpoint", device="cpu")
@@ -101,8 +107,8 @@ def run_pipeline(
         int8_pte, int8_rows = _int8_program(out, exported.files["ref"])
     step("validate")
     # Each runtime runs its own sibling of a model (model.ort, model.pte): name the .onnx only.
-    report = validate(models, runtimes)
-    report = ValidationReport(report.results + int8_rows)  # the int8 .pte, validated above
+    report = _validated(models, runtimes, devices)
+    report = replace(report, results=report.results + int8_rows)  # the int8 .pte, above
     atomic.write_json(out / "validate.json", report.to_json())
     failures += report.failures()
     step("profile")
@@ -113,12 +119,36 @@ def run_pipeline(
         models.append(Path(int8_rows[0].artifact))
     profiles = [profile([m], options) for m in models]
     atomic.write_json(out / "profile.json", [p.to_json() for p in profiles])
+    written = ["validate.json", "profile.json", "summary.md", SUMMARY]
+    if devices:
+        atomic.write_json(out / DEVICE_PROFILES, _profiled_on(devices, models, runtimes, options))
+        written.append(DEVICE_PROFILES)
     summary = _summary(recipe, trained.metrics, exported.files, quant, report, profiles, failures)
     summary["executorch_int8"] = int8_pte
     atomic.write_text(out / "summary.md", summary_markdown(summary))
     atomic.write_json(out / SUMMARY, summary)
-    write_manifest(out, ["validate.json", "profile.json", "summary.md", SUMMARY])
+    write_manifest(out, written)
     return PipelineResult(out, summary, failures)
+
+
+def _validated(models: list[Path], runtimes: str, devices: list) -> ValidationReport:
+    """The validate step here, and on ``devices`` at the same time (rows ``RUNTIME@NAME``)."""
+    if not devices:
+        return validate(models, runtimes)
+    from cr_edge.devices import commands, launch
+
+    argv = launch.validate_argv(runtimes, "auto")
+    return commands.validate_on(devices, models, argv, None, lambda: validate(models, runtimes))
+
+
+def _profiled_on(devices: list, models: list[Path], runtimes: str, options: ProfileOptions) -> dict:
+    """Each device profiles the models after this machine has: ``profile --on``'s JSON."""
+    from cr_edge.devices import commands, launch
+
+    argv = launch.profile_argv(
+        runtimes, options.batches, None, options.warmup, options.iters, None, False, False, True
+    )
+    return commands.profile_json(commands.profile_on(devices, models, argv))
 
 
 def _quantized(

@@ -30,6 +30,11 @@ from cr_edge.cli.types import CERTIFY_HELP, RUNTIME_HELP, RUNTIMES
 @click.option(
     "--certify-on", metavar="NAME[,NAME]", default="auto", show_default=True, help=CERTIFY_HELP
 )
+@click.option(
+    "--on",
+    metavar="NAME[,NAME]",
+    help="Validate and profile on these devices too (cr-edge device add); rows RUNTIME@NAME.",
+)
 def pipeline(
     recipe: str,
     out: Path | None,
@@ -37,6 +42,7 @@ def pipeline(
     epochs: int | None,
     force: bool,
     certify_on: str,
+    on: str | None,
 ) -> None:
     """Train, export, quantize, validate and profile in one go, with one summary."""
     from cr_edge.api import pipeline as run_pipeline
@@ -48,7 +54,7 @@ def pipeline(
     chosen = load_recipe(recipe).replace(epochs=epochs)
     with step_bar(STEPS, f"pipeline {chosen.name}") as on_step:
         result = run_pipeline(
-            chosen, out, runtime, force=force, on_step=on_step, certify_on=certify_on
+            chosen, out, runtime, force=force, on_step=on_step, certify_on=certify_on, on=on
         )
     print_summary(result.summary, result.out)
     raise_for_failures(result)
