@@ -136,6 +136,7 @@ class _Poly(nn.Module):
         m_deriv = derivative_coeffs(torch.from_numpy(stage.coeffs)).numpy()
         _buffer(self, "dp", m_deriv * stage.scale * stage.gain, spatial)
         _buffer(self, "rownorm", stage.rownorm_sq, 0)
+        self.positions = stage.positions
         if stage.guard and not self.unit:
             _buffer(self, "lo", (stage.lo + stage.shift) * stage.gain, spatial)
             _buffer(self, "hi", (stage.hi + stage.shift) * stage.gain, spatial)
@@ -170,13 +171,14 @@ class _Poly(nn.Module):
 
     def sensitivity(self, t: Tensor) -> Tensor:
         """This layer's ``||J||_F^2`` per sample, from ``p'`` of the unguarded input."""
-        return _jacobian_sq(_horner(self.dp, t), self.rownorm)
+        return _jacobian_sq(_horner(self.dp, t), self.rownorm, self.positions)
 
 
 class _Act(nn.Module):
     def __init__(self, stage: Act) -> None:
         super().__init__()
         self.kind = stage.kind
+        self.positions = stage.positions
         _buffer(self, "rownorm", stage.rownorm_sq, 0)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -189,13 +191,16 @@ class _Act(nn.Module):
         return self(z), self._derivative(z) * dz
 
     def sensitivity(self, z: Tensor) -> Tensor:
-        return _jacobian_sq(self._derivative(z), self.rownorm)
+        return _jacobian_sq(self._derivative(z), self.rownorm, self.positions)
 
 
-def _jacobian_sq(deriv: Tensor, rownorm: Tensor) -> Tensor:
+def _jacobian_sq(deriv: Tensor, rownorm: Tensor, positions: str) -> Tensor:
+    """``cr_edge.dreg.layer_jacobian_sq`` on the exported stages: a conv layer's term summed
+    over its output positions, or their mean, as the net was trained."""
     sq = deriv * deriv
     if sq.dim() > 2:
-        sq = sq.sum(dim=tuple(range(2, sq.dim())))
+        over = tuple(range(2, sq.dim()))
+        sq = sq.mean(dim=over) if positions == "mean" else sq.sum(dim=over)
     return sq @ rownorm
 
 

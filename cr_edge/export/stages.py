@@ -82,6 +82,7 @@ class Poly:
     # The net's own depressed form (shift s, coefficients of P in u = z + s), when it trained
     # one: the shift fold takes it as it is instead of deriving a shift from ``coeffs``.
     trained: tuple[np.ndarray, np.ndarray] | None = None
+    positions: str = "sum"  # a conv layer's sensitivity over its positions, as DREG trained it
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -114,6 +115,7 @@ class Act:
 
     kind: str
     rownorm_sq: np.ndarray
+    positions: str = "sum"  # as ``Poly.positions``
 
 
 @dataclass
@@ -154,6 +156,7 @@ def stages_from_checkpoint(ckpt: Checkpoint) -> list[Stage]:
         scale = 1.0 / norm.std.astype(np.float64)
         stages.append(InputAffine(scale, -norm.mean.astype(np.float64) * scale))
     last_affine: Affine | None = None
+    positions = ckpt.net.config.dreg_positions
     for block in ckpt.net.blocks:
         if isinstance(block, MeanEmbedding):
             stages.append(MeanEmbed(_np(block.weight)))
@@ -169,9 +172,9 @@ def stages_from_checkpoint(ckpt: Checkpoint) -> list[Stage]:
             w = last_affine.weight
             rn = (w.reshape(w.shape[0], -1) ** 2).sum(axis=1)
             if isinstance(block, PolyAct):
-                stages.append(_poly(block, rn))
+                stages.append(_poly(block, rn, positions))
             else:
-                stages.append(Act(block.kind, rn))
+                stages.append(Act(block.kind, rn, positions))
         elif isinstance(block, nn.AvgPool1d | nn.AvgPool2d):
             stages.append(_pool(block))
         elif isinstance(block, nn.Flatten):
@@ -188,11 +191,12 @@ def stages_from_checkpoint(ckpt: Checkpoint) -> list[Stage]:
     return stages
 
 
-def _poly(block: PolyAct, rownorm_sq: np.ndarray) -> Poly:
+def _poly(block: PolyAct, rownorm_sq: np.ndarray, positions: str) -> Poly:
     """The activation in powers of ``z``; a depressed one also keeps its trained form."""
     if block.form == "monomial":
-        return Poly(block.monomial(), rownorm_sq)
-    return Poly(block.monomial(), rownorm_sq, trained=(block.shift_values(), block.centred()))
+        return Poly(block.monomial(), rownorm_sq, positions=positions)
+    trained = (block.shift_values(), block.centred())
+    return Poly(block.monomial(), rownorm_sq, trained=trained, positions=positions)
 
 
 def _conv_padding(block: nn.Conv1d | nn.Conv2d) -> int:
