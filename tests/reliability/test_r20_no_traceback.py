@@ -30,7 +30,7 @@ WORK = {
     "export": ("cr_edge.api", "export"),
     "quantize": ("cr_edge.quantize.quantizer", "quantize"),
     "validate": ("cr_edge.validate.validator", "validate"),
-    "profile": ("cr_edge.profile.profiler", "profile"),
+    "profile": ("cr_edge.api", "profile"),
     "pipeline": ("cr_edge.pipeline", "run_pipeline"),
     "fairfight": ("cr_edge.fairfight.fight", "fairfight"),
 }
