@@ -112,12 +112,17 @@ def _assert_auto_properties(result) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_auto_holds_on_other_digits_cr_seeds(tmp_path, seed):
-    """Seed 0 is the zoo's; the properties must not hang on one training run."""
+    """Seed 0 is the zoo's; the properties must not hang on one training run. Another seed
+    may keep fp32 (seed 2's w8 secant measured 0.987 against 0.99), but then with its reasons."""
     recipe = load_recipe("digits-cr").replace(epochs=EPOCHS["digits-cr"], seed=seed)
     train(recipe, tmp_path / "ck", device="cpu")
     export(tmp_path / "ck", tmp_path / "ex")
     config = QuantConfig(tmp_path / "q", QuantPolicy("auto"), tmp_path / "ck" / "calib.npz")
-    _assert_auto_properties(quantize(tmp_path / "ex" / "model.onnx", config))
+    result = quantize(tmp_path / "ex" / "model.onnx", config)
+    if result.chosen is None:
+        _assert_kept_fp32_honestly(result, tmp_path / "q")
+    else:
+        _assert_auto_properties(result)
 
 
 def test_when_nothing_qualifies_auto_keeps_fp32_writes_no_model_and_require_fails(zoo, tmp_path):
