@@ -54,7 +54,8 @@ from cr_edge.cli.types import NameList
 )
 @click.option(
     "--runtime-version",
-    help="Oldest runtime the export must load on: onnxruntime==X, ort-mobile==X, executorch[==X].",
+    help="Oldest runtime the export must load on, by --runtime's names: cpu==X (onnxruntime X), "
+    "ort-mobile==X, executorch-xnnpack[==X].",
 )
 @click.option("--force", is_flag=True, help="Overwrite an export already in --out.")
 def export(

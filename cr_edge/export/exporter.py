@@ -73,7 +73,7 @@ class ExportOptions:
     fold: bool = True
     formats: tuple[str, ...] = ("onnx",)
     int8: bool = False  # ExecuTorch only: PT2E int8 with the XNNPACK quantizer
-    runtime_version: str | None = None  # e.g. onnxruntime==1.17: refuse what it cannot load
+    runtime_version: str | None = None  # e.g. cpu==1.17: refuse what it cannot load
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]

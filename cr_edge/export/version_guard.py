@@ -1,13 +1,15 @@
 """Refuse an export the oldest runtime it must run on cannot load, before anything is written.
 
 A model stamped with an opset or IR version newer than the runtime on the phone
-fails there at load time, far from the export that caused it. ``--runtime-version
-onnxruntime==X`` (or ``ort-mobile==X``, whose releases follow onnxruntime's)
-checks both numbers against onnxruntime's compatibility table; the error names the
-model's version, the first release that supports it and what the named release supports.
-``executorch`` programs carry no opset: the guard requires the .pte format and, for
-``executorch==X``, the installed ExecuTorch that writes it, since a program is read
-by the runtime release that matches its writer.
+fails there at load time, far from the export that caused it. The runtimes are named
+as ``--runtime`` names them: ``--runtime-version cpu==X`` (onnxruntime's CPU provider)
+or ``ort-mobile==X`` (whose releases follow onnxruntime's) checks both numbers against
+onnxruntime's compatibility table; the error names the model's version, the first
+release that supports it and what the named release supports. ``executorch-xnnpack``
+programs carry no opset: the guard requires the .pte format and, for
+``executorch-xnnpack==X``, the installed ExecuTorch that writes it, since a program is
+read by the runtime release that matches its writer. The library names used before
+(``onnxruntime``, ``executorch``) still read.
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ ROW_SOURCES: dict[tuple[int, int], str] = {
     **{(1, minor): _PAGE_1_16 for minor in range(10, 17)},
     **{(1, minor): _PAGE_1_20 for minor in range(17, 21)},
 }
-ONNX_RUNTIMES = ("onnxruntime", "ort-mobile")
-RUNTIMES = (*ONNX_RUNTIMES, "executorch")
+ONNX_RUNTIMES = ("cpu", "ort-mobile")
+RUNTIMES = (*ONNX_RUNTIMES, "executorch-xnnpack")  # as the runtime registry names them
+_OLD_NAMES = {"onnxruntime": "cpu", "executorch": "executorch-xnnpack"}
 FORMATS = ("onnx", "ort", "executorch")  # what an export writes; the guard checks the .pte one
 
 
@@ -64,6 +67,7 @@ class RuntimeVersion:
 def parse_runtime_version(spec: str) -> RuntimeVersion:
     """``NAME`` or ``NAME==MAJOR.MINOR[.PATCH]``; ``InputError`` for anything else."""
     name, _, version = spec.strip().partition("==")
+    name = _OLD_NAMES.get(name, name)
     if name not in RUNTIMES:
         raise InputError(f"--runtime-version {spec!r}: choose from {', '.join(RUNTIMES)}")
     if not version:
@@ -82,7 +86,7 @@ def check_model(model: onnx.ModelProto, spec: str | None, formats: tuple[str, ..
     if spec is None:
         return
     wanted = parse_runtime_version(spec)
-    if wanted.runtime == "executorch":
+    if wanted.runtime == "executorch-xnnpack":
         _check_executorch(wanted, formats)
         return
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)

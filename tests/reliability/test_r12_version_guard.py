@@ -77,3 +77,18 @@ def test_executorch_target_needs_the_pte(checkpoint, tmp_path):
     result = run("export", checkpoint, "--out", tmp_path / "ex", "--runtime-version", "executorch")
     assert result.exit_code == 2
     assert "--format executorch" in one_line_error(result)
+
+
+def test_runtimes_are_named_as_runtime_names_them_and_old_names_still_read():
+    from cr_edge.export.version_guard import parse_runtime_version
+    from cr_edge.runtimes.registry import RUNTIME_NAMES
+
+    for spec, runtime in [
+        ("cpu==1.16", "cpu"),
+        ("ort-mobile==1.16", "ort-mobile"),
+        ("executorch-xnnpack", "executorch-xnnpack"),
+        ("onnxruntime==1.16", "cpu"),
+        ("executorch", "executorch-xnnpack"),
+    ]:
+        wanted = parse_runtime_version(spec)
+        assert wanted.runtime == runtime and wanted.runtime in RUNTIME_NAMES, spec
