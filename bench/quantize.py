@@ -40,6 +40,7 @@ import onnx
 from onnxruntime.quantization import quantize_dynamic
 
 from bench.pages import add_page_option, machine, splice
+from cr_edge.artifacts.metadata import key
 from cr_edge.data import BUILTINS
 from cr_edge.export.exporter import export
 from cr_edge.quantize import measure as qm
@@ -51,7 +52,6 @@ from cr_edge.quantize.secant import min_cosine, noise_floor, secant, secant_disp
 from cr_edge.recipe import load_recipe, zoo_names
 from cr_edge.train.loop import train
 from cr_edge.validate.oracle import load_oracle
-from cr_edge.validate.tolerances import OUTPUT_STEP_KEY
 from tests.review_corpus import write_review_corpus
 
 WIDE = "digits-cr@512x512"
@@ -121,7 +121,7 @@ def _ort_default(name: str, ex: Path, result: QuantizeResult, calib: np.ndarray)
     x, d = oracle.x, secant_displacement(calib, oracle.v)
     ref = secant(AtBatch(qm.as_session(f), 1), x, d)
     task = {p.key: p.value for p in model.metadata_props}
-    floor = noise_floor(task, float(meta[OUTPUT_STEP_KEY]), int(np.prod(ref.shape[1:])))
+    floor = noise_floor(task, float(meta[key("output_step")]), int(np.prod(ref.shape[1:])))
     sec = min_cosine(secant(AtBatch(qm.as_session(s), 1), x, d), ref, floor)
     lat = {b: qm.latency_ratio(f, s, np.resize(x, (b, *x.shape[1:]))) for b in (1, 64)}
     acc = None
@@ -140,7 +140,7 @@ def _ort_default(name: str, ex: Path, result: QuantizeResult, calib: np.ndarray)
 def _step_of(result: QuantizeResult) -> dict[str, str]:
     """The int8 output step auto used, so ort-default is judged by the same atol."""
     meta = {p.key: p.value for p in result.tried[0].model.metadata_props}
-    return {k: v for k, v in meta.items() if k == OUTPUT_STEP_KEY}
+    return {k: v for k, v in meta.items() if k == key("output_step")}
 
 
 def _failed(t: Tried) -> str:

@@ -91,7 +91,9 @@ def relu_kinks(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("relu")
     # wine's 13 features and 2 units: few samples have a kink within the step by chance, so
     # finite differences resolve over 90% of them (else the check is unavailable)
-    recipe = Recipe(name="relu", data="wine", activation="relu", hidden=(2,), epochs=2, dreg_lambda=0.0)
+    recipe = Recipe(
+        name="relu", data="wine", activation="relu", hidden=(2,), epochs=2, dreg_lambda=0.0
+    )
     train(recipe, root / "ck")
     out = root / "export"
     export(root / "ck", out, ExportOptions(companion=False))

@@ -77,8 +77,9 @@ def test_a_wrong_export_exits_1_and_validate_and_quantize_refuse_it_unless_force
 
     refused = cli_run("validate", out / "model.onnx", "--runtime", "cpu")
     assert refused.exit_code == 2, refused.output
-    assert "failed its own cpu parity check (outputs): fix the model or pass --accept-failed-export" in (
-        one_line_error(refused)
+    assert (
+        "failed its own cpu parity check (outputs): fix the model or pass --accept-failed-export"
+        in (one_line_error(refused))
     )
     quantized = cli_run("quantize", out / "model.onnx", "--out", tmp_path / "q")
     assert quantized.exit_code == 2, quantized.output
@@ -89,9 +90,7 @@ def test_a_wrong_export_exits_1_and_validate_and_quantize_refuse_it_unless_force
     with pytest.raises(InputError, match=r"cpu parity check \(outputs\)"):
         api.quantize(out / "model.onnx", QuantConfig(tmp_path / "q"))
 
-    forced = cli_run(
-        "validate", out / "model.onnx", "--runtime", "cpu", "--accept-failed-export"
-    )
+    forced = cli_run("validate", out / "model.onnx", "--runtime", "cpu", "--accept-failed-export")
     assert forced.exit_code == 1, forced.output  # it runs, and fails on the same check
     assert "[cpu] outputs: y" in forced.output, forced.output
 

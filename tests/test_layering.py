@@ -33,7 +33,9 @@ def _graph() -> dict[str, set[str]]:
     files = {_module(p): p for p in ROOT.rglob("*.py") if p.name != "__main__.py"}
     # a package's __init__ re-exporting its modules is how a package is read, not a cycle
     return {
-        name: {m for m in _imports(path) if m in files and m != name and not name.startswith(m + ".")}
+        name: {
+            m for m in _imports(path) if m in files and m != name and not name.startswith(m + ".")
+        }
         for name, path in files.items()
     }
 
@@ -92,7 +94,9 @@ def test_no_stage_spells_a_metadata_key_outside_the_schema():
     """Every ``cr_edge.*`` metadata key lives in ``artifacts/metadata.py``."""
     import re
 
-    key = re.compile(r"[\"']cr_edge\.(?!runtimes\.|profile\.|train\.|cli\b)[a-z_]+(\.[a-z_]+)?[\"']")
+    key = re.compile(
+        r"[\"']cr_edge\.(?!runtimes\.|profile\.|train\.|cli\b)[a-z_]+(\.[a-z_]+)?[\"']"
+    )
     spelled = [
         f"{p.relative_to(ROOT)}: {m.group(0)}"
         for p in ROOT.rglob("*.py")

@@ -48,9 +48,7 @@ def test_every_stage_leaves_its_artifacts(run_dir: Path):
     quantized = json.loads((run_dir / "quantized" / "quantize.json").read_text())
     models = list((run_dir / "quantized").glob("model.*.onnx"))
     assert (quantized["policy"] == "fp32") == (not models), quantized["notes"]
-    assert all(
-        p.name == f"model.{quantized['policy']}.onnx" for p in models if "jvp" not in p.name
-    )
+    assert all(p.name == f"model.{quantized['policy']}.onnx" for p in models if "jvp" not in p.name)
 
 
 @pytest.mark.skipif(not executorch_installed(), reason="the int8 .pte needs executorch")

@@ -147,7 +147,9 @@ def test_overrides_and_bad_metadata():
     assert tol.companion.rtol == tol.finite_differences.rtol == 0.5
     with pytest.raises(InputError, match=r"cr_edge\.precision='int4'"):
         tolerances_for({"cr_edge.precision": "int4"}, "m.onnx", y, None)
-    with pytest.raises(InputError, match=r"m.onnx: metadata cr_edge.quant.output_step=-1.0 is not a positive"):
+    with pytest.raises(
+        InputError, match=r"m.onnx: metadata cr_edge.quant.output_step=-1.0 is not a positive"
+    ):
         tolerances_for(
             {"cr_edge.precision": "int8", "cr_edge.quant.output_step": "-1"}, "m.onnx", y, None
         )
