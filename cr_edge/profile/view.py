@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import io
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cr_edge.artifacts.atomic import write_bytes
@@ -25,27 +22,6 @@ from cr_edge.profile.profiler import ProfileReport, Row
 
 # Piped or captured output is not wrapped at 80 columns: the tables are for reading later.
 _stdout = Console(width=None if sys.stdout.isatty() else 160)
-_stderr = Console(stderr=True)
-
-
-@contextmanager
-def progress_bar() -> Iterator[Callable[[str, float], None]]:
-    """A bar per measured setting on stderr; yields the ``(label, fraction)`` callback."""
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=_stderr, transient=True) as progress:
-        tasks: dict[str, int] = {}
-
-        def update(label: str, fraction: float) -> None:
-            if label not in tasks:
-                tasks[label] = progress.add_task(label, total=1.0)
-            progress.update(tasks[label], completed=fraction)
-
-        yield update
 
 
 def print_report(report: ProfileReport) -> None:
