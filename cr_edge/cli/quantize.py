@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from cr_edge.artifacts.manifest import refuse_existing
 from cr_edge.cli.group import cli
 from cr_edge.cli.types import CERTIFY_HELP, NameList
 from cr_edge.errors import CheckFailed
@@ -100,25 +99,13 @@ def quantize(
     certify_on: str | None,
 ) -> None:
     """Quantize an export (and its derivative companion) to int8 or fp16, with a parity report."""
-    from cr_edge.artifacts.manifest import refuse_failed_export
+    from cr_edge.api import quantize as run_quantize
     from cr_edge.quantize.candidates_table import print_quantize
     from cr_edge.quantize.policy import QuantConfig, QuantPolicy
-    from cr_edge.quantize.quantizer import quantize as run_quantize
 
     policy = QuantPolicy(mode, chain_precision, method, per_channel, equalize)
     config = QuantConfig(out, policy, calib, "ort" in formats, require)
-    refuse_existing(out, "quantize.json", force)
-    refuse_failed_export(
-        model, accept_failed_export
-    )  # torch-free here, as cr_edge.api.quantize does it
-    hook = None
-    if certify_on:
-        from cr_edge.devices.certify import certifier
-
-        hook, note = certifier(certify_on)
-        if note:
-            click.echo(f"warning: {note}", err=True)
-    result = run_quantize(model, config, hook)
-    print_quantize(result)
+    result = run_quantize(model, config, force, accept_failed_export, certify_on)
+    print_quantize(result)  # its notes say when no device could certify
     if result.chosen is not None and not result.chosen.passed:  # explicit policy, kept to inspect
         raise CheckFailed(f"{result.files['onnx']}: {result.chosen.why}")

@@ -28,7 +28,7 @@ PER_KIND = int(os.environ.get("CR_EDGE_FUZZ20_N", "2"))
 WORK = {
     "train": ("cr_edge.api", "train"),
     "export": ("cr_edge.api", "export"),
-    "quantize": ("cr_edge.quantize.quantizer", "quantize"),
+    "quantize": ("cr_edge.api", "quantize"),
     "validate": ("cr_edge.validate.validator", "validate"),
     "profile": ("cr_edge.api", "profile"),
     "pipeline": ("cr_edge.pipeline", "run_pipeline"),
