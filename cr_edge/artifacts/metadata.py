@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from cr_edge.errors import InputError
@@ -116,10 +116,6 @@ class ModelMetadata:
         meta = cls(**values)
         meta._check(source)
         return meta
-
-    def updated(self, **changes: Any) -> ModelMetadata:
-        """A copy with ``changes``; quantize's way of adding to an export's record."""
-        return replace(self, **changes)
 
     def _check(self, source: str) -> None:
         if self.schema is not None and self.schema > SCHEMA_VERSION:

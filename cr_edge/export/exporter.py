@@ -294,12 +294,14 @@ def metadata(
         fold_refusals=refusals,
     )
     if ckpt.tokenizer is not None:
-        meta = meta.updated(
+        meta = replace(
+            meta,
             tokenizer=ckpt.tokenizer.to_json(),
             derivative_input="pooled embedding (batch, embed_dim): v of the companion",
         )
     if options.domain_guard:
-        meta = meta.updated(
+        meta = replace(
+            meta,
             domain_guard=[
                 {"lo": p.lo.round(6).tolist(), "hi": p.hi.round(6).tolist()} for p in polys
             ],
@@ -309,7 +311,7 @@ def metadata(
         with torch.no_grad():
             sens = primal(torch.from_numpy(calib_x))[-1]
         p50, p99 = np.percentile(sens.numpy(), [50, 99])
-        meta = meta.updated(
-            sensitivity_p50=float(f"{p50:.6g}"), sensitivity_p99=float(f"{p99:.6g}")
+        meta = replace(
+            meta, sensitivity_p50=float(f"{p50:.6g}"), sensitivity_p99=float(f"{p99:.6g}")
         )
     return meta.to_props()
