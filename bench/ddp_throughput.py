@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.pages import add_page_option, recorded
+from bench.pages import add_page_option, machine, recorded
 from cr_edge.data import load_source, split
 from cr_edge.recipe import Recipe
 
@@ -67,10 +67,7 @@ def main() -> None:
     if args.worker:
         worker(*args.worker)
         return
-    from cr_edge.profile.device import describe_device
-
-    d = describe_device()
-    print(f"CPU: {d['cpu']} ({d['usable_cores']} usable cores), ISA: {', '.join(d['isa'])}")
+    print(machine())
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     hidden = tuple(int(h) for h in args.hidden.split(","))
     recipe = Recipe(data="digits", hidden=hidden, epochs=args.epochs, patience=args.epochs)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -31,10 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.pages import add_page_option, recorded
+from bench.pages import add_page_option, load_average, machine, recorded
 from cr_edge.export.exporter import ExportOptions, export
 from cr_edge.export.pte import export_pte
-from cr_edge.profile.device import describe_device
 from cr_edge.profile.limit import floor_artifact
 from cr_edge.profile.timing import latency_stats, measure, ratio_stats
 from cr_edge.profile.workload import fast_call, preload
@@ -104,9 +102,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20000, help="timed calls per side")
     add_page_option(parser, "executorch_batch1")
     args = parser.parse_args()
-    device = describe_device()
-    print(f"{device['cpu']}, {device['usable_cores']} usable cores, {' '.join(device['isa'])}")
-    print(f"load average at start: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print(machine())
+    print(load_average("at start"))
     with tempfile.TemporaryDirectory(prefix="cr-edge-pte-") as tmp:
         paths = build(Path(tmp), args.epochs)
         print(
@@ -127,7 +124,7 @@ def main() -> None:
                     f"{label:>8s} {kind:>6s} {side:>8s} {p50:8.2f} {r['ratio']:6.2f} "
                     f"{r['p10']:5.2f}-{r['p90']:<5.2f}"
                 )
-    print(f"load average at end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print(load_average("at end"))
 
 
 if __name__ == "__main__":

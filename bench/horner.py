@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ import onnxruntime as ort
 import torch
 
 from bench.floor_nets import depressed_stages, export_onnx, export_program
-from bench.pages import add_page_option, recorded
+from bench.pages import add_page_option, load_average, machine, recorded
 from cr_edge.artifacts.npz import read_npz
 from cr_edge.checkpoint import load_checkpoint
 from cr_edge.export.exporter import ExportOptions, ExportResult, export, lower
@@ -65,7 +64,6 @@ from cr_edge.export.folds import (
 from cr_edge.export.pte import Delegation
 from cr_edge.export.stages import Poly
 from cr_edge.poly import PolyAct
-from cr_edge.profile.device import describe_device
 from cr_edge.profile.timing import ROUNDS, Timings, latency_stats, measure, ratio_stats
 from cr_edge.profile.workload import fast_call, preload, with_threads
 from cr_edge.recipe import load_recipe
@@ -282,9 +280,8 @@ def shift_blockers(checkpoint: Path) -> list[str]:
 
 
 def print_summary(built: Built, root: Path, epochs: int) -> None:
-    device = describe_device()
-    print(f"{device['cpu']}, {device['usable_cores']} usable cores, {' '.join(device['isa'])}")
-    print(f"load average at start: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print(machine())
+    print(load_average("at start"))
     print(f"CR digits MLP 64-128-128-10, degree 3, {epochs} epochs; ReLU twin at equal width")
     print(
         f"onnxruntime {ort.__version__}, CPU EP, ORT_ENABLE_ALL, IOBinding; "
@@ -368,7 +365,7 @@ def main() -> None:
         print()
         print(f"{ROUNDS} interleaved rounds per setting, order alternating; ratios per round")
         print_table(results)
-        print(f"load average at end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+        print(load_average("at end"))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.pages import add_page_option, recorded
+from bench.pages import add_page_option, machine, recorded
 from cr_edge.recipe import load_recipe
 from cr_edge.train.loop import train
 
@@ -47,10 +47,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     add_page_option(parser, "ordinal")
     args = parser.parse_args()
-    from cr_edge.profile.device import describe_device
-
-    d = describe_device()
-    print(f"CPU: {d['cpu']} ({d['usable_cores']} usable cores), ISA: {', '.join(d['isa'])}")
+    print(machine())
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         print("\n".join(anes96(args.seeds, root)))

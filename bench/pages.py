@@ -37,6 +37,14 @@ def machine() -> str:
     )
 
 
+def load_average(when: str) -> str:
+    """The 1/5/15-minute load averages ``when`` ("at start", "at end"): a busy machine's
+    timings are inflated, and the reader should know it."""
+    import os
+
+    return f"load average {when}: {' '.join(f'{v:.1f}' for v in os.getloadavg())}"
+
+
 def _names_machine(body: str) -> bool:
     """Whether the script's output already names this CPU and its ISA flags (either spelling)."""
     from cr_edge.profile.device import describe_device

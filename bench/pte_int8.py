@@ -18,16 +18,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from bench.pages import add_page_option, recorded
+from bench.pages import add_page_option, load_average, machine, recorded
 from cr_edge.export.exporter import ExportOptions, export, export_int8_pte
-from cr_edge.profile.device import describe_device
 from cr_edge.profile.timing import latency_stats, measure, ratio_stats
 from cr_edge.profile.workload import fast_call, preload
 from cr_edge.recipe import load_recipe
@@ -96,9 +94,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20000, help="timed calls per side")
     add_page_option(parser, "pte_int8")
     args = parser.parse_args()
-    device = describe_device()
-    print(f"{device['cpu']}, {device['usable_cores']} usable cores, {' '.join(device['isa'])}")
-    print(f"load average at start: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print(machine())
+    print(load_average("at start"))
     with tempfile.TemporaryDirectory(prefix="cr-edge-pte-int8-") as tmp:
         for name in NETS:
             paths = build(Path(tmp), name, args.epochs)
@@ -113,7 +110,7 @@ def main() -> None:
             )
             for row in latency(paths, args.iters):
                 print(row)
-    print(f"load average at end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print(load_average("at end"))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.pages import add_page_option, recorded
+from bench.pages import add_page_option, machine, recorded
 from cr_edge import heads
 from cr_edge.checkpoint import load_checkpoint
 from cr_edge.recipe import Recipe
@@ -99,10 +99,7 @@ def main() -> None:
     parser.add_argument("--reviews", default="1500,6000", help="corpus sizes, a comma list")
     add_page_option(parser, "text_heads")
     args = parser.parse_args()
-    from cr_edge.profile.device import describe_device
-
-    d = describe_device()
-    print(f"CPU: {d['cpu']} ({d['usable_cores']} usable cores), ISA: {', '.join(d['isa'])}")
+    print(machine())
     for n in (int(r) for r in args.reviews.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             print("\n".join(run(args.seeds, n, Path(tmp))), end="\n\n", flush=True)

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.pages import add_page_option, recorded
+from bench.pages import add_page_option, machine, recorded
 from tests.review_corpus import write_review_corpus
 
 # VmHWM, not ru_maxrss: the latter survives exec, so it would count the parent's corpus.
@@ -48,10 +48,7 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=256)
     add_page_option(parser, "text_memory")
     args = parser.parse_args()
-    from cr_edge.profile.device import describe_device
-
-    d = describe_device()
-    print(f"CPU: {d['cpu']} ({d['usable_cores']} usable cores), ISA: {', '.join(d['isa'])}")
+    print(machine())
     with tempfile.TemporaryDirectory() as tmp:
         path = write_review_corpus(Path(tmp) / "train.csv", args.reviews, seed=0, layout="yelp")
         size = path.stat().st_size
