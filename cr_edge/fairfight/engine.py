@@ -27,6 +27,7 @@ from cr_edge.artifacts import atomic
 from cr_edge.errors import InputError
 from cr_edge.fairfight.ladder import Task
 from cr_edge.fairfight.runner import run_group, run_task, stackable
+from cr_edge.fairfight.stacked import stack_shape
 
 # (finished so far, total, name of the task just finished or None at the start)
 Progress = Callable[[int, int, str | None], None]
@@ -82,8 +83,8 @@ class Engine:
 
     workers: int = 1
     ray: str | None = None  # an address, or "auto" for the cluster this machine belongs to
-    # tuning runs of one (family, arch, width) trained as one stack (``runner.run_group``);
-    # False: one run per task, as every other phase
+    # runs of one phase and shape (family, arch, width, ...) trained as one stack
+    # (``runner.run_group``); False: one run per task
     stacked: bool = True
 
     def __post_init__(self) -> None:
@@ -239,12 +240,14 @@ Unit = tuple[bool, list[Task]]
 
 def work_units(tasks: list[Task], stacked: bool = True) -> list[Unit]:
     """What one worker call trains: with ``stacked``, the stackable tasks
-    (``runner.stackable``) of one (phase, family, arch, width) as one stack, trained
-    together; every other task alone. Records stay one per task, under the task's own key."""
+    (``runner.stackable``) of one phase and one recipe shape (``stacked.stack_shape``: a
+    family, architecture and width; a probe's data fraction and epochs too) as one stack,
+    trained together; every other task alone. Records stay one per task, under the task's
+    own key."""
     units: dict[tuple, Unit] = {}
     for i, t in enumerate(tasks):
         stack = stacked and stackable(t)
-        key = (t.phase, t.family, t.arch, t.width) if stack else (i,)
+        key = (t.phase, stack_shape(t.recipe)) if stack else (i,)
         units.setdefault(key, (stack, []))[1].append(t)
     return list(units.values())
 

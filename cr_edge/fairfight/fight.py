@@ -103,7 +103,7 @@ def fairfight(
     execution = {
         "workers": engine.workers,
         "ray": engine.ray,
-        "stacked": engine.stacked,  # tuning groups trained as stacks (runner.run_group)
+        "stacked": engine.stacked,  # runs of one shape trained as stacks (runner.run_group)
         "tasks": len(records),
         "ran": ran_t + ran_l + ran_r,
         "reused": len(records) - ran_t - ran_l - ran_r,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 
 from cr_edge import dreg, heads
 from cr_edge.checkpoint import load_checkpoint
+from cr_edge.data.normalise import Normalisation, TargetScale
 from cr_edge.errors import TrainingFailed
 from cr_edge.export.exporter import ExportOptions, export
 from cr_edge.fairfight import smoothness
@@ -55,7 +57,6 @@ def run_task(task_json: dict) -> dict:
         probe = StepProbe(
             task.recipe.task, heads.default_loss(task.recipe.task) if kind == "auto" else kind
         )
-        record = _identity(task)
         with tempfile.TemporaryDirectory(prefix="cr-edge-fight-") as tmp:
             try:
                 result = train(
@@ -68,41 +69,74 @@ def run_task(task_json: dict) -> dict:
                 )
             except TrainingFailed as e:
                 # a diverged or collapsed run is a result too: counted in the report, never chosen
-                return {**record, "failed": str(e)}
+                return {**_identity(task), "failed": str(e)}
             ckpt = load_checkpoint(result.checkpoint)
             calib = ckpt.calib()
-        net = result.net.eval()
         m = result.metrics
         k = METRICS[task.recipe.task].key
-        x_test = torch.from_numpy(ckpt.normalisation.apply(calib["x_test"]))
-        per_sample = dreg.input_gradient_norms(net, x_test).double().numpy()
-        record |= {
-            "parameters": m["parameters"],
-            f"val_{k}": m[f"val_{k}"],
-            f"test_{k}": m[f"test_{k}"],
-            # smoothness (cr_edge.fairfight.smoothness): per test sample, per training batch,
-            # and per step over the shared weights without DREG; peak volatility is max/median
-            "tail_ratio": smoothness.tail_ratio(per_sample),
-            "peak_volatility": smoothness.peak_volatility(per_sample),
-            "peak_gradient": m["peak_volatility"],  # the raw max, in the inputs' units
-            "grad_mean": m["grad_mean"],
-            **probe.metrics(),
-            **smoothness.summary(
-                "test_batch", smoothness.batch_means(per_sample, task.recipe.batch_size)
-            ),
-            "steps": len(step_norms),
-            "best_epoch": m["best_epoch"],
-            "epochs": m["epochs_trained"],
-            "epoch_budget": task.recipe.epochs,
-            "late_best": late_best(m["best_epoch"], task.recipe.epochs),
-            # every parameter, the whole loss (DREG's term included): the old step metric
-            "all_step_tail_ratio": smoothness.tail_ratio(step_norms),
-        }
-        if task.phase != "tune":
-            record["corruption"] = corruption_scores(net, ckpt, calib, task.seed)
-        return undefined_as_none(record)
+        trained = Trained(
+            net=result.net.eval(),
+            normalisation=ckpt.normalisation,
+            calib=calib,
+            scores={f"val_{k}": m[f"val_{k}"], f"test_{k}": m[f"test_{k}"]},
+            best_epoch=m["best_epoch"],
+            epochs=m["epochs_trained"],
+            step_readings=probe.metrics(),
+            step_norms=step_norms,
+            target_scale=ckpt.target_scale,
+        )
+        return measure(task, trained)
     finally:
         torch.set_num_threads(before)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What a finished run hands to ``measure``, from ``train`` or from a stack."""
+
+    net: CRNet
+    normalisation: Normalisation
+    calib: dict[str, np.ndarray]
+    scores: dict[str, float]  # val_<metric> and test_<metric>
+    best_epoch: int
+    epochs: int
+    step_readings: dict[str, float | None]  # StepProbe.metrics(): batch_* and step_*
+    step_norms: list[float]  # every step's gradient norm over all parameters (after clipping)
+    target_scale: TargetScale | None = None
+
+
+def measure(task: Task, trained: Trained) -> dict:
+    """A finished run's record: its scores, size, smoothness and (outside tuning) accuracy
+    under corruption. One definition for single and stacked runs."""
+    net, calib = trained.net, trained.calib
+    x_test = torch.from_numpy(trained.normalisation.apply(calib["x_test"]))
+    per_sample = dreg.input_gradient_norms(net, x_test).double().numpy()
+    record = _identity(task) | {
+        "parameters": net.n_parameters(),
+        **trained.scores,
+        # smoothness (cr_edge.fairfight.smoothness): per test sample, per training batch,
+        # and per step over the shared weights without DREG; peak volatility is max/median
+        "tail_ratio": smoothness.tail_ratio(per_sample),
+        "peak_volatility": smoothness.peak_volatility(per_sample),
+        "peak_gradient": float(per_sample.max()),  # the raw max, in the inputs' units
+        "grad_mean": float(per_sample.mean()),
+        **trained.step_readings,
+        **smoothness.summary(
+            "test_batch", smoothness.batch_means(per_sample, task.recipe.batch_size)
+        ),
+        "steps": len(trained.step_norms),
+        "best_epoch": trained.best_epoch,
+        "epochs": trained.epochs,
+        "epoch_budget": task.recipe.epochs,
+        "late_best": late_best(trained.best_epoch, task.recipe.epochs),
+        # every parameter, the whole loss (DREG's term included): the old step metric
+        "all_step_tail_ratio": smoothness.tail_ratio(trained.step_norms),
+    }
+    if task.phase != "tune":
+        record["corruption"] = corruption_scores(
+            net, trained.normalisation, calib, task.seed, trained.target_scale
+        )
+    return undefined_as_none(record)
 
 
 def _identity(task: Task) -> dict:
@@ -122,44 +156,69 @@ def _identity(task: Task) -> dict:
 
 
 def stackable(task: Task) -> bool:
-    """Whether ``run_group`` can train ``task``: a tuning run (it needs the validation score
-    and convergence only, not the smoothness and corruption columns run_task measures) of a
-    classifier on numeric features (``stacked.check_stackable``)."""
-    return task.phase == "tune" and task.recipe.task == "classify" and task.recipe.arch != "text"
+    """Whether ``run_group`` can train ``task``: a classifier on numeric features
+    (``stacked.check_stackable``), in any phase. Tuning stacks read validation scores and
+    convergence only; the other phases' stacks are measured as single runs are
+    (``measure``)."""
+    return task.recipe.task == "classify" and task.recipe.arch != "text"
 
 
 def run_group(task_jsons: list[dict]) -> list[dict]:
     """Train tasks of one shape together (``stacked.train_stacked``: seeds and settings of
     one family, architecture and width) and return one record per task, in order.
 
-    A stacked record carries what tuning reads (validation and test accuracy, best epoch,
-    epochs, ``late_best``) and ``trainer: "stacked"``; its key is the task's, as a single
-    run's would be. One CPU thread, as ``run_task``."""
+    A tuning stack's record carries what tuning reads (validation and test accuracy, best
+    epoch, epochs, ``late_best``); any other phase's carries a single run's whole record
+    (``measure``). Either has ``trainer: "stacked"``, and its key is the task's, as a
+    single run's would be. One CPU thread, as ``run_task``."""
     from cr_edge.fairfight.stacked import train_stacked
 
     tasks = [Task.from_json(t) for t in task_jsons]
+    full = any(t.phase != "tune" for t in tasks)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        runs = train_stacked([t.recipe for t in tasks])
+        runs = train_stacked(
+            [t.recipe for t in tasks], probe_every=smoothness.SAMPLE_EVERY if full else None
+        )
+        out = []
+        for task, run in zip(tasks, runs, strict=True):
+            record = {**_identity(task), "trainer": "stacked"}
+            if run.failed:
+                out.append({**record, "failed": run.failed})
+            elif run.net is not None:
+                out.append({**measure(task, _trained(run)), "trainer": "stacked"})
+            else:
+                record |= {
+                    "val_accuracy": run.val_accuracy,
+                    "test_accuracy": run.test_accuracy,
+                    "best_epoch": run.best_epoch,
+                    "epochs": run.epochs,
+                    "epoch_budget": task.recipe.epochs,
+                    "late_best": late_best(run.best_epoch, task.recipe.epochs),
+                }
+                out.append(undefined_as_none(record))
+        return out
     finally:
         torch.set_num_threads(before)
-    out = []
-    for task, run in zip(tasks, runs, strict=True):
-        record = {**_identity(task), "trainer": "stacked"}
-        if run.failed:
-            out.append({**record, "failed": run.failed})
-            continue
-        record |= {
-            "val_accuracy": run.val_accuracy,
-            "test_accuracy": run.test_accuracy,
-            "best_epoch": run.best_epoch,
-            "epochs": run.epochs,
-            "epoch_budget": task.recipe.epochs,
-            "late_best": late_best(run.best_epoch, task.recipe.epochs),
-        }
-        out.append(undefined_as_none(record))
-    return out
+
+
+def _trained(run) -> Trained:
+    """A stacked run (``stacked.StackedRun`` with ``probe_every``) as ``measure`` reads it."""
+    probes = run.probes
+    return Trained(
+        net=run.net,
+        normalisation=run.normalisation,
+        calib=run.calib,
+        scores={"val_accuracy": run.val_accuracy, "test_accuracy": run.test_accuracy},
+        best_epoch=run.best_epoch,
+        epochs=run.epochs,
+        step_readings={
+            **smoothness.summary("batch", probes.batch_norms),
+            **smoothness.summary("step", probes.weight_norms),
+        },
+        step_norms=probes.all_norms,
+    )
 
 
 def late_best(best_epoch: int, budget: int) -> bool:
@@ -173,7 +232,13 @@ def _parameter_grad_norm(net: CRNet) -> float:
     return float(torch.stack(norms).norm()) if norms else 0.0
 
 
-def corruption_scores(net: CRNet, ckpt, calib: dict, seed: int) -> dict[str, float]:
+def corruption_scores(
+    net: CRNet,
+    normalisation: Normalisation,
+    calib: dict,
+    seed: int,
+    target_scale: TargetScale | None = None,
+) -> dict[str, float]:
     """The task's fight metric (``metric.METRICS``) on the test split under each Gaussian
     noise level and under small shifts."""
     x = calib["x_test"]
@@ -181,7 +246,7 @@ def corruption_scores(net: CRNet, ckpt, calib: dict, seed: int) -> dict[str, flo
     rng = np.random.default_rng(seed)
 
     def measure(corrupted: np.ndarray) -> float:
-        return _metric(net, ckpt, ckpt.normalisation.apply(corrupted), calib)
+        return _metric(net, normalisation.apply(corrupted), calib, target_scale)
 
     out = {}
     for level in NOISE_LEVELS:
@@ -210,14 +275,16 @@ def _shift(x: np.ndarray, axis: int, step: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def _metric(net: CRNet, ckpt, x: np.ndarray, calib: dict) -> float:
+def _metric(
+    net: CRNet, x: np.ndarray, calib: dict, target_scale: TargetScale | None = None
+) -> float:
     """The fight metric of ``net`` on inputs ``x`` against the test targets (a regression's
     predictions in the target's own units, as its training metrics are)."""
-    task = ckpt.task
+    task = net.config.task
     out = net(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
     pred = heads.predictions(task, out).numpy()
     if task == "regress":
-        pred, target = ckpt.target_scale.undo(pred), calib["t_test"]
+        pred, target = target_scale.undo(pred), calib["t_test"]
     else:
         target = calib["y_test"]
     return task_metrics(task, pred, target, net.config.n_classes)[METRICS[task].key]

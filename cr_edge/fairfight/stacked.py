@@ -16,6 +16,12 @@ stacked run matches its single run within seed noise, not bit for bit
 (``tests/test_stacked.py``). Classification only, on CPU or one device; no checkpoint is
 written (the fight keeps records, not checkpoints), and ``train``'s collapse watch is not
 run: a net whose loss turns non-finite is marked ``failed`` and stops, the others go on.
+
+With ``probe_every`` the stack also takes the training-time smoothness readings a single
+run's ``smoothness.StepProbe`` and ``on_step`` take (the same definitions, per net, in one
+``vmap``), and each ``StackedRun`` carries its best net, normalisation and calibration
+arrays: what the fight measures after training (``runner.measure``), so ladder and probe
+runs can be stacked too.
 """
 
 from __future__ import annotations
@@ -23,20 +29,21 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, grad, stack_module_state, vmap
 
 from cr_edge import dreg, heads
 from cr_edge.data import Dataset, fit_normalisation, load_source, split, subsample_train
+from cr_edge.data.normalise import Normalisation
 from cr_edge.errors import InputError
 from cr_edge.nets import CRNet, build_net
 from cr_edge.poly import PolyAct
 from cr_edge.recipe import Recipe
-from cr_edge.train.loop import net_config_for, scheduled_lr
+from cr_edge.train.loop import calib_arrays, net_config_for, scheduled_lr
 
 # What may differ between the recipes of one stack; every other field must match.
 PER_NET = ("name", "seed", "lr", "dreg_lambda", "weight_decay")
@@ -53,6 +60,24 @@ class StackedRun:
     best_epoch: int
     epochs: int
     failed: str | None = None  # why training stopped early for this net (non-finite loss)
+    # with ``probe_every``: the net at its best epoch (eval mode), its input normalisation,
+    # its calibration/test arrays (``train.loop.calib_arrays``) and the step readings
+    net: CRNet | None = None
+    normalisation: Normalisation | None = None
+    calib: dict[str, np.ndarray] | None = None
+    probes: Probes | None = None
+
+
+@dataclass
+class Probes:
+    """One net's training-time readings, as ``smoothness.StepProbe`` and ``runner``'s
+    ``on_step`` take them from a single run: every ``every``-th step (before the optimiser
+    moves) the batch's mean input-gradient norm and the task loss's gradient norm over the
+    shared weights; every step, the clipped gradient norm over all parameters."""
+
+    batch_norms: list[float]
+    weight_norms: list[float]
+    all_norms: list[float]
 
 
 class _WithTerms(nn.Module):
@@ -86,14 +111,15 @@ def check_stackable(recipes: Sequence[Recipe]) -> None:
 
 def _data(
     recipes: Sequence[Recipe], dev: torch.device
-) -> tuple[dict[str, tuple[Tensor, Tensor]], list[Dataset]]:
+) -> tuple[dict[str, tuple[Tensor, Tensor]], list[Dataset], list[Normalisation]]:
     """Each net's splits (its own seed's), stacked: ``{split: (x (M, n, ...), y (M, n))}``,
-    and the datasets they came from (for each net's input shape and classes)."""
+    the datasets they came from (for each net's input shape and classes) and each net's
+    normalisation."""
     r0 = recipes[0]
     raw = load_source(r0.data, r0.label, r0.task, r0.text_column, r0.data_format)
     per = "channel" if r0.arch == "conv" else "feature"
     parts: dict[str, tuple[list, list]] = {k: ([], []) for k in ("train", "val", "test")}
-    datasets = []
+    datasets, norms = [], []
     for r in recipes:
         d = split(raw, r.seed, r.val_fraction, r.test_fraction)
         d = subsample_train(d, r.train_fraction, r.seed)
@@ -102,8 +128,9 @@ def _data(
             xs.append(torch.from_numpy(norm.apply(getattr(d, f"x_{k}"))))
             ys.append(torch.from_numpy(getattr(d, f"y_{k}")).long())
         datasets.append(d)
+        norms.append(norm)
     out = {k: (torch.stack(xs).to(dev), torch.stack(ys).to(dev)) for k, (xs, ys) in parts.items()}
-    return out, datasets
+    return out, datasets, norms
 
 
 def _per_power(base: CRNet, params: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -122,13 +149,17 @@ def _per_net(v: Tensor, like: Tensor) -> Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
-def train_stacked(recipes: Sequence[Recipe], device: str = "cpu") -> list[StackedRun]:
-    """Train ``recipes`` (one shape, see ``PER_NET``) together; one ``StackedRun`` each."""
+def train_stacked(
+    recipes: Sequence[Recipe], device: str = "cpu", probe_every: int | None = None
+) -> list[StackedRun]:
+    """Train ``recipes`` (one shape, see ``PER_NET``) together; one ``StackedRun`` each.
+    ``probe_every``: take the training-time smoothness readings (``Probes``) and keep each
+    net's best weights, normalisation and calibration arrays."""
     check_stackable(recipes)
     dev = torch.device(device)
     torch.use_deterministic_algorithms(True, warn_only=True)
     r0, m = recipes[0], len(recipes)
-    data, datasets = _data(recipes, dev)
+    data, datasets, norms = _data(recipes, dev)
     nets = [
         build_net(net_config_for(r, d), seed=r.seed).to(dev)
         for r, d in zip(recipes, datasets, strict=True)
@@ -153,8 +184,27 @@ def train_stacked(recipes: Sequence[Recipe], device: str = "cpu") -> list[Stacke
     def one_logits(p, b, x):
         return functional_call(base, (p, b), (x,))[0]
 
+    shared = _shared_keys(base.net)
+
+    def one_probe(p, b, x, y):
+        """The batch's mean input-gradient norm (of each sample's argmax logit) and the task
+        loss's gradient norm over the shared weights: ``smoothness.StepProbe``'s readings."""
+
+        def task_loss(w):
+            return heads.loss(r0.task, kind, functional_call(base, ({**p, **w}, b), (x,))[0], y)
+
+        def chosen(xx):
+            logits = functional_call(base, (p, b), (xx,))[0]
+            return logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()
+
+        gw = grad(task_loss)({k: p[k] for k in shared})
+        weight_norm = torch.stack([g.pow(2).sum() for g in gw.values()]).sum().sqrt()
+        return grad(chosen)(x).flatten(1).norm(dim=1).mean(), weight_norm
+
     losses = vmap(one_loss)
     logits_of = vmap(one_logits)
+    probe_of = vmap(one_probe)
+    probes = [Probes([], [], []) for _ in range(m)]
     x_train, y_train = data["train"]
     n = x_train.shape[1]
     gens = [torch.Generator().manual_seed(r.seed) for r in recipes]
@@ -172,7 +222,14 @@ def train_stacked(recipes: Sequence[Recipe], device: str = "cpu") -> list[Stacke
         orders = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(dev)
         for start in range(0, n, r0.batch_size):
             idx = orders[:, start : start + r0.batch_size]
-            loss, _ = losses(params, buffers, x_train[rows, idx], y_train[rows, idx], lam)
+            xb, yb = x_train[rows, idx], y_train[rows, idx]
+            if probe_every and step % probe_every == 0:
+                with torch.no_grad():  # the readings only: grad inside still differentiates
+                    batch_norm, weight_norm = probe_of(params, buffers, xb, yb)
+                for i in active.nonzero().flatten().tolist():
+                    probes[i].batch_norms.append(float(batch_norm[i]))
+                    probes[i].weight_norms.append(float(weight_norm[i]))
+            loss, _ = losses(params, buffers, xb, yb, lam)
             bad = ~torch.isfinite(loss) & active
             for i in bad.nonzero().flatten().tolist():
                 failed[i] = f"training step {step}: the loss is {loss[i].item()}"
@@ -181,7 +238,10 @@ def train_stacked(recipes: Sequence[Recipe], device: str = "cpu") -> list[Stacke
             grads = torch.autograd.grad(loss.sum(), list(params.values()))
             grads = dict(zip(params, grads, strict=True))
             lr = lr0 * scheduled_lr(1.0, r0.lr_schedule, step, total) * active
-            _adam_step(params, grads, exp_avg, exp_avg_sq, step + 1, lr, wd, r0, scale)
+            clipped = _adam_step(params, grads, exp_avg, exp_avg_sq, step + 1, lr, wd, r0, scale)
+            if probe_every:
+                for i in active.nonzero().flatten().tolist():
+                    probes[i].all_norms.append(float(clipped[i]))
             step += 1
         val = _accuracy(logits_of(params, buffers, data["val"][0]), data["val"][1])
         for i in range(m):
@@ -199,10 +259,34 @@ def train_stacked(recipes: Sequence[Recipe], device: str = "cpu") -> list[Stacke
         if not active.any():
             break
     test = _accuracy(logits_of(best, buffers, data["test"][0]), data["test"][1])
-    return [
-        StackedRun(r, float(best_val[i]), float(test[i]), best_epoch[i], epochs[i], failed[i])
-        for i, r in enumerate(recipes)
-    ]
+    runs = []
+    for i, r in enumerate(recipes):
+        run = StackedRun(r, float(best_val[i]), float(test[i]), best_epoch[i], epochs[i], failed[i])
+        if probe_every and failed[i] is None:
+            net = nets[i]
+            state = {k: v[i] for k, v in {**buffers, **best}.items()}
+            net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
+            run = replace(
+                run,
+                net=net.eval(),
+                normalisation=norms[i],
+                calib=calib_arrays(datasets[i], r.seed),
+                probes=probes[i],
+            )
+        runs.append(run)
+    return runs
+
+
+def _shared_keys(net: CRNet) -> list[str]:
+    """The stacked parameter names of ``smoothness.shared_weights``: every Linear/Conv
+    weight and bias."""
+    keys = []
+    for name, module in net.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            keys += [
+                f"net.{name}.{p}" for p in ("weight", "bias") if getattr(module, p) is not None
+            ]
+    return keys
 
 
 @torch.no_grad()
@@ -221,14 +305,16 @@ def _adam_step(
     wd: Tensor,
     recipe: Recipe,
     scale: dict[str, Tensor],
-) -> None:
+) -> Tensor:
     """``torch.optim.AdamW`` (or ``Adam``) step ``t`` with a learning rate per net, each net's
     gradient clipped to ``recipe.clip_grad`` on its own, and each polynomial coefficient row's
-    update scaled by ``fit_range ** -k`` as ``train._scaled_step`` does."""
+    update scaled by ``fit_range ** -k`` as ``train._scaled_step`` does. Returns each net's
+    gradient norm after clipping (what a single run's ``on_step`` reads)."""
+    norm = torch.stack([g.flatten(1).pow(2).sum(dim=1) for g in grads.values()]).sum(0).sqrt()
     if recipe.clip_grad > 0:
-        norm = torch.stack([g.flatten(1).pow(2).sum(dim=1) for g in grads.values()]).sum(0).sqrt()
         coef = (recipe.clip_grad / (norm + 1e-6)).clamp(max=1.0)
         grads = {k: g * _per_net(coef, g) for k, g in grads.items()}
+        norm = norm * coef
     b1, b2 = BETAS
     bc1, bc2 = 1 - b1**t, 1 - b2**t
     for k, p in params.items():
@@ -245,17 +331,22 @@ def _adam_step(
         p.sub_(lr_k / bc1 * exp_avg[k] / denom)
         if old is not None:
             p.copy_(old + (p - old) * scale[k])
+    return norm
+
+
+def stack_shape(recipe: Recipe) -> tuple:
+    """What recipes of one stack share: every field but ``PER_NET``, as a hashable key."""
+    return tuple(
+        (f.name, repr(getattr(recipe, f.name))) for f in fields(Recipe) if f.name not in PER_NET
+    )
 
 
 def stack_groups(recipes: Sequence[Recipe]) -> list[list[int]]:
-    """Indices of ``recipes`` grouped by shape (everything but ``PER_NET``), in first-seen
-    order: each group can be one ``train_stacked`` call."""
+    """Indices of ``recipes`` grouped by ``stack_shape``, in first-seen order: each group can
+    be one ``train_stacked`` call."""
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(recipes):
-        shape = tuple(
-            (f.name, repr(getattr(r, f.name))) for f in fields(Recipe) if f.name not in PER_NET
-        )
-        groups.setdefault(shape, []).append(i)
+        groups.setdefault(stack_shape(r), []).append(i)
     return list(groups.values())
 
 

@@ -188,7 +188,7 @@ def train_unlocked(
     metrics.update({"best_epoch": fit.best_epoch, "epochs_trained": fit.epochs})
     if rank is not None and rank.rank != 0:
         return TrainResult(Path(out), metrics, net, notes)  # rank 0 writes the one checkpoint
-    calib = _calib_arrays(data, recipe.seed)
+    calib = calib_arrays(data, recipe.seed)
     save_checkpoint(
         out,
         net.cpu(),
@@ -492,7 +492,7 @@ def evaluate(
     }
 
 
-def _calib_arrays(data: Dataset, seed: int) -> dict[str, np.ndarray]:
+def calib_arrays(data: Dataset, seed: int) -> dict[str, np.ndarray]:
     """Raw (un-normalised) inputs for calibration, plus the test split for accuracy checks."""
     rng = np.random.default_rng(seed)
     take = min(CALIB_SAMPLES, data.x_train.shape[0])
