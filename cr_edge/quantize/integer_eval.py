@@ -17,9 +17,10 @@ refuses the AVX2 verdict for it (``emulated_ops``).
 onnxruntime's contrib ops that cr-edge's policies write are evaluated here too:
 ``MatMulNBits`` (``nbits_matmul``: at accuracy level 4 the activations are quantized per
 block exactly as MLAS's ``QuantizeARow_CompInt8`` does, then multiplied in exact integers)
-and ``GatherBlockQuantized`` (the gathered rows dequantized exactly). MLAS's 8-bit
-``MatMulNBits`` kernel for AVX2 without VNNI is not emulated (its pair-sum form was not
-verified); the AVX2 way computes those nodes exactly.
+and ``GatherBlockQuantized`` (the gathered rows dequantized exactly). MLAS's AVX2 kernel
+for ``MatMulNBits`` cannot saturate (``nbits_isa``: one 8-bit product per int16 lane), so
+the exact way is what AVX2 computes; ``float_nbits=True`` computes every ``MatMulNBits``
+in float whatever its level, as ARM64 cores without dotprod do.
 """
 
 from __future__ import annotations
@@ -175,9 +176,8 @@ def nbits_matmul(a, codes, zero, scale, block: int, level: int):
 
     Level 0: float with the dequantized weight (exact, float64 then float32). Level 4:
     activations quantized per block as MLAS does, then per block the exact integer dot
-    ``sum qa * (code - zero)`` scaled by ``scale_a * scale_b`` (as VNNI's ``vpdpbusd``
-    and ARM's ``sdot`` compute it). MLAS's AVX2 kernel without VNNI for 8-bit codes is
-    not emulated: its pair-sum form was not verified, so no saturation is assumed.
+    ``sum qa * (code - zero)`` scaled by ``scale_a * scale_b`` (as VNNI's ``vpdpbusd``,
+    AVX2's masked ``vpmaddubsw`` and ARM's ``udot``/``usdot`` compute it: ``nbits_isa``).
     """
     k, n = codes.shape
     blocks = scale.shape[0]
@@ -368,15 +368,22 @@ class EmulateQdqKernels(ir.passes.InPlacePass):
 
 
 class ReferenceSession(Session):
-    """A model run by onnx's reference evaluator (``avx2``: with the u8s8 kernel emulated).
+    """A model run by onnx's reference evaluator (``avx2``: with the u8s8 kernel emulated;
+    ``float_nbits``: ``MatMulNBits`` in float, as on a CPU without an int8 kernel for it).
 
     ``saturated`` is the number of int16 pair sums that saturated since loading.
     """
 
-    def __init__(self, model: onnx.ModelProto, avx2: bool = False) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, avx2: bool = False, float_nbits: bool = False
+    ) -> None:
         irm = ir.from_proto(model)
         irm.graph.sort()  # the fp16 converter appends its input Casts; the evaluator runs in order
         _standard_qdq(irm)
+        if float_nbits:  # no int8 kernel (ARMv8.0): MLAS computes every level in float
+            for node in irm.graph:
+                if node.op_type == "MatMulNBits" and node.domain == MS_DOMAIN:
+                    node.attributes["accuracy_level"] = ir.AttrInt64("accuracy_level", 0)
         if avx2:
             EmulateQdqKernels()(irm)
         model = ir.to_proto(irm)

@@ -10,10 +10,16 @@ An fp16 graph has no integer kernel; its third way is ``fp16 hw`` (``fp16_eval``
 products summed in fp16, as a core with fp16 arithmetic (ARMv8.2-A FP16) runs its GEMM,
 judged at the worst of the plausible accumulation orders (``fp16_eval.ORDERS``).
 
+onnxruntime's ``MatMulNBits`` at accuracy level 4 has no AVX2 way to emulate: no int16
+lane of MLAS's AVX2 kernel can saturate (``nbits_isa``, checked per node), so the exact
+way is what AVX2, VNNI and ARM64 dotprod/i8mm compute. ARM64 cores without dotprod
+compute it in float: the ``no-dotprod`` way. A 4-bit node that ARM64 runs through
+KleidiAI (per-row activations, not emulated) leaves the verdict ``arm64 unjudged``.
+
 A candidate passes only if every way passes. The exact and emulated evaluations run
 at batch 1 as well only when the graph quantizes activations at run time (its
-result then depends on the batch); the emulation is skipped, and said so, when the
-graph has no 8-bit integer matrix product to emulate.
+result then depends on the batch); each note says which ways were not run and why,
+in terms true of the candidate (no integer product, float MatMulNBits, or the bound).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import onnxruntime as ort
 from cr_edge.quantize.fp16_eval import ORDERS, Fp16Session, is_fp16
 from cr_edge.quantize.integer_eval import ReferenceSession, emulated_ops, integer_kernel_nodes
 from cr_edge.quantize.measure import Parity, as_session, parity, session
+from cr_edge.quantize.nbits_isa import avx2_refusal, nbits_nodes
+from cr_edge.quantize.nbits_isa import note as nbits_note
 from cr_edge.runtimes.runtime import Session
 from cr_edge.validate.oracle import Oracle
 
@@ -42,7 +50,16 @@ MEANING = {
     "avx2": "overflows in u8s8 kernels without VNNI (AVX2 int16 pair sums)",
     "avx2 b1": "overflows in u8s8 kernels without VNNI at batch 1 (AVX2 int16 pair sums)",
     "avx2 unjudged": "cannot be judged for CPUs without VNNI",
+    "no-dotprod": "fails where MLAS has no int8 MatMulNBits kernel (ARM64 without dotprod "
+    "computes it in float)",
+    "arm64 unjudged": "cannot be judged for ARM64 with dotprod",
 }
+UNJUDGED = ("avx2 unjudged", "arm64 unjudged")  # ways that fail because nothing computes them
+NO_INTEGER_PRODUCT = "no 8-bit integer matrix product: the AVX2 u8s8 kernel is never used"
+KLEIDIAI = (
+    "ARM64 with dotprod runs 4-bit MatMulNBits {name!r} (blocks of {block}) through KleidiAI, "
+    "whose int8 activations are per row, not per block: not emulated"
+)
 # An fp16 graph evaluated exactly as it is written: every op in IEEE half precision. This
 # CPU's onnxruntime has few fp16 kernels and runs the rest in fp32 behind Casts, so it
 # can miss an intermediate above fp16's 65504 that half-precision hardware overflows on.
@@ -58,9 +75,11 @@ class Way:
     name: str
     parity: Parity
     saturated: int | None = None
+    reason: str | None = None  # an unjudged way: what could not be computed
 
     def to_json(self) -> dict:
-        return {"name": self.name, "parity": self.parity.to_json(), "saturated": self.saturated}
+        out = {"name": self.name, "parity": self.parity.to_json(), "saturated": self.saturated}
+        return out if self.reason is None else {**out, "reason": self.reason}
 
     @property
     def failure(self) -> str | None:
@@ -68,8 +87,8 @@ class Way:
         if self.parity.ok:
             return None
         p, parts = self.parity, []
-        if self.name == "avx2 unjudged":
-            return f"{MEANING[self.name]}: a QLinearConv is not emulated"
+        if self.name in UNJUDGED:
+            return f"{MEANING[self.name]}: {self.reason}"
         if not p.outputs_ok:
             parts.append(f"output err {p.max_abs_err:.3g} > atol {p.atol:.3g}")
         if p.derivatives_ok is False and not np.isfinite(p.jvp_max_err):
@@ -130,21 +149,39 @@ def three_ways(
     batches = (LARGE_BATCH, 1) if batch_dependent(model) else (None,)
     exact = (ReferenceSession(model), companion and ReferenceSession(companion))
     pairs += _at_batches("exact", exact, batches)
-    emulated = None
     refused = emulated_ops(model)
     half = is_fp16(model)
+    nbits = nbits_nodes(model)
+    unjudged: list[tuple[str, str]] = []  # (way, reason): fails, nothing computes it
     if half:
         notes.append(f"fp16: judged with fp16 accumulation, worst of {len(ORDERS)} orders")
     elif refused is not None:
         notes.append(f"AVX2 emulation unavailable: {refused}")
+        unjudged.append(("avx2 unjudged", refused))
     elif integer_kernel_nodes(model):
         emulated = (
             ReferenceSession(model, avx2=True),
             companion and ReferenceSession(companion, avx2=True),
         )
         pairs += _at_batches("avx2", emulated, batches)
-    else:
-        notes.append("no 8-bit integer matrix product: the AVX2 u8s8 kernel is never used")
+    elif not nbits:
+        notes.append(NO_INTEGER_PRODUCT)
+    if nbits and not half:
+        notes.append(nbits_note(nbits))
+        bound = avx2_refusal(nbits)
+        if bound is not None:
+            unjudged.append(("avx2 unjudged", bound))
+        if any(n.int8 for n in nbits):  # a core without an int8 kernel: every level in float
+            no_dot = (
+                ReferenceSession(model, float_nbits=True),
+                companion and ReferenceSession(companion, float_nbits=True),
+            )
+            pairs += _at_batches("no-dotprod", no_dot, (None,))
+        unjudged += [
+            ("arm64 unjudged", KLEIDIAI.format(name=n.name, block=n.block))
+            for n in nbits
+            if n.kleidiai
+        ][:1]
     ways = []
     for name, primal, comp in pairs:
         before = _saturated(primal, comp)
@@ -153,11 +190,10 @@ def three_ways(
         ways.append(Way(name, par, None if after is None else after - before))
     if half:
         ways.append(_fp16_hardware(model, companion, metadata, oracle))
-    elif refused is not None:  # unjudged for AVX2: the verdict would not hold on such a CPU
-        p = ways[0].parity
-        ways.append(
-            Way("avx2 unjudged", Parity(p.precision, float("nan"), p.atol, 0.0, None, False))
-        )
+    p = ways[0].parity
+    for name, reason in unjudged:  # the verdict would not hold on such a CPU
+        failed = Parity(p.precision, float("nan"), p.atol, 0.0, None, False)
+        ways.append(Way(name, failed, reason=reason))
     return ways, notes
 
 
