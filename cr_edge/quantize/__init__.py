@@ -8,7 +8,8 @@ reads the float model (refusals, the Horner chain); ``equalize`` and ``interval`
 prepare the weights and the chain's ranges; ``companion`` ties the derivative
 companion to the deployed weights; ``judge`` measures each candidate three ways
 (onnxruntime, exact integer maths and the AVX2 u8s8 kernel, via ``integer_eval`` and
-``kernels``); ``secant`` checks the deployed primal's derivative; ``measure`` holds
+``kernels``; ``nbits_isa`` says what each CPU family computes for ``MatMulNBits``);
+``secant`` checks the deployed primal's derivative; ``measure`` holds
 parity, accuracy and latency; and ``candidates_table`` prints what was tried. The
 ``.ort`` copies come from export's one maker (``cr_edge.export.mobile``).
 """
