@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,7 +62,7 @@ def fairfight(
             "numeric features, so it does not take text data yet"
         )
     archs = archs_for(b, x.shape[1:])
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     with Workers(engine) as workers:
         tuned, ran_t = execute(
             tuning_tasks(data, b, archs, label, task),
@@ -111,9 +113,23 @@ def fairfight(
         "stale_records": len(store.stale),
         "stale_reused": len(store.stale) if reuse_stale else 0,
         "wall_seconds": time.perf_counter() - start,
+        # this process and its finished workers: with local workers, cpu / (wall x workers) is
+        # the share of their cores the fight got; the rest went to other processes
+        "cpu_seconds": _cpu_seconds() - cpu_start,
+        "load_average": list(os.getloadavg()),  # 1, 5 and 15 min, at the end
         "tuning_edges": grid_edges(b, tuned, metric),  # where grids grew, where they still bind
     }
     return write_report(data, budget, records, chosen, v, pair, execution, out, task)
+
+
+def _cpu_seconds() -> float:
+    """User and system CPU time of this process and of its children that have exited (a
+    local pool's workers, once the pool is shut down)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def retry_tasks(

@@ -474,6 +474,19 @@ def tuning_edge_lines(edges: list[dict] | None) -> list[str]:
     return lines
 
 
+def _cpu_share(ex: dict) -> str:
+    """How much of the local workers' cores the fight had: a wall time on a shared machine
+    is read with it. Empty for Ray, or a report from before the field."""
+    if ex["ray"] or "cpu_seconds" not in ex:
+        return ""
+    share = ex["cpu_seconds"] / (ex["wall_seconds"] * ex["workers"])
+    load = ", ".join(f"{x:.1f}" for x in ex["load_average"])
+    return (
+        f" ({ex['cpu_seconds'] / 60:.1f} CPU-min, {share:.0%} of those cores; "
+        f"load average {load} at the end)"
+    )
+
+
 def markdown(report: dict) -> str:
     v, ex = report["verdict"], report["execution"]
     metric = _metric(report)
@@ -484,8 +497,9 @@ def markdown(report: dict) -> str:
         f"{ex['tasks']} runs ({ex['ran']} trained now, {ex['reused']} reused), "
         f"wall time {ex['wall_seconds'] / 60:.1f} min with "
         + (f"Ray at {ex['ray']}" if ex["ray"] else f"{ex['workers']} local worker(s)")
+        + _cpu_share(ex)
         + (
-            "; tuning runs of one (family, arch, width) trained together as one stack"
+            "; runs of one shape (family, arch, width) trained together as one stack"
             if ex.get("stacked")
             else ""
         )
