@@ -11,12 +11,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from cr_edge.errors import InputError
 from cr_edge.export.exporter import export
 from cr_edge.quantize.apply import apply_policy
 from cr_edge.quantize.integer_eval import ReferenceSession, nbits_weight
 from cr_edge.quantize.measure import session
 from cr_edge.quantize.nbits import choose_block
-from cr_edge.quantize.policy import MAX_LATENCY_RATIO, QuantConfig, QuantPolicy
+from cr_edge.quantize.policy import MAX_LATENCY_RATIO, QuantConfig, QuantPolicy, auto_candidates
 from cr_edge.quantize.quantizer import qualifies, quantize
 from cr_edge.recipe import load_recipe
 from cr_edge.runtimes.safe_load import companion_of
@@ -189,3 +190,53 @@ def test_auto_with_nbits_in_the_race_keeps_a_smaller_passing_model_or_says_why_n
     assert result.fp32_accuracy - chosen.accuracy <= 0.005
     assert companion_of(result.files["onnx"]).is_file()
     assert validate([result.files["onnx"]], "cpu").passed
+
+
+def test_a_pinned_block_or_level_is_checked_and_reaches_every_nbits_candidate():
+    assert QuantPolicy("nb8").accuracy_level == 4  # the int8 fast path unless pinned
+    assert QuantPolicy("nb4", block=256, accuracy_level=0).label == "nb4/l0/b256"
+    for bad, words in (
+        ({"mode": "nb8", "block": 48}, "--block 48: choose 16, 32, 64, 128, 256"),
+        ({"mode": "nb8", "accuracy_level": 2}, "--accuracy-level 2: choose 0 or 4"),
+        ({"mode": "w8", "block": 32}, "--block needs --mode nb8, nb4 or auto"),
+        ({"mode": "fp16", "accuracy_level": 0}, "--accuracy-level needs --mode nb8, nb4"),
+    ):
+        with pytest.raises(InputError, match=words):
+            QuantPolicy(**bad)
+    tried = auto_candidates(QuantPolicy(block=64, accuracy_level=0))
+    nbits = [p for p in tried if p.mode in ("nb8", "nb4")]
+    assert [(p.mode, p.block, p.accuracy_level) for p in nbits] == [("nb8", 64, 0), ("nb4", 64, 0)]
+    assert all(p.block == 0 and p.accuracy_level is None for p in tried if p not in nbits)
+    free = [p for p in auto_candidates(QuantPolicy()) if p.mode == "nb8"]
+    assert sorted(p.accuracy_level for p in free) == [0, 4] and {p.block for p in free} == {0}
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--block", "48"], "Invalid value for '--block'"),
+        (["--accuracy-level", "2"], "Invalid value for '--accuracy-level'"),
+        (["--mode", "w8", "--block", "32"], "--block needs --mode nb8, nb4 or auto"),
+    ],
+)
+def test_the_command_refuses_a_bad_pin_in_one_line(cli_run, tmp_path, args, words):
+    model = tmp_path / "model.onnx"
+    onnx.save(_mlp(), model)
+    result = cli_run("quantize", model, "--out", tmp_path / "q", *args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert words in lines[-1] and "Traceback" not in result.output
+
+
+def test_the_command_writes_the_pinned_block_and_level(cli_run, digits, tmp_path):
+    out = tmp_path / "q"
+    result = cli_run(
+        "quantize", digits / "ex" / "model.onnx", "--out", out, "--mode", "nb8",
+        "--block", "256", "--accuracy-level", "0", "--calib", digits / "ck" / "calib.npz",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "nb8/l0/b256" in result.output
+    model = onnx.load(out / "model.nb8.onnx")
+    nodes = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    attrs = [{a.name: a.i for a in n.attribute} for n in nodes]
+    assert nodes and all(a["block_size"] == 256 and a.get("accuracy_level", 0) == 0 for a in attrs)

@@ -9,7 +9,7 @@ import click
 from cr_edge.cli.group import cli
 from cr_edge.cli.types import CERTIFY_HELP, NameList
 from cr_edge.errors import CheckFailed
-from cr_edge.quantize.policy import METHODS, MODES, POLYS
+from cr_edge.quantize.policy import ACCURACY_LEVELS, METHODS, MODES, PINNED_BLOCKS, POLYS
 
 
 @cli.command()
@@ -20,8 +20,9 @@ from cr_edge.quantize.policy import METHODS, MODES, POLYS
     type=click.Choice(MODES),
     default="auto",
     show_default=True,
-    help="w8 (int8 weights), dynamic, static or fp16; auto tries each and keeps the "
-    "smallest that passes, is smaller than fp32 and within 1.25x its batch-1 latency.",
+    help="w8 (int8 weights), dynamic, static, fp16, or nb8/nb4 (onnxruntime's MatMulNBits: "
+    "8/4-bit weights in blocks); auto tries each and keeps the smallest that passes, is "
+    "smaller than fp32 and within 1.25x its batch-1 latency (nb4 is only reported).",
 )
 @click.option(
     "--chain-precision",
@@ -53,6 +54,18 @@ from cr_edge.quantize.policy import METHODS, MODES, POLYS
     default=True,
     show_default=True,
     help="Cross-layer equalization of Gemm inputs before int8.",
+)
+@click.option(
+    "--block",
+    type=click.Choice([str(b) for b in PINNED_BLOCKS]),
+    help="nb8/nb4 (and auto's MatMulNBits candidates): weights per block along K "
+    "[default: chosen from the calibration error].",
+)
+@click.option(
+    "--accuracy-level",
+    type=click.Choice([str(a) for a in ACCURACY_LEVELS]),
+    help="nb8/nb4: 4 multiplies int8 activations by the int8 weights, 0 computes in float "
+    "[default: 4; auto tries both].",
 )
 @click.option(
     "--format",
@@ -92,6 +105,8 @@ def quantize(
     method: str,
     per_channel: bool,
     equalize: bool,
+    block: str | None,
+    accuracy_level: str | None,
     formats: tuple[str, ...],
     require: bool,
     force: bool,
@@ -103,7 +118,10 @@ def quantize(
     from cr_edge.quantize.candidates_table import print_quantize
     from cr_edge.quantize.policy import QuantConfig, QuantPolicy
 
-    policy = QuantPolicy(mode, chain_precision, method, per_channel, equalize)
+    level = None if accuracy_level is None else int(accuracy_level)
+    policy = QuantPolicy(
+        mode, chain_precision, method, per_channel, equalize, int(block or 0), level
+    )
     config = QuantConfig(out, policy, calib, "ort" in formats, require)
     result = run_quantize(model, config, force, accept_failed_export, certify_on)
     print_quantize(result)  # its notes say when no device could certify

@@ -18,6 +18,7 @@ MODES = ("auto", "w8", "dynamic", "static", "fp16", "nb8", "nb4")
 NBITS = {"nb8": 8, "nb4": 4}  # MatMulNBits modes and their weight bits
 REPORT_ONLY = ("nb4",)  # measured and listed by auto, never kept by it
 BLOCKS = (16, 32, 64, 128)  # MatMulNBits block sizes (powers of two >= 16, onnxruntime's rule)
+PINNED_BLOCKS = (*BLOCKS, 256)  # what --block may pin; the calibration choice stays in BLOCKS
 ACCURACY_LEVELS = (0, 4)  # MatMulNBits compute: 0 float activations, 4 int8 activations
 POLYS = ("float", "int16", "int8")
 METHODS = ("minmax", "percentile", "entropy", "interval")
@@ -45,12 +46,15 @@ class QuantPolicy:
         Activation calibration for static mode; ``interval`` bounds the chain's
         intermediates from the coefficients and the domain guard instead of data.
     block
-        ``nb8``/``nb4``: the block size along K; 0 chooses it from the calibration
-        error (``quantize.nbits.choose_block``).
+        ``nb8``/``nb4``: the block size along K (``PINNED_BLOCKS``); 0 chooses it from
+        the calibration error (``quantize.nbits.choose_block``). ``auto`` passes a
+        pinned block to its MatMulNBits candidates.
     accuracy_level
         ``nb8``/``nb4``: 0 computes in float with the dequantized weights; 4 lets
         onnxruntime quantize each activation block to int8 at run time (faster,
-        one more rounding: judged like the rest, never loosened).
+        one more rounding: judged like the rest, never loosened). None: 4 for an
+        explicit ``nb8``/``nb4``, both for ``auto`` (which keeps whichever passes and is
+        faster); a pinned level is the only one auto tries.
     equalize
         Cross-layer equalization of every Gemm input before int8 (see
         ``quantize.equalize``); off only to measure what onnxruntime does alone.
@@ -62,18 +66,27 @@ class QuantPolicy:
     per_channel: bool = True
     equalize: bool = True
     block: int = 0
-    accuracy_level: int = 4
+    accuracy_level: int | None = None
 
     def __post_init__(self) -> None:
-        if self.block not in (0, *BLOCKS):
-            raise InputError(f"--block {self.block}: choose 0 (from calibration) or {BLOCKS}")
-        if self.accuracy_level not in ACCURACY_LEVELS:
-            raise InputError(f"--accuracy-level {self.accuracy_level}: choose 0 or 4")
         for name, allowed in (("mode", MODES), ("poly", POLYS), ("method", METHODS)):
             value = getattr(self, name)
             if value not in allowed:
                 flag = "chain-precision" if name == "poly" else name
                 raise InputError(f"--{flag} {value!r}: choose from {', '.join(allowed)}")
+        if self.block not in (0, *PINNED_BLOCKS):
+            blocks = ", ".join(map(str, PINNED_BLOCKS))
+            raise InputError(f"--block {self.block}: choose {blocks} (or 0: from calibration)")
+        if self.accuracy_level not in (None, *ACCURACY_LEVELS):
+            raise InputError(f"--accuracy-level {self.accuracy_level}: choose 0 or 4")
+        pinned = "--block" if self.block else None
+        pinned = pinned or ("--accuracy-level" if self.accuracy_level is not None else None)
+        if pinned and self.mode not in (*NBITS, "auto"):
+            raise InputError(
+                f"{pinned} needs --mode nb8, nb4 or auto: {self.mode} has no MatMulNBits blocks"
+            )
+        if self.mode in NBITS and self.accuracy_level is None:
+            object.__setattr__(self, "accuracy_level", 4)  # int8 compute, the fast path
         if self.mode not in ("static", "auto") and self.poly != "float":
             raise InputError(
                 f"--chain-precision {self.poly} needs --mode static: {self.mode} only "
@@ -138,16 +151,18 @@ def auto_candidates(base: QuantPolicy) -> list[QuantPolicy]:
 
     ``per_channel`` and ``method`` come from the user.
     """
+    plain = replace(base, block=0, accuracy_level=None)  # no MatMulNBits: nothing to pin
+    levels = (4, 0) if base.accuracy_level is None else (base.accuracy_level,)
     return [
-        replace(base, mode="w8", poly="float"),
-        replace(base, mode="dynamic", poly="float"),
-        replace(base, mode="static", poly="float"),
-        replace(base, mode="static", poly="int16"),
-        replace(base, mode="static", poly="int8", equalize=False),  # onnxruntime alone
-        replace(base, mode="fp16", poly="float"),
+        replace(plain, mode="w8", poly="float"),
+        replace(plain, mode="dynamic", poly="float"),
+        replace(plain, mode="static", poly="float"),
+        replace(plain, mode="static", poly="int16"),
+        replace(plain, mode="static", poly="int8", equalize=False),  # onnxruntime alone
+        replace(plain, mode="fp16", poly="float"),
         # MatMulNBits: int8 compute (level 4) and float compute (0), whichever passes and
-        # is faster (same size, so auto's order picks the faster); 4-bit for the record
-        replace(base, mode="nb8", poly="float", accuracy_level=4),
-        replace(base, mode="nb8", poly="float", accuracy_level=0),
-        replace(base, mode="nb4", poly="float", accuracy_level=4),
+        # is faster (same size, so auto's order picks the faster); 4-bit for the record.
+        # A pinned block or level (--block, --accuracy-level) is the only one tried.
+        *(replace(base, mode="nb8", poly="float", accuracy_level=lv) for lv in levels),
+        replace(base, mode="nb4", poly="float", accuracy_level=levels[0]),
     ]
