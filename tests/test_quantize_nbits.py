@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -16,6 +17,7 @@ from cr_edge.export.exporter import export
 from cr_edge.quantize.apply import apply_policy
 from cr_edge.quantize.integer_eval import ReferenceSession, nbits_weight
 from cr_edge.quantize.measure import session
+from cr_edge.quantize.mobile_ops import beyond_mobile_package, contrib_ops, mobile_note
 from cr_edge.quantize.nbits import choose_block
 from cr_edge.quantize.policy import MAX_LATENCY_RATIO, QuantConfig, QuantPolicy, auto_candidates
 from cr_edge.quantize.quantizer import qualifies, quantize
@@ -240,3 +242,36 @@ def test_the_command_writes_the_pinned_block_and_level(cli_run, digits, tmp_path
     nodes = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
     attrs = [{a.name: a.i for a in n.attribute} for n in nodes]
     assert nodes and all(a["block_size"] == 256 and a.get("accuracy_level", 0) == 0 for a in attrs)
+
+
+def test_a_candidate_with_contrib_ops_is_named_with_the_builds_that_lack_them():
+    model, x = _mlp(), _x()
+    w8, _ = apply_policy(model, QuantPolicy("w8"), {"x": x})
+    nb8, _ = apply_policy(model, QuantPolicy("nb8"), {"x": x})
+    assert contrib_ops(w8) == [] and contrib_ops(nb8, None) == ["com.microsoft:MatMulNBits"]
+    assert mobile_note([("w8", []), ("dynamic", [])]) is None
+    # operators the reduced package had are not named; the others are, grouped by set
+    assert beyond_mobile_package(["com.microsoft:QLinearConv"]) == []
+    note = mobile_note(
+        [
+            ("w8", []),
+            ("nb8/l4", ["com.microsoft:MatMulNBits"]),
+            ("nb8/l0", ["com.microsoft:MatMulNBits"]),
+            ("nb8/l4 text", ["com.microsoft:GatherBlockQuantized", "com.microsoft:MatMulNBits"]),
+        ]
+    )
+    assert note.startswith("mobile builds: nb8/l4, nb8/l0 use com.microsoft:MatMulNBits; ")
+    assert "nb8/l4 text use com.microsoft:GatherBlockQuantized, com.microsoft:MatMulNBits" in note
+    assert "not in the pre-built onnxruntime-mobile package" in note and "w8" not in note
+
+
+def test_an_ort_copy_with_matmulnbits_says_which_builds_run_it(digits, tmp_path):
+    config = QuantConfig(tmp_path, QuantPolicy("nb8"), digits / "ck" / "calib.npz", ort_format=True)
+    result = quantize(digits / "ex" / "model.onnx", config)
+    listed = result.files["ort-config"].read_text()
+    assert "com.microsoft;1;MatMulNBits" in listed  # what the note says the config holds
+    notes = "\n".join(result.notes)
+    assert "mobile builds: nb8/l4 use com.microsoft:MatMulNBits" in notes
+    assert f"{result.files['onnx-ort'].name} needs com.microsoft:MatMulNBits" in notes
+    # this machine's onnxruntime (a full build, as validate's ort-mobile row uses) runs it
+    assert ort.InferenceSession(str(result.files["onnx-ort"])).get_inputs()

@@ -11,5 +11,6 @@ companion to the deployed weights; ``judge`` measures each candidate three ways
 ``kernels``; ``nbits_isa`` says what each CPU family computes for ``MatMulNBits``);
 ``secant`` checks the deployed primal's derivative; ``measure`` holds
 parity, accuracy and latency; and ``candidates_table`` prints what was tried. The
-``.ort`` copies come from export's one maker (``cr_edge.export.mobile``).
+``.ort`` copies come from export's one maker (``cr_edge.export.mobile``); ``mobile_ops``
+names the candidates whose contrib operators a mobile build may lack.
 """

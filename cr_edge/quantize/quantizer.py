@@ -36,6 +36,7 @@ from cr_edge.quantize.certification import CandidateFiles, Certify, certify_cand
 from cr_edge.quantize.graph import horner_chain, load_float_model
 from cr_edge.quantize.judge import AtBatch, Way, three_ways
 from cr_edge.quantize.kink_search import RULE, kink_samples
+from cr_edge.quantize.mobile_ops import beyond_mobile_package, contrib_ops, mobile_note
 from cr_edge.quantize.policy import REPORT_ONLY, QuantConfig, QuantPolicy, auto_candidates
 from cr_edge.quantize.secant import min_cosine, noise_floor, secant, secant_displacement
 from cr_edge.runtimes.safe_load import companion_of, oracle_path
@@ -146,6 +147,7 @@ def quantize(model: Path, config: QuantConfig, certify: Certify | None = None) -
     else:
         chosen = tried[0]
     files = _write(src, out, chosen, config.ort_format) if chosen else {}
+    _mobile_notes(src.notes, tried, chosen, files)
     if chosen is None:
         src.notes.append(_kept_fp32(tried, config.max_latency_ratio))
     result = QuantizeResult(out, files, chosen, tried, fp32_bytes, fp32_acc, src.notes)
@@ -394,6 +396,26 @@ def _write(src: _Inputs, out: Path, chosen: Tried, ort_format: bool) -> dict[str
         files["ref"] = out / "model.ref.npz"
         write_bytes(files["ref"], src.oracle.path.read_bytes())
     return files
+
+
+def _mobile_notes(
+    notes: list[str], tried: list[Tried], chosen: Tried | None, files: dict[str, Path]
+) -> None:
+    """Which candidates use operators a mobile build may lack (``mobile_ops``), and what the
+    written ``.ort`` needs from the build that runs it."""
+    uses = [(t.policy.label, contrib_ops(t.model, t.companion)) for t in tried]
+    note = mobile_note(uses)
+    if note:
+        notes.append(note)
+    if chosen is None or "onnx-ort" not in files:
+        return
+    lacking = beyond_mobile_package(contrib_ops(chosen.model, chosen.companion))
+    if lacking:
+        config = files["ort-config"].name
+        notes.append(
+            f"{files['onnx-ort'].name} needs {', '.join(lacking)} (listed in {config}): run it "
+            f"with onnxruntime-android/-c or a build made with --include_ops_by_config {config}"
+        )
 
 
 def _accuracy(sess: ort.InferenceSession, oracle: Oracle | None) -> float | None:
