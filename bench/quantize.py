@@ -8,9 +8,11 @@ For each recipe (trained here, then exported) three quantized versions are measu
   ort-default  ``onnxruntime.quantization.quantize_dynamic`` with all its defaults
                (u8 activations x s8 weights: the kernel that saturates without VNNI)
 
-Each is judged three ways (this CPU's onnxruntime, exact integer maths, the AVX2
-u8s8 emulation); "ok" is pass only if all pass. Errors are max |y - oracle| / int8
-atol at batch 1 and 64 on this CPU; "avx2" is the emulated error. Latency is one
+Each is judged three ways (this CPU's onnxruntime, exact integer maths, and the
+other CPUs: the AVX2 u8s8 emulation, MatMulNBits' float kernel of ARM64 without
+dotprod, fp16 accumulation); "ok" is pass only if all pass. Errors are max |y - oracle|
+/ atol at batch 1 and 64 on this CPU; "other CPUs" is the worst of the third way's
+errors (an "unjudged" way shows in "ok" only). Latency is one
 thread, fp32 and quantized runs interleaved in rounds (``cr_edge.profile.timing``),
 the median per-round ratio with its p10-p90. Figures differ by CPU: the header names
 this one and its ISA flags.
@@ -32,14 +34,16 @@ import argparse
 import contextlib
 import io
 import logging
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnxruntime.quantization import quantize_dynamic
 
-from bench.pages import add_page_option, machine, splice
+from bench.pages import add_page_option, load_average, machine, splice
 from cr_edge.artifacts.metadata import key
 from cr_edge.data import BUILTINS
 from cr_edge.export.exporter import export
@@ -65,7 +69,7 @@ HEADER = (
     "acc drop pts",
     "err b1",
     "err b64",
-    "avx2 err",
+    "other CPUs",
     "jvp cos",
     "secant cos",
     "t b1",
@@ -87,6 +91,17 @@ def _err(ways, prefix: str, batch: str) -> str:
     return "-"
 
 
+def _other_cpus(ways) -> str:
+    """The worst err/atol of the ways that stand for other CPUs (AVX2 emulated at batch 1 or
+    batch-free, ARM64 without dotprod, fp16 accumulation); "-" where none was run."""
+    other = [
+        w.parity.max_abs_err / w.parity.atol
+        for w in ways
+        if w.name in ("avx2", "avx2 b1", "no-dotprod") or w.name.startswith("fp16 hw")
+    ]
+    return f"{max(other):.2f}" if other else "-"
+
+
 def _row(name: str, label: str, t: Tried, result: QuantizeResult, ok: str) -> tuple[str, ...]:
     p = t.parity
     regression = result.fp32_accuracy is None or t.accuracy is None
@@ -97,7 +112,7 @@ def _row(name: str, label: str, t: Tried, result: QuantizeResult, ok: str) -> tu
         "-" if regression else f"{100 * (result.fp32_accuracy - t.accuracy):.2f}",
         _err(t.ways, "onnxruntime", "b1"),
         _err(t.ways, "onnxruntime", "b64"),
-        _err(t.ways, "avx2", "b1"),
+        _other_cpus(t.ways),
         "-" if p.jvp_min_cos is None else f"{p.jvp_min_cos:.4f}",
         "-" if t.secant_cos is None else f"{t.secant_cos:.4f}",
         _ratio(t.latency[1]),
@@ -246,6 +261,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization's advice lines
     rows, notes = [], []
+    start, load_start = time.perf_counter(), load_average("at start")
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
         for name in args.recipes.split(","):
             work = Path(tmp) / name
@@ -254,14 +270,20 @@ def main() -> None:
             got, why = rows_for(name, work / "ck", work / "ex", work)
             rows += got
             notes.append(why)
+            elapsed = (time.perf_counter() - start) / 60
+            print(f"{name}: {elapsed:.1f} min; {table(got)}", file=sys.stderr, flush=True)
+    minutes = (time.perf_counter() - start) / 60
+    run = f"{load_start}; {minutes:.1f} min for the table; {load_average('at end')}"
     legend = (
-        "size: primal .onnx / fp32; acc drop: test-split accuracy points; err: max |y - oracle| / int8 atol "
-        "(3 output steps) at batch 1 and 64 on this CPU, avx2: emulated u8s8 kernel at batch 1; "
+        "size: primal .onnx / fp32; acc drop: test-split accuracy points; err: max |y - oracle| / atol "
+        "(int8: 3 output steps) at batch 1 and 64 on this CPU; other CPUs: the worst of the emulated "
+        "AVX2 u8s8 kernel at batch 1, MatMulNBits in float (ARM64 without dotprod) and fp16 "
+        "accumulation's worst order; "
         "jvp cos: least per-sample cosine of the companion's JVP with PyTorch's; secant cos: the "
         "deployed primal's secant vs fp32's at 4 input steps; t: median quantized/fp32 "
         "(p10-p90), 1 thread, interleaved rounds"
     )
-    body = "\n".join([machine(), "", table(rows), "", *notes, "", legend])
+    body = "\n".join([machine(), run, "", table(rows), "", *notes, "", legend])
     print(body)
     if args.page:
         splice("quantize", "quantization", body)
