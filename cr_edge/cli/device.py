@@ -32,6 +32,13 @@ def device() -> None:
     show_default=True,
     help="Seconds to connect and for each short step.",
 )
+@click.option(
+    "--keep-warm",
+    type=click.FloatRange(min=0, max=86400),
+    default=600.0,
+    show_default=True,
+    help="Seconds a server on the device keeps cr-edge imported after a command (0: none).",
+)
 @click.option("--force", is_flag=True, help="Replace a device of the same name.")
 def add(
     name: str,
@@ -41,13 +48,16 @@ def add(
     ssh_config: Path | None,
     ssh_options: tuple[str, ...],
     timeout: float,
+    keep_warm: float,
     force: bool,
 ) -> None:
     """Name a device: ssh://[user@]host[:port][/workdir], exec:PREFIX or emulated:arm64[/CPU]."""
     from cr_edge.devices import registry
 
     config = str(ssh_config.resolve()) if ssh_config else None
-    entry = registry.Device(name, url, python, workdir, config, tuple(ssh_options), timeout)
+    entry = registry.Device(
+        name, url, python, workdir, config, tuple(ssh_options), timeout, keep_warm
+    )
     path = registry.add(entry, force)
     click.echo(f"device {name}: {url} (in {path})")
 
