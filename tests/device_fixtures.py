@@ -12,6 +12,7 @@ Test modules import the fixtures they use by name from here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -44,7 +45,12 @@ class SshServer:
         return f"ssh://{self.user}@127.0.0.1:{self.port}{path}"
 
     def device(self, name: str, workdir: Path, **settings: object) -> Device:
-        fields = {"python": sys.executable, "ssh_config": str(self.client_config), **settings}
+        fields = {
+            "python": sys.executable,
+            "ssh_config": str(self.client_config),
+            "keep_warm": 0,  # no server left behind by a test; test_devices_warm turns it on
+            **settings,
+        }
         return Device(name, self.url(workdir), **fields)  # type: ignore[arg-type]
 
 
@@ -79,14 +85,26 @@ def _wait_for_banner(port: int, proc: subprocess.Popen, seconds: float = 20.0) -
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     """A real sshd on 127.0.0.1 with throwaway keys; stopped (and its masters closed) at the end."""
-    if not (os.path.exists(SSHD) and shutil.which("ssh") and shutil.which("ssh-keygen")):
+    if not sshd_available():
         reason = (
             "OpenSSH server/client not installed (apt-get install openssh-server openssh-client)"
         )
         if os.environ.get("CI"):
             pytest.fail(f"{reason}; CI must install it (.ci/run)")
         pytest.skip(reason)
-    folder = tmp_path_factory.mktemp("sshd")
+    with loopback_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+def sshd_available() -> bool:
+    return bool(os.path.exists(SSHD) and shutil.which("ssh") and shutil.which("ssh-keygen"))
+
+
+@contextlib.contextmanager
+def loopback_sshd(folder: Path) -> Iterator[SshServer]:
+    """Start sshd on a free 127.0.0.1 port with keys made in ``folder``; stop it on exit.
+
+    Plain (no pytest), so ``bench/device_overhead.py`` starts the same server."""
     _keygen(folder / "host_key")
     _keygen(folder / "user_key")
     shutil.copy(folder / "user_key.pub", folder / "authorized_keys")
@@ -146,7 +164,9 @@ def device_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def exec_device(device_home: Path, tmp_path: Path) -> Device:
     """``here``: an exec device (prefix ``env``) that runs this Python, its workdir in tmp."""
-    device = Device("here", "exec:env", python=sys.executable, workdir=str(tmp_path / "work"))
+    device = Device(
+        "here", "exec:env", python=sys.executable, workdir=str(tmp_path / "work"), keep_warm=0
+    )
     registry.add(device)
     return device
 

@@ -199,7 +199,9 @@ def test_setup_installs_the_torch_free_core_once(
 
     monkeypatch.setattr(setup, "download_wheels", once)
     workdir = tmp_path / "fresh"
-    registry.add(Device("fresh", sshd.url(workdir), ssh_config=str(sshd.client_config)))
+    registry.add(
+        Device("fresh", sshd.url(workdir), ssh_config=str(sshd.client_config), keep_warm=0)
+    )
     before = cli_run("validate", exported / "model.onnx", "--runtime", "cpu", "--on", "fresh")
     assert before.exit_code == 2 and "run cr-edge device setup fresh" in before.output
     first = cli_run("device", "setup", "fresh")

@@ -18,4 +18,5 @@ Device side, standard library only, sent to the device's Python on stdin:
 
 * ``fingerprint``: arch, CPU, ISA features (HWCAP), OS, Python, onnxruntime, free disk.
 * ``agent``: lock the workdir, lay out the files, run ``python -m cr_edge.cli``, answer.
+* ``warm``: a server in the workdir that keeps cr-edge imported between commands.
 """

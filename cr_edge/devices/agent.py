@@ -1,10 +1,16 @@
-"""The device side of a command: lock the workdir, lay out the files, run cr-edge, report.
+"""The device side of a command: open the workdir, lock it, lay out the files, run, report.
 
 Sent by the host to the device's Python on stdin (``cr_edge.devices.remote``) together
-with ``fingerprint.py``, whose ``fingerprint`` it finds in its namespace; standard
+with ``fingerprint.py`` and ``warm.py``, all three run in one namespace; standard
 library only, Python 3.8+, so it runs before ``device setup`` too. Its one argument
 is a JSON spec; its stdout is one JSON envelope (``format``/``status``/...), which the
 host caps and checks; everything cr-edge itself prints goes to stderr.
+
+A run's spec may ask the agent to open the workdir (create it 0700, make its path
+absolute) and answers ``missing`` with the blobs it lacks, so that a command with
+nothing to push is one round trip. With everything there it asks the workdir's warm
+server (``warm.py``) and, if none answers, runs cr-edge in a new Python (cold) and
+starts one for the next command.
 
 The workdir's lock is ``flock`` on ``<workdir>/.lock``: a validation takes it shared
 (validations of content-addressed files do not disturb each other), a profile or a
@@ -17,6 +23,7 @@ into it).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import importlib.util
@@ -35,17 +42,52 @@ NEEDED = ("cr_edge", "numpy", "onnxruntime", "click", "rich")
 def main(argv: list) -> int:
     spec = json.loads(argv[0])
     os.umask(0o077)
-    workdir = spec["workdir"]
     if sys.path and sys.path[0] in ("", "."):
         sys.path.pop(0)  # ``python -`` looks in the caller's folder first: not a device's module
+    if spec["action"] == "serve":
+        return warm_serve(spec)  # noqa: F821 - warm.py's, in the same namespace
     envelope = {"format": FORMAT, "version": 1, "status": "error", "message": ""}
+    answer, cold = None, False
+    try:
+        if spec.get("open"):  # the workdir made here: one round trip for a command, not two
+            spec["workdir"] = _open_workdir(spec["workdir"])
+        workdir = spec["workdir"]
+        os.chdir(workdir)
+        missing = _missing_blobs(spec) if spec["action"] == "run" else []
+        if missing:  # the host pushes them and asks again
+            _prune_parts()
+            envelope.update(status="missing", missing=missing, workdir=workdir)
+        else:
+            warm = spec["action"] == "run" and spec.get("keep_warm") and not _missing_modules()
+            answer = warm_request(workdir, spec) if warm else None  # noqa: F821
+            cold = bool(warm) and answer is None
+            if answer is None:
+                envelope = handle(spec, _subprocess_cli)
+    except OSError as e:
+        envelope["message"] = f"{getattr(e, 'filename', None) or spec['workdir']}: {e.strerror}"
+    sys.stdout.write(answer.decode("utf-8") if answer else json.dumps(envelope))
+    sys.stdout.flush()
+    if cold and envelope.get("status") == "ok":  # the next command finds cr-edge imported
+        with contextlib.suppress(OSError):
+            warm_spawn(spec["workdir"], spec)  # noqa: F821
+    return 0
+
+
+def handle(spec: dict, execute) -> dict:
+    """The envelope for ``spec``: the workdir locked, then the run or the setup.
+
+    ``execute(args, run_dir, env) -> (exit code, stderr)`` runs ``cr-edge ARGS``: a new
+    Python here (cold), a fork of the warm server there (``warm.py``)."""
+    workdir = spec["workdir"]
+    envelope = {"format": FORMAT, "version": 1, "status": "error", "message": ""}
+    envelope["workdir"] = workdir
     try:
         os.chdir(workdir)
         with _Lock(os.path.join(workdir, ".lock"), spec["lock"], spec["lock_timeout"]) as lock:
             if not lock.held:
                 envelope.update(status="busy", message=lock.message)
             elif spec["action"] == "run":
-                envelope.update(_run(spec, workdir))
+                envelope.update(_run(spec, workdir, execute))
             elif spec["action"] == "setup":
                 envelope.update(_setup(spec, workdir))
                 envelope["fingerprint"] = fingerprint(workdir, runtime=False)  # noqa: F821
@@ -53,9 +95,48 @@ def main(argv: list) -> int:
                 envelope["message"] = "unknown action " + repr(spec["action"])
     except OSError as e:
         envelope["message"] = f"{getattr(e, 'filename', None) or workdir}: {e.strerror}"
-    sys.stdout.write(json.dumps(envelope))
-    sys.stdout.flush()
-    return 0
+    return envelope
+
+
+def _open_workdir(path: str) -> str:
+    """Create the workdir (0700, relative paths under the home) with ``blobs/`` and ``runs/``;
+    its absolute, resolved path."""
+    if not os.path.isabs(path):
+        path = os.path.join(os.path.expanduser("~"), path)
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, 0o700)
+    for sub in ("blobs", "runs"):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+    return os.path.realpath(path)
+
+
+def _missing_blobs(spec: dict) -> list:
+    digests = {digest for _, digest in spec["files"]}
+    return sorted(d for d in digests if not os.path.isfile(os.path.join("blobs", d)))
+
+
+def _prune_parts() -> None:
+    """Temporary files of pushes interrupted over an hour ago (never taken as blobs)."""
+    now = time.time()
+    for name in os.listdir("blobs"):
+        path = os.path.join("blobs", name)
+        try:
+            if name.startswith(".part-") and now - os.stat(path).st_mtime > 3600:
+                os.unlink(path)
+        except OSError:
+            pass
+
+
+def _missing_modules() -> list:
+    return [m for m in NEEDED if importlib.util.find_spec(m) is None]
+
+
+def _subprocess_cli(args: list, run_dir: str, env: dict) -> tuple:
+    """``python -m cr_edge.cli ARGS`` (cold); its stdout goes to this agent's stderr."""
+    command = [sys.executable, "-m", "cr_edge.cli", *args]
+    proc = subprocess.run(command, cwd=run_dir, env=env, stdout=sys.stderr, stderr=subprocess.PIPE)
+    sys.stderr.buffer.write(proc.stderr)
+    return proc.returncode, proc.stderr
 
 
 class _Lock:
@@ -86,9 +167,9 @@ class _Lock:
         os.close(self.fd)  # releases the lock
 
 
-def _run(spec: dict, workdir: str) -> dict:
+def _run(spec: dict, workdir: str, execute) -> dict:
     result = {"fingerprint": _fingerprint(workdir)}
-    missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
+    missing = _missing_modules()
     if missing:
         result.update(status="setup", message=f"no {', '.join(missing)} in {sys.executable}")
         return result
@@ -106,14 +187,8 @@ def _run(spec: dict, workdir: str) -> dict:
             os.symlink(blob, target)
         env = dict(os.environ, TMPDIR=tmp, PYTHONDONTWRITEBYTECODE="1")
         report = os.path.join(run_dir, "report.json")
-        command = [sys.executable, "-m", "cr_edge.cli", *spec["argv"], "--json", report]
-        proc = subprocess.run(
-            command, cwd=run_dir, env=env, stdout=sys.stderr, stderr=subprocess.PIPE
-        )
-        sys.stderr.buffer.write(proc.stderr)
-        result.update(
-            exit_code=proc.returncode, stderr=proc.stderr[-4000:].decode("utf-8", "replace")
-        )
+        code, stderr = execute([*spec["argv"], "--json", report], run_dir, env)
+        result.update(exit_code=code, stderr=stderr[-4000:].decode("utf-8", "replace"))
         size = os.path.getsize(report) if os.path.isfile(report) else -1
         if size > spec["max_report"]:
             result["message"] = f"its report is {size} bytes, over the cap of {spec['max_report']}"
@@ -121,7 +196,7 @@ def _run(spec: dict, workdir: str) -> dict:
             with open(report, encoding="utf-8") as f:
                 result.update(status="ok", report=json.load(f))
         else:
-            result["message"] = f"cr-edge wrote no report (exit {proc.returncode})"
+            result["message"] = f"cr-edge wrote no report (exit {code})"
         return result
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)

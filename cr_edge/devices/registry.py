@@ -34,6 +34,10 @@ except ModuleNotFoundError:  # Python 3.10
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 DEFAULT_TIMEOUT = 15.0  # seconds to connect and for each short step; a run waits longer
+# seconds the device's warm server (``warm.py``) stays up after its last command: a user
+# runs validate, reads, edits, runs it again within minutes, and expects the second run
+# as fast as the first one's imports allow; an idle server costs only its memory
+DEFAULT_KEEP_WARM = 600.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class Device:
     ssh_config: str | None = None  # an ssh_config file, passed as ``ssh -F``
     ssh_options: tuple[str, ...] = ()  # extra ``ssh -o Key=Value`` options
     timeout: float = DEFAULT_TIMEOUT
+    keep_warm: float = DEFAULT_KEEP_WARM  # seconds; 0: every command starts cold
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
@@ -61,6 +66,9 @@ class Device:
             0 < self.timeout <= 3600
         ):
             raise InputError(f"device {self.name}: timeout {self.timeout!r} is not 0-3600 s")
+        warm = self.keep_warm
+        if not (isinstance(warm, (int, float)) and math.isfinite(warm)) or not 0 <= warm <= 86400:
+            raise InputError(f"device {self.name}: keep_warm {warm!r} is not 0-86400 s")
 
     @property
     def parsed(self) -> DeviceUrl:
@@ -140,7 +148,13 @@ def _device(path: Path, name: str, table: object) -> Device:
         )
     if not isinstance(table.get("url"), str):
         raise InputError(f"{path}: device {name!r} has no url string")
-    kinds = {"python": str, "workdir": str, "ssh_config": str, "timeout": (int, float)}
+    kinds = {
+        "python": str,
+        "workdir": str,
+        "ssh_config": str,
+        "timeout": (int, float),
+        "keep_warm": (int, float),
+    }
     for key, kind in kinds.items():
         if key in table and (not isinstance(table[key], kind) or isinstance(table[key], bool)):
             raise InputError(f"{path}: device {name!r}: {key} has the wrong type")
@@ -166,6 +180,8 @@ def _write(path: Path, devices: dict[str, Device]) -> None:
             lines.append(f"ssh_options = [{', '.join(_string(o) for o in d.ssh_options)}]")
         if d.timeout != DEFAULT_TIMEOUT:
             lines.append(f"timeout = {float(d.timeout)!r}")
+        if d.keep_warm != DEFAULT_KEEP_WARM:
+            lines.append(f"keep_warm = {float(d.keep_warm)!r}")
         lines.append("")
     write_text(path, "\n".join(lines))
 

@@ -1,13 +1,18 @@
 """Push, run, pull: one cr-edge command on one device, from the host.
 
-1. ``open_workdir``: one round trip creates the workdir (0700), makes its path
-   absolute and lists which of the files' sha256 the device lacks under ``blobs/``.
+1. ``run_agent`` sends ``agent.py`` (with ``fingerprint.py`` and ``warm.py``) to the
+   device's Python with the command's spec. In that one round trip the agent creates
+   the workdir (0700), makes its path absolute and checks which of the files' sha256 it
+   lacks under ``blobs/``; if it lacks any it says so and runs nothing.
 2. The missing files are pushed, content-addressed (``blobs/<sha256>``, temporary
-   name, checked, renamed): a second run pushes nothing, an interrupted one leaves
-   nothing a later run takes as complete.
-3. ``agent.py`` (with ``fingerprint.py``) runs on the device's Python: it locks the
-   workdir, lays the blobs out under the file names the host uses, runs
-   ``python -m cr_edge.cli COMMAND ... --json`` there and returns one JSON envelope.
+   name, checked, renamed), and the agent is asked again: a second run pushes nothing
+   and costs one round trip, an interrupted one leaves nothing a later run takes as
+   complete.
+3. The agent locks the workdir, lays the blobs out under the file names the host uses,
+   runs ``cr-edge COMMAND ... --json`` there and returns one JSON envelope. With
+   nothing to push, it first asks the device's warm server (``warm.py``: cr-edge
+   imported already, a fork per command); without one it runs a new Python (cold)
+   and starts a server for the next command.
 4. The envelope is read with a size cap and checked (``reports``) before any of it is
    believed: a device is a machine the host does not control.
 
@@ -48,13 +53,24 @@ INIT_SH = (
     "find blobs -name '.part-*' -mmin +60 -exec rm -f {} + 2>/dev/null; exit 0"
 )
 _SOURCES = Path(__file__).parent
+DEVICE_SIDE = ("fingerprint.py", "warm.py", "agent.py")  # run on the device, in one namespace
 BOOTSTRAP = (
     "import sys\n"
-    "fp = {'__name__': 'cr_edge_fingerprint'}\n"
-    "exec(compile(FINGERPRINT, 'fingerprint.py', 'exec'), fp)\n"
-    "agent = {'__name__': 'cr_edge_agent', 'fingerprint': fp['fingerprint']}\n"
-    "exec(compile(AGENT, 'agent.py', 'exec'), agent)\n"
-    "sys.exit(agent['main'](sys.argv[1:]))\n"
+    "ns = {'__name__': 'cr_edge_agent', 'SOURCES': SOURCES}\n"
+    "for name in " + repr(DEVICE_SIDE) + ":\n"
+    "    exec(compile(SOURCES[name], name, 'exec'), ns)\n"
+    "sys.exit(ns['main'](sys.argv[1:]))\n"
+)
+# what a warm server imports before it serves: the imports of validate and profile
+PRELOAD = (
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "cr_edge.cli",
+    "cr_edge.validate.parity_table",
+    "cr_edge.validate.validator",
+    "cr_edge.runtimes.ort",
+    "cr_edge.profile.profiler",
 )
 
 
@@ -70,6 +86,7 @@ class DeviceRun:
     exit_code: int
     pushed: list[str] = field(default_factory=list)  # file names pushed this time
     remote_paths: dict[str, str] = field(default_factory=dict)  # device rel path -> host path
+    warm: bool = False  # run by the device's warm server (cr-edge imported already)
 
     def describe(self) -> dict:
         """The report's ``devices`` entry: URL, fingerprint, and what was pushed."""
@@ -79,6 +96,7 @@ class DeviceRun:
             "fingerprint": self.fingerprint,
             "exit_code": self.exit_code,
             "pushed": self.pushed,
+            "warm": self.warm,
         }
 
 
@@ -155,10 +173,8 @@ def run_agent(
     timeout: float = RUN_TIMEOUT,
 ) -> dict:
     """Run ``agent.py`` on the device with ``spec``; its envelope, size-capped and checked."""
-    script = (
-        f"FINGERPRINT = {(_SOURCES / 'fingerprint.py').read_text(encoding='utf-8')!r}\n"
-        f"AGENT = {(_SOURCES / 'agent.py').read_text(encoding='utf-8')!r}\n" + BOOTSTRAP
-    )
+    sources = {name: (_SOURCES / name).read_text(encoding="utf-8") for name in DEVICE_SIDE}
+    script = f"SOURCES = {dict(sources, boot=BOOTSTRAP)!r}\n" + BOOTSTRAP
     spec = {"workdir": transport.workdir, "lock_timeout": LOCK_TIMEOUT, **spec}
     code, out, err = transport.run(
         [python, "-", json.dumps(spec)],
@@ -174,6 +190,8 @@ def run_agent(
     from cr_edge.devices import reports  # onnx and onnxruntime: not before they are needed
 
     envelope = reports.envelope(out, transport.label)
+    if envelope["status"] == "missing" and spec.get("open"):
+        return envelope  # ``run_command`` pushes the blobs the device lacks
     if envelope["status"] == "setup":
         raise DeviceError(
             f"{transport.label}: {envelope['message']}; run cr-edge device setup {device_name}"
@@ -199,9 +217,27 @@ def run_command(
     transport = open_transport(device)
     digests = {rel: file_digest(path)[0] for rel, path in files}
     by_digest = {digests[rel]: path for rel, path in files}
-    missing = open_workdir(transport, sorted(by_digest))
-    todo = {d: by_digest[d] for d in missing}
-    if todo:
+    spec = {
+        "action": "run",
+        "open": True,  # the agent makes the workdir and lists what it lacks: one round trip
+        "lock": "exclusive" if command == "profile" else "shared",
+        "files": [[rel, digests[rel]] for rel, _ in files],
+        "argv": [command, *argv],
+        "max_report": MAX_ENVELOPE // 2,
+        "keep_warm": keep_warm(device),
+        "preload": list(PRELOAD),
+    }
+    if not (device.python or device.parsed.kind == SSH or transport.workdir.startswith("/")):
+        open_workdir(transport, [])  # the venv's Python is named by its absolute path
+    python = device_python(device, transport.workdir)
+    envelope = run_agent(transport, python, spec, device.name)
+    todo: dict[str, Path] = {}
+    if envelope["status"] == "missing":
+        transport.workdir = _absolute(envelope, transport)
+        missing = envelope.get("missing")
+        if not isinstance(missing, list) or not missing or any(d not in by_digest for d in missing):
+            raise DeviceError(f"{transport.label}: answered the blob listing with something else")
+        todo = {d: by_digest[d] for d in missing}
         total = sum(p.stat().st_size for p in todo.values())
         on_bytes = progress(total) if progress else None
         try:
@@ -209,14 +245,9 @@ def run_command(
         finally:
             if on_bytes is not None and hasattr(on_bytes, "finish"):
                 on_bytes.finish()
-    spec = {
-        "action": "run",
-        "lock": "exclusive" if command == "profile" else "shared",
-        "files": [[rel, digests[rel]] for rel, _ in files],
-        "argv": [command, *argv],
-        "max_report": MAX_ENVELOPE // 2,
-    }
-    envelope = run_agent(transport, device_python(device, transport.workdir), spec, device.name)
+        envelope = run_agent(transport, python, spec, device.name)
+        if envelope["status"] != "ok":
+            raise DeviceError(f"{transport.label}: pushed blobs went missing on the device")
     named(device, envelope["fingerprint"])
     from cr_edge.devices import reports
 
@@ -231,7 +262,23 @@ def run_command(
         envelope.get("exit_code", 0),
         pushed=sorted({todo[d].name for d in todo}),
         remote_paths={rel: str(path) for rel, path in files},
+        warm=envelope.get("warm") is True,
     )
+
+
+def keep_warm(device: Device) -> float:
+    """Seconds the device's warm server stays up without a command (0: none).
+
+    None on an emulated device: its root is shared by CPU models, and an idle emulated
+    Python holds hundreds of MB of the host's memory for a speed-up nobody times."""
+    return 0.0 if device.parsed.kind == EMULATED else float(device.keep_warm)
+
+
+def _absolute(envelope: dict, transport: Transport) -> str:
+    workdir = envelope.get("workdir")
+    if not isinstance(workdir, str) or not workdir.startswith("/") or "\x00" in workdir:
+        raise DeviceError(f"{transport.label}: answered without its workdir's path")
+    return workdir
 
 
 def named(device: Device, fingerprint: dict) -> dict:

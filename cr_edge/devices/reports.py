@@ -20,7 +20,7 @@ from cr_edge.validate.tolerances import DerivativeTolerance, Tolerances
 from cr_edge.validate.validator import COLUMNS, RuntimeResult
 
 FORMAT, VERSION = "cr-edge-device-run", 1
-STATUSES = ("ok", "setup", "busy", "error")
+STATUSES = ("ok", "setup", "busy", "error", "missing")
 MAX_STRING = 20_000
 MAX_ITEMS = 100_000
 MAX_DEPTH = 8
@@ -40,6 +40,13 @@ def envelope(data: bytes, label: str) -> dict:
         _require(doc.get("status") in STATUSES, "status", " or ".join(STATUSES))
         _string(doc.get("message", ""), "message")
         _string(doc.get("stderr", ""), "stderr")
+        if "workdir" in doc:
+            _string(doc["workdir"], "workdir")
+        if doc["status"] == "missing":  # the blobs the device lacks: digests the host sent
+            missing = doc.get("missing")
+            _require(isinstance(missing, list) and len(missing) <= 10000, "missing", "a list")
+            for digest in missing:
+                _string(digest, "missing[]")
         if "exit_code" in doc:
             _require(_is_int(doc["exit_code"]), "exit_code", "an integer")
         if doc["status"] == "ok" or "fingerprint" in doc:

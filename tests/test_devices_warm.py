@@ -1,0 +1,186 @@
+"""The device's warm server (``cr_edge.devices.warm``) over a real loopback sshd.
+
+The second command on a device is served by a process that has cr-edge imported; a
+server that was killed, a socket left by a reboot, or a server of other code never
+makes a command fail or hang: it runs cold, as if there were no server. The server
+leaves after its idle time. Real sshd, real processes; each test ends its server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import device_fixtures as fx
+import pytest
+
+from cr_edge.devices import launch, registry, remote
+from cr_edge.devices.registry import Device
+from cr_edge.devices.warm import WARM_SERVER_LOCK, WARM_SOCKET
+
+device_home, sshd = fx.device_home, fx.sshd
+HOSTILE = "w a'b\"c$(touch {marker});d`touch {marker}`"
+
+
+def _server_pid(workdir: Path, seconds: float = 60.0, other_than: int | None = None) -> int:
+    """The pid of the server listening in ``workdir``, once its socket is up."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((workdir / WARM_SERVER_LOCK).read_text())
+            if pid != other_than and _alive(pid) and _listening(workdir / WARM_SOCKET):
+                return pid
+        time.sleep(0.1)
+    raise AssertionError(f"no warm server came up in {workdir}")
+
+
+def _listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    return True
+
+
+def _end(workdir: Path) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int((workdir / WARM_SERVER_LOCK).read_text()), signal.SIGKILL)
+
+
+@pytest.fixture
+def warm_box(sshd: fx.SshServer, device_home: Path, tmp_path: Path) -> Iterator[Device]:
+    """``warm``: the loopback sshd as a device that keeps a server up for 60 s."""
+    device = sshd.device("warm", tmp_path / "warm work", keep_warm=60)
+    registry.add(device)
+    yield device
+    _end(tmp_path / "warm work")
+
+
+def _validate(device: Device, model: Path) -> remote.DeviceRun:
+    files, paths = launch.layout([model], "validate")
+    return remote.run_command(device, "validate", files, [*paths, "--runtime", "cpu"])
+
+
+@pytest.mark.slow
+def test_the_second_command_is_served_warm(
+    cli_run, warm_box: Device, exported: Path, tmp_path: Path
+) -> None:
+    """A cold first run starts the server; the second is served by it, with a folder whose
+    name has quotes, $() and backquotes, and gives the same verdict; the socket is private."""
+    marker = tmp_path / "marker"
+    folder = tmp_path / HOSTILE.format(marker=marker)
+    folder.mkdir(parents=True)
+    for name in ("model.onnx", "model.ref.npz", "manifest.json"):
+        if (exported / name).exists():
+            (folder / name).write_bytes((exported / name).read_bytes())
+    out = tmp_path / "report.json"
+    workdir = tmp_path / "warm work"
+    reports = []
+    for run in (1, 2):
+        result = cli_run(
+            "validate", folder / "model.onnx", "--runtime", "cpu", "--on", "warm", "--json", out
+        )
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads(out.read_text()))
+        if run == 1:
+            _server_pid(workdir)
+    first, second = (r["devices"]["warm"] for r in reports)
+    assert first["warm"] is False and second["warm"] is True
+    assert second["pushed"] == []
+    rows = [{r["runtime"]: r for r in doc["results"]}["cpu@warm"] for doc in reports]
+    assert rows[0]["outputs"] == rows[1]["outputs"]  # the same validation, warm or cold
+    assert rows[1]["artifact"] == str(folder / "model.onnx")
+    assert (workdir / WARM_SOCKET).stat().st_mode & 0o777 == 0o600
+    assert workdir.stat().st_mode & 0o777 == 0o700
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_a_killed_server_and_its_stale_socket_fall_back_to_a_cold_run(
+    warm_box: Device, exported: Path, tmp_path: Path
+) -> None:
+    """SIGKILL leaves the socket behind (as a reboot leaves one on a kept disk): the next
+    command finds nobody there, runs cold and passes, and a new server takes over."""
+    workdir = tmp_path / "warm work"
+    assert not _validate(warm_box, exported / "model.onnx").warm
+    pid = _server_pid(workdir)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (workdir / WARM_SOCKET).exists() and not _listening(workdir / WARM_SOCKET)
+    start = time.monotonic()
+    run = _validate(warm_box, exported / "model.onnx")
+    assert not run.warm and time.monotonic() - start < 60
+    assert {r["runtime"] for r in run.report["results"]} >= {"cpu"}
+    new = _server_pid(workdir, other_than=pid)
+    assert _validate(warm_box, exported / "model.onnx").warm
+    assert int((workdir / WARM_SERVER_LOCK).read_text()) == new
+
+
+@pytest.mark.slow
+def test_a_socket_nobody_listens_on_is_not_waited_for(
+    sshd: fx.SshServer, device_home: Path, exported: Path, tmp_path: Path
+) -> None:
+    """A socket file with no process behind it (a device rebooted): a cold run, no hang."""
+    workdir = tmp_path / "rebooted"
+    device = sshd.device("rebooted", workdir, keep_warm=60)
+    assert not _validate(device, exported / "model.onnx").warm  # makes the workdir
+    _end(workdir)
+    with contextlib.suppress(FileNotFoundError):
+        (workdir / WARM_SOCKET).unlink()
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(workdir / WARM_SOCKET))
+    stale.close()  # bound, never listened: connect is refused
+    try:
+        run = _validate(device, exported / "model.onnx")
+        assert not run.warm
+    finally:
+        _end(workdir)
+
+
+@pytest.mark.slow
+def test_the_server_leaves_after_its_idle_time(
+    sshd: fx.SshServer, device_home: Path, exported: Path, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "idle"
+    device = sshd.device("idle", workdir, keep_warm=2)
+    try:
+        assert not _validate(device, exported / "model.onnx").warm
+        pid = _server_pid(workdir)
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(pid)
+        assert not (workdir / WARM_SOCKET).exists()  # it removes its socket as it leaves
+    finally:
+        _end(workdir)
+
+
+@pytest.mark.slow
+def test_keep_warm_zero_starts_no_server(
+    sshd: fx.SshServer, device_home: Path, exported: Path, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "cold"
+    device = sshd.device("cold", workdir, keep_warm=0)
+    assert not _validate(device, exported / "model.onnx").warm
+    time.sleep(1.0)
+    assert not (workdir / WARM_SOCKET).exists()
+    assert not (workdir / WARM_SERVER_LOCK).exists()
