@@ -228,3 +228,34 @@ def test_arm64_cores_compute_the_exact_way_with_dotprod_and_the_no_dotprod_way_w
             assert n1 < gap / 20
         else:  # KleidiAI: per-row activations, off the per-block result and the float one
             assert n1 > gap / 5 and np.abs(got["neoverse-n1", name] - flt).max() > gap / 5
+
+
+def test_a_qlinearconv_is_unjudged_for_avx2_and_says_which_node():
+    """The other unjudged way, through the same path: a hand-built QLinearConv (1x1, one
+    channel) between Quantize/DequantizeLinear."""
+    consts = {
+        "xs": np.float32(1 / 64), "xz": np.uint8(128), "w": np.full((1, 1, 1, 1), 64, np.int8),
+        "ws": np.float32(1 / 64), "wz": np.int8(0), "ys": np.float32(1 / 32), "yz": np.uint8(128),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node(
+            "QLinearConv", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["yq"], name="qconv"
+        ),
+        helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "qconv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1, 2, 2])],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 1, 2, 2)).astype(np.float32)
+    oracle = Oracle(path=None, x=x, y=x)  # y = x (weight 64 * 1/64 = 1)
+    ways, notes = three_ways(model, None, META, oracle)
+    avx2 = next(w for w in ways if w.name == "avx2 unjudged")
+    assert not avx2.parity.ok and "'qconv' is not emulated" in avx2.failure
+    assert any("AVX2 emulation unavailable" in n for n in notes)
+    assert all(w.parity.ok for w in ways if w is not avx2)  # the graph itself is right
