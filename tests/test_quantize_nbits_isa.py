@@ -162,7 +162,7 @@ so = ort.SessionOptions(); so.intra_op_num_threads = 1
 s = ort.InferenceSession(d + "/model.onnx", so, providers=["CPUExecutionProvider"])
 x = np.load(d + "/x.npy")
 np.savez(d + "/out.npz", b1=s.run(None, {"x": x[:1]})[0], b8=s.run(None, {"x": x})[0])
-print(int(f["AVX2"]), int(f.get("AVX512F", 0)), int(f.get("AVX512VNNI", 0)), int(f.get("AVXVNNI", 0)))
+print(*(int(f.get(k, 0)) for k in ("AVX2", "AVX512F", "AVX512VNNI", "AVXVNNI")))
 """
 
 

@@ -50,9 +50,10 @@ def print_quantize(result: QuantizeResult) -> None:
     names the parity checks that failed: ort (this CPU), ort b1 (batch 1), exact
     (integer maths), avx2 (the u8s8 kernel of x86 without VNNI), no-dotprod (MatMulNBits
     in float, as ARM64 cores without dotprod run it), fp16 hw (fp16 accumulation), and
-    avx2/arm64 unjudged (a kernel no way emulates, so the verdict cannot hold there). "kinks" counts the
-    oracle samples left out of "jvp cos" and "secant cos" because they lie at a guard or
-    ReLU kink of the candidate (``cr_edge.validate.kink_skips``): skipped, not passed.
+    avx2/arm64 unjudged (a kernel no way emulates, so the verdict cannot hold there).
+    "kinks" counts the oracle samples left out of "jvp cos" and "secant cos" because they
+    lie at a guard or ReLU kink of the candidate (``cr_edge.validate.kink_skips``):
+    skipped, not passed.
     "@NAME" (``--certify-on``) is the device's verdict, with its error over the tolerance.
     """
     acc = "" if result.fp32_accuracy is None else f", fp32 accuracy {result.fp32_accuracy:.4f}"

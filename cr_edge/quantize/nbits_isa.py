@@ -113,7 +113,8 @@ def avx2_refusal(nodes: list[NbitsNode]) -> str | None:
             continue
         top = avx2_lane_max(node.bits)
         if top is None:
-            return f"MatMulNBits {node.name!r}: the AVX2 kernel for {node.bits}-bit codes is not verified"
+            bits = f"{node.bits}-bit codes"
+            return f"MatMulNBits {node.name!r}: the AVX2 kernel for {bits} is not verified"
         if top > INT16_MAX:
             return f"MatMulNBits {node.name!r}: an int16 lane can reach {top} > {INT16_MAX}"
     return None
