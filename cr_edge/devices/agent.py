@@ -110,21 +110,32 @@ def _open_workdir(path: str) -> str:
     return os.path.realpath(path)
 
 
+def _stored(rel: str, digest: str, bundles: dict) -> str:
+    """Where a file lives in the workdir: ``blobs/<sha256>``, or in its folder's bundle
+    (``bundles/<id>/<name>``: external data must be a regular file beside its model)."""
+    prefix, _, name = rel.partition("/")
+    return f"bundles/{bundles[prefix]}/{name}" if prefix in bundles else f"blobs/{digest}"
+
+
 def _missing_blobs(spec: dict) -> list:
-    digests = {digest for _, digest in spec["files"]}
-    return sorted(d for d in digests if not os.path.isfile(os.path.join("blobs", d)))
+    bundles = spec.get("bundles", {})
+    stored = {_stored(rel, digest, bundles) for rel, digest in spec["files"]}
+    return sorted(p for p in stored if not os.path.isfile(p))
 
 
 def _prune_parts() -> None:
-    """Temporary files of pushes interrupted over an hour ago (never taken as blobs)."""
+    """Temporary files of pushes interrupted over an hour ago (never taken as complete)."""
     now = time.time()
-    for name in os.listdir("blobs"):
-        path = os.path.join("blobs", name)
-        try:
-            if name.startswith(".part-") and now - os.stat(path).st_mtime > 3600:
-                os.unlink(path)
-        except OSError:
-            pass
+    for folder, _, names in os.walk("."):
+        if folder.startswith(("./runs", "./tmp", "./venv")):
+            continue
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                if name.startswith(".part-") and now - os.stat(path).st_mtime > 3600:
+                    os.unlink(path)
+            except OSError:
+                pass
 
 
 def _missing_modules() -> list:
@@ -177,14 +188,19 @@ def _run(spec: dict, workdir: str, execute) -> dict:
     os.makedirs(tmp, exist_ok=True)
     run_dir = tempfile.mkdtemp(prefix="run-", dir=os.path.join(workdir, "runs"))
     try:
+        bundles = spec.get("bundles", {})
+        for prefix, bundle in bundles.items():  # a folder with external data: regular files
+            os.symlink(os.path.join(workdir, "bundles", bundle), os.path.join(run_dir, prefix))
         for rel, digest in spec["files"]:
-            blob = os.path.join(workdir, "blobs", digest)
-            if not os.path.isfile(blob):
-                result["message"] = f"blob {digest[:12]} of {rel} is missing on the device"
+            stored = os.path.join(workdir, _stored(rel, digest, bundles))
+            if not os.path.isfile(stored):
+                result["message"] = f"{rel} ({digest[:12]}) is missing on the device"
                 return result
+            if rel.split("/", 1)[0] in bundles:
+                continue
             target = os.path.join(run_dir, rel)
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.symlink(blob, target)
+            os.symlink(stored, target)
         env = dict(os.environ, TMPDIR=tmp, PYTHONDONTWRITEBYTECODE="1")
         report = os.path.join(run_dir, "report.json")
         code, stderr = execute([*spec["argv"], "--json", report], run_dir, env)

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from cr_edge.devices import registry
+from cr_edge.devices import external, registry
 from cr_edge.devices.registry import Device
 from cr_edge.devices.remote import DeviceRun, progress_bar_factory, run_command
 from cr_edge.errors import InputError
@@ -50,6 +50,8 @@ def layout(artifacts: list[Path], kind: str, ref: Path | None = None) -> tuple[l
         prefix = folders.setdefault(folder, str(len(folders)))
         for path in _needed(artifact, kind, ref is None):
             files.setdefault(f"{prefix}/{path.name}", path)
+            for rel, data in external.data_layout(prefix, path):  # its weights, if kept apart
+                files.setdefault(rel, data)
         paths.append(f"{prefix}/{artifact.name}")
     if ref is not None and kind == "validate":
         files[f"ref/{Path(ref).name}"] = Path(ref)

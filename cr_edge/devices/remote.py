@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cr_edge.devices import external
 from cr_edge.devices.registry import Device
 from cr_edge.devices.transport import (
     DeviceError,
@@ -161,8 +162,22 @@ def push_blobs(
     transport: Transport, files: dict[str, Path], on_bytes: Progress | None = None
 ) -> None:
     """Push each ``digest -> local file`` to ``blobs/<digest>``."""
-    for digest, path in files.items():
-        transport.push(path, f"blobs/{digest}", on_bytes)
+    push_files(transport, {f"blobs/{d}": path for d, path in files.items()}, on_bytes)
+
+
+def push_files(
+    transport: Transport, files: dict[str, Path], on_bytes: Progress | None = None
+) -> None:
+    """Push each ``workdir rel path -> local file`` (checked, renamed into place)."""
+    for rel, path in files.items():
+        transport.push(path, rel, on_bytes)
+
+
+def stored_path(rel: str, digest: str, bundles: dict[str, str]) -> str:
+    """Where the device keeps a file (the agent's ``_stored``): ``blobs/<sha256>``, or
+    ``bundles/<id>/<name>`` for a folder with external data (``external``)."""
+    prefix, _, name = rel.partition("/")
+    return f"bundles/{bundles[prefix]}/{name}" if prefix in bundles else f"blobs/{digest}"
 
 
 def run_agent(
@@ -216,7 +231,8 @@ def run_command(
     """
     transport = open_transport(device)
     digests = {rel: file_digest(path)[0] for rel, path in files}
-    by_digest = {digests[rel]: path for rel, path in files}
+    bundles = external.bundles(files)
+    stored = {stored_path(rel, digests[rel], bundles): path for rel, path in files}
     spec = {
         "action": "run",
         "open": True,  # the agent makes the workdir and lists what it lacks: one round trip
@@ -224,6 +240,7 @@ def run_command(
         "files": [[rel, digests[rel]] for rel, _ in files],
         "argv": [command, *argv],
         "max_report": MAX_ENVELOPE // 2,
+        "bundles": bundles,
         "keep_warm": keep_warm(device),
         "preload": list(PRELOAD),
     }
@@ -235,13 +252,13 @@ def run_command(
     if envelope["status"] == "missing":
         transport.workdir = _absolute(envelope, transport)
         missing = envelope.get("missing")
-        if not isinstance(missing, list) or not missing or any(d not in by_digest for d in missing):
+        if not isinstance(missing, list) or not missing or any(m not in stored for m in missing):
             raise DeviceError(f"{transport.label}: answered the blob listing with something else")
-        todo = {d: by_digest[d] for d in missing}
+        todo = {m: stored[m] for m in missing}
         total = sum(p.stat().st_size for p in todo.values())
         on_bytes = progress(total) if progress else None
         try:
-            push_blobs(transport, todo, on_bytes)
+            push_files(transport, todo, on_bytes)
         finally:
             if on_bytes is not None and hasattr(on_bytes, "finish"):
                 on_bytes.finish()
