@@ -17,6 +17,8 @@ import functools
 import hashlib
 import json
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -181,10 +183,7 @@ class Workers:
 
     def _in_pool(self, units: list[Unit]) -> Iterator[tuple[Task, dict]]:
         if self._pool is None:
-            # spawn, not fork: forking a parent that runs torch's thread pools can deadlock
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.engine.workers, mp_context=get_context("spawn")
-            )
+            self._pool = local_pool(self.engine.workers)
         # the largest stacks first: a long one started last would leave a core idle at the end
         pending = {
             self._pool.submit(_run_unit, _jsons(u), stack): u for stack, u in _longest_first(units)
@@ -232,6 +231,32 @@ class Workers:
             ) from e
         self._ray = ray
         return ray
+
+
+def local_pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` spawned processes (not forked: forking a parent that runs torch's thread
+    pools can deadlock) that exit when this process does, however it ends."""
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=get_context("spawn"),
+        initializer=_exit_with_parent,
+        initargs=(os.getpid(),),
+    )
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A pool worker's start: a thread that ends the worker once the fight's driver is gone.
+
+    Ctrl-C reaches every process of the terminal's group, but a driver ended on its own
+    (``kill``, a closed session, an OOM kill) would leave its workers training for nothing,
+    holding the cores, until their current stack ends; on a cluster node, for hours."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 # One worker call: whether it is a stack (``runner.run_group``), and its tasks.
