@@ -102,6 +102,24 @@ def check(name: str, json_out: Path | None) -> None:
         write_json(json_out, info)
 
 
+@device.command("clean")
+@click.argument("name")
+@click.option(
+    "--unused-for",
+    "days",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Keep the files a run used within this many days (0: remove every pushed file).",
+)
+def clean(name: str, days: float) -> None:
+    """Remove the files pushed to a device (they are pushed again when a run needs them)."""
+    from cr_edge.devices import registry
+    from cr_edge.devices.clean import clean_device
+
+    click.echo(clean_device(registry.get(name), days))
+
+
 @device.command("setup")
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Reinstall even if the device is up to date.")
