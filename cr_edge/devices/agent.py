@@ -91,6 +91,9 @@ def handle(spec: dict, execute) -> dict:
             elif spec["action"] == "setup":
                 envelope.update(_setup(spec, workdir))
                 envelope["fingerprint"] = fingerprint(workdir, runtime=False)  # noqa: F821
+            elif spec["action"] == "clean":
+                envelope.update(_clean(spec, workdir))
+                envelope["fingerprint"] = fingerprint(workdir, runtime=False)  # noqa: F821
             else:
                 envelope["message"] = "unknown action " + repr(spec["action"])
     except OSError as e:
@@ -191,11 +194,15 @@ def _run(spec: dict, workdir: str, execute) -> dict:
         bundles = spec.get("bundles", {})
         for prefix, bundle in bundles.items():  # a folder with external data: regular files
             os.symlink(os.path.join(workdir, "bundles", bundle), os.path.join(run_dir, prefix))
+        gone = _missing_blobs(spec)  # a device clean ran between the listing and this lock
+        if gone:
+            result.update(status="missing", missing=gone, workdir=workdir)
+            return result
+        used = [os.path.join("bundles", b) for b in bundles.values()]
+        for path in used + [_stored(rel, digest, bundles) for rel, digest in spec["files"]]:
+            os.utime(path)  # last use, for device clean --unused-for
         for rel, digest in spec["files"]:
             stored = os.path.join(workdir, _stored(rel, digest, bundles))
-            if not os.path.isfile(stored):
-                result["message"] = f"{rel} ({digest[:12]}) is missing on the device"
-                return result
             if rel.split("/", 1)[0] in bundles:
                 continue
             target = os.path.join(run_dir, rel)
@@ -216,6 +223,56 @@ def _run(spec: dict, workdir: str, execute) -> dict:
         return result
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _clean(spec: dict, workdir: str) -> dict:
+    """Remove what pushes left (blobs, bundles) unused for ``unused_for`` seconds, and what
+    killed runs left (``runs/``, ``tmp/``), under the exclusive lock: no command is using
+    any of it. A bundle is renamed away before it is deleted, so no run sees half of one;
+    a push in flight (``.part-*`` under an hour old) is left alone."""
+    cutoff = time.time() - float(spec["unused_for"])
+    removed, freed, kept = 0, 0, 0
+    for name in sorted(os.listdir("blobs")):
+        path = os.path.join("blobs", name)
+        st = os.lstat(path)
+        if name.startswith(".part-") and time.time() - st.st_mtime < 3600:
+            continue
+        if st.st_mtime <= cutoff or name.startswith(".part-"):
+            os.unlink(path)
+            removed, freed = removed + 1, freed + st.st_size
+        else:
+            kept += 1
+    if os.path.isdir("bundles"):
+        for name in sorted(os.listdir("bundles")):
+            path = os.path.join("bundles", name)
+            if not name.startswith(".trash-") and os.lstat(path).st_mtime > cutoff:
+                kept += 1
+                continue
+            trash = path if name.startswith(".trash-") else f"bundles/.trash-{name}-{os.getpid()}"
+            os.rename(path, trash)
+            freed += _tree_size(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+            removed += 1
+    for folder in ("runs", "tmp"):
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            path = os.path.join(folder, name)
+            freed += _tree_size(path)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+    return {"status": "ok", "removed": removed, "freed": freed, "kept": kept}
+
+
+def _tree_size(path: str) -> int:
+    if not os.path.isdir(path) or os.path.islink(path):
+        return os.lstat(path).st_size
+    total = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
 
 
 def _fingerprint(workdir: str) -> dict:

@@ -248,8 +248,10 @@ def run_command(
         open_workdir(transport, [])  # the venv's Python is named by its absolute path
     python = device_python(device, transport.workdir)
     envelope = run_agent(transport, python, spec, device.name)
-    todo: dict[str, Path] = {}
-    if envelope["status"] == "missing":
+    pushed: set[str] = set()
+    for _ in range(3):  # again only if a device clean removed a blob between push and run
+        if envelope["status"] != "missing":
+            break
         transport.workdir = _absolute(envelope, transport)
         missing = envelope.get("missing")
         if not isinstance(missing, list) or not missing or any(m not in stored for m in missing):
@@ -262,9 +264,10 @@ def run_command(
         finally:
             if on_bytes is not None and hasattr(on_bytes, "finish"):
                 on_bytes.finish()
+        pushed |= {p.name for p in todo.values()}
         envelope = run_agent(transport, python, spec, device.name)
-        if envelope["status"] != "ok":
-            raise DeviceError(f"{transport.label}: pushed blobs went missing on the device")
+    if envelope["status"] != "ok":
+        raise DeviceError(f"{transport.label}: pushed files keep going missing on the device")
     named(device, envelope["fingerprint"])
     from cr_edge.devices import reports
 
@@ -277,7 +280,7 @@ def run_command(
         envelope["fingerprint"],
         report,
         envelope.get("exit_code", 0),
-        pushed=sorted({todo[d].name for d in todo}),
+        pushed=sorted(pushed),
         remote_paths={rel: str(path) for rel, path in files},
         warm=envelope.get("warm") is True,
     )

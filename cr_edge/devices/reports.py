@@ -47,6 +47,9 @@ def envelope(data: bytes, label: str) -> dict:
             _require(isinstance(missing, list) and len(missing) <= 10000, "missing", "a list")
             for digest in missing:
                 _string(digest, "missing[]")
+        for count in ("removed", "freed", "kept"):  # device clean's answer
+            if count in doc:
+                _require(_is_int(doc[count]) and doc[count] >= 0, count, "a count")
         if "exit_code" in doc:
             _require(_is_int(doc["exit_code"]), "exit_code", "an integer")
         if doc["status"] == "ok" or "fingerprint" in doc:
