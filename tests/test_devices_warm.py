@@ -184,3 +184,62 @@ def test_keep_warm_zero_starts_no_server(
     time.sleep(1.0)
     assert not (workdir / WARM_SOCKET).exists()
     assert not (workdir / WARM_SERVER_LOCK).exists()
+
+
+@pytest.mark.slow
+def test_a_stopped_server_is_not_waited_for(
+    warm_box: Device, exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that takes no command (SIGSTOP: hung) costs the ack wait, then a cold run."""
+    workdir = tmp_path / "warm work"
+    _validate(warm_box, exported / "model.onnx")
+    pid = _server_pid(workdir)
+    monkeypatch.setattr(remote, "WARM_ACK", 1.0)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        run = _validate(warm_box, exported / "model.onnx")
+        assert not run.warm and run.report["results"]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_host_ends_the_warm_command(
+    warm_box: Device, exported: Path, tmp_path: Path
+) -> None:
+    """The host's ssh killed mid-command (what Ctrl-C does): the device's agent sees its
+    reader gone, the server's child ends the command and removes its run folder."""
+    import threading
+
+    from cr_edge.devices import transport
+
+    workdir = tmp_path / "warm work"
+    _validate(warm_box, exported / "model.onnx")
+    server = _server_pid(workdir)
+    files, paths = launch.layout([exported / "model.onnx"], "profile")
+    argv = [*paths, "--runtime", "cpu", "--batch", "1", "--seconds", "60", "--no-memory"]
+    errors: list[BaseException] = []
+
+    def profile() -> None:
+        try:
+            remote.run_command(warm_box, "profile", files, argv)
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=profile, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not list((workdir / "runs").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list((workdir / "runs").iterdir()), "the profile never started on the device"
+    time.sleep(1.0)
+    for proc in list(transport._LIVE):  # the host's ssh, as Ctrl-C's exit ends it
+        transport._kill(proc)
+    thread.join(30)
+    assert errors  # the host's command failed, as an interrupted one does
+    deadline = time.monotonic() + 20
+    while list((workdir / "runs").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list((workdir / "runs").iterdir()) == []  # the device's command ended, cleaned up
+    assert _alive(server)  # the server itself stays for the next command
+    assert _validate(warm_box, exported / "model.onnx").warm

@@ -59,7 +59,10 @@ def main(argv: list) -> int:
             envelope.update(status="missing", missing=missing, workdir=workdir)
         else:
             warm = spec["action"] == "run" and spec.get("keep_warm") and not _missing_modules()
-            answer = warm_request(workdir, spec) if warm else None  # noqa: F821
+            try:
+                answer = warm_request(workdir, spec) if warm else None  # noqa: F821
+            except WarmHostGone:  # noqa: F821 - nobody reads the answer any more
+                return 1
             cold = bool(warm) and answer is None
             if answer is None:
                 envelope = handle(spec, _subprocess_cli)

@@ -46,6 +46,7 @@ VENV_PYTHON = "venv/bin/python"  # under the workdir: what ``device setup`` make
 MAX_ENVELOPE = 16 << 20  # bytes: a report of thousands of rows is a few MB
 RUN_TIMEOUT = 3600.0  # a validation under emulation takes minutes, not hours
 LOCK_TIMEOUT = 600.0  # how long a command waits for another one on the same device
+WARM_ACK = 10.0  # seconds a device's warm server has to take a command before it runs cold
 INIT_SH = (
     "umask 077; "
     'case $1 in /*) ;; *) cd || exit 90 ;; esac; mkdir -p -- "$1" && chmod 700 -- "$1" '
@@ -242,6 +243,7 @@ def run_command(
         "max_report": MAX_ENVELOPE // 2,
         "bundles": bundles,
         "keep_warm": keep_warm(device),
+        "warm_ack": WARM_ACK,
         "preload": list(PRELOAD),
     }
     if not (device.python or device.parsed.kind == SSH or transport.workdir.startswith("/")):

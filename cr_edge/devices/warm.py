@@ -95,22 +95,44 @@ def warm_request(workdir: str, spec: dict) -> bytes | None:
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(WARM_ACK_S)
+        sock.settimeout(float(spec.get("warm_ack", WARM_ACK_S)))
         sock.connect(path)  # a stale socket (no process behind it): ECONNREFUSED
         sock.sendall(json.dumps({"key": warm_key(), "spec": spec}).encode() + b"\n")
         if sock.recv(1) != b"+":
             return None
         sock.settimeout(None)  # the command itself may take long; the host has the deadline
-        chunks = []
-        while chunk := sock.recv(1 << 20):
-            chunks.append(chunk)
-        answer = b"".join(chunks)
+        answer = _answer(sock)
         doc = json.loads(answer)  # a server killed mid-answer sends a truncated document
         return answer if isinstance(doc, dict) and doc.get("status") else None
     except (OSError, ValueError):
         return None
     finally:
         sock.close()
+
+
+class WarmHostGone(Exception):
+    """Whoever reads this agent's answer went away (the host's ssh was interrupted)."""
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Read the server's answer until it closes, watching this agent's stdout meanwhile:
+    when its reader is gone (Ctrl-C on the host ends the ssh session), stop, and closing
+    the socket makes the server end the command."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    poller.register(sys.stdout.fileno(), 0)  # POLLERR/POLLHUP: the reader closed its end
+    chunks = []
+    while True:
+        for fd, events in poller.poll():
+            if fd != sock.fileno() and events & (select.POLLERR | select.POLLHUP):
+                raise WarmHostGone()
+            if fd != sock.fileno() and events & select.POLLNVAL:
+                poller.unregister(fd)  # no stdout to watch
+            if fd == sock.fileno():
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
 
 
 def warm_spawn(workdir: str, spec: dict) -> None:
