@@ -47,3 +47,10 @@ def exported(checkpoint: Path) -> Path:
 def sensitive(checkpoint: Path) -> Path:
     """As ``exported`` plus the per-sample DREG sensitivity output (no .ort)."""
     return battery.exported(checkpoint, checkpoint.parent / "export-sensitivity", sensitivity=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """CI's emulated ARM64 root of this run goes with the run (``device_fixtures``)."""
+    from device_fixtures import remove_ci_roots
+
+    remove_ci_roots()
