@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -177,3 +178,66 @@ def ssh_device(sshd: SshServer, device_home: Path, tmp_path: Path) -> Device:
     device = sshd.device("box", tmp_path / "box work")
     registry.add(device)
     return device
+
+
+# --- the emulated ARM64 device: one root per test run, shared by the xdist workers --------
+
+EMULATED_TOOLS = ("qemu-aarch64-static", "debootstrap", "dpkg", "chroot")
+CI_ROOT_PREFIX = "cr-edge-ci-root-"
+
+
+def emulated_missing() -> str | None:
+    """What this machine lacks to run the emulated ARM64 device, or None."""
+    if os.geteuid() != 0:
+        return "not root (chroot and binfmt_misc need root)"
+    for tool in EMULATED_TOOLS:
+        if not (shutil.which(tool) or Path("/usr/sbin", tool).is_file()):
+            return f"{tool} not installed (apt-get install qemu-user-static debootstrap)"
+    return None
+
+
+def _run_owner() -> int:
+    """The pid of the process that runs the whole session: xdist's controller for a worker."""
+    return os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+
+
+@pytest.fixture(scope="session")
+def emulated_arm64() -> Iterator[Path]:
+    """The emulated ARM64 root, built (or its code refreshed) once per test run.
+
+    Every test that runs on the emulated device takes this fixture, so the suite pays
+    for the root once, and under ``pytest -n 2`` once for both workers: under CI the root
+    lives in a scratch ``XDG_CACHE_HOME`` named by the session's controller (the same
+    folder for both workers), and ``emulated_prefix`` builds it under a file lock, so a
+    second worker waits for the first's build instead of making its own. CI's root is of
+    this run only (never state left on the machine; pip's download cache stays) and is
+    removed when the session ends (``remove_ci_roots``). Elsewhere it is the user's
+    cached root. Skips without root or the tools, and fails under CI, which has them."""
+    missing = emulated_missing()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"emulated ARM64 device under CI: {missing}")
+        pytest.skip(f"emulated ARM64 device: {missing}")
+    from cr_edge.devices.emulated import DEFAULT_CPU, emulated_prefix, emulated_root
+
+    with pytest.MonkeyPatch.context() as mp:
+        if os.environ.get("CI"):
+            scratch = Path(tempfile.gettempdir()) / f"{CI_ROOT_PREFIX}{_run_owner()}"
+            scratch.mkdir(exist_ok=True)
+            cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+            mp.setenv("PIP_CACHE_DIR", os.environ.get("PIP_CACHE_DIR", f"{cache}/pip"))
+            mp.setenv("XDG_CACHE_HOME", str(scratch))
+        started = time.monotonic()
+        emulated_prefix(DEFAULT_CPU)
+        print(f"emulated ARM64 device ready in {time.monotonic() - started:.0f} s")
+        yield emulated_root()
+
+
+def remove_ci_roots() -> None:
+    """At the end of the session's controller: remove the CI roots its workers built
+    (half a gigabyte of small files, removed in the background)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # the other worker may still use it
+    scratch = Path(tempfile.gettempdir()) / f"{CI_ROOT_PREFIX}{os.getpid()}"
+    if scratch.is_dir():
+        subprocess.Popen(["rm", "-rf", str(scratch)], start_new_session=True)

@@ -28,7 +28,7 @@ from cr_edge.quantize.quantizer import quantize
 from cr_edge.validate.tolerances import Overrides
 from cr_edge.validate.validator import validate
 
-device_home, exec_device = fx.device_home, fx.exec_device
+device_home, exec_device, emulated_arm64 = fx.device_home, fx.exec_device, fx.emulated_arm64
 
 A72 = {"arch": "aarch64", "cpu": "cortex-a72 (qemu)", "isa": ["asimd"]}
 N1 = {
@@ -232,26 +232,10 @@ def test_certify_with_auto_stops_at_the_first_that_passes_everywhere(
 # --- slow: the emulated Neoverse-N1 ---------------------------------------------------
 
 
-def _emulated_missing() -> str | None:
-    import shutil
-
-    if os.geteuid() != 0:
-        return "not root (chroot and binfmt_misc need root)"
-    for tool in ("qemu-aarch64-static", "debootstrap", "dpkg", "chroot"):
-        if not (shutil.which(tool) or Path("/usr/sbin", tool).is_file()):
-            return f"{tool} not installed (apt-get install qemu-user-static debootstrap)"
-    return None
-
-
 @pytest.mark.slow
 def test_auto_certified_on_emulated_neoverse_n1_keeps_a_model_that_passes_there(
-    trained_root: Path, tmp_path: Path, device_home: Path
+    trained_root: Path, tmp_path: Path, device_home: Path, emulated_arm64: Path
 ):
-    missing = _emulated_missing()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"emulated ARM64 device under CI: {missing}")
-        pytest.skip(f"emulated ARM64 device: {missing}")
     from trained import checkpoint, exported
 
     from cr_edge.export.exporter import ExportOptions

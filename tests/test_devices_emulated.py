@@ -11,15 +11,13 @@ slow and the number of emulated validations is kept small.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
+import device_fixtures as fx
 import numpy as np
 import onnx
 import pytest
@@ -50,35 +48,13 @@ HWCAP_ASIMD, HWCAP_FPHP, HWCAP_ASIMDHP, HWCAP_ASIMDDP = 1 << 1, 1 << 9, 1 << 10,
 EMULATED_TIMEOUT_S = 600
 
 
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "not root (chroot and binfmt_misc need root)"
-    for tool in ("qemu-aarch64-static", "debootstrap", "dpkg", "chroot"):
-        if not (shutil.which(tool) or Path("/usr/sbin", tool).is_file()):
-            return f"{tool} not installed (apt-get install qemu-user-static debootstrap)"
-    return None
+emulated_arm64 = fx.emulated_arm64  # the root, built once per test run (device_fixtures)
 
 
 @pytest.fixture(scope="module")
-def device() -> Iterator[dict[str, list[str]]]:
-    """The argv prefix of each CPU model; the root built (and timed) on first use."""
-    missing = _missing()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"emulated ARM64 device under CI: {missing}")
-        pytest.skip(f"emulated ARM64 device: {missing}")
-    with pytest.MonkeyPatch.context() as mp:
-        if os.environ.get("CI"):  # a root of this run only; pip's download cache stays
-            scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"cr-edge-ci-{uuid.uuid4().hex}"
-            cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-            mp.setenv("PIP_CACHE_DIR", os.environ.get("PIP_CACHE_DIR", f"{cache}/pip"))
-            mp.setenv("XDG_CACHE_HOME", str(scratch))
-        started = time.monotonic()
-        prefixes = {cpu: emulated_prefix(cpu) for cpu in (WITHOUT, WITH)}
-        print(f"emulated ARM64 device ready in {time.monotonic() - started:.0f} s")
-        yield prefixes
-        if os.environ.get("CI"):  # half a gigabyte of small files: removed in the background
-            subprocess.Popen(["rm", "-rf", str(scratch)], start_new_session=True)
+def device(emulated_arm64: Path) -> dict[str, list[str]]:
+    """The argv prefix of each CPU model, on the root the session built."""
+    return {cpu: emulated_prefix(cpu) for cpu in (WITHOUT, WITH)}
 
 
 def _run(prefix: list[str], *argv: str) -> subprocess.CompletedProcess:

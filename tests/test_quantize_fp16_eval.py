@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import uuid
 from pathlib import Path
 
+import device_fixtures as fx
 import numpy as np
 import onnx
 import pytest
@@ -23,6 +23,8 @@ from cr_edge.quantize.quantizer import quantize
 from cr_edge.runtimes.runtime import Session, TensorSpec
 from cr_edge.validate.oracle import Oracle, load_oracle
 from tests import trained
+
+emulated_arm64 = fx.emulated_arm64  # the emulated root, built once per test run
 
 H = np.float16
 
@@ -186,23 +188,15 @@ class DeviceSession(Session):
 
 
 def _fp16_core() -> list[str]:
-    """The emulated fp16 core's argv prefix; skipped where it cannot run (failed under CI)."""
+    """The emulated fp16 core's argv prefix, on the root ``emulated_arm64`` built."""
     from cr_edge.devices.emulated import emulated_prefix
 
-    missing = "not root (chroot and binfmt_misc need root)" if os.geteuid() != 0 else None
-    for tool in ("qemu-aarch64-static", "debootstrap", "chroot"):
-        if missing is None and not (shutil.which(tool) or Path("/usr/sbin", tool).is_file()):
-            missing = f"{tool} not installed (apt-get install qemu-user-static debootstrap)"
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"emulated ARM64 device under CI: {missing}")
-        pytest.skip(f"emulated ARM64 device: {missing}")
     return emulated_prefix(FP16_CORE)
 
 
 @pytest.mark.slow
 def test_where_the_emulated_fp16_core_fails_a_model_the_fp16_check_fails_it_too(
-    trained_root, tmp_path
+    trained_root, tmp_path, emulated_arm64
 ):
     prefix = _fp16_core()
     model, x, y64 = _ill_conditioned()
