@@ -196,9 +196,16 @@ def emulated_missing() -> str | None:
     return None
 
 
-def _run_owner() -> int:
-    """The pid of the process that runs the whole session: xdist's controller for a worker."""
-    return os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+def _run_owner(pid: int | None = None) -> str:
+    """The process that runs the whole session (xdist's controller for a worker): its pid
+    and start time, so a later session that reuses the pid never takes this one's root."""
+    if pid is None:
+        pid = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+    try:
+        started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = "0"
+    return f"{pid}-{started}"
 
 
 @pytest.fixture(scope="session")
@@ -238,6 +245,6 @@ def remove_ci_roots() -> None:
     (half a gigabyte of small files, removed in the background)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return  # the other worker may still use it
-    scratch = Path(tempfile.gettempdir()) / f"{CI_ROOT_PREFIX}{os.getpid()}"
+    scratch = Path(tempfile.gettempdir()) / f"{CI_ROOT_PREFIX}{_run_owner(os.getpid())}"
     if scratch.is_dir():
         subprocess.Popen(["rm", "-rf", str(scratch)], start_new_session=True)
