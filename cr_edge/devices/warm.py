@@ -60,9 +60,11 @@ WARM_ENV = ("OMP_", "OPENBLAS_", "MKL_", "ORT_", "PYTHON", "QEMU_", "LD_", "PATH
 def warm_key() -> str:
     """What a server's answers depend on beyond the request: its code, Python and CPU.
 
-    The code is the host's device-side sources and the stat of every file of the
-    ``cr_edge`` package and of numpy/onnx/onnxruntime as installed (``device setup``
-    rewrites them); the CPU is the HWCAP words (qemu fills them per emulated model)."""
+    The code is the host's device-side sources, the Python, and where cr_edge, numpy,
+    onnx and onnxruntime are installed (``device setup`` rewrites them); the server also
+    checks, at each request, that no module it has imported changed on disk since
+    (``_imported``: a module it has not imported yet is read fresh by the fork). The
+    CPU is the HWCAP words (qemu fills them per emulated model)."""
     h = hashlib.sha256()
     for name in sorted(SOURCES):  # noqa: F821 - set by the bootstrap beside this file
         h.update(name.encode() + b"\0" + SOURCES[name].encode() + b"\0")  # noqa: F821
@@ -71,14 +73,7 @@ def warm_key() -> str:
         spec = importlib.util.find_spec(module)
         roots = list(spec.submodule_search_locations or []) if spec else []
         h.update(f"{module}:{roots}\0".encode())
-        for root in roots if module == "cr_edge" else []:
-            for folder, dirs, files in sorted(os.walk(root)):
-                dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-                for name in sorted(files):
-                    with contextlib.suppress(OSError):
-                        st = os.stat(os.path.join(folder, name))
-                        h.update(f"{folder}/{name}:{st.st_mtime_ns}:{st.st_size}\0".encode())
-        for root in roots if module != "cr_edge" else []:
+        for root in roots:
             with contextlib.suppress(OSError):
                 h.update(str(os.stat(root).st_mtime_ns).encode())
     aux = _auxv()  # noqa: F821 - fingerprint.py's, in the same namespace
@@ -184,6 +179,7 @@ def warm_serve(spec: dict) -> int:
     path = os.path.join(workdir, WARM_SOCKET)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # a stale one: its server is gone (it held the lock we hold)
+    imported = _imported()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(path)
     os.chmod(path, 0o600)
@@ -204,7 +200,7 @@ def warm_serve(spec: dict) -> int:
                 conn, _ = sock.accept()
             except socket.timeout:  # noqa: UP041 - TimeoutError only from Python 3.10
                 continue
-            pid = _admit(conn, key, sock, lock_fd)
+            pid = _admit(conn, key, imported, sock, lock_fd)
             if pid is None:
                 return 0  # another key: a newer server is due, started by a cold run
             if pid > 0:
@@ -217,7 +213,9 @@ def warm_serve(spec: dict) -> int:
         os.close(lock_fd)
 
 
-def _admit(conn: socket.socket, key: str, sock: socket.socket, lock_fd: int) -> int | None:
+def _admit(
+    conn: socket.socket, key: str, imported: dict, sock: socket.socket, lock_fd: int
+) -> int | None:
     """Read one request; fork its handler. The child's pid, 0 if refused, None to stop."""
     try:
         conn.settimeout(5.0)
@@ -225,7 +223,7 @@ def _admit(conn: socket.socket, key: str, sock: socket.socket, lock_fd: int) -> 
         if request is None:
             conn.close()
             return 0
-        if request.get("key") != key:
+        if request.get("key") != key or _imported(imported) != imported:
             conn.sendall(b"-")
             conn.close()
             return None
@@ -250,6 +248,22 @@ def _admit(conn: socket.socket, key: str, sock: socket.socket, lock_fd: int) -> 
         code = 1
     finally:
         os._exit(code)
+
+
+def _imported(files: dict | None = None) -> dict:
+    """``{file: (mtime_ns, size)}`` of every module this process has imported (or of
+    ``files``): a change means the server runs code that is no longer on disk."""
+    if files is None:
+        names = {getattr(m, "__file__", None) for m in list(sys.modules.values())}
+        files = dict.fromkeys(n for n in names if isinstance(n, str))
+    stats = {}
+    for name in files:
+        try:
+            st = os.stat(name)
+            stats[name] = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stats[name] = None
+    return stats
 
 
 def _read_request(conn: socket.socket) -> dict | None:
