@@ -85,6 +85,7 @@ def test_validate_on_ssh_with_a_hostile_folder_name(
     assert rows["cpu@box"]["artifact"] == str(folder / "model.onnx")
     assert rows["cpu@box"]["outputs"]["status"] == "PASS"
     assert not marker.exists()
+    assert not (tmp_path / "box work" / "agent.sock").exists()  # keep_warm 0: no server
 
 
 def _fails_cleanly(

@@ -68,11 +68,16 @@ PRELOAD = (
     "numpy",
     "onnx",
     "onnxruntime",
-    "cr_edge.cli",
-    "cr_edge.validate.parity_table",
-    "cr_edge.validate.validator",
-    "cr_edge.runtimes.ort",
-    "cr_edge.profile.profiler",
+    *(
+        f"cr_edge.{module}"
+        for module in (
+            "cli",
+            "validate.parity_table",
+            "validate.validator",
+            "runtimes.ort",
+            "profile.profiler",
+        )
+    ),
 )
 
 
