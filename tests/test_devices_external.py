@@ -87,3 +87,18 @@ def test_external_data_outside_or_missing_is_one_line(
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "external data" in lines[0] and words in lines[0], result.output
     assert not (Path(exec_device.workdir) / "blobs").exists()  # refused before any push
+
+
+def test_external_data_on_the_emulated_device_is_refused_in_one_line(
+    cli_run, device_home: Path, exported: Path, tmp_path: Path
+) -> None:
+    """onnxruntime opens external data through /proc/self/fd, which the emulated root has
+    not: refused before the root is even built, saying what to do instead."""
+    from cr_edge.devices import registry
+
+    model = _external_copy(exported, tmp_path / "ext", "model.data")
+    registry.add(Device("a72", "emulated:arm64/cortex-a72"))
+    result = cli_run("validate", model, "--runtime", "cpu", "--on", "a72")
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "external data" in lines[0] and "without" in lines[0], lines

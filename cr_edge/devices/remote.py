@@ -235,9 +235,15 @@ def run_command(
 
     ``progress(total_bytes)`` is asked for a byte callback when there is anything to push.
     """
+    bundles = external.bundles(files)
+    if bundles and device.parsed.kind == EMULATED:
+        raise DeviceError(
+            f"{label(device)}: a model with external data needs /proc, which the emulated "
+            "root has not (onnxruntime opens the data through /proc/self/fd); save it without "
+            "external data to run it there"
+        )
     transport = open_transport(device)
     digests = {rel: file_digest(path)[0] for rel, path in files}
-    bundles = external.bundles(files)
     stored = {stored_path(rel, digests[rel], bundles): path for rel, path in files}
     spec = {
         "action": "run",
