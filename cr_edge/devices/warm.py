@@ -315,6 +315,7 @@ def _fork_cli(conn: socket.socket, args: list, run_dir: str, env: dict) -> tuple
         code = 1
         try:
             os.setpgid(0, 0)
+            conn.close()  # the handler watches it; the command has no business with it
             out = os.open(os.devnull, os.O_WRONLY)
             err = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.dup2(out, 1)
