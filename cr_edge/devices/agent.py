@@ -17,8 +17,21 @@ The workdir's lock is ``flock`` on ``<workdir>/.lock``: a validation takes it sh
 setup exclusive (a timing needs the device to itself, a setup rewrites the venv). The
 kernel drops it when the process dies, so a killed command never leaves a stale lock.
 Each run gets its own folder under ``runs/``, of symlinks named as on the host to the
-blobs, removed afterwards; nothing is written outside the workdir (``TMPDIR`` points
-into it).
+blobs, and its own ``TMPDIR`` under ``tmp/``, both removed afterwards; nothing is written
+outside the workdir.
+
+The host going away ends the command (``watch_host``). ssh without a tty forwards no
+signal, so Ctrl-C or ``kill -9`` of the host reaches the device only as the channel
+closing. The agent cannot read that from its stdin (the host sends this script there
+and closes it at once), so it watches its stdout while it waits (for the workdir's
+lock, the cold command or the warm server): ``POLLERR``/``POLLHUP`` when sshd closes
+its end, and a one-space heartbeat every ``HEARTBEAT_S`` that fails with ``EPIPE``
+when the host's end is gone. The heartbeat is what reaches a ``kill -9``: the host's
+ssh (a client of the shared master connection, in its own process group) outlives
+its caller and learns of the dead reader only when it has something to write to it;
+the master then tells sshd (``eow@openssh.com``), which closes the agent's stdout.
+Leading spaces leave the envelope valid JSON. Then the agent kills the command's
+process group, removes the run's folders and leaves, which releases the lock.
 """
 
 from __future__ import annotations
@@ -29,7 +42,9 @@ import fcntl
 import importlib.util
 import json
 import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,6 +52,64 @@ import time
 
 FORMAT = "cr-edge-device-run"
 NEEDED = ("cr_edge", "numpy", "onnxruntime", "click", "rich")
+HEARTBEAT_S = 1.0  # how often a waiting agent writes a space to the host (see watch_host)
+_HOST = {"fd": None, "beat": 0.0}  # the host's end to watch: this agent's stdout, in main
+
+
+class HostGone(Exception):
+    """Whoever reads this agent's answer went away (the host's ssh ended: Ctrl-C, kill -9)."""
+
+
+def watch_host(fds: list, timeout: float | None) -> list:
+    """Wait until one of ``fds`` is readable or ``timeout`` seconds pass; the readable ones.
+
+    Meanwhile watch the host's end (``_HOST``, set by a run's agent; none in the warm
+    server) and raise ``HostGone`` when it is gone: ``POLLERR``/``POLLHUP`` on this
+    agent's stdout, or ``EPIPE`` from the heartbeat. Used by every wait of an agent
+    that runs a command: the workdir's lock, the cold command, the warm server's answer.
+    """
+    out = _HOST["fd"]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        if out is not None and time.monotonic() - _HOST["beat"] >= HEARTBEAT_S:
+            _heartbeat(out)
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        if out is not None:
+            poller.register(out, 0)  # POLLERR/POLLHUP: the reader closed its end
+        wait = HEARTBEAT_S if out is not None else None
+        if deadline is not None:
+            left = max(0.0, deadline - time.monotonic())
+            wait = left if wait is None else min(wait, left)
+        ready = []
+        for fd, events in poller.poll(None if wait is None else wait * 1000):
+            if fd == out and events & (select.POLLERR | select.POLLHUP):
+                raise HostGone()
+            if fd == out and events & select.POLLNVAL:
+                _HOST["fd"] = out = None  # no stdout to watch
+            elif fd != out:
+                ready.append(fd)
+        if ready or (deadline is not None and time.monotonic() >= deadline):
+            return ready
+
+
+def _heartbeat(out: int) -> None:
+    """One space to the host, if the pipe has room (never blocks on a host that is slow)."""
+    _HOST["beat"] = time.monotonic()
+    probe = select.poll()
+    probe.register(out, select.POLLOUT)
+    events = dict(probe.poll(0)).get(out, 0)
+    if events & (select.POLLERR | select.POLLHUP):
+        raise HostGone()
+    if events & select.POLLOUT:
+        try:
+            os.write(out, b" ")
+        except BrokenPipeError:
+            raise HostGone() from None
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EINTR):
+                raise HostGone() from None
 
 
 def main(argv: list) -> int:
@@ -46,6 +119,8 @@ def main(argv: list) -> int:
         sys.path.pop(0)  # ``python -`` looks in the caller's folder first: not a device's module
     if spec["action"] == "serve":
         return warm_serve(spec)  # noqa: F821 - warm.py's, in the same namespace
+    if spec["action"] == "run":
+        _HOST["fd"] = sys.stdout.fileno()  # its reader is the host: watched while we wait
     envelope = {"format": FORMAT, "version": 1, "status": "error", "message": ""}
     answer, cold = None, False
     try:
@@ -59,13 +134,12 @@ def main(argv: list) -> int:
             envelope.update(status="missing", missing=missing, workdir=workdir)
         else:
             warm = spec["action"] == "run" and spec.get("keep_warm") and not _missing_modules()
-            try:
-                answer = warm_request(workdir, spec) if warm else None  # noqa: F821
-            except WarmHostGone:  # noqa: F821 - nobody reads the answer any more
-                return 1
+            answer = warm_request(workdir, spec) if warm else None  # noqa: F821
             cold = bool(warm) and answer is None
             if answer is None:
                 envelope = handle(spec, _subprocess_cli)
+    except HostGone:  # nobody reads the answer any more; the command is ended, cleaned up
+        return 1
     except OSError as e:
         envelope["message"] = f"{getattr(e, 'filename', None) or spec['workdir']}: {e.strerror}"
     sys.stdout.write(answer.decode("utf-8") if answer else json.dumps(envelope))
@@ -149,11 +223,50 @@ def _missing_modules() -> list:
 
 
 def _subprocess_cli(args: list, run_dir: str, env: dict) -> tuple:
-    """``python -m cr_edge.cli ARGS`` (cold); its stdout goes to this agent's stderr."""
+    """``python -m cr_edge.cli ARGS`` (cold) in its own process group; its stdout goes to
+    this agent's stderr. Killed with its group when the host goes (``watch_host``), and
+    by the kernel if this agent is killed (``_die_with_parent``)."""
     command = [sys.executable, "-m", "cr_edge.cli", *args]
-    proc = subprocess.run(command, cwd=run_dir, env=env, stdout=sys.stderr, stderr=subprocess.PIPE)
-    sys.stderr.buffer.write(proc.stderr)
-    return proc.returncode, proc.stderr
+    proc = subprocess.Popen(
+        command,
+        cwd=run_dir,
+        env=env,
+        stdout=sys.stderr,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # a group of its own: one killpg ends all it started
+        preexec_fn=_die_with_parent,
+    )
+    chunks = []
+    try:
+        err = proc.stderr.fileno()
+        while True:
+            if watch_host([err], None):
+                chunk = os.read(err, 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        while proc.poll() is None:  # it closed its stderr and runs on
+            watch_host([], 0.2)
+    except BaseException:  # the host went (HostGone), or this agent was interrupted
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        proc.stderr.close()
+    stderr = b"".join(chunks)
+    sys.stderr.buffer.write(stderr)
+    return proc.returncode, stderr
+
+
+def _die_with_parent() -> None:
+    """In the cold command, before exec: SIGKILL when this agent dies (Linux's
+    ``PR_SET_PDEATHSIG``), so that an agent killed outright (an exec device whose host
+    kills the agent's process group) does not leave the command running in its own group."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class _Lock:
@@ -178,7 +291,11 @@ class _Lock:
                     f"(waited {self.timeout:g} s); retry when it has finished"
                 )
                 return self
-            time.sleep(0.1)
+            try:
+                watch_host([], 0.1)  # a host gone while we wait: no command to run
+            except BaseException:
+                os.close(self.fd)
+                raise
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)  # releases the lock
@@ -190,10 +307,11 @@ def _run(spec: dict, workdir: str, execute) -> dict:
     if missing:
         result.update(status="setup", message=f"no {', '.join(missing)} in {sys.executable}")
         return result
-    tmp = os.path.join(workdir, "tmp")
-    os.makedirs(tmp, exist_ok=True)
+    os.makedirs(os.path.join(workdir, "tmp"), exist_ok=True)
     run_dir = tempfile.mkdtemp(prefix="run-", dir=os.path.join(workdir, "runs"))
+    tmp = os.path.join(workdir, "tmp", os.path.basename(run_dir))
     try:
+        os.makedirs(tmp, 0o700, exist_ok=True)  # the run's own TMPDIR, removed with its folder
         bundles = spec.get("bundles", {})
         for prefix, bundle in bundles.items():  # a folder with external data: regular files
             os.symlink(os.path.join(workdir, "bundles", bundle), os.path.join(run_dir, prefix))
@@ -226,6 +344,7 @@ def _run(spec: dict, workdir: str, execute) -> dict:
         return result
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _clean(spec: dict, workdir: str) -> dict:

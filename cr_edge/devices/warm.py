@@ -23,11 +23,12 @@ Run ON the device, standard library only (Python 3.8+), in one namespace with
   socket (0600, in the 0700 workdir; peers of another uid are refused) and forks per
   request. The child takes the workdir's lock exactly as a cold agent does (shared for
   a validation, exclusive for a profile) and runs ``cr_edge.cli`` in a grandchild of
-  its own process group, killed if the client goes away (Ctrl-C on the host ends the
-  ssh session, which ends the client). The server exits after ``keep_warm`` seconds
-  without a request, and at once when a request carries another key: other code
-  (``device setup`` reinstalled cr-edge), another Python, another CPU (an emulated
-  root shared by CPU models) or another environment for the kernels' thread counts.
+  its own process group, killed if the client goes away (Ctrl-C or kill -9 of the host
+  ends the ssh session, which the client notices: the agent's ``watch_host``). The
+  server exits after ``keep_warm`` seconds without a request, and at once when a
+  request carries another key: other code (``device setup`` reinstalled cr-edge),
+  another Python, another CPU (an emulated root shared by CPU models) or another
+  environment for the kernels' thread counts.
 """
 
 from __future__ import annotations
@@ -105,29 +106,17 @@ def warm_request(workdir: str, spec: dict) -> bytes | None:
         sock.close()
 
 
-class WarmHostGone(Exception):
-    """Whoever reads this agent's answer went away (the host's ssh was interrupted)."""
-
-
 def _answer(sock: socket.socket) -> bytes:
-    """Read the server's answer until it closes, watching this agent's stdout meanwhile:
-    when its reader is gone (Ctrl-C on the host ends the ssh session), stop, and closing
-    the socket makes the server end the command."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    poller.register(sys.stdout.fileno(), 0)  # POLLERR/POLLHUP: the reader closed its end
+    """Read the server's answer until it closes, watching the host meanwhile (the agent's
+    ``watch_host``): when the host is gone (Ctrl-C or kill -9 ends its ssh session),
+    ``HostGone`` leaves, and closing the socket makes the server end the command."""
     chunks = []
     while True:
-        for fd, events in poller.poll():
-            if fd != sock.fileno() and events & (select.POLLERR | select.POLLHUP):
-                raise WarmHostGone()
-            if fd != sock.fileno() and events & select.POLLNVAL:
-                poller.unregister(fd)  # no stdout to watch
-            if fd == sock.fileno():
-                chunk = sock.recv(1 << 20)
-                if not chunk:
-                    return b"".join(chunks)
-                chunks.append(chunk)
+        if watch_host([sock.fileno()], None):  # noqa: F821 - agent.py's, in the same namespace
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
 
 
 def warm_spawn(workdir: str, spec: dict) -> None:

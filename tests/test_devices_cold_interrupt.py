@@ -1,0 +1,164 @@
+"""Ctrl-C or kill -9 of the host ends a cold command on the device (RELIABILITY rows 23, 27).
+
+ssh without a tty forwards no signal: without the agent's watch (``agent.watch_host``)
+the device's ``cr-edge profile`` ran on for its whole ``--seconds`` after the host was
+gone. Here the host is a real ``cr-edge profile --on`` process, the device the real
+loopback sshd (``device_fixtures``) with ``keep_warm`` 0 (cold: a new Python per
+command), and the device side is read where it lives, on this same machine: ``/proc``
+(every process whose working folder is in the device's workdir: the agent, the command
+and what it started) and the workdir (``runs/`` and ``tmp/``, the lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import device_fixtures as fx
+import pytest
+
+from cr_edge.devices.registry import Device
+
+device_home, ssh_device, sshd = fx.device_home, fx.ssh_device, fx.sshd
+
+SECONDS = 8.0  # the profile's length, here and then on the device: the device's runs on
+GONE_S = 5.0  # the device's processes must be gone this soon after the host's signal
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _processes(workdir: Path) -> dict[int, str]:
+    """Live processes (not zombies) working in ``workdir``: pid -> their working folder."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError, IndexError):
+            cwd = os.readlink(entry / "cwd")
+            inside = (cwd + "/").startswith(f"{workdir}/")
+            if inside and (entry / "stat").read_text().rsplit(") ", 1)[1][0] != "Z":
+                found[int(entry.name)] = cwd
+    return found
+
+
+def _host(model: Path, log: Path) -> subprocess.Popen:
+    """``cr-edge profile MODEL --on box`` as a user starts it, in its own process group
+    (a terminal's foreground job: Ctrl-C signals the group)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    argv = ["profile", str(model), "--runtime", "cpu", "--batch", "1", "--warmup", "0"]
+    argv += ["--seconds", str(SECONDS), "--no-memory", "--no-floor", "--on", "box"]
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cr_edge.cli", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def _device_command(workdir: Path, host: subprocess.Popen, log: Path) -> tuple[float, set[int]]:
+    """Wait for the device's command (a process working in ``runs/``); when it started
+    and the pids working in the workdir then (the agent and the command)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = _processes(workdir)
+        if any(cwd.startswith(f"{workdir}/runs/") for cwd in found.values()):
+            return time.monotonic(), set(found)
+        assert host.poll() is None, log.read_text()
+        time.sleep(0.05)
+    raise AssertionError(f"the profile never started on the device: {log.read_text()}")
+
+
+def _interrupt(workdir: Path, model: Path, log: Path, kill: signal.Signals) -> float:
+    """Start the host, signal it 1 s into the device's command; seconds until the device
+    has nothing left running in its workdir. Asserts nothing half-written stays."""
+    host = _host(model, log)
+    try:
+        started, pids = _device_command(workdir, host, log)
+        time.sleep(1.0)
+        assert pids <= set(_processes(workdir)), "the device's command ended by itself"
+        signalled = time.monotonic()
+        os.killpg(host.pid, kill)
+        assert host.wait(30) != 0
+        while _processes(workdir) and time.monotonic() - signalled < GONE_S + 5:
+            time.sleep(0.05)
+        gone = time.monotonic() - signalled
+        assert _processes(workdir) == {}, f"still running on the device after {gone:.1f} s"
+        # the profile alone runs SECONDS from its start: ended well before, it was killed
+        assert gone < GONE_S and time.monotonic() < started + SECONDS
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(host.pid, signal.SIGKILL)
+        host.wait()
+    assert list((workdir / "runs").iterdir()) == []  # no partial run folder
+    assert list((workdir / "tmp").iterdir()) == []  # nor its temporary files
+    with open(workdir / ".lock", "rb") as f:  # the workdir's lock is free again
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return gone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_the_host_interrupted_ends_the_cold_command_on_the_device(
+    ssh_device: Device, exported: Path, tmp_path: Path, kill: signal.Signals
+) -> None:
+    """Ctrl-C (SIGINT to the host's process group) and SIGKILL (no clean-up on the host
+    at all: its ssh outlives it) both end the device's command within GONE_S seconds,
+    its run folder and temporary files removed, the workdir's lock released."""
+    assert ssh_device.keep_warm == 0  # the cold path: no warm server to end the command
+    gone = _interrupt(tmp_path / "box work", exported / "model.onnx", tmp_path / "host.log", kill)
+    print(f"{kill.name}: nothing left running on the device {gone:.2f} s after the signal")
+
+
+@pytest.mark.slow
+def test_a_host_gone_while_its_command_waits_for_the_lock_runs_nothing(
+    cli_run, ssh_device: Device, exported: Path, tmp_path: Path
+) -> None:
+    """A command queued behind another one on the device (the workdir's lock) whose host
+    is killed leaves at once, instead of waiting for the lock and then running for
+    nobody."""
+    workdir = tmp_path / "box work"
+    log = tmp_path / "host.log"
+    first = cli_run("validate", exported / "model.onnx", "--runtime", "cpu", "--on", "box")
+    assert first.exit_code == 0, first.output  # the files are there: no push, one agent
+    with open(workdir / ".lock", "wb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another command is on the device
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+        argv = ["validate", str(exported / "model.onnx"), "--runtime", "cpu", "--on", "box"]
+        with open(log, "wb") as out:
+            host = subprocess.Popen(
+                [sys.executable, "-m", "cr_edge.cli", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        try:
+            deadline = time.monotonic() + 60
+            while not _processes(workdir) and time.monotonic() < deadline:
+                assert host.poll() is None, log.read_text()
+                time.sleep(0.05)
+            assert _processes(workdir), f"the agent never reached the device: {log.read_text()}"
+            time.sleep(1.0)
+            signalled = time.monotonic()
+            os.killpg(host.pid, signal.SIGKILL)
+            host.wait()
+            while _processes(workdir) and time.monotonic() - signalled < GONE_S + 5:
+                time.sleep(0.05)
+            assert _processes(workdir) == {}, "the agent still waits for the lock"
+            assert time.monotonic() - signalled < GONE_S
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(host.pid, signal.SIGKILL)
+            host.wait()
+    assert list((workdir / "runs").iterdir()) == []  # it never started the command
