@@ -32,11 +32,12 @@ GONE_S = 5.0  # the device's processes must be gone this soon after the host's s
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _processes(workdir: Path) -> dict[int, str]:
-    """Live processes (not zombies) working in ``workdir``: pid -> their working folder."""
+def _processes(workdir: Path, server: int = 0) -> dict[int, str]:
+    """Live processes (not zombies) working in ``workdir``, but for a warm ``server``:
+    pid -> their working folder."""
     found = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit() or int(entry.name) in (os.getpid(), server):
             continue
         with contextlib.suppress(OSError, IndexError):
             cwd = os.readlink(entry / "cwd")
@@ -64,12 +65,14 @@ def _host(model: Path, log: Path) -> subprocess.Popen:
         )
 
 
-def _device_command(workdir: Path, host: subprocess.Popen, log: Path) -> tuple[float, set[int]]:
+def _device_command(
+    workdir: Path, host: subprocess.Popen, log: Path, server: int
+) -> tuple[float, set[int]]:
     """Wait for the device's command (a process working in ``runs/``); when it started
     and the pids working in the workdir then (the agent and the command)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        found = _processes(workdir)
+        found = _processes(workdir, server)
         if any(cwd.startswith(f"{workdir}/runs/") for cwd in found.values()):
             return time.monotonic(), set(found)
         assert host.poll() is None, log.read_text()
@@ -77,21 +80,25 @@ def _device_command(workdir: Path, host: subprocess.Popen, log: Path) -> tuple[f
     raise AssertionError(f"the profile never started on the device: {log.read_text()}")
 
 
-def _interrupt(workdir: Path, model: Path, log: Path, kill: signal.Signals) -> float:
+def _interrupt(
+    workdir: Path, model: Path, log: Path, kill: signal.Signals, server: int = 0
+) -> float:
     """Start the host, signal it 1 s into the device's command; seconds until the device
-    has nothing left running in its workdir. Asserts nothing half-written stays."""
+    has nothing left running in its workdir (but its warm ``server``). Asserts nothing
+    half-written stays."""
     host = _host(model, log)
     try:
-        started, pids = _device_command(workdir, host, log)
+        started, pids = _device_command(workdir, host, log, server)
         time.sleep(1.0)
-        assert pids <= set(_processes(workdir)), "the device's command ended by itself"
+        assert pids <= set(_processes(workdir, server)), "the device's command ended by itself"
         signalled = time.monotonic()
         os.killpg(host.pid, kill)
         assert host.wait(30) != 0
-        while _processes(workdir) and time.monotonic() - signalled < GONE_S + 5:
+        while _processes(workdir, server) and time.monotonic() - signalled < GONE_S + 5:
             time.sleep(0.05)
         gone = time.monotonic() - signalled
-        assert _processes(workdir) == {}, f"still running on the device after {gone:.1f} s"
+        left = _processes(workdir, server)
+        assert left == {}, f"still running on the device after {gone:.1f} s"
         # the profile alone runs SECONDS from its start: ended well before, it was killed
         assert gone < GONE_S and time.monotonic() < started + SECONDS
     finally:
@@ -162,3 +169,32 @@ def test_a_host_gone_while_its_command_waits_for_the_lock_runs_nothing(
                 os.killpg(host.pid, signal.SIGKILL)
             host.wait()
     assert list((workdir / "runs").iterdir()) == []  # it never started the command
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_host_ends_a_warm_command_too(
+    cli_run, sshd: fx.SshServer, device_home: Path, exported: Path, tmp_path: Path
+) -> None:
+    """The same watch serves the warm path (``warm._answer``): a host killed outright
+    (no clean-up, its ssh outlives it) ends the command the warm server runs; the server
+    stays for the next command."""
+    from cr_edge.devices import registry
+    from cr_edge.devices.warm import WARM_SERVER_LOCK, WARM_SOCKET
+
+    workdir = tmp_path / "box work"
+    registry.add(sshd.device("box", workdir, keep_warm=60))
+    try:
+        first = cli_run("validate", exported / "model.onnx", "--runtime", "cpu", "--on", "box")
+        assert first.exit_code == 0, first.output  # cold, and starts the warm server
+        deadline = time.monotonic() + 60
+        while not (workdir / WARM_SOCKET).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        server = int((workdir / WARM_SERVER_LOCK).read_text())
+        gone = _interrupt(
+            workdir, exported / "model.onnx", tmp_path / "host.log", signal.SIGKILL, server
+        )
+        print(f"warm SIGKILL: nothing left running on the device {gone:.2f} s after the signal")
+        assert _processes(workdir)  # the server itself stays
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((workdir / WARM_SERVER_LOCK).read_text()), signal.SIGKILL)
