@@ -6,7 +6,9 @@ gone. Here the host is a real ``cr-edge profile --on`` process, the device the r
 loopback sshd (``device_fixtures``) with ``keep_warm`` 0 (cold: a new Python per
 command), and the device side is read where it lives, on this same machine: ``/proc``
 (every process whose working folder is in the device's workdir: the agent, the command
-and what it started) and the workdir (``runs/`` and ``tmp/``, the lock).
+and what it started) and the workdir (``runs/`` and ``tmp/``, the lock). The same watch ends a warm command
+when the host is killed outright; on an exec device, whose host kills the agent itself,
+the command dies with its agent and the next exclusive run removes the agent's folders.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from cr_edge.devices.registry import Device
 
 device_home, ssh_device, sshd = fx.device_home, fx.ssh_device, fx.sshd
 
-SECONDS = 8.0  # the profile's length, here and then on the device: the device's runs on
+SECONDS = 6.0  # the profile's length, here and then on the device: the device's runs on
 GONE_S = 5.0  # the device's processes must be gone this soon after the host's signal
 REPO = Path(__file__).resolve().parents[1]
 
@@ -198,3 +200,105 @@ def test_kill_9_of_the_host_ends_a_warm_command_too(
     finally:
         with contextlib.suppress(OSError, ValueError):
             os.kill(int((workdir / WARM_SERVER_LOCK).read_text()), signal.SIGKILL)
+
+
+HOST_SCRIPT = """
+import sys
+from pathlib import Path
+from cr_edge.devices import launch, remote
+from cr_edge.devices.registry import Device
+device = Device("here", "exec:env", python=sys.executable, workdir=sys.argv[1], keep_warm=0)
+files, paths = launch.layout([Path(sys.argv[2])], "profile")
+argv = ["--runtime", "cpu", "--batch", "1", "--warmup", "0", "--seconds", sys.argv[3]]
+remote.run_command(device, "profile", files, [*paths, *argv, "--no-memory", "--no-floor"])
+"""
+
+
+@pytest.mark.slow
+def test_an_exec_device_whose_agent_is_killed_takes_its_command_along(
+    exported: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C on the host of an exec device (here ``exec:env``): the host's exit SIGKILLs
+    the agent's process group (``transport._end_live``), so the agent cannot clean up;
+    its command, in a group of its own, dies with it (a profile writing into the dead
+    agent's pipe dies of SIGPIPE too: ``PR_SET_PDEATHSIG`` is tested on its own below),
+    and the next exclusive command there (a profile) removes the folders the agent left."""
+    workdir = tmp_path / "exec work"
+    log = tmp_path / "host.log"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    args = [str(workdir), str(exported / "model.onnx")]
+    with open(log, "wb") as out:
+        host = subprocess.Popen(
+            [sys.executable, "-c", HOST_SCRIPT, *args, "60"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        _, pids = _device_command(workdir, host, log, 0)
+        time.sleep(1.0)
+        assert pids <= set(_processes(workdir)), "the device's command ended by itself"
+        signalled = time.monotonic()
+        os.killpg(host.pid, signal.SIGINT)
+        assert host.wait(30) != 0
+        while _processes(workdir) and time.monotonic() - signalled < GONE_S + 5:
+            time.sleep(0.05)
+        assert _processes(workdir) == {}, "the command outlived its agent"
+        assert time.monotonic() - signalled < GONE_S
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(host.pid, signal.SIGKILL)
+        host.wait()
+    assert list((workdir / "runs").iterdir())  # what an agent killed outright leaves
+    done = subprocess.run(
+        [sys.executable, "-c", HOST_SCRIPT, *args, "0.2"], env=env, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert list((workdir / "runs").iterdir()) == []
+    assert list((workdir / "tmp").iterdir()) == []
+
+
+AGENT_PARENT = """
+import os, subprocess, sys, time
+from cr_edge.devices import agent
+me = os.getpid()
+child = subprocess.Popen(
+    ["sleep", "60"], start_new_session=True, preexec_fn=lambda: agent._die_with_parent(me)
+)
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_cold_command_dies_with_its_agent(tmp_path: Path) -> None:
+    """A command that writes nothing (so no SIGPIPE) in its own session, started as the
+    agent starts the cold command: SIGKILL of the agent ends it (``_die_with_parent``)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", AGENT_PARENT], stdout=subprocess.PIPE, env=env, text=True
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    try:
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while _running(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(child)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+        parent.stdout.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False

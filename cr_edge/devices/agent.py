@@ -31,7 +31,9 @@ ssh (a client of the shared master connection, in its own process group) outlive
 its caller and learns of the dead reader only when it has something to write to it;
 the master then tells sshd (``eow@openssh.com``), which closes the agent's stdout.
 Leading spaces leave the envelope valid JSON. Then the agent kills the command's
-process group, removes the run's folders and leaves, which releases the lock.
+process group, removes the run's folders and leaves, which releases the lock. An agent
+killed outright (an exec device's host kills the agent's process group) takes its
+command with it (``PR_SET_PDEATHSIG``); its folders go at the next exclusive run.
 """
 
 from __future__ import annotations
@@ -227,6 +229,7 @@ def _subprocess_cli(args: list, run_dir: str, env: dict) -> tuple:
     this agent's stderr. Killed with its group when the host goes (``watch_host``), and
     by the kernel if this agent is killed (``_die_with_parent``)."""
     command = [sys.executable, "-m", "cr_edge.cli", *args]
+    agent = os.getpid()
     proc = subprocess.Popen(
         command,
         cwd=run_dir,
@@ -234,7 +237,7 @@ def _subprocess_cli(args: list, run_dir: str, env: dict) -> tuple:
         stdout=sys.stderr,
         stderr=subprocess.PIPE,
         start_new_session=True,  # a group of its own: one killpg ends all it started
-        preexec_fn=_die_with_parent,
+        preexec_fn=lambda: _die_with_parent(agent),
     )
     chunks = []
     try:
@@ -259,7 +262,7 @@ def _subprocess_cli(args: list, run_dir: str, env: dict) -> tuple:
     return proc.returncode, stderr
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(agent: int) -> None:
     """In the cold command, before exec: SIGKILL when this agent dies (Linux's
     ``PR_SET_PDEATHSIG``), so that an agent killed outright (an exec device whose host
     kills the agent's process group) does not leave the command running in its own group."""
@@ -267,6 +270,8 @@ def _die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != agent:  # the agent died before that: nobody to run for
+        os._exit(1)
 
 
 class _Lock:
@@ -307,6 +312,8 @@ def _run(spec: dict, workdir: str, execute) -> dict:
     if missing:
         result.update(status="setup", message=f"no {', '.join(missing)} in {sys.executable}")
         return result
+    if spec["lock"] == "exclusive":  # no other run is alive: any folder is a killed agent's
+        _remove_leftovers()  # (killed outright: an exec device's host, the OOM killer)
     os.makedirs(os.path.join(workdir, "tmp"), exist_ok=True)
     run_dir = tempfile.mkdtemp(prefix="run-", dir=os.path.join(workdir, "runs"))
     tmp = os.path.join(workdir, "tmp", os.path.basename(run_dir))
@@ -375,6 +382,14 @@ def _clean(spec: dict, workdir: str) -> dict:
             freed += _tree_size(trash)
             shutil.rmtree(trash, ignore_errors=True)
             removed += 1
+    freed += _remove_leftovers()
+    return {"status": "ok", "removed": removed, "freed": freed, "kept": kept}
+
+
+def _remove_leftovers() -> int:
+    """Remove what killed runs left in ``runs/`` and ``tmp/`` (of the workdir, the current
+    folder); the bytes freed. Only under the exclusive lock: then no run is alive."""
+    freed = 0
     for folder in ("runs", "tmp"):
         for name in os.listdir(folder) if os.path.isdir(folder) else []:
             path = os.path.join(folder, name)
@@ -383,7 +398,7 @@ def _clean(spec: dict, workdir: str) -> dict:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 os.unlink(path)
-    return {"status": "ok", "removed": removed, "freed": freed, "kept": kept}
+    return freed
 
 
 def _tree_size(path: str) -> int:
