@@ -24,6 +24,7 @@ from pathlib import Path
 
 import device_fixtures as fx
 import pytest
+from terminal_signals import from_a_terminal
 
 from cr_edge.devices.registry import Device
 
@@ -63,6 +64,7 @@ def _host(model: Path, log: Path) -> subprocess.Popen:
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
+            preexec_fn=from_a_terminal,
             start_new_session=True,
         )
 
@@ -150,6 +152,7 @@ def test_a_host_gone_while_its_command_waits_for_the_lock_runs_nothing(
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
+                preexec_fn=from_a_terminal,
                 start_new_session=True,
             )
         try:
@@ -235,6 +238,7 @@ def test_an_exec_device_whose_agent_is_killed_takes_its_command_along(
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
+            preexec_fn=from_a_terminal,
             start_new_session=True,
         )
     try:

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from terminal_signals import from_a_terminal
 
 from cr_edge.pipeline import executorch_installed
 
@@ -121,6 +122,7 @@ def test_sigint_mid_pipeline_leaves_no_partial_file(tmp_path: Path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
+        preexec_fn=from_a_terminal,
     )
     deadline = time.monotonic() + 120
     while not (out / "export" / "model.onnx").exists() and time.monotonic() < deadline:
