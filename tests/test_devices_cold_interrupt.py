@@ -51,19 +51,29 @@ def _processes(workdir: Path, server: int = 0) -> dict[int, str]:
 
 
 def _host(model: Path, log: Path) -> subprocess.Popen:
-    """``cr-edge profile MODEL --on box`` as a user starts it, in its own process group
-    (a terminal's foreground job: Ctrl-C signals the group)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    """``cr-edge profile MODEL --on box`` as a user starts it."""
     argv = ["profile", str(model), "--runtime", "cpu", "--batch", "1", "--warmup", "0"]
     argv += ["--seconds", str(SECONDS), "--no-memory", "--no-floor", "--on", "box"]
+    return _start(["-m", "cr_edge.cli", *argv], log)
+
+
+def _env() -> dict[str, str]:
+    """This environment, with this checkout first on the path of a child Python."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    """``python ARGS`` from this checkout, output into ``log``, in its own process group
+    (a terminal's foreground job: Ctrl-C signals the group)."""
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "cr_edge.cli", *argv],
+            [sys.executable, *args],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=_env(),
             preexec_fn=from_a_terminal,
             start_new_session=True,
         )
@@ -142,19 +152,8 @@ def test_a_host_gone_while_its_command_waits_for_the_lock_runs_nothing(
     assert first.exit_code == 0, first.output  # the files are there: no push, one agent
     with open(workdir / ".lock", "wb") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another command is on the device
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
         argv = ["validate", str(exported / "model.onnx"), "--runtime", "cpu", "--on", "box"]
-        with open(log, "wb") as out:
-            host = subprocess.Popen(
-                [sys.executable, "-m", "cr_edge.cli", *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                preexec_fn=from_a_terminal,
-                start_new_session=True,
-            )
+        host = _start(["-m", "cr_edge.cli", *argv], log)
         try:
             deadline = time.monotonic() + 60
             while not _processes(workdir) and time.monotonic() < deadline:
@@ -228,19 +227,8 @@ def test_an_exec_device_whose_agent_is_killed_takes_its_command_along(
     and the next exclusive command there (a profile) removes the folders the agent left."""
     workdir = tmp_path / "exec work"
     log = tmp_path / "host.log"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     args = [str(workdir), str(exported / "model.onnx")]
-    with open(log, "wb") as out:
-        host = subprocess.Popen(
-            [sys.executable, "-c", HOST_SCRIPT, *args, "60"],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=from_a_terminal,
-            start_new_session=True,
-        )
+    host = _start(["-c", HOST_SCRIPT, *args, "60"], log)
     try:
         _, pids = _device_command(workdir, host, log, 0)
         time.sleep(1.0)
@@ -258,7 +246,7 @@ def test_an_exec_device_whose_agent_is_killed_takes_its_command_along(
         host.wait()
     assert list((workdir / "runs").iterdir())  # what an agent killed outright leaves
     done = subprocess.run(
-        [sys.executable, "-c", HOST_SCRIPT, *args, "0.2"], env=env, capture_output=True
+        [sys.executable, "-c", HOST_SCRIPT, *args, "0.2"], env=_env(), capture_output=True
     )
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     assert list((workdir / "runs").iterdir()) == []
@@ -281,10 +269,8 @@ time.sleep(60)
 def test_a_cold_command_dies_with_its_agent(tmp_path: Path) -> None:
     """A command that writes nothing (so no SIGPIPE) in its own session, started as the
     agent starts the cold command: SIGKILL of the agent ends it (``_die_with_parent``)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     parent = subprocess.Popen(
-        [sys.executable, "-c", AGENT_PARENT], stdout=subprocess.PIPE, env=env, text=True
+        [sys.executable, "-c", AGENT_PARENT], stdout=subprocess.PIPE, env=_env(), text=True
     )
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
