@@ -40,6 +40,7 @@ from cr_edge import dreg, heads
 from cr_edge.data import Dataset, fit_normalisation, load_source, split, subsample_train
 from cr_edge.data.normalise import Normalisation
 from cr_edge.errors import InputError
+from cr_edge.fairfight.smoothness import shared_weights
 from cr_edge.nets import CRNet, build_net
 from cr_edge.poly import PolyAct
 from cr_edge.recipe import Recipe
@@ -280,13 +281,8 @@ def train_stacked(
 def _shared_keys(net: CRNet) -> list[str]:
     """The stacked parameter names of ``smoothness.shared_weights``: every Linear/Conv
     weight and bias."""
-    keys = []
-    for name, module in net.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            keys += [
-                f"net.{name}.{p}" for p in ("weight", "bias") if getattr(module, p) is not None
-            ]
-    return keys
+    shared = {id(p) for p in shared_weights(net)}
+    return [f"net.{name}" for name, p in net.named_parameters() if id(p) in shared]
 
 
 @torch.no_grad()
