@@ -183,7 +183,7 @@ def test_kill_9_of_the_host_ends_a_warm_command_too(
     (no clean-up, its ssh outlives it) ends the command the warm server runs; the server
     stays for the next command."""
     from cr_edge.devices import registry
-    from cr_edge.devices.warm import WARM_SERVER_LOCK, WARM_SOCKET
+    from cr_edge.devices.warm import WARM_LOG, WARM_SERVER_LOCK, WARM_SOCKET
 
     workdir = tmp_path / "box work"
     registry.add(sshd.device("box", workdir, keep_warm=60))
@@ -198,7 +198,9 @@ def test_kill_9_of_the_host_ends_a_warm_command_too(
             workdir, exported / "model.onnx", tmp_path / "host.log", signal.SIGKILL, server
         )
         print(f"warm SIGKILL: nothing left running on the device {gone:.2f} s after the signal")
-        assert _processes(workdir)  # the server itself stays
+        log = workdir / WARM_LOG
+        left = log.read_text() if log.exists() else "no server left"
+        assert _processes(workdir), left  # the server itself stays
     finally:
         with contextlib.suppress(OSError, ValueError):
             os.kill(int((workdir / WARM_SERVER_LOCK).read_text()), signal.SIGKILL)

@@ -22,7 +22,7 @@ import pytest
 
 from cr_edge.devices import launch, registry, remote
 from cr_edge.devices.registry import Device
-from cr_edge.devices.warm import WARM_SERVER_LOCK, WARM_SOCKET
+from cr_edge.devices.warm import WARM_LOG, WARM_SERVER_LOCK, WARM_SOCKET
 
 device_home, sshd = fx.device_home, fx.sshd
 HOSTILE = "w a'b\"c$(touch {marker});d`touch {marker}`"
@@ -152,6 +152,7 @@ def test_the_server_leaves_after_its_idle_time(
             time.sleep(0.1)
         assert not _alive(pid)
         assert not (workdir / WARM_SOCKET).exists()  # it removes its socket as it leaves
+        assert f"server {pid} left: idle for 2 s" in (workdir / WARM_LOG).read_text()
     finally:
         _end(workdir)
 

@@ -53,6 +53,7 @@ import traceback
 
 WARM_SOCKET = "agent.sock"
 WARM_SERVER_LOCK = "agent.server.lock"
+WARM_LOG = "agent.server.log"  # why the last server left: for whoever wonders
 WARM_ACK_S = 10.0  # a server that does not acknowledge within this is not waited for
 WARM_MAX_REQUEST = 8 << 20
 WARM_ENV = ("OMP_", "OPENBLAS_", "MKL_", "ORT_", "PYTHON", "QEMU_", "LD_", "PATH", "HOME")
@@ -176,13 +177,18 @@ def warm_serve(spec: dict) -> int:
     inode = os.stat(path).st_ino
     children: set = set()
     last = time.monotonic()
+    why = "stopped"
     try:
         while True:
             children = {pid for pid in children if not _reaped(pid)}
             if children:
                 last = time.monotonic()
             left = idle - (time.monotonic() - last)
-            if left <= 0 or not _still_ours(path, inode):  # idle, or the workdir was removed
+            if left <= 0:
+                why = f"idle for {idle:g} s"
+                return 0
+            if not _still_ours(path, inode):
+                why = "its socket was removed (the workdir went)"
                 return 0
             sock.settimeout(min(left, 1.0 if children else 5.0))
             try:
@@ -190,32 +196,39 @@ def warm_serve(spec: dict) -> int:
             except socket.timeout:  # noqa: UP041 - TimeoutError only from Python 3.10
                 continue
             pid = _admit(conn, key, imported, sock, lock_fd)
-            if pid is None:
-                return 0  # another key: a newer server is due, started by a cold run
+            if isinstance(pid, str):
+                why = pid  # a newer server is due, started by the cold run that follows
+                return 0
             if pid > 0:
                 children.add(pid)
                 last = time.monotonic()
+    except BaseException as e:
+        why = f"{type(e).__name__}: {e}"
+        raise
     finally:
         if _still_ours(path, inode):
             os.unlink(path)
         sock.close()
+        with contextlib.suppress(OSError), open(WARM_LOG, "w") as log:
+            log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} server {os.getpid()} left: {why}\n")
         os.close(lock_fd)
 
 
 def _admit(
     conn: socket.socket, key: str, imported: dict, sock: socket.socket, lock_fd: int
-) -> int | None:
-    """Read one request; fork its handler. The child's pid, 0 if refused, None to stop."""
+) -> int | str:
+    """Read one request; fork its handler. The child's pid, 0 if refused, or why to stop."""
     try:
         conn.settimeout(5.0)
         request = _read_request(conn)
         if request is None:
             conn.close()
             return 0
-        if request.get("key") != key or _imported(imported) != imported:
+        changed = [f for f, st in _imported(imported).items() if st != imported[f]]
+        if request.get("key") != key or changed:
             conn.sendall(b"-")
             conn.close()
-            return None
+            return f"changed on disk: {changed[0]}" if changed else "a request of another key"
         conn.sendall(b"+")
         pid = os.fork()
     except (OSError, ValueError, AttributeError):
