@@ -1,8 +1,10 @@
 """Set-up shared by every test module: one CLI runner, and trained models built once.
 
 Training and exporting are what the suite spends its time on, so they happen once
-per test process and are shared by every module that runs there (``--dist loadfile``
-keeps a module on one worker; modules on the same worker share the cache).
+per test process and are shared by every module that runs there. A module's tests run
+on one worker (``--dist loadgroup``, one group per module: its module-scoped fixtures
+are built once), except in a module that sets ``SPLIT_ACROSS_WORKERS``: its tests are
+long and independent, and one worker running them all would leave the other idle.
 ``trained.py`` holds the helpers behind these fixtures; test modules never import
 one another.
 """
@@ -47,6 +49,15 @@ def exported(checkpoint: Path) -> Path:
 def sensitive(checkpoint: Path) -> Path:
     """As ``exported`` plus the per-sample DREG sensitivity output (no .ort)."""
     return battery.exported(checkpoint, checkpoint.parent / "export-sensitivity", sensitivity=True)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """One xdist group per module (before xdist reads the groups), but where it splits."""
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and not getattr(module, "SPLIT_ACROSS_WORKERS", False):
+            item.add_marker(pytest.mark.xdist_group(module.__name__))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

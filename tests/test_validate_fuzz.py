@@ -2,7 +2,7 @@
 
 Seeded truncations, bit flips, byte insertions and overwrites of a valid model, fed to
 the library in-process (the CLI adds only printing). ``CR_EDGE_FUZZ_N`` sets the cases
-per format (default 1000 each, so 2000 per run).
+per format (default 150 each, in ``SHARDS`` seeded shards that xdist's workers share).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from cr_edge.validate.validator import validate
 # this end-to-end pass runs a bounded sample; the loader battery (reliability row 2) runs the
 # >= 1,000 mutated files per run, and CR_EDGE_FUZZ_N raises both.
 CASES = int(os.environ.get("CR_EDGE_FUZZ_N", "150"))
+SHARDS = 3  # each its own seed and test, so that two workers share the cases
+SPLIT_ACROSS_WORKERS = True  # tests/conftest.py: these tests need not share a worker
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +50,16 @@ def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
     return kind, bytes(b)
 
 
+@pytest.mark.parametrize("shard", range(SHARDS))
 @pytest.mark.parametrize("suffix, runtime", [(".onnx", "cpu"), (".ort", "ort-mobile")])
-def test_mutated_models_give_a_verdict_or_input_error(model_dir, tmp_path, suffix, runtime):
+def test_mutated_models_give_a_verdict_or_input_error(model_dir, tmp_path, suffix, runtime, shard):
     shutil.copy(model_dir / "model.ref.npz", tmp_path / "model.ref.npz")
     original = (model_dir / f"model{suffix}").read_bytes()
     path = tmp_path / f"model{suffix}"
-    rng = random.Random(f"cr-edge{suffix}")
+    rng = random.Random(f"cr-edge{suffix}#{shard}")
     outcomes: Counter[str] = Counter()
-    for case in range(CASES):
+    cases = CASES // SHARDS
+    for case in range(cases):
         kind, data = mutate(original, rng)
         path.write_bytes(data)
         try:
@@ -66,5 +70,5 @@ def test_mutated_models_give_a_verdict_or_input_error(model_dir, tmp_path, suffi
             continue
         # any other exception propagates and fails the test with the case in the traceback
         outcomes["FAIL" if report.failures() else "PASS"] += 1
-    assert outcomes["InputError"] > CASES // 2  # most mutations break the file outright
+    assert outcomes["InputError"] > cases // 2  # most mutations break the file outright
     assert outcomes["FAIL"] > 0  # and some leave a loadable but different model
