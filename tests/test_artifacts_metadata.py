@@ -14,6 +14,7 @@ def test_typed_fields_round_trip_through_props():
         schema=1,
         precision="int8",
         policy="w8",
+        dequantize_at_load=True,
         degree=3,
         hidden=[16, 16],
         output_step=0.0125,
@@ -23,6 +24,7 @@ def test_typed_fields_round_trip_through_props():
     assert props["cr_edge.degree"] == "3"
     assert props["cr_edge.hidden"] == "[16, 16]"
     assert props["cr_edge.quant.output_step"] == "0.0125"
+    assert props["cr_edge.quant.dequantize_at_load"] == "true"
     assert "cr_edge.task" not in props  # unrecorded fields are not written
     assert ModelMetadata.from_props(props) == meta
 
@@ -49,6 +51,7 @@ def test_keys_that_are_not_ours_are_left_alone():
         ("cr_edge.degree", "three"),
         ("cr_edge.quant.output_step", "nan"),
         ("cr_edge.precision", "int4"),
+        ("cr_edge.quant.dequantize_at_load", "yes"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_file_and_the_key(key: str, value: str):

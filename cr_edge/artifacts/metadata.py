@@ -93,6 +93,11 @@ class ModelMetadata:
     quant_config: dict | None = _key("cr_edge.quant.config", "json", "the QuantPolicy")
     quant_tool: str | None = _key("cr_edge.quant.tool", "str", "quantizer and its version")
     quant_source: str | None = _key("cr_edge.quant.source", "str", "fp32 file and digest")
+    dequantize_at_load: bool | None = _key(
+        "cr_edge.quant.dequantize_at_load",
+        "bool",
+        "true: run with onnxruntime's session.disable_quant_qdq=1 (int8 weights become float at load)",
+    )
 
     def to_props(self) -> dict[str, str]:
         """The recorded fields as ``metadata_props`` strings (absent fields are not written)."""
@@ -149,7 +154,7 @@ def read(props: Mapping[str, str], source: str = "model") -> ModelMetadata:
 
 
 def _encode(kind: str, value: Any) -> str:
-    if kind == "json":
+    if kind in ("json", "bool"):
         return json.dumps(value)
     if kind == "float":
         return repr(float(value))
@@ -160,6 +165,10 @@ def _decode(kind: str, text: str, key: str, source: str) -> Any:
     try:
         if kind == "json":
             return json.loads(text)
+        if kind == "bool":
+            if text not in ("true", "false"):
+                raise ValueError("neither true nor false")
+            return text == "true"
         if kind == "int":
             return int(text)
         if kind == "float":

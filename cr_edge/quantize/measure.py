@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from cr_edge.profile.timing import measure, ratio_stats
 from cr_edge.quantize.calibration import v_shape
-from cr_edge.runtimes.ort import OrtSession
+from cr_edge.runtimes.ort import OrtSession, file_session_config
 from cr_edge.runtimes.runtime import Session
 from cr_edge.validate.oracle import Oracle
 from cr_edge.validate.outcome import PASS
@@ -62,7 +62,11 @@ def session(model: onnx.ModelProto | bytes, threads: int = 1) -> ort.InferenceSe
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
-    data = model if isinstance(model, bytes) else model.SerializeToString()
+    if isinstance(model, bytes):
+        model = onnx.load_from_string(model)
+    for key, value in file_session_config(model).items():  # as the file will run
+        options.add_session_config_entry(key, value)
+    data = model.SerializeToString()
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 

@@ -17,10 +17,12 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
+from cr_edge.artifacts import metadata as schema
 from cr_edge.errors import InputError
 from cr_edge.runtimes.runtime import (
     AssignedNode,
@@ -32,7 +34,17 @@ from cr_edge.runtimes.runtime import (
 )
 from cr_edge.runtimes.safe_load import Artifact, one_line
 
+if TYPE_CHECKING:
+    import onnx
+
 CPU = "CPUExecutionProvider"
+# A weight-only int8 file (``cr_edge.quant.dequantize_at_load``) is meant to run with this:
+# onnxruntime then folds each weight's DequantizeLinear into a float initializer when the
+# session loads (its constant folding skips DequantizeLinear otherwise), so the file holds
+# int8 weights and a call costs what fp32's does, instead of dequantizing every weight again
+# on every call. QDQ fusion is off with it, which is right for a file with no quantized
+# activations.
+DEQUANTIZE_AT_LOAD = {"session.disable_quant_qdq": "1"}
 KERNEL_SUFFIX = "_kernel_time"  # profiler event name of a node: "<node>_kernel_time"
 ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -117,6 +129,7 @@ class OrtRuntime(Runtime):
         config = {
             "session.record_ep_graph_assignment_info": "1",
             "session.load_model_format": "ORT" if artifact.kind == "ort" else "ONNX",
+            **file_session_config(artifact.model, artifact.path),
             **self.session_config,
         }
         if self.mobile:
@@ -145,6 +158,15 @@ class OrtRuntime(Runtime):
         if self.provider not in session.get_providers():
             raise Unavailable(f"{self.provider} did not register for {artifact.path.name}")
         return session
+
+
+def file_session_config(model: onnx.ModelProto | None, source: object = "model") -> dict[str, str]:
+    """The session config entries ``model``'s metadata asks for. Only this one flag, never
+    entries copied from the file: a hostile file must not choose a session's options."""
+    if model is None:  # an ORT-format file: its graph was fixed when it was converted
+        return {}
+    props = {p.key: p.value for p in model.metadata_props}
+    return dict(DEQUANTIZE_AT_LOAD) if schema.read(props, str(source)).dequantize_at_load else {}
 
 
 class OrtSession(Session):
