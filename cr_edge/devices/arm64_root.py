@@ -43,7 +43,16 @@ PYTHON_VERSION = "3.11"
 PLATFORMS = ("manylinux_2_28_aarch64", "manylinux2014_aarch64")
 # The core dependencies of pyproject.toml (tomli is only for Python < 3.11); a test
 # keeps this list equal to pyproject's.
-CORE_PACKAGES = ("numpy", "onnx", "onnxruntime", "click", "rich", "onnx-ir", "filelock")
+CORE_PACKAGES = (
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "click",
+    "rich",
+    "onnx-ir",
+    "filelock",
+    "ml_dtypes",
+)
 RECIPE_VERSION = 1  # bump when the way the root is made changes
 
 OPT = "opt/cr-edge"  # everything cr-edge adds to the root lives under /opt/cr-edge
