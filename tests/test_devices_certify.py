@@ -168,10 +168,15 @@ class _Fabricated:
         ]
 
 
+# The latency cap is not what these test: this CPU's timings decide how many candidates are
+# within it, and the certification needs two that qualify here.
+ANY_SPEED = {"max_latency_ratio": 1000.0}
+
+
 @pytest.mark.slow  # an auto quantize: ~17 s
 def test_auto_never_keeps_a_candidate_a_device_fails(exported: Path, tmp_path: Path):
     hook = _Fabricated()
-    result = quantize(exported / "model.onnx", QuantConfig(tmp_path / "q"), hook)
+    result = quantize(exported / "model.onnx", QuantConfig(tmp_path / "q", **ANY_SPEED), hook)
     assert len(hook.seen) >= 2, "needs two candidates that pass here"
     refused = next(t for t in result.tried if t.policy.label == hook.seen[0].label)
     assert not refused.passed and "@phone" in refused.why and "0.05" in refused.why
@@ -193,7 +198,7 @@ def test_auto_never_keeps_a_candidate_a_device_fails(exported: Path, tmp_path: P
 @pytest.mark.slow  # an auto quantize: ~17 s
 def test_auto_keeps_fp32_when_the_device_fails_every_candidate(exported: Path, tmp_path: Path):
     hook = _Fabricated(fail_all=True)
-    result = quantize(exported / "model.onnx", QuantConfig(tmp_path / "q"), hook)
+    result = quantize(exported / "model.onnx", QuantConfig(tmp_path / "q", **ANY_SPEED), hook)
     assert hook.seen and result.chosen is None and "onnx" not in result.files
 
 
