@@ -22,7 +22,7 @@ from cr_edge.quantize.policy import ACCURACY_LEVELS, METHODS, MODES, PINNED_BLOC
     show_default=True,
     help="w8 (int8 weights), dynamic, static, fp16, or nb8/nb4 (onnxruntime's MatMulNBits: "
     "8/4-bit weights in blocks); auto tries each and keeps the smallest that passes, is "
-    "smaller than fp32 and not measurably slower at batch 1 (nb4 is only reported).",
+    "smaller than fp32 and no slower at batch 1 (a median within 3% is a tie; nb4 is only reported).",
 )
 @click.option(
     "--chain-precision",

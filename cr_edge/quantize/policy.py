@@ -22,10 +22,12 @@ PINNED_BLOCKS = (*BLOCKS, 256)  # what --block may pin; the calibration choice s
 ACCURACY_LEVELS = (0, 4)  # MatMulNBits compute: 0 float activations, 4 int8 activations
 POLYS = ("float", "int16", "int8")
 METHODS = ("minmax", "percentile", "entropy", "interval")
-# Auto keeps nothing measurably slower than this x fp32 at batch 1: "measurably" is the
-# fastest decile of the interleaved rounds' ratios (``ratio_p10``) above it, so two models
-# of the same speed are not told apart by the machine's noise.
+# Auto keeps nothing slower than fp32 at batch 1 (this cap), within the resolution of the
+# measurement: a median ratio of the interleaved rounds up to LATENCY_TIE over the cap is a
+# tie (two identical graphs read 0.99-1.01 on a loaded 2-core machine), unless even the
+# fastest tenth of the rounds (``ratio_p10``) is over the cap: then it is slower.
 MAX_LATENCY_RATIO = 1.0
+LATENCY_TIE = 0.03
 
 
 @dataclass(frozen=True)

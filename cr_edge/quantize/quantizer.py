@@ -37,7 +37,13 @@ from cr_edge.quantize.graph import horner_chain, load_float_model
 from cr_edge.quantize.judge import AtBatch, Way, three_ways
 from cr_edge.quantize.kink_search import RULE, kink_samples
 from cr_edge.quantize.mobile_ops import beyond_mobile_package, contrib_ops, mobile_note
-from cr_edge.quantize.policy import REPORT_ONLY, QuantConfig, QuantPolicy, auto_candidates
+from cr_edge.quantize.policy import (
+    LATENCY_TIE,
+    REPORT_ONLY,
+    QuantConfig,
+    QuantPolicy,
+    auto_candidates,
+)
 from cr_edge.quantize.secant import min_cosine, noise_floor, secant, secant_displacement
 from cr_edge.runtimes.safe_load import companion_of, oracle_path
 from cr_edge.validate.kink_skips import kinks_metadata, skipped
@@ -320,7 +326,7 @@ def qualifies(t: Tried, fp32_bytes: int, cap: float) -> str | None:
     if t.bytes >= fp32_bytes:
         return f"not smaller than fp32 ({t.bytes:,} B >= {fp32_bytes:,} B)"
     first = t.latency[min(t.latency)]
-    if first["ratio_p10"] > cap:  # even its fastest rounds are slower than the cap
+    if first["ratio"] > cap + LATENCY_TIE or first["ratio_p10"] > cap:
         return (
             f"{first['ratio']:.2f}x fp32 at batch {min(t.latency)} (p10 "
             f"{first['ratio_p10']:.2f}x): slower than the {cap:g}x cap"
