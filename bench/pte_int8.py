@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import load_file
 
 from bench.pages import add_page_option, load_average, machine, recorded
 from cr_edge.export.exporter import ExportOptions, export, export_int8_pte
@@ -42,16 +43,27 @@ SCHEMES = ("dynamic", "static")
 
 
 def build(root: Path, name: str, epochs: int) -> dict[str, Path]:
-    """The fp32 program, one int8 program per scheme, and the oracle."""
+    """The fp32 program, one int8 program per scheme, the oracle and the checkpoint."""
     recipe = load_recipe("digits-cr").replace(epochs=epochs, **NETS[name])
     ckpt = train(recipe, root / name / "ck").checkpoint
     fp32 = export(ckpt, root / name / "ex", ExportOptions(formats=("onnx", "executorch")))
     x = load_oracle(fp32.files["ref"]).x
-    paths = {"fp32": fp32.files["pte"], "ref": fp32.files["ref"]}
+    paths = {"fp32": fp32.files["pte"], "ref": fp32.files["ref"], "ckpt": Path(ckpt)}
     for scheme in SCHEMES:
         out = root / name / scheme / "model.a8w8.pte"
         paths[scheme] = export_int8_pte(ckpt, out, x, scheme).path
     return paths
+
+
+def weight_share(paths: dict[str, Path]) -> str:
+    """How much of the fp32 program its weights can be: the checkpoint's float32 tensors.
+    One minus that is the smallest size ratio that quantizing weights alone can reach."""
+    weights = sum(a.nbytes for a in load_file(paths["ckpt"] / "model.safetensors").values())
+    program = paths["fp32"].stat().st_size
+    return (
+        f"fp32 program {program} B; the checkpoint's tensors {weights} B ({weights / program:.0%}): "
+        f"with no weight bytes at all a program would be {1 - weights / program:.2f}x"
+    )
 
 
 def accuracy_row(paths: dict[str, Path], scheme: str) -> str:
@@ -99,7 +111,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cr-edge-pte-int8-") as tmp:
         for name in NETS:
             paths = build(Path(tmp), name, args.epochs)
-            print(f"\n{name}: fp32 program {paths['fp32'].stat().st_size} B")
+            print(f"\n{name}: {weight_share(paths)}")
             print(
                 f"{'scheme':>8s} {'steps':>7s} {'bytes':>7s} {'/fp32':>6s} {'xnn/port':>8s} {'sub':>3s}"
             )
