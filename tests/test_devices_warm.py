@@ -13,6 +13,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,3 +216,38 @@ def test_ctrl_c_on_the_host_ends_the_warm_command(
     assert list((workdir / "runs").iterdir()) == []  # the device's command ended, cleaned up
     assert _alive(server)  # the server itself stays for the next command
     assert _validate(warm_box, exported / "model.onnx").warm
+
+
+KEY_SCRIPT = """
+import importlib.util, json, os, sys
+folder, names, package = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
+ns = {"__name__": "cr_edge_agent", "SOURCES": {}}
+for name in names:
+    ns["SOURCES"][name] = open(os.path.join(folder, name)).read()
+for name in names:
+    exec(compile(ns["SOURCES"][name], name, "exec"), ns)
+before = ns["warm_key"]()
+os.makedirs(importlib.util.find_spec(package).submodule_search_locations[0] + "/__pycache__")
+print(json.dumps([before, ns["warm_key"]()]))
+"""
+
+
+def test_the_key_ignores_what_importing_writes_into_a_package(tmp_path: Path) -> None:
+    """A server computes its key, then imports cr-edge: on a checkout nobody has imported
+    from with bytecode on (a clean CI checkout whose host runs with
+    PYTHONDONTWRITEBYTECODE), that import makes ``cr_edge/__pycache__``. The key must not
+    change with it, or every next command finds "another key", stops the server and runs
+    cold. Shown on a package the key names, made in tmp and first on the path (the real
+    ones are shared with the other tests)."""
+    fake = tmp_path / "site" / "onnx"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    argv = [str(Path(remote.__file__).parent), ",".join(remote.DEVICE_SIDE), "onnx"]
+    done = subprocess.run(
+        [sys.executable, "-c", KEY_SCRIPT, *argv], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    before, after = json.loads(done.stdout)
+    assert (fake / "__pycache__").is_dir()
+    assert before == after

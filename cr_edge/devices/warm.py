@@ -63,10 +63,12 @@ def warm_key() -> str:
     """What a server's answers depend on beyond the request: its code, Python and CPU.
 
     The code is the host's device-side sources, the Python, and where cr_edge, numpy,
-    onnx and onnxruntime are installed (``device setup`` rewrites them); the server also
-    checks, at each request, that no module it has imported changed on disk since
-    (``_imported``: a module it has not imported yet is read fresh by the fork). The
-    CPU is the HWCAP words (qemu fills them per emulated model)."""
+    onnx and onnxruntime are installed; the server also checks, at each request, that no
+    module it has imported changed on disk since (``_imported``: ``device setup``
+    rewrites them; a module it has not imported yet is read fresh by the fork). Not the
+    packages' folders' mtimes: importing writes ``__pycache__`` into them, so the
+    server's own first imports would change its key. The CPU is the HWCAP words (qemu
+    fills them per emulated model)."""
     h = hashlib.sha256()
     for name in sorted(SOURCES):  # noqa: F821 - set by the bootstrap beside this file
         h.update(name.encode() + b"\0" + SOURCES[name].encode() + b"\0")  # noqa: F821
@@ -75,9 +77,6 @@ def warm_key() -> str:
         spec = importlib.util.find_spec(module)
         roots = list(spec.submodule_search_locations or []) if spec else []
         h.update(f"{module}:{roots}\0".encode())
-        for root in roots:
-            with contextlib.suppress(OSError):
-                h.update(str(os.stat(root).st_mtime_ns).encode())
     aux = _auxv()  # noqa: F821 - fingerprint.py's, in the same namespace
     h.update(f"{aux.get(16)}:{aux.get(26)}\0".encode())
     env = sorted((k, v) for k, v in os.environ.items() if k.startswith(WARM_ENV))
