@@ -94,6 +94,23 @@ def _device_command(
     raise AssertionError(f"the profile never started on the device: {log.read_text()}")
 
 
+def _signal_until_gone(
+    host: subprocess.Popen, workdir: Path, kill: signal.Signals, what: str, server: int = 0
+) -> float:
+    """Signal the host's process group (a terminal's Ctrl-C, or kill -9); seconds until
+    nothing but the warm ``server`` works in ``workdir``, which must be within GONE_S
+    (``what``: what is wrong if something is left)."""
+    signalled = time.monotonic()
+    os.killpg(host.pid, kill)
+    assert host.wait(30) != 0
+    while _processes(workdir, server) and time.monotonic() - signalled < GONE_S + 5:
+        time.sleep(0.05)
+    gone = time.monotonic() - signalled
+    assert _processes(workdir, server) == {}, f"{what} after {gone:.1f} s"
+    assert gone < GONE_S
+    return gone
+
+
 def _interrupt(
     workdir: Path, model: Path, log: Path, kill: signal.Signals, server: int = 0
 ) -> float:
@@ -105,16 +122,9 @@ def _interrupt(
         started, pids = _device_command(workdir, host, log, server)
         time.sleep(1.0)
         assert pids <= set(_processes(workdir, server)), "the device's command ended by itself"
-        signalled = time.monotonic()
-        os.killpg(host.pid, kill)
-        assert host.wait(30) != 0
-        while _processes(workdir, server) and time.monotonic() - signalled < GONE_S + 5:
-            time.sleep(0.05)
-        gone = time.monotonic() - signalled
-        left = _processes(workdir, server)
-        assert left == {}, f"still running on the device after {gone:.1f} s"
+        gone = _signal_until_gone(host, workdir, kill, "still running on the device", server)
         # the profile alone runs SECONDS from its start: ended well before, it was killed
-        assert gone < GONE_S and time.monotonic() < started + SECONDS
+        assert time.monotonic() < started + SECONDS
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(host.pid, signal.SIGKILL)
@@ -161,13 +171,7 @@ def test_a_host_gone_while_its_command_waits_for_the_lock_runs_nothing(
                 time.sleep(0.05)
             assert _processes(workdir), f"the agent never reached the device: {log.read_text()}"
             time.sleep(1.0)
-            signalled = time.monotonic()
-            os.killpg(host.pid, signal.SIGKILL)
-            host.wait()
-            while _processes(workdir) and time.monotonic() - signalled < GONE_S + 5:
-                time.sleep(0.05)
-            assert _processes(workdir) == {}, "the agent still waits for the lock"
-            assert time.monotonic() - signalled < GONE_S
+            _signal_until_gone(host, workdir, signal.SIGKILL, "the agent still waits for the lock")
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(host.pid, signal.SIGKILL)
@@ -235,13 +239,7 @@ def test_an_exec_device_whose_agent_is_killed_takes_its_command_along(
         _, pids = _device_command(workdir, host, log, 0)
         time.sleep(1.0)
         assert pids <= set(_processes(workdir)), "the device's command ended by itself"
-        signalled = time.monotonic()
-        os.killpg(host.pid, signal.SIGINT)
-        assert host.wait(30) != 0
-        while _processes(workdir) and time.monotonic() - signalled < GONE_S + 5:
-            time.sleep(0.05)
-        assert _processes(workdir) == {}, "the command outlived its agent"
-        assert time.monotonic() - signalled < GONE_S
+        _signal_until_gone(host, workdir, signal.SIGINT, "the command outlived its agent")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(host.pid, signal.SIGKILL)
