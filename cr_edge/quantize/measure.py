@@ -62,11 +62,10 @@ def session(model: onnx.ModelProto | bytes, threads: int = 1) -> ort.InferenceSe
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
-    if isinstance(model, bytes):
-        model = onnx.load_from_string(model)
-    for key, value in file_session_config(model).items():  # as the file will run
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else model
+    for key, value in file_session_config(proto).items():  # as the file will run
         options.add_session_config_entry(key, value)
-    data = model.SerializeToString()
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
